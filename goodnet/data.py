@@ -1,0 +1,113 @@
+"""Labelled image sets in the lab's formats, checked before any model sees them.
+
+The lab stores images as HDF5 with `data` (N, C, H, W) and `label` (N,); we also read `.npz` files
+with `x` and `y`. Values reach the model as stored (the lab's model takes raw 0..255 pixels) unless
+an explicit divisor is given.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from .errors import GoodnetError
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (float32, N x C x H x W) with one integer label each."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str = "data"
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+
+def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+    lower = path.lower()
+    if lower.endswith(HDF5_SUFFIXES):
+        try:
+            with h5py.File(path, "r") as f:
+                for key in ("data", "label"):
+                    if key not in f or not isinstance(f[key], h5py.Dataset):
+                        raise GoodnetError(f"{path}: HDF5 file has no '{key}' dataset "
+                                           f"(found: {', '.join(sorted(f.keys())) or 'nothing'})")
+                return np.asarray(f["data"][()]), np.asarray(f["label"][()])
+        except OSError as exc:
+            raise GoodnetError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if lower.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                for key in ("x", "y"):
+                    if key not in f.files:
+                        raise GoodnetError(f"{path}: .npz file has no '{key}' array "
+                                           f"(found: {', '.join(f.files) or 'nothing'})")
+                return f["x"], f["y"]
+        except ValueError as exc:  # object arrays need pickle, which we refuse
+            raise GoodnetError(f"{path}: cannot read .npz without pickle ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise GoodnetError(f"{path}: not a readable .npz file ({exc})") from None
+    raise GoodnetError(f"{path}: unknown data format (expected .h5/.hdf5 with data/label or .npz with x/y)")
+
+
+def load_images(path: str, input_scale: float = 1.0, name: str | None = None) -> ImageSet:
+    """Read and check a labelled image file; divide pixel values by `input_scale`."""
+    if not os.path.isfile(path):
+        raise GoodnetError(f"{path}: no such file")
+    if not (np.isfinite(input_scale) and input_scale > 0):
+        raise GoodnetError(f"input scale must be a positive number, got {input_scale}")
+    x, y = _read_arrays(path)
+    if x.ndim != 4:
+        raise GoodnetError(f"{path}: images have shape {x.shape}, expected 4 dimensions (N, C, H, W)")
+    if y.ndim != 1:
+        raise GoodnetError(f"{path}: labels have shape {y.shape}, expected (N,)")
+    if x.shape[0] != y.shape[0]:
+        raise GoodnetError(f"{path}: {x.shape[0]} images but {y.shape[0]} labels")
+    if x.shape[0] == 0:
+        raise GoodnetError(f"{path}: contains no images")
+    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+        raise GoodnetError(f"{path}: images have dtype {x.dtype}, expected real numbers")
+    if not np.issubdtype(y.dtype, np.number):
+        raise GoodnetError(f"{path}: labels have dtype {y.dtype}, expected integers")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
+        raise GoodnetError(f"{path}: {bad} image(s) contain NaN or infinite values")
+    if not np.isfinite(y).all() or np.any(y != np.round(y)):
+        raise GoodnetError(f"{path}: labels must be whole numbers")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise GoodnetError(f"{path}: negative label {int(y.min())}")
+    if input_scale != 1.0:
+        x = x / np.float32(input_scale)
+    return ImageSet(x=np.ascontiguousarray(x), y=y, name=name or os.path.basename(path))
+
+
+def check_fits_model(images: ImageSet, input_shape: tuple[int, ...], num_classes: int,
+                     role: str) -> None:
+    """Refuse data the model cannot take, before any long computation starts."""
+    if tuple(images.image_shape) != tuple(input_shape):
+        raise GoodnetError(f"{role} ({images.name}): images are {'x'.join(map(str, images.image_shape))} "
+                           f"(C x H x W) but the model takes {'x'.join(map(str, input_shape))}")
+    top = int(images.y.max())
+    if top >= num_classes:
+        raise GoodnetError(f"{role} ({images.name}): label {top} is out of range for a model "
+                           f"with {num_classes} classes")
+
+
+def save_images(path: str, images: ImageSet) -> None:
+    """Write the lab's HDF5 layout (`data` N x C x H x W, `label` N)."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=images.x, compression="gzip", compression_opts=4)
+        f.create_dataset("label", data=images.y.astype(np.float64))

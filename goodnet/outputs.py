@@ -1,0 +1,49 @@
+"""Write an output directory all at once: into a hidden sibling first, renamed into place at the end.
+
+A failure half-way leaves no partial directory behind, and an earlier complete result stays intact
+until the new one is ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+from .errors import GoodnetError
+
+MARKER = "results.json"
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, marker: str = MARKER) -> Iterator[str]:
+    """Yield a staging directory that becomes `path` only if the block succeeds.
+
+    An existing `path` is replaced only if it is empty or holds `marker` (an earlier goodnet
+    result), so a typo cannot wipe an unrelated directory."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise GoodnetError(f"{path}: exists and is not a directory")
+        if os.listdir(path) and not os.path.exists(os.path.join(path, marker)):
+            raise GoodnetError(f"{path}: exists and is not a goodnet output directory; choose another --out")
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    except OSError as exc:
+        raise GoodnetError(f"{path}: cannot create output directory ({exc.strerror})") from None
+    try:
+        yield staging
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.rename(path, os.path.join(old, "previous"))
+            os.rename(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
