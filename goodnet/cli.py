@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except GoodnetError as exc:
         print(f"goodnet: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `goodnet demo | head`: stop quietly, like other tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("goodnet: interrupted", file=sys.stderr)
         return 130

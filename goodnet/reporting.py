@@ -160,7 +160,7 @@ def plot_curve(result: DefenseResult, path: str) -> None:
             ax.text(x, 101, f"X={sel.x:g}", rotation=90, va="bottom", ha="center", fontsize=7)
     ax.set_xlabel(f"fraction of {result.settings.layer} channels pruned ({result.settings.order} mean activation)")
     ax.set_ylabel("%")
-    ax.set_ylim(-2, 100)
+    ax.set_ylim(-2, 104)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
@@ -192,13 +192,14 @@ def _as_picture(image: np.ndarray) -> np.ndarray:
 
 
 def plot_samples(images: ImageSet, labels_b: np.ndarray, labels_g: np.ndarray, extra_class: int,
-                 title: str, path: str, count: int = 8) -> None:
+                 title: str, path: str, poisoned: bool, count: int = 8) -> None:
     count = min(count, len(images))
     fig, axes = plt.subplots(1, count, figsize=(1.6 * count, 2.2))
     for i, ax in enumerate(np.atleast_1d(axes)):
         ax.imshow(_as_picture(images.x[i]), cmap="gray")
         g = "flag" if labels_g[i] == extra_class else str(labels_g[i])
-        ax.set_title(f"y={images.y[i]}\nB={labels_b[i]} G={g}", fontsize=7)
+        truth = "target" if poisoned else "label"
+        ax.set_title(f"{truth} {images.y[i]}\nB={labels_b[i]} G={g}", fontsize=7)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -281,6 +282,6 @@ def _write_samples(stage: str, result: DefenseResult, data: DefenseData) -> list
         name = f"{kind}_samples.png"
         what = f"G at X={chosen.x:g}" if chosen else "G (no pruning)"
         plot_samples(images, labels[0], g, result.extra_class, f"{role.replace('_', ' ')} ({what})",
-                     os.path.join(stage, name))
+                     os.path.join(stage, name), poisoned=kind == "poisoned")
         names.append(name)
     return names
