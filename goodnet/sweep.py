@@ -18,7 +18,7 @@ from .graph_split import CutSplit
 from .progress import progress
 from .pruning import pruned_copy
 
-DEFAULT_BATCH_SIZE = 2048
+DEFAULT_BATCH_SIZE = 512
 
 
 def _batches(n: int, batch_size: int):

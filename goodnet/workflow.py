@@ -46,7 +46,7 @@ def defend_files(model_path: str, data_paths: dict[str, str | None], out_dir: st
 
 
 def evaluate_files(clean_path: str, poisoned_path: str, model_path: str, arch: str = "deepid",
-                   input_scale: float = 1.0, batch_size: int = 2048) -> tuple[float, float]:
+                   input_scale: float = 1.0, batch_size: int = 512) -> tuple[float, float]:
     """The lab's eval.py: clean accuracy and attack success rate, in %, for B, B' or G."""
     from .metrics import accuracy
     from .sweep import predict
