@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .architectures import ImageClassifier, build_model
+from .architectures import ARCHITECTURES, ImageClassifier, build_model
 from .errors import GoodnetError
 from .goodnet_model import GoodNet, PrunedGoodNet
 from .keras_weights import load_keras_weights, output_size, read_keras_weights
@@ -60,9 +60,11 @@ def _read_ours(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise GoodnetError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
         header = json.loads(meta)
-        header["arch"], header["config"], header["kind"]
-    except (ValueError, KeyError, TypeError):
-        raise GoodnetError(f"{path}: malformed goodnet header") from None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or not all(k in header for k in ("arch", "config", "kind")) \
+            or not isinstance(header["config"], dict):
+        raise GoodnetError(f"{path}: malformed goodnet header")
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise GoodnetError(f"{path}: tensor '{name}' contains NaN or infinite values")
@@ -110,7 +112,6 @@ def load_model(path: str, arch: str = "deepid", input_shape: tuple[int, int, int
         raise GoodnetError(f"{path}: unknown model kind '{header['kind']}'")
     if lower.endswith(KERAS_SUFFIXES):
         layers = read_keras_weights(path)
-        from .architectures import ARCHITECTURES
         if arch not in ARCHITECTURES:
             raise GoodnetError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
         num_classes = output_size(layers, ARCHITECTURES[arch].final_layer, path)
@@ -123,12 +124,4 @@ def load_model(path: str, arch: str = "deepid", input_shape: tuple[int, int, int
     raise GoodnetError(f"{path}: unknown model format (expected {MODEL_SUFFIX} or a Keras .h5 weights file)")
 
 
-def model_input_shape(model: nn.Module) -> tuple[int, ...]:
-    return tuple(model.input_shape)
-
-
-def model_classes(model: nn.Module) -> int:
-    return int(model.num_classes)
-
-
-__all__ = ["GoodNet", "load_model", "model_classes", "model_input_shape", "save_model"]
+__all__ = ["GoodNet", "load_model", "save_model"]

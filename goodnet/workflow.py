@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .data import ImageSet, check_fits_model, load_images
+from .data import check_fits_model, load_images
 from .defense import ROLES, DefenseData, DefenseResult, DefenseSettings, run_defense
 from .errors import GoodnetError
+from .metrics import accuracy
 from .model_io import load_model
 from .architectures import ImageClassifier
 from .reporting import write_defense_outputs
+from .sweep import predict
 
 
 @dataclass
@@ -48,9 +50,6 @@ def defend_files(model_path: str, data_paths: dict[str, str | None], out_dir: st
 def evaluate_files(clean_path: str, poisoned_path: str, model_path: str, arch: str = "deepid",
                    input_scale: float = 1.0, batch_size: int = 512) -> tuple[float, float]:
     """The lab's eval.py: clean accuracy and attack success rate, in %, for B, B' or G."""
-    from .metrics import accuracy
-    from .sweep import predict
-
     clean = load_images(clean_path, input_scale)
     poisoned = load_images(poisoned_path, input_scale)
     model = load_model(model_path, arch=arch, input_shape=clean.image_shape)
@@ -60,4 +59,4 @@ def evaluate_files(clean_path: str, poisoned_path: str, model_path: str, arch: s
             accuracy(predict(model, poisoned.x, batch_size), poisoned.y))
 
 
-__all__ = ["DefenseRun", "ImageSet", "defend_files", "evaluate_files", "load_defense_data"]
+__all__ = ["DefenseRun", "defend_files", "evaluate_files", "load_defense_data"]
