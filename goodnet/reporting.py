@@ -171,11 +171,13 @@ def plot_curve(result: DefenseResult, path: str) -> None:
 def plot_activations(result: DefenseResult, path: str) -> None:
     means = result.mean_activation[result.order]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    colors = ["tab:red" if v == 0 else "tab:blue" for v in means]
-    ax.bar(np.arange(len(means)), means, color=colors)
+    steps = np.arange(len(means))
+    ax.bar(steps, means, color="tab:blue")
+    dead_steps = steps[means == 0]
+    ax.plot(dead_steps, np.zeros(len(dead_steps)), "x", color="tab:red", label="dead (mean 0)")
     dead = int((result.mean_activation == 0).sum())
     ax.set_title(f"mean activation at {result.cut} on clean validation data, in pruning order "
-                 f"({dead} of {len(means)} channels dead, red)", fontsize=9)
+                 f"({dead} of {len(means)} channels dead, red x)", fontsize=9)
     ax.set_xlabel("pruning step")
     ax.set_ylabel("mean activation")
     fig.tight_layout()
