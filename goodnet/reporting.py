@@ -136,23 +136,17 @@ def both_rules_table(result: DefenseResult) -> str:
     return "\n".join(lines)
 
 
-def plot_curve(result: DefenseResult, path: str) -> None:
-    k = np.arange(result.num_channels + 1)
-    frac = k / result.num_channels
+def plot_curve(result: DefenseResult, rows: list[dict[str, Any]], path: str) -> None:
+    frac = [row["fraction_pruned"] for row in rows]
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    styles = {"clean_valid": ("clean valid accuracy", "tab:blue", "-"),
-              "clean_test": ("clean test accuracy", "tab:blue", "--"),
-              "poisoned_valid": ("valid ASR", "tab:red", "-"),
-              "poisoned_test": ("test ASR", "tab:red", "--")}
-    for role, (label, color, style) in styles.items():
-        if role in result.sweeps:
-            y = (result.sweeps[role].labels == result.truth[role][None, :]).mean(axis=1) * 100
-            ax.plot(frac, y, style, color=color, label=f"B' {label}")
-    if "poisoned_test" in result.sweeps:
-        rows = result.sweeps["poisoned_test"].labels
-        g = [(goodnet_labels(rows[0], rows[j], result.extra_class) == result.truth["poisoned_test"]).mean() * 100
-             for j in k]
-        ax.plot(frac, g, ":", color="tab:purple", label="G test ASR")
+    series = [("valid_accuracy", "B' clean valid accuracy", "tab:blue", "-"),
+              ("test_accuracy", "B' clean test accuracy", "tab:blue", "--"),
+              ("valid_asr", "B' valid ASR", "tab:red", "-"),
+              ("test_asr", "B' test ASR", "tab:red", "--"),
+              ("goodnet_test_asr", "G test ASR", "tab:purple", ":")]
+    for column, label, color, style in series:
+        if rows[0][column] is not None:
+            ax.plot(frac, [row[column] for row in rows], style, color=color, label=label)
     for sel in result.selections:
         if sel.rule == "crossing" and sel.channels_pruned is not None:
             x = sel.channels_pruned / result.num_channels
@@ -241,6 +235,7 @@ def write_defense_outputs(out_dir: str, result: DefenseResult, model: ImageClass
                           inputs: dict[str, str]) -> dict[str, Any]:
     """Write the whole result directory atomically; return the results document."""
     doc = results_document(result, inputs)
+    rows = curve_rows(result)
     with atomic_directory(out_dir) as stage:
         os.makedirs(os.path.join(stage, "models"))
         for sel in result.selections:
@@ -256,10 +251,10 @@ def write_defense_outputs(out_dir: str, result: DefenseResult, model: ImageClass
         with open(os.path.join(stage, "curve.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
             writer.writeheader()
-            for row in curve_rows(result):
+            for row in rows:
                 writer.writerow({k: ("" if v is None else (round(v, 6) if isinstance(v, float) else v))
                                  for k, v in row.items()})
-        plot_curve(result, os.path.join(stage, "curve.png"))
+        plot_curve(result, rows, os.path.join(stage, "curve.png"))
         plot_activations(result, os.path.join(stage, "activations.png"))
         samples = _write_samples(stage, result, data)
         with open(os.path.join(stage, "report.md"), "w") as f:
