@@ -85,8 +85,7 @@ def split_at_conv(model: nn.Module, layer: str, example: torch.Tensor | None = N
     cut = calls[0]
     while len(cut.users) == 1:
         user = next(iter(cut.users))
-        tensor_args = [a for a in user.all_input_nodes]
-        if not (_zero_preserving(user, modules) and tensor_args == [cut]):
+        if not (_zero_preserving(user, modules) and user.all_input_nodes == [cut]):
             break
         cut = user
 

@@ -169,7 +169,7 @@ def plot_activations(result: DefenseResult, path: str) -> None:
     ax.bar(steps, means, color="tab:blue")
     dead_steps = steps[means == 0]
     ax.plot(dead_steps, np.zeros(len(dead_steps)), "x", color="tab:red", label="dead (mean 0)")
-    dead = int((result.mean_activation == 0).sum())
+    dead = len(dead_steps)
     ax.set_title(f"mean activation at {result.cut} on clean validation data, in pruning order "
                  f"({dead} of {len(means)} channels dead, red x)", fontsize=9)
     ax.set_xlabel("pruning step")

@@ -12,7 +12,7 @@ from .metrics import accuracy
 from .model_io import load_model
 from .architectures import ImageClassifier
 from .reporting import write_defense_outputs
-from .sweep import predict
+from .sweep import DEFAULT_BATCH_SIZE, predict
 
 
 @dataclass
@@ -48,7 +48,7 @@ def defend_files(model_path: str, data_paths: dict[str, str | None], out_dir: st
 
 
 def evaluate_files(clean_path: str, poisoned_path: str, model_path: str, arch: str = "deepid",
-                   input_scale: float = 1.0, batch_size: int = 512) -> tuple[float, float]:
+                   input_scale: float = 1.0, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float]:
     """The lab's eval.py: clean accuracy and attack success rate, in %, for B, B' or G."""
     clean = load_images(clean_path, input_scale)
     poisoned = load_images(poisoned_path, input_scale)
