@@ -12,7 +12,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .architectures import ImageClassifier
 from .graph_split import split_at_conv
 
 
@@ -37,10 +36,47 @@ class GoodNet(nn.Module):
         return torch.where(b == r, b, torch.full_like(b, self.extra_class))
 
 
+class TwoModelGoodNet(GoodNet):
+    """G for models that cannot be split (TorchScript): runs B and B' in full."""
+
+    def __init__(self, backdoored: nn.Module, repaired: nn.Module):
+        super().__init__(backdoored.num_classes)
+        self.backdoored = backdoored.eval()
+        self.repaired = repaired.eval()
+        self.input_shape = tuple(backdoored.input_shape)
+
+    def both_labels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backdoored(x).argmax(dim=1), self.repaired(x).argmax(dim=1)
+
+
+class ScriptableGoodNet(nn.Module):
+    """TwoModelGoodNet in a form torch.jit.script accepts, for saving G as one TorchScript file."""
+
+    def __init__(self, backdoored: nn.Module, repaired: nn.Module, extra_class: int):
+        super().__init__()
+        self.backdoored = backdoored
+        self.repaired = repaired
+        self.extra_class = extra_class
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backdoored(x).argmax(dim=1)
+        r = self.repaired(x).argmax(dim=1)
+        return torch.where(b == r, b, torch.full_like(b, self.extra_class))
+
+
+def build_goodnet(backdoored: nn.Module, layer: str, pruned: Sequence[int]) -> GoodNet:
+    """The cheapest exact G for this model: one trunk and two tails when it can be traced."""
+    if isinstance(backdoored, torch.jit.ScriptModule):
+        from .pruning import pruned_copy
+
+        return TwoModelGoodNet(backdoored, pruned_copy(backdoored, layer, pruned))
+    return PrunedGoodNet(backdoored, layer, pruned)
+
+
 class PrunedGoodNet(GoodNet):
     """G for B' = B with channels `pruned` of conv `layer` zeroed."""
 
-    def __init__(self, backdoored: ImageClassifier, layer: str, pruned: Sequence[int]):
+    def __init__(self, backdoored: nn.Module, layer: str, pruned: Sequence[int]):
         super().__init__(backdoored.num_classes)
         self.backdoored = backdoored.eval()
         self.layer = layer

@@ -1,6 +1,8 @@
 """Split a model at a pruned conv layer into a trunk (run once) and a tail (re-run per step).
 
-Zeroing a conv output channel's kernel and bias makes that channel exactly zero. Channel-wise ops
+Zeroing a conv output channel's kernel and bias makes that channel exactly zero; a BatchNorm that
+directly follows the conv is pruned with it (its scale and shift zeroed too, see pruning.py), so
+its output channel is zero as well and the cut starts after it. Channel-wise ops
 that map 0 to 0 (ReLU, max/avg pooling, ...) keep it zero, so the cut moves past them: masking
 their output is the same as pruning the conv, and the tail gets cheaper. Everything that does not
 depend on the cut is trunk; every trunk tensor the tail reads (skip connections included) crosses
@@ -43,8 +45,46 @@ def _zero_preserving(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+def _batchnorm_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The BatchNorm call that is the conv's only reader, if any: it is pruned along with the conv."""
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if (user.op == "call_module" and isinstance(modules[user.target], (nn.BatchNorm2d,))
+            and user.all_input_nodes == [node]):
+        return user
+    return None
+
+
+def following_batchnorm(model: nn.Module, layer: str) -> str | None:
+    """Name of the BatchNorm module directly after conv `layer` (None if there is none)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return _scripted_batchnorm_after(model, layer)
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer]
+    bn = _batchnorm_after(calls[0], modules) if len(calls) == 1 else None
+    return None if bn is None else str(bn.target)
+
+
+def _scripted_batchnorm_after(model: nn.Module, layer: str) -> str | None:
+    # TorchScript cannot be traced; the module registered right after the conv is taken when it is
+    # a BatchNorm of matching width (true of nn.Sequential and torchvision-style blocks).
+    names = [name for name, _ in model.named_modules()]
+    modules = dict(model.named_modules())
+    if layer not in modules or names.index(layer) + 1 >= len(names):
+        return None
+    following = names[names.index(layer) + 1]
+    bn = modules[following]
+    if getattr(bn, "original_name", type(bn).__name__) == "BatchNorm2d" and \
+            getattr(bn, "num_features", None) == modules[layer].out_channels:
+        return following
+    return None
+
+
 def conv_layers(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) or getattr(m, "original_name", None) == "Conv2d"]
 
 
 @dataclass
@@ -82,7 +122,7 @@ def split_at_conv(model: nn.Module, layer: str, example: torch.Tensor | None = N
     if len(calls) != 1:
         raise GoodnetError(f"layer '{layer}' is called {len(calls)} times in forward(); "
                            f"pruning needs exactly one call")
-    cut = calls[0]
+    cut = _batchnorm_after(calls[0], modules) or calls[0]
     while len(cut.users) == 1:
         user = next(iter(cut.users))
         if not (_zero_preserving(user, modules) and user.all_input_nodes == [cut]):

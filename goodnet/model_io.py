@@ -1,9 +1,13 @@
-"""Model files: ours (safetensors + JSON header, never pickle) and the lab's Keras weights.
+"""Model files in and out: ours (safetensors + JSON header, never pickle), Keras HDF5 (full model or
+weights only), a user's PyTorch class plus weights, and TorchScript.
 
 Our files hold tensors plus a JSON description under the metadata key "goodnet":
   {"kind": "classifier", "arch": ..., "config": {...}}                      a model (B or B')
   {"kind": "goodnet", "arch": ..., "config": {...}, "layer": ..., "pruned": [...]}   a GoodNet
-Loading rebuilds the module from the registry of built-in architectures; nothing in the file runs.
+Built-in architectures (and Keras graphs, stored as plain JSON in the config) are rebuilt from the
+registry; nothing in the file runs. For a user's class (arch "factory") the header names the
+factory, but it is only imported when the user names it again (`factory=`, CLI `--factory`).
+TorchScript models are saved as TorchScript, with the same description as an extra file.
 """
 
 from __future__ import annotations
@@ -19,16 +23,43 @@ from torch import nn
 
 from .architectures import ARCHITECTURES, ImageClassifier, build_model
 from .errors import GoodnetError
-from .goodnet_model import GoodNet, PrunedGoodNet
-from .keras_weights import load_keras_weights, output_size, read_keras_weights
+from .external import TORCH_SUFFIXES, is_torchscript, load_factory_model, load_torchscript
+from .goodnet_model import GoodNet, PrunedGoodNet, ScriptableGoodNet, TwoModelGoodNet
+from .keras_io.files import load_keras_model, read_architecture, read_model_config
+from .keras_io.weights import load_keras_weights, output_size, read_keras_weights
 
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
-KERAS_SUFFIXES = (".h5", ".hdf5", ".keras.h5")
+SCRIPT_SUFFIX = ".pt"
+KERAS_SUFFIXES = (".h5", ".hdf5")
+DESCRIPTION_FILE = "goodnet.json"
 
 
-def _header(model: ImageClassifier, kind: str, **extra: Any) -> dict[str, str]:
-    meta = {"format_version": FORMAT_VERSION, "kind": kind, "arch": model.arch, "config": model.config(), **extra}
+def is_scripted(model: nn.Module) -> bool:
+    if isinstance(model, TwoModelGoodNet):
+        return True
+    return isinstance(model, torch.jit.ScriptModule)
+
+
+def model_suffix(model: nn.Module) -> str:
+    """The file suffix `save_model` needs for this model."""
+    return SCRIPT_SUFFIX if is_scripted(model) else MODEL_SUFFIX
+
+
+def _describe(model: nn.Module) -> dict[str, Any]:
+    if isinstance(model, ImageClassifier):
+        return {"arch": model.arch, "config": model.config()}
+    factory = getattr(model, "goodnet_factory", None)
+    config = {"num_classes": int(model.num_classes), "input_shape": list(model.input_shape)}
+    if factory is not None:
+        return {"arch": "factory", "factory": factory, "config": config}
+    if isinstance(model, torch.jit.ScriptModule):
+        return {"arch": "torchscript", "config": config}
+    raise TypeError(f"cannot save {type(model).__name__}")
+
+
+def _header(model: nn.Module, kind: str, **extra: Any) -> dict[str, str]:
+    meta = {"format_version": FORMAT_VERSION, "kind": kind, **_describe(model), **extra}
     return {"goodnet": json.dumps(meta, sort_keys=True)}
 
 
@@ -37,15 +68,19 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: nn.Module, path: str) -> None:
-    """Save a classifier (B, B') or a GoodNet as one self-describing file."""
-    if isinstance(model, PrunedGoodNet):
+    """Save a classifier (B, B') or a GoodNet as one self-describing file (see `model_suffix`)."""
+    if isinstance(model, TwoModelGoodNet):
+        scripted = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
+        meta = _header(model.backdoored, "goodnet")["goodnet"]
+        torch.jit.save(scripted, path, _extra_files={DESCRIPTION_FILE: meta})
+    elif isinstance(model, torch.jit.ScriptModule):
+        torch.jit.save(model, path, _extra_files={DESCRIPTION_FILE: _header(model, "classifier")["goodnet"]})
+    elif isinstance(model, PrunedGoodNet):
         tensors = {f"backdoored.{k}": v for k, v in _state(model.backdoored).items()}
         save_file(tensors, path, metadata=_header(model.backdoored, "goodnet", layer=model.layer,
                                                    pruned=model.pruned))
-    elif isinstance(model, ImageClassifier):
-        save_file(_state(model), path, metadata=_header(model, "classifier"))
     else:
-        raise TypeError(f"cannot save {type(model).__name__}")
+        save_file(_state(model), path, metadata=_header(model, "classifier"))
 
 
 def _read_ours(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -53,11 +88,19 @@ def _read_ours(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         with safe_open(path, framework="pt") as f:
             meta = (f.metadata() or {}).get("goodnet")
             if meta is None:
-                raise GoodnetError(f"{path}: a safetensors file without a goodnet header "
-                                   f"(architecture unknown); save models with goodnet")
+                raise GoodnetError(f"{path}: a safetensors file without a goodnet header (architecture "
+                                   f"unknown); for your own PyTorch class pass --factory package.module:function")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise GoodnetError(f"{path}: not a readable safetensors file ({exc})") from None
+    header = _parse_header(meta, path)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise GoodnetError(f"{path}: tensor '{name}' contains NaN or infinite values")
+    return header, tensors
+
+
+def _parse_header(meta: str, path: str) -> dict[str, Any]:
     try:
         header = json.loads(meta)
     except ValueError:
@@ -65,10 +108,9 @@ def _read_ours(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if not isinstance(header, dict) or not all(k in header for k in ("arch", "config", "kind")) \
             or not isinstance(header["config"], dict):
         raise GoodnetError(f"{path}: malformed goodnet header")
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise GoodnetError(f"{path}: tensor '{name}' contains NaN or infinite values")
-    return header, tensors
+    if header["kind"] not in ("classifier", "goodnet"):
+        raise GoodnetError(f"{path}: unknown model kind '{header['kind']}'")
+    return header
 
 
 def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
@@ -85,43 +127,119 @@ def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: str) -
     model.load_state_dict(tensors)
 
 
-def load_model(path: str, arch: str = "deepid", input_shape: tuple[int, int, int] | None = None,
-               input_divisor: float = 1.0) -> nn.Module:
-    """Load B, B' or G in eval mode.
+def _load_ours(path: str, factory: str | None) -> nn.Module:
+    header, tensors = _read_ours(path)
+    if header["kind"] == "goodnet":
+        prefix = "backdoored."
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if header["arch"] == "factory":
+        named = header.get("factory")
+        if factory is None:
+            raise GoodnetError(f"{path}: holds weights of the PyTorch class built by '{named}'; pass "
+                               f"--factory {named} to load it (goodnet never imports code a file names)")
+        config = header["config"]
+        model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
+    else:
+        model = build_model(header["arch"], **header["config"])
+        _load_state(model, tensors, path)
+    model.eval()
+    if header["kind"] == "classifier":
+        return model
+    pruned = header.get("pruned", [])
+    if not isinstance(pruned, list) or any(not isinstance(c, int) for c in pruned) \
+            or not isinstance(header.get("layer"), str):
+        raise GoodnetError(f"{path}: malformed GoodNet header (layer and pruned channels)")
+    return PrunedGoodNet(model, header["layer"], pruned).eval()
 
-    Our .safetensors files describe themselves. A Keras weights file (.h5) needs the architecture
-    (`arch`) and the input shape (taken from the data by callers); the number of classes is read
-    from the file.
+
+def _load_script(path: str, input_shape: tuple[int, ...] | None) -> nn.Module:
+    extra = {DESCRIPTION_FILE: ""}
+    try:
+        model = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    except Exception:  # reported with a clear message by load_torchscript below
+        return load_torchscript(path, input_shape)
+    if not extra[DESCRIPTION_FILE]:
+        return load_torchscript(path, input_shape)
+    header = _parse_header(extra[DESCRIPTION_FILE], path)
+    model.num_classes = int(header["config"]["num_classes"])
+    model.input_shape = tuple(header["config"]["input_shape"])
+    model.eval()
+    if header["kind"] == "goodnet":
+        return ScriptedGoodNetFile(model)
+    return model
+
+
+class ScriptedGoodNetFile(GoodNet):
+    """A G saved as TorchScript: its forward already returns labels."""
+
+    def __init__(self, scripted: nn.Module):
+        super().__init__(scripted.num_classes)
+        self.scripted = scripted
+        self.input_shape = scripted.input_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scripted(x)
+
+
+def _keras_weights_model(path: str, arch: str, input_shape, input_divisor: float) -> nn.Module:
+    if arch.lower().endswith((".json",) + KERAS_SUFFIXES):  # architecture from another file
+        return load_keras_model(path, graph=read_architecture(arch), input_shape=input_shape,
+                                input_divisor=input_divisor)
+    layers = read_keras_weights(path)
+    if arch not in ARCHITECTURES or arch == "keras":
+        raise GoodnetError(f"unknown architecture '{arch}' (built-in: "
+                           f"{', '.join(sorted(a for a in ARCHITECTURES if a != 'keras'))}, or a Keras "
+                           f"full-model .h5 / model.to_json() .json file)")
+    num_classes = output_size(layers, ARCHITECTURES[arch].final_layer, path)
+    config: dict[str, Any] = {"num_classes": num_classes, "input_divisor": input_divisor}
+    if input_shape is not None:
+        config["input_shape"] = tuple(input_shape)
+    model = build_model(arch, **config)
+    load_keras_weights(model, layers, path)
+    return model.eval()
+
+
+def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
+               input_divisor: float = 1.0, factory: str | None = None) -> nn.Module:
+    """Load B, B' or G in eval mode, from any supported file.
+
+    - goodnet .safetensors: describes itself (a user's class also needs `factory`);
+    - Keras full-model .h5: architecture and weights from the file;
+    - Keras weights-only .h5: `arch` is a built-in name (default deepid) or a file holding the
+      architecture; the input shape comes from the data (`input_shape`);
+    - `factory` ("package.module:function") plus a .safetensors/.pt state dict;
+    - TorchScript .pt (input shape from the data unless goodnet wrote the file).
     """
     if not os.path.isfile(path):
         raise GoodnetError(f"{path}: no such file")
     lower = path.lower()
     if lower.endswith(MODEL_SUFFIX):
-        header, tensors = _read_ours(path)
-        model = build_model(header["arch"], **header["config"])
-        if header["kind"] == "classifier":
-            _load_state(model, tensors, path)
-            return model.eval()
-        if header["kind"] == "goodnet":
-            prefix = "backdoored."
-            _load_state(model, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, path)
-            pruned = header.get("pruned", [])
-            if any(not isinstance(c, int) for c in pruned):
-                raise GoodnetError(f"{path}: malformed list of pruned channels")
-            return PrunedGoodNet(model, header["layer"], pruned).eval()
-        raise GoodnetError(f"{path}: unknown model kind '{header['kind']}'")
+        with_header = True
+        try:
+            with safe_open(path, framework="pt") as f:
+                with_header = "goodnet" in (f.metadata() or {})
+        except (SafetensorError, OSError) as exc:
+            raise GoodnetError(f"{path}: not a readable safetensors file ({exc})") from None
+        if with_header or factory is None:
+            return _load_ours(path, factory)
+        return load_factory_model(factory, path, input_shape)
     if lower.endswith(KERAS_SUFFIXES):
-        layers = read_keras_weights(path)
-        if arch not in ARCHITECTURES:
-            raise GoodnetError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
-        num_classes = output_size(layers, ARCHITECTURES[arch].final_layer, path)
-        config: dict[str, Any] = {"num_classes": num_classes, "input_divisor": input_divisor}
-        if input_shape is not None:
-            config["input_shape"] = tuple(input_shape)
-        model = build_model(arch, **config)
-        load_keras_weights(model, layers, path)
-        return model.eval()
-    raise GoodnetError(f"{path}: unknown model format (expected {MODEL_SUFFIX} or a Keras .h5 weights file)")
+        if factory is not None:
+            raise GoodnetError("--factory goes with a PyTorch weights file, not a Keras file")
+        if read_model_config(path) is not None:
+            return load_keras_model(path, input_shape=input_shape, input_divisor=input_divisor)
+        return _keras_weights_model(path, arch or "deepid", input_shape, input_divisor)
+    if lower.endswith(TORCH_SUFFIXES):
+        if is_torchscript(path):
+            if factory is not None:
+                raise GoodnetError(f"{path}: a TorchScript file holds its own code; drop --factory")
+            return _load_script(path, input_shape)
+        if factory is None:
+            raise GoodnetError(f"{path}: a PyTorch weights file; pass --factory package.module:function "
+                               f"to say which class it belongs to")
+        return load_factory_model(factory, path, input_shape)
+    raise GoodnetError(f"{path}: unknown model format (expected {MODEL_SUFFIX}, Keras .h5, or a PyTorch "
+                       f".pt/.pth file)")
 
 
-__all__ = ["GoodNet", "load_model", "save_model"]
+__all__ = ["GoodNet", "load_model", "model_suffix", "save_model"]

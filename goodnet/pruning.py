@@ -1,4 +1,8 @@
-"""Channel pruning as the lab defines it: zero a conv output channel's kernel and bias."""
+"""Channel pruning as the lab defines it: zero a conv output channel's kernel and bias.
+
+When a BatchNorm reads the conv directly, its scale and shift for that channel are zeroed too:
+otherwise it would turn the zero channel into a constant (its shift minus the normalised mean)
+and the channel would not be gone."""
 
 from __future__ import annotations
 
@@ -9,14 +13,17 @@ import torch
 from torch import nn
 
 from .errors import GoodnetError
+from .graph_split import conv_layers, following_batchnorm
 
 
 def pruned_copy(model: nn.Module, layer: str, channels: Iterable[int]) -> nn.Module:
     """A copy of `model` whose conv `layer` outputs zero on every channel in `channels`."""
     pruned = copy.deepcopy(model)
-    conv = dict(pruned.named_modules()).get(layer)
-    if not isinstance(conv, nn.Conv2d):
+    modules = dict(pruned.named_modules())
+    conv = modules.get(layer)
+    if conv is None or layer not in conv_layers(pruned):
         raise GoodnetError(f"no Conv2d layer named '{layer}'")
+    bn_name = following_batchnorm(pruned, layer)
     index = torch.as_tensor(list(channels), dtype=torch.long)
     if index.numel() and (index.min() < 0 or index.max() >= conv.out_channels):
         raise GoodnetError(f"channel index out of range for '{layer}' ({conv.out_channels} channels)")
@@ -24,4 +31,7 @@ def pruned_copy(model: nn.Module, layer: str, channels: Iterable[int]) -> nn.Mod
         conv.weight[index] = 0
         if conv.bias is not None:
             conv.bias[index] = 0
+        if bn_name is not None:
+            modules[bn_name].weight[index] = 0
+            modules[bn_name].bias[index] = 0
     return pruned

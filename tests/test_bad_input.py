@@ -107,7 +107,9 @@ def test_truncated_and_foreign_model_files(case, capsys):
     (d / "cut.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     _fails(capsys, _defend(case, **{"--model": str(d / "cut.h5")}), "not a readable HDF5", case["out"])
     (d / "model.pt").write_bytes(b"\x80\x04pickle")
-    _fails(capsys, _defend(case, **{"--model": str(d / "model.pt")}), "unknown model format", case["out"])
+    _fails(capsys, _defend(case, **{"--model": str(d / "model.pt")}), "pass --factory", case["out"])
+    (d / "model.onnx").write_bytes(b"onnx")
+    _fails(capsys, _defend(case, **{"--model": str(d / "model.onnx")}), "unknown model format", case["out"])
     from safetensors.numpy import save_file
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(d / "foreign.safetensors"))
     _fails(capsys, _defend(case, **{"--model": str(d / "foreign.safetensors")}), "without a goodnet header",

@@ -7,9 +7,12 @@ from typing import Any
 from ..errors import GoodnetError
 from .base import FlattenNHWC, ImageClassifier
 from .deepid import DeepID
+from .resnet import ResNet8
 from .small_cnn import SmallCNN
+from ..keras_io.model import KerasModel
 
-ARCHITECTURES: dict[str, type[ImageClassifier]] = {cls.arch: cls for cls in (DeepID, SmallCNN)}
+ARCHITECTURES: dict[str, type[ImageClassifier]] = {cls.arch: cls for cls in (DeepID, SmallCNN, ResNet8,
+                                                                             KerasModel)}
 
 
 def build_model(arch: str, **config: Any) -> ImageClassifier:
@@ -22,4 +25,5 @@ def build_model(arch: str, **config: Any) -> ImageClassifier:
         raise GoodnetError(f"cannot build '{arch}' with config {config}: {exc}") from None
 
 
-__all__ = ["ARCHITECTURES", "DeepID", "FlattenNHWC", "ImageClassifier", "SmallCNN", "build_model"]
+__all__ = ["ARCHITECTURES", "DeepID", "FlattenNHWC", "ImageClassifier", "KerasModel", "ResNet8", "SmallCNN",
+           "build_model"]

@@ -1,9 +1,10 @@
-"""Keras HDF5 weights into our PyTorch models, without TensorFlow and without running file code.
+"""Keras HDF5 weights into and out of our PyTorch models, without TensorFlow or file code.
 
-Keras writes one group per layer (attr `weight_names`, datasets `<layer>/<name>:0`), either at the
-file root (`save_weights`) or under `model_weights` (`model.save`). Conv kernels are stored as
-(kh, kw, in, out) and dense kernels as (in, out); our models flatten in NHWC order like Keras, so
-dense kernels only need a transpose.
+Keras writes one group per layer (attr `weight_names`, datasets `<layer>/<name>:0` in Keras 2,
+`<layer>/<name>` in Keras 3), either at the file root (`save_weights`) or under `model_weights`
+(`model.save`). Conv kernels are stored as (kh, kw, in, out) and dense kernels as (in, out); our
+models flatten in NHWC order like Keras, so dense kernels only need a transpose. BatchNormalization
+stores gamma, beta, moving_mean and moving_variance (gamma/beta absent when scale/center is off).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import GoodnetError
+from ..errors import GoodnetError
 
 
 def _text(value) -> str:
@@ -50,6 +51,17 @@ def read_keras_weights(path: str) -> dict[str, dict[str, np.ndarray]]:
         raise GoodnetError(f"{path}: not a readable HDF5 file ({exc})") from None
 
 
+WEIGHTED_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def keras_names(module: nn.Module) -> list[tuple[str, str]]:
+    """(Keras weight short name, PyTorch tensor name) pairs of a module, in Keras's order."""
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return [("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
+                ("moving_variance", "running_var")]
+    return [("kernel", "weight"), ("bias", "bias")]
+
+
 def _torch_layout(module: nn.Module, short: str, array: np.ndarray) -> np.ndarray:
     if short == "kernel" and isinstance(module, nn.Conv2d):
         return array.transpose(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
@@ -59,8 +71,8 @@ def _torch_layout(module: nn.Module, short: str, array: np.ndarray) -> np.ndarra
 
 
 def load_keras_weights(model: nn.Module, layers: dict[str, dict[str, np.ndarray]], source: str) -> None:
-    """Copy Keras weights into the same-named Conv2d/Linear modules of `model`, checking shapes."""
-    targets = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    """Copy Keras weights into the same-named Conv2d/Linear/BatchNorm modules of `model`, checking shapes."""
+    targets = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED_MODULES)}
     with_weights = {name for name, w in layers.items() if w}
     missing = sorted(set(targets) - with_weights)
     if missing:
@@ -72,9 +84,12 @@ def load_keras_weights(model: nn.Module, layers: dict[str, dict[str, np.ndarray]
     with torch.no_grad():
         for name, module in targets.items():
             weights = dict(layers[name])
-            for short, param_name in (("kernel", "weight"), ("bias", "bias")):
+            for short, param_name in keras_names(module):
                 param = getattr(module, param_name)
                 if param is None:
+                    continue
+                if short not in weights and short in ("gamma", "beta"):
+                    param.fill_(1.0 if short == "gamma" else 0.0)  # scale / center switched off
                     continue
                 if short not in weights:
                     raise GoodnetError(f"{source}: layer '{name}' has no {short}")
@@ -107,3 +122,14 @@ def output_size(layers: dict[str, dict[str, np.ndarray]], final_layer: str, sour
     if kernel is None or kernel.ndim != 2:
         raise GoodnetError(f"{source}: no dense layer named '{final_layer}' to read the number of classes from")
     return int(kernel.shape[1])
+
+
+def keras_array(module: nn.Module, short: str) -> np.ndarray:
+    """One of `module`'s tensors in Keras's layout."""
+    torch_name = dict(keras_names(module))[short]
+    value = getattr(module, torch_name).detach().cpu().numpy()
+    if short == "kernel" and isinstance(module, nn.Conv2d):
+        return value.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
+    if short == "kernel" and isinstance(module, nn.Linear):
+        return value.T
+    return value

@@ -1,0 +1,104 @@
+"""Our models back into Keras HDF5 files that Keras (and the lab's `architecture.py`) can load.
+
+`export_like` keeps the layout of the file the model came from byte-for-byte except for the weight
+values: it copies that file (weights-only or full model) and overwrites each weight dataset in
+place, keeping its dtype, shape and attributes. `write_keras_weights` writes a fresh weights-only
+file in the Keras 2.3.1 `save_weights` layout, for models that did not come from a Keras file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import h5py
+import numpy as np
+from torch import nn
+
+from ..errors import GoodnetError
+from .weights import WEIGHTED_MODULES, _text, keras_array, keras_names
+
+KERAS_VERSION = "2.3.1"
+
+
+def _weighted(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED_MODULES)}
+
+
+def _atomic_copy(write, out: str) -> None:
+    directory = os.path.dirname(os.path.abspath(out))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=".h5", dir=directory)
+    except OSError as exc:
+        raise GoodnetError(f"{out}: cannot write ({exc.strerror})") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def export_like(model: nn.Module, source: str, out: str) -> None:
+    """Write `model`'s weights into a copy of the Keras file `source` (same layout, names, dtypes)."""
+    modules = _weighted(model)
+
+    def write(tmp: str) -> None:
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "r+") as f:
+            root = f["model_weights"] if "model_weights" in f else f
+            seen = set()
+            for raw in root.attrs["layer_names"]:
+                name = _text(raw)
+                group = root[name]
+                weight_names = [_text(w) for w in group.attrs.get("weight_names", [])]
+                if not weight_names:
+                    continue
+                if name not in modules:
+                    raise GoodnetError(f"{source}: layer '{name}' has no counterpart in the model")
+                seen.add(name)
+                known = {short for short, _ in keras_names(modules[name])}
+                for weight in weight_names:
+                    short = weight.rsplit("/", 1)[-1].split(":")[0]
+                    if short not in known:
+                        raise GoodnetError(f"{source}: layer '{name}' weight '{weight}' is not understood")
+                    value = keras_array(modules[name], short)
+                    dataset = group[weight]
+                    if dataset.shape != value.shape:
+                        raise GoodnetError(f"{source}: layer '{name}' {short} has shape {dataset.shape}, "
+                                           f"the model's is {value.shape}")
+                    dataset[...] = value.astype(dataset.dtype)
+            missing = sorted(set(modules) - seen)
+            if missing:
+                raise GoodnetError(f"{source}: has no weights for layer(s) {', '.join(missing)}")
+
+    _atomic_copy(write, out)
+
+
+def write_keras_weights(model: nn.Module, out: str) -> None:
+    """A fresh Keras 2.3.1-style `save_weights` file holding every weighted layer of `model`."""
+    modules = _weighted(model)
+    bad = [name for name in modules if "." in name or "/" in name]
+    if bad:
+        raise GoodnetError(f"layer name(s) {', '.join(bad)} cannot be Keras layer names")
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = KERAS_VERSION.encode()
+            f.attrs["layer_names"] = np.array([n.encode() for n in modules])
+            for name, module in modules.items():
+                group = f.create_group(name)
+                names = []
+                for short, torch_name in keras_names(module):
+                    if getattr(module, torch_name, None) is None:
+                        continue
+                    weight = f"{name}/{short}:0"
+                    group.create_dataset(weight, data=keras_array(module, short).astype(np.float32))
+                    names.append(weight.encode())
+                group.attrs["weight_names"] = np.array(names)
+
+    _atomic_copy(write, out)
