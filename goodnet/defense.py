@@ -12,14 +12,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .architectures import ImageClassifier
+from torch import nn
+
 from .data import ImageSet, check_fits_model
 from .errors import GoodnetError
 from .graph_split import split_at_conv
 from .metrics import accuracy, flag_rate, goodnet_labels
 from .profiling import channel_means, pruning_order
 from .selection import DROPS, RULES, Selection, drop_percent, select
-from .sweep import DEFAULT_BATCH_SIZE, SweepPredictions, run_trunk, sweep
+from .pruning import pruned_copy
+from .sweep import DEFAULT_BATCH_SIZE, SweepPredictions, predict, run_trunk, sweep
 
 ROLES = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
 DEFAULT_THRESHOLDS = (2.0, 4.0, 10.0, 30.0)
@@ -112,7 +114,7 @@ class DefenseResult:
         return drop_percent(correct[0], correct[1], len(y), self.settings.drop)
 
 
-def run_defense(model: ImageClassifier, data: DefenseData, settings: DefenseSettings = DefenseSettings(),
+def run_defense(model: nn.Module, data: DefenseData, settings: DefenseSettings = DefenseSettings(),
                 progress: bool = True) -> DefenseResult:
     """Profile on clean validation data, sweep every data set, select a B' per threshold."""
     settings.validate()
@@ -142,3 +144,36 @@ def run_defense(model: ImageClassifier, data: DefenseData, settings: DefenseSett
     return DefenseResult(settings=settings, cut=split.cut, num_channels=split.num_channels,
                          num_classes=model.num_classes, mean_activation=means, order=order,
                          sweeps=sweeps, truth=truth, selections=selections, timings=timings)
+
+
+@dataclass
+class ChannelsResult:
+    """B, B' (an explicit channel list pruned) and G, measured on whatever data was given."""
+
+    layer: str
+    channels: list[int]
+    num_channels: int
+    num_classes: int
+    metrics: dict[str, dict[str, float]]  # role -> {"backdoored", "repaired", "goodnet", "flagged"}
+
+
+def measure_channels(model: nn.Module, sets: dict[str, ImageSet], layer: str, channels: Sequence[int],
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> ChannelsResult:
+    """Rebuild someone's B' from its channel list (no sweep, no profiling) and measure it."""
+    model.eval()
+    channels = [int(c) for c in channels]
+    if len(set(channels)) != len(channels):
+        raise GoodnetError("--channels lists a channel twice")
+    for role, images in sets.items():
+        check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
+    repaired = pruned_copy(model, layer, channels)
+    conv = dict(model.named_modules())[layer]
+    metrics = {}
+    for role, images in sets.items():
+        b = predict(model, images.x, batch_size)
+        r = predict(repaired, images.x, batch_size)
+        g = goodnet_labels(b, r, model.num_classes)
+        metrics[role] = {"backdoored": accuracy(b, images.y), "repaired": accuracy(r, images.y),
+                         "goodnet": accuracy(g, images.y), "flagged": flag_rate(g, model.num_classes)}
+    return ChannelsResult(layer=layer, channels=channels, num_channels=int(conv.out_channels),
+                          num_classes=int(model.num_classes), metrics=metrics)

@@ -1,8 +1,8 @@
 """Split a model at a pruned conv layer into a trunk (run once) and a tail (re-run per step).
 
 Zeroing a conv output channel's kernel and bias makes that channel exactly zero; a BatchNorm that
-directly follows the conv is pruned with it (its scale and shift zeroed too, see pruning.py), so
-its output channel is zero as well and the cut starts after it. Channel-wise ops
+follows the conv (directly or after a ReLU) is pruned with it (its scale and shift zeroed too, see
+pruning.py), so its output channel is zero as well and the cut starts after it. Channel-wise ops
 that map 0 to 0 (ReLU, max/avg pooling, ...) keep it zero, so the cut moves past them: masking
 their output is the same as pruning the conv, and the tail gets cheaper. Everything that does not
 depend on the cut is trunk; every trunk tensor the tail reads (skip connections included) crosses
@@ -29,6 +29,10 @@ ZERO_PRESERVING_METHODS = {"relu", "tanh"}
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise GoodnetError("a TorchScript model cannot be profiled or swept (its forward is compiled "
+                           "code); prune an explicit list with --channels, or load its PyTorch class "
+                           "with --factory")
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
@@ -46,13 +50,18 @@ def _zero_preserving(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def _batchnorm_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
-    """The BatchNorm call that is the conv's only reader, if any: it is pruned along with the conv."""
-    if len(node.users) != 1:
-        return None
-    user = next(iter(node.users))
-    if (user.op == "call_module" and isinstance(modules[user.target], (nn.BatchNorm2d,))
-            and user.all_input_nodes == [node]):
-        return user
+    """The BatchNorm that reads the conv's output, directly or through zero-preserving ops only
+    (conv -> BN, or Keras's conv+relu -> BN): it is pruned along with the conv."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.all_input_nodes != [node]:
+            return None
+        if user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d) \
+                and modules[user.target].affine:
+            return user
+        if not _zero_preserving(user, modules):
+            return None
+        node = user
     return None
 
 
@@ -109,6 +118,8 @@ def apply_keep_mask(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def split_at_conv(model: nn.Module, layer: str, example: torch.Tensor | None = None) -> CutSplit:
     """Split `model` after the conv module named `layer` (see module docstring)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        trace(model)  # refuses, with the reason
     modules = dict(model.named_modules())
     if layer not in modules:
         raise GoodnetError(f"no layer named '{layer}' (conv layers: {', '.join(conv_layers(model)) or 'none'})")

@@ -1,6 +1,6 @@
 """Channel pruning as the lab defines it: zero a conv output channel's kernel and bias.
 
-When a BatchNorm reads the conv directly, its scale and shift for that channel are zeroed too:
+When a BatchNorm follows the conv (directly or after a ReLU or pooling), its scale and shift for that channel are zeroed too:
 otherwise it would turn the zero channel into a constant (its shift minus the normalised mean)
 and the channel would not be gone."""
 
@@ -16,9 +16,15 @@ from .errors import GoodnetError
 from .graph_split import conv_layers, following_batchnorm
 
 
+DESCRIPTION_ATTRIBUTES = ("num_classes", "input_shape", "goodnet_factory")
+
+
 def pruned_copy(model: nn.Module, layer: str, channels: Iterable[int]) -> nn.Module:
     """A copy of `model` whose conv `layer` outputs zero on every channel in `channels`."""
     pruned = copy.deepcopy(model)
+    for attr in DESCRIPTION_ATTRIBUTES:  # deepcopy of TorchScript drops plain Python attributes
+        if hasattr(model, attr) and not hasattr(pruned, attr):
+            setattr(pruned, attr, getattr(model, attr))
     modules = dict(pruned.named_modules())
     conv = modules.get(layer)
     if conv is None or layer not in conv_layers(pruned):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
@@ -16,12 +17,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .architectures import ImageClassifier  # noqa: E402
+from torch import nn  # noqa: E402
+
 from .data import ImageSet  # noqa: E402
-from .defense import DefenseData, DefenseResult  # noqa: E402
-from .goodnet_model import PrunedGoodNet  # noqa: E402
+from .defense import ChannelsResult, DefenseData, DefenseResult  # noqa: E402
+from .goodnet_model import build_goodnet  # noqa: E402
+from .keras_io.export import export_like  # noqa: E402
 from .metrics import goodnet_labels  # noqa: E402
-from .model_io import save_model  # noqa: E402
+from .model_io import model_suffix, save_model  # noqa: E402
+from .onnx_export import export_onnx  # noqa: E402
 from .outputs import atomic_directory  # noqa: E402
 from .pruning import pruned_copy  # noqa: E402
 
@@ -39,8 +43,38 @@ def _rounded(d: dict[str, float | None]) -> dict[str, float | None]:
     return {k: _round(v) for k, v in d.items()}
 
 
-def model_filename(kind: str, x: float, rule: str) -> str:
-    return f"models/{kind}_x{x:g}_{rule}.safetensors"
+
+@dataclass(frozen=True)
+class ModelExports:
+    """Extra formats written next to our own files: B' as Keras HDF5 in the layout of `keras_like`
+    (the Keras file B came from), G (and B') as ONNX."""
+
+    keras_like: str | None = None
+    onnx: bool = False
+
+    def filenames(self, stem: str, model: nn.Module) -> dict[str, str]:
+        names = {"repaired": f"models/repaired_{stem}{model_suffix(model)}",
+                 "goodnet": f"models/goodnet_{stem}{model_suffix(model)}"}
+        if self.keras_like:
+            names["repaired_keras"] = f"models/repaired_{stem}.h5"
+        if self.onnx:
+            names["goodnet_onnx"] = f"models/goodnet_{stem}.onnx"
+            names["repaired_onnx"] = f"models/repaired_{stem}.onnx"
+        return names
+
+    def save(self, stage: str, stem: str, model: nn.Module, layer: str, channels: list[int]) -> dict[str, str]:
+        """Save B' and G (pruning `channels` of `layer` in B = `model`) under `stage`."""
+        names = self.filenames(stem, model)
+        repaired = pruned_copy(model, layer, channels)
+        goodnet = build_goodnet(model, layer, channels)
+        save_model(repaired, os.path.join(stage, names["repaired"]))
+        save_model(goodnet, os.path.join(stage, names["goodnet"]))
+        if self.keras_like:
+            export_like(repaired, self.keras_like, os.path.join(stage, names["repaired_keras"]))
+        if self.onnx:
+            export_onnx(goodnet, os.path.join(stage, names["goodnet_onnx"]))
+            export_onnx(repaired, os.path.join(stage, names["repaired_onnx"]))
+        return names
 
 
 def curve_rows(result: DefenseResult) -> list[dict[str, Any]]:
@@ -59,7 +93,8 @@ def curve_rows(result: DefenseResult) -> list[dict[str, Any]]:
     return rows
 
 
-def results_document(result: DefenseResult, inputs: dict[str, str]) -> dict[str, Any]:
+def results_document(result: DefenseResult, inputs: dict[str, str], model: nn.Module,
+                     exports: ModelExports = ModelExports()) -> dict[str, Any]:
     """The machine-readable summary (results.json); deterministic for a fixed model and data."""
     s = result.settings
     saved_rules = set(s.rules)
@@ -74,8 +109,7 @@ def results_document(result: DefenseResult, inputs: dict[str, str]) -> dict[str,
             entry.update(pruned=result.pruned_channels(k), valid_drop=_round(result.valid_drop(k)),
                          repaired=_rounded(result.model_metrics(k)),
                          goodnet=_rounded(result.goodnet_metrics(k, "test")),
-                         files=({"repaired": model_filename("repaired", sel.x, sel.rule),
-                                 "goodnet": model_filename("goodnet", sel.x, sel.rule)}
+                         files=(exports.filenames(f"x{sel.x:g}_{sel.rule}", model)
                                 if sel.rule in saved_rules else None))
         thresholds.append(entry)
     means = result.mean_activation
@@ -231,20 +265,17 @@ def report_markdown(result: DefenseResult, doc: dict[str, Any], samples: list[st
     return "\n".join(parts)
 
 
-def write_defense_outputs(out_dir: str, result: DefenseResult, model: ImageClassifier, data: DefenseData,
-                          inputs: dict[str, str]) -> dict[str, Any]:
+def write_defense_outputs(out_dir: str, result: DefenseResult, model: nn.Module, data: DefenseData,
+                          inputs: dict[str, str], exports: ModelExports = ModelExports()) -> dict[str, Any]:
     """Write the whole result directory atomically; return the results document."""
-    doc = results_document(result, inputs)
+    doc = results_document(result, inputs, model, exports)
     rows = curve_rows(result)
     with atomic_directory(out_dir) as stage:
         os.makedirs(os.path.join(stage, "models"))
         for sel in result.selections:
             if sel.rule in result.settings.rules and sel.channels_pruned is not None:
-                channels = result.pruned_channels(sel.channels_pruned)
-                save_model(pruned_copy(model, result.settings.layer, channels),
-                           os.path.join(stage, model_filename("repaired", sel.x, sel.rule)))
-                save_model(PrunedGoodNet(model, result.settings.layer, channels),
-                           os.path.join(stage, model_filename("goodnet", sel.x, sel.rule)))
+                exports.save(stage, f"x{sel.x:g}_{sel.rule}", model, result.settings.layer,
+                             result.pruned_channels(sel.channels_pruned))
         with open(os.path.join(stage, "results.json"), "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
@@ -282,3 +313,38 @@ def _write_samples(stage: str, result: DefenseResult, data: DefenseData) -> list
                      os.path.join(stage, name), poisoned=kind == "poisoned")
         names.append(name)
     return names
+
+
+def channels_document(result: ChannelsResult, inputs: dict[str, str], files: dict[str, str]) -> dict[str, Any]:
+    return {"mode": "channels", "layer": result.layer, "channels": result.channels,
+            "channels_pruned": len(result.channels), "num_channels": result.num_channels,
+            "num_classes": result.num_classes, "extra_class": result.num_classes, "inputs": inputs,
+            "metrics": {role: _rounded(m) for role, m in result.metrics.items()}, "files": files}
+
+
+def channels_table(result: ChannelsResult) -> str:
+    lines = ["| data | B | B' | G | flagged by G |", "|---|---|---|---|---|"]
+    for role, m in result.metrics.items():
+        what = "ASR" if role.startswith("poisoned") else "accuracy"
+        lines.append(f"| {role.replace('_', ' ')} ({what}) | {m['backdoored']:.2f} | {m['repaired']:.2f} | "
+                     f"{m['goodnet']:.2f} | {m['flagged']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_channel_outputs(out_dir: str, result: ChannelsResult, model: nn.Module, inputs: dict[str, str],
+                          exports: ModelExports = ModelExports()) -> dict[str, Any]:
+    """results.json, report.md and the models for an explicit channel list, written atomically."""
+    with atomic_directory(out_dir) as stage:
+        os.makedirs(os.path.join(stage, "models"))
+        files = exports.save(stage, "channels", model, result.layer, result.channels)
+        doc = channels_document(result, inputs, files)
+        with open(os.path.join(stage, "results.json"), "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        with open(os.path.join(stage, "report.md"), "w") as f:
+            f.write("\n".join([
+                f"# goodnet: {len(result.channels)} of {result.num_channels} channels of {result.layer} pruned", "",
+                f"Channels (given): {', '.join(map(str, result.channels)) or 'none'}", "",
+                channels_table(result) if result.metrics else "No data given: models only.", "",
+                "Models: " + ", ".join(f"`{name}`" for name in files.values()), ""]))
+    return doc

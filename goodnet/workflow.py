@@ -1,25 +1,51 @@
-"""File-to-directory workflows shared by the CLI's `defend` and `demo` (the demo runs exactly this)."""
+"""File-to-file workflows behind the CLI (the demo runs exactly `defend_files`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
-from .data import check_fits_model, load_images
-from .defense import ROLES, DefenseData, DefenseResult, DefenseSettings, run_defense
+import numpy as np
+from torch import nn
+
+from .data import ImageSet, check_fits_model, load_images
+from .defense import ROLES, DefenseData, DefenseResult, DefenseSettings, measure_channels, run_defense
 from .errors import GoodnetError
+from .goodnet_model import GoodNet
 from .metrics import accuracy
-from .model_io import load_model
-from .architectures import ImageClassifier
-from .reporting import write_defense_outputs
+from .model_io import KERAS_SUFFIXES, load_model
+from .reporting import ModelExports, write_channel_outputs, write_defense_outputs
 from .sweep import DEFAULT_BATCH_SIZE, predict
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where B comes from: a file, plus what that file cannot say itself."""
+
+    path: str
+    arch: str | None = None  # Keras weights-only files: built-in name or architecture file
+    factory: str | None = None  # a user's PyTorch class, "package.module:function"
+
+    def load(self, input_shape: tuple[int, ...] | None = None, input_divisor: float = 1.0) -> nn.Module:
+        return load_model(self.path, arch=self.arch, input_shape=input_shape, input_divisor=input_divisor,
+                          factory=self.factory)
+
+    def load_backdoored(self, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+        model = self.load(input_shape)
+        if isinstance(model, GoodNet):
+            raise GoodnetError(f"{self.path}: is a GoodNet; this needs the backdoored model B")
+        return model
+
+    @property
+    def is_keras(self) -> bool:
+        return self.path.lower().endswith(KERAS_SUFFIXES)
 
 
 @dataclass
 class DefenseRun:
     result: DefenseResult
     document: dict[str, Any]
-    model: ImageClassifier
+    model: nn.Module
 
 
 def load_defense_data(paths: dict[str, str | None], input_scale: float = 1.0) -> DefenseData:
@@ -29,34 +55,99 @@ def load_defense_data(paths: dict[str, str | None], input_scale: float = 1.0) ->
     return DefenseData(**sets)
 
 
-def defend_files(model_path: str, data_paths: dict[str, str | None], out_dir: str,
-                 settings: DefenseSettings = DefenseSettings(), arch: str = "deepid",
-                 input_scale: float = 1.0, progress: bool = True) -> DefenseRun:
-    """Load B and the data, run the defense, write `out_dir`. Every input is checked before work."""
+def _check_roles(data_paths: dict[str, str | None]) -> None:
     unknown = set(data_paths) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown data roles {sorted(unknown)}")
+
+
+def _exports(source: ModelSource, onnx: bool) -> ModelExports:
+    return ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx)
+
+
+def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], out_dir: str,
+                 settings: DefenseSettings = DefenseSettings(), input_scale: float = 1.0,
+                 progress: bool = True, onnx: bool = False) -> DefenseRun:
+    """Load B and the data, run the defense, write `out_dir`. Every input is checked before work."""
+    source = ModelSource(source) if isinstance(source, str) else source
+    _check_roles(data_paths)
     settings.validate()
     data = load_defense_data(data_paths, input_scale)
-    model = load_model(model_path, arch=arch, input_shape=data.clean_valid.image_shape)
-    if not isinstance(model, ImageClassifier):
-        raise GoodnetError(f"{model_path}: is a GoodNet; defend needs the backdoored model B")
+    model = source.load_backdoored(data.clean_valid.image_shape)
     result = run_defense(model, data, settings, progress=progress)
     document = write_defense_outputs(out_dir, result, model, data,
-                                     {role: path for role, path in data_paths.items() if path})
+                                     {role: path for role, path in data_paths.items() if path},
+                                     _exports(source, onnx))
     return DefenseRun(result=result, document=document, model=model)
 
 
-def evaluate_files(clean_path: str, poisoned_path: str, model_path: str, arch: str = "deepid",
-                   input_scale: float = 1.0, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float]:
+def prune_channels_files(source: ModelSource, data_paths: dict[str, str | None], out_dir: str, layer: str,
+                         channels: Sequence[int], input_scale: float = 1.0, onnx: bool = False,
+                         batch_size: int = DEFAULT_BATCH_SIZE):
+    """Rebuild B' from an explicit channel list; measure it on the data given (any, or none)."""
+    _check_roles(data_paths)
+    sets = {role: load_images(path, input_scale, name=path) for role, path in data_paths.items() if path}
+    shapes = {s.image_shape for s in sets.values()}
+    if len(shapes) > 1:
+        raise GoodnetError(f"the data files hold images of different sizes: {sorted(shapes)}")
+    model = source.load_backdoored(next(iter(shapes)) if shapes else None)
+    result = measure_channels(model, sets, layer, channels, batch_size)
+    document = write_channel_outputs(out_dir, result, model,
+                                     {role: path for role, path in data_paths.items() if path},
+                                     _exports(source, onnx))
+    return result, document
+
+
+def evaluate_files(clean_path: str, poisoned_path: str, source: ModelSource | str, input_scale: float = 1.0,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float]:
     """The lab's eval.py: clean accuracy and attack success rate, in %, for B, B' or G."""
+    source = ModelSource(source) if isinstance(source, str) else source
     clean = load_images(clean_path, input_scale)
     poisoned = load_images(poisoned_path, input_scale)
-    model = load_model(model_path, arch=arch, input_shape=clean.image_shape)
+    model = source.load(clean.image_shape)
     for role, images in (("clean data", clean), ("poisoned data", poisoned)):
         check_fits_model(images, model.input_shape, model.num_classes, role)
     return (accuracy(predict(model, clean.x, batch_size), clean.y),
             accuracy(predict(model, poisoned.x, batch_size), poisoned.y))
 
 
-__all__ = ["DefenseRun", "defend_files", "evaluate_files", "load_defense_data"]
+IMAGE_MODES = {"L": 1, "RGB": 3}
+
+
+def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
+    """A PNG/JPEG as a float32 C x H x W array of pixel values divided by `input_scale`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("1", "I;16", "I"):
+                image = image.convert("L")
+            elif image.mode == "P":
+                image = image.convert("RGB")
+            if image.mode not in IMAGE_MODES:
+                raise GoodnetError(f"{path}: image mode {image.mode} is not supported "
+                                   f"(grayscale or RGB)")
+            array = np.asarray(image, dtype=np.float32)
+    except FileNotFoundError:
+        raise GoodnetError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise GoodnetError(f"{path}: not a readable image ({exc})") from None
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return array / np.float32(input_scale) if input_scale != 1.0 else array
+
+
+def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale: float = 1.0) -> list[int]:
+    """One label per image: in [0, N-1] for a classifier, [0, N] for a GoodNet (N = poisoned)."""
+    images = [read_image(p, input_scale) for p in image_paths]
+    model = source.load(images[0].shape)
+    expected = tuple(model.input_shape)
+    for path, image in zip(image_paths, images):
+        if image.shape != expected:
+            raise GoodnetError(f"{path}: image is {'x'.join(map(str, image.shape))} (C x H x W) but the "
+                               f"model takes {'x'.join(map(str, expected))}")
+    return [int(v) for v in predict(model, np.stack(images))]
+
+
+__all__ = ["DefenseRun", "ModelSource", "classify_files", "defend_files", "evaluate_files",
+           "load_defense_data", "prune_channels_files", "read_image"]

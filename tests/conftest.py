@@ -26,3 +26,26 @@ def demo_run(tmp_path_factory):
     out, cache = str(base / "out"), str(base / "cache")
     assert main(["demo", "--out", out, "--cache-dir", cache, "--quiet"]) == 0
     return {"out": out, "cache": cache, "base": base}
+
+
+FULL_MODEL = os.path.join(FIXTURES, "keras2_sequential_mnist_bd_net.h5")
+needs_full_model = pytest.mark.skipif(not os.path.isfile(FULL_MODEL),
+                                      reason="../shared/fixtures/keras2_sequential_mnist_bd_net.h5 not present")
+# Keras 3 (test-only extra) checks our Keras import against Keras itself; it must use PyTorch.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+
+def run_cli(capsys, argv):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    from goodnet.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, pattern):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("goodnet: error:"), err
+    assert pattern in lines[0], lines[0]

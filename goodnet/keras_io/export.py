@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import GoodnetError
-from .weights import WEIGHTED_MODULES, _text, keras_array, keras_names
+from .weights import WEIGHTED_MODULES, _text, keras_array, keras_names, read_keras_weights
 
 KERAS_VERSION = "2.3.1"
 
@@ -45,6 +45,7 @@ def _atomic_copy(write, out: str) -> None:
 def export_like(model: nn.Module, source: str, out: str) -> None:
     """Write `model`'s weights into a copy of the Keras file `source` (same layout, names, dtypes)."""
     modules = _weighted(model)
+    read_keras_weights(source)  # a clear error for a missing, damaged or non-Keras file
 
     def write(tmp: str) -> None:
         shutil.copyfile(source, tmp)

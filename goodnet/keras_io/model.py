@@ -74,6 +74,7 @@ class KerasModel(ImageClassifier):
             raise GoodnetError(f"the data's images are {tuple(input_shape)} (C, H, W) but the Keras model "
                                f"takes {tuple(shape)}")
         super().__init__(num_classes or 0, tuple(shape), input_divisor)
+        self.eval()  # BatchNorm must not learn from the shape-finding passes below
         self.graph = graph
         self._steps: list[tuple[str, dict[str, Any], list[str]]] = []
         self._pads: dict[str, tuple[int, int, int, int]] = {}
@@ -90,6 +91,8 @@ class KerasModel(ImageClassifier):
                 raise GoodnetError(f"layer '{name}' has no input")
             self._input_rank[name] = inputs[0].dim()
             self._build(layer, inputs)
+            if hasattr(self, name):
+                getattr(self, name).eval()
             self._steps.append((name, layer, list(layer["inputs"])))
             with torch.no_grad():
                 example[name] = self._apply(name, layer, inputs)
@@ -194,7 +197,7 @@ class KerasModel(ImageClassifier):
             (top, bottom), (left, right) = layer["padding"]
             return F.pad(x, (left, right, top, bottom))
         if op == "flatten":
-            return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x.flatten(1)
+            return x.permute(0, 2, 3, 1).flatten(1) if self._input_rank[name] == 4 else x.flatten(1)
         if op == "identity":
             return x
         if op == "activation":

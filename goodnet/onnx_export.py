@@ -1,0 +1,49 @@
+"""Models as ONNX files, for runtimes without PyTorch (onnxruntime, TensorRT, browsers...).
+
+A GoodNet exports as one graph: the trunk once, the two tails (plain and channel-masked), and the
+label comparison, so a server needs nothing but the .onnx file. Input `image` is a float32 NCHW
+batch of pixel values as the data files store them (the model's own input scaling is inside);
+output `label` (int64, N = poisoned) for a GoodNet, `scores` (float32) for a classifier.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import torch
+from torch import nn
+
+from .errors import GoodnetError
+from .goodnet_model import GoodNet
+
+OPSET = 17
+
+
+def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
+    """Write `model` (a classifier or a GoodNet) as ONNX, with a variable batch size."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise GoodnetError("the model's input shape is unknown; cannot export to ONNX")
+    output = "label" if isinstance(model, GoodNet) else "scores"
+    model.eval()
+    example = torch.zeros(2, *shape)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=".onnx", dir=directory)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
+            torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=[output],
+                              dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
+        os.replace(tmp, path)
+    except GoodnetError:
+        raise
+    except Exception as exc:  # the exporter raises many types for unsupported ops
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GoodnetError(f"cannot export {type(model).__name__} to ONNX: {first}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
