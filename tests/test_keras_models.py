@@ -259,6 +259,32 @@ def test_refused_layers_exit_2(tmp_path, capsys, class_name, message):
     assert "Traceback" not in err
 
 
+def test_custom_layer_with_builtin_name_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    path = _save(_all_layers_model(), tmp_path / "f.h5", rng)
+
+    def custom(layers):
+        layer = next(layer for layer in layers if layer["class_name"] == "Conv2D")
+        layer["module"], layer["registered_name"] = "mypackage.layers", "mypackage>Conv2D"
+    bad = _edit_config(path, tmp_path / "custom.h5", custom)
+    _make_data(tmp_path / "d.h5", (3, 13, 11), 4)
+    code, _, err = run_cli(capsys, ["eval", tmp_path / "d.h5", tmp_path / "d.h5", bad])
+    assert_one_line_error(code, err, "is a custom layer (mypackage>Conv2D from mypackage.layers)")
+
+
+def test_weights_only_file_with_json_architecture(tmp_path):
+    rng = np.random.default_rng(9)
+    model = _sequential_model()
+    path = _save(model, tmp_path / "s.h5", rng)
+    (tmp_path / "arch.json").write_text(model.to_json())
+    weights = str(tmp_path / "w.h5")
+    write_keras_weights(load_keras_model(path), weights)
+    ours = load_model(weights, arch=str(tmp_path / "arch.json"))
+    x = rng.uniform(0, 1, (8, 10, 10, 2)).astype("float32")
+    got = ours.keras_output(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=2e-5)
+
+
 def test_truncated_and_unsupported_settings_exit_2(tmp_path, capsys):
     rng = np.random.default_rng(6)
     path = _save(_sequential_model(), tmp_path / "s.h5", rng)
@@ -314,3 +340,37 @@ def test_eval_and_channels_on_keras_full_model(tmp_path, capsys):
     b_prime = load_model(str(out_dir / doc["files"]["repaired_keras"]))
     labels = b_prime(torch.from_numpy(x.reshape(-1, 1, 28, 28).astype("float32") / 255)).argmax(1).numpy()
     assert abs((labels == y).mean() * 100 - doc["metrics"]["clean_test"]["repaired"]) < 1e-3
+
+
+def _keras_deepid():
+    """The lab's architecture.py, in Keras 3."""
+    inp = L.Input((55, 47, 3))
+    x = L.MaxPooling2D(2, name="pool_1")(L.Conv2D(20, 4, activation="relu", name="conv_1")(inp))
+    x = L.MaxPooling2D(2, name="pool_2")(L.Conv2D(40, 3, activation="relu", name="conv_2")(x))
+    pool_3 = L.MaxPooling2D(2, name="pool_3")(L.Conv2D(60, 3, activation="relu", name="conv_3")(x))
+    fc_1 = L.Dense(160, name="fc_1")(L.Flatten(name="flatten_1")(pool_3))
+    conv_4 = L.Conv2D(80, 2, activation="relu", name="conv_4")(pool_3)
+    fc_2 = L.Dense(160, name="fc_2")(L.Flatten(name="flatten_2")(conv_4))
+    merged = L.Activation("relu", name="activation_1")(L.Add(name="add_1")([fc_1, fc_2]))
+    return keras.Model(inp, L.Dense(1283, activation="softmax", name="output")(merged))
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(FULL_MODEL), "lab_bd_weights.h5")),
+                    reason="lab weights not present")
+def test_lab_layout_export_loads_in_keras_architecture(tmp_path):
+    lab = os.path.join(os.path.dirname(FULL_MODEL), "lab_bd_weights.h5")
+    b = load_model(lab, input_shape=(3, 55, 47))
+    b_prime = pruned_copy(b, "conv_3", [0, 7, 33, 59])
+    out = str(tmp_path / "b_prime.h5")
+    export_like(b_prime, lab, out)
+    with h5py.File(lab, "r") as f, h5py.File(out, "r") as g:
+        assert dict(f.attrs).keys() == dict(g.attrs).keys()
+        assert list(f.attrs["layer_names"]) == list(g.attrs["layer_names"])
+        for name in ("conv_3/conv_3/kernel:0", "output/output/bias:0"):
+            assert f[name].dtype == g[name].dtype and f[name].shape == g[name].shape
+    reference = _keras_deepid()
+    reference.load_weights(out)  # what the lab's eval does with a B' file
+    x = np.random.default_rng(7).uniform(0, 255, (8, 55, 47, 3)).astype("float32")
+    expected = torch.softmax(b_prime(torch.from_numpy(x.transpose(0, 3, 1, 2))), 1).detach().numpy()
+    np.testing.assert_allclose(reference.predict(x, verbose=0), expected, atol=1e-5)
+    assert not reference.get_layer("conv_3").get_weights()[0][..., [0, 7, 33, 59]].any()

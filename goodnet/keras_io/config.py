@@ -50,6 +50,16 @@ def _padding(value: Any, layer: str) -> str:
     return value
 
 
+def _refuse_custom(layer: dict[str, Any], name: str) -> None:
+    """Keras 3 marks where a layer class comes from; a class from outside Keras is custom code,
+    even when it borrows a built-in name."""
+    module = layer.get("module")
+    registered = layer.get("registered_name")
+    if (module is not None and not str(module).startswith("keras")) or registered not in (None, layer["class_name"]):
+        raise GoodnetError(f"layer '{name}' is a custom layer ({registered or layer['class_name']} from "
+                           f"{module}): it carries code, which goodnet never runs")
+
+
 def _layer_op(class_name: str, config: dict[str, Any], name: str) -> dict[str, Any]:
     """The op description of one layer: which computation, with which parameters."""
     if class_name in CODE_LAYERS:
@@ -222,6 +232,7 @@ def _sequential(body: dict[str, Any], source: str) -> dict[str, Any]:
     previous = input_name
     for layer in layers:
         name = layer["config"]["name"]
+        _refuse_custom(layer, name)
         op = _layer_op(layer["class_name"], layer["config"], name)
         if op["op"] == "input":
             raise GoodnetError(f"layer '{name}': an InputLayer inside a Sequential model")
@@ -235,6 +246,7 @@ def _functional(body: dict[str, Any], source: str) -> dict[str, Any]:
     shape = None
     for layer in body["layers"]:
         name = layer.get("name") or layer["config"]["name"]
+        _refuse_custom(layer, name)
         op = _layer_op(layer["class_name"], layer["config"], name)
         if op["op"] == "input":
             shape = _input_shape(layer["config"])
