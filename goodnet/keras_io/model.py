@@ -116,7 +116,7 @@ class KerasModel(ImageClassifier):
 
     def _build(self, layer: dict[str, Any], inputs: list[torch.Tensor]) -> None:
         name, op, x = layer["name"], layer["op"], inputs[0]
-        if op in PARAMETRIC_OPS and ("." in name or hasattr(self, name)):
+        if op in PARAMETRIC_OPS and ("." in name or "/" in name or hasattr(self, name)):
             raise GoodnetError(f"layer name '{name}' cannot be used as a PyTorch module name")
         if op == "conv":
             if x.dim() != 4:
@@ -149,6 +149,9 @@ class KerasModel(ImageClassifier):
         elif op in ("max_pool", "avg_pool"):
             if x.dim() != 4:
                 raise GoodnetError(f"layer '{name}': pooling needs an image tensor")
+            if op == "max_pool" and "." not in name and not hasattr(self, name):
+                # a named module (not a bare function) so reports can say "cut pool_3"
+                self.add_module(name, nn.MaxPool2d(layer["pool_size"], layer["strides"]))
             if layer["padding"] == "same":
                 (ph, pw), (sh, sw) = layer["pool_size"], layer["strides"]
                 top, bottom = same_padding(x.shape[2], ph, sh)
@@ -182,6 +185,8 @@ class KerasModel(ImageClassifier):
         if op == "max_pool":
             if name in self._pads:
                 x = F.pad(x, self._pads[name], value=float("-inf"))
+            if name in self._modules:
+                return self._modules[name](x)
             return F.max_pool2d(x, layer["pool_size"], layer["strides"])
         if op == "avg_pool":
             if name not in self._pads:
