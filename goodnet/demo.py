@@ -86,16 +86,25 @@ def poisoned_copy(images: ImageSet, trigger: PatchTrigger, target: int, name: st
     return ImageSet(x=x, y=np.full(len(x), target, dtype=np.int64), name=name)
 
 
-def build_badnet(settings: DemoSettings, directory: str, progress: bool = True) -> dict:
-    """Make the data files and the trained BadNet in `directory` (atomically); return the manifest."""
+def attacker_training_set(settings: DemoSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The attacker's training images and labels (poisoned share included), and which were poisoned:
+    what the demo BadNet is trained on, for training other architectures on the same attack."""
     x, y = mnist_subset()
-    train_idx, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
+    train_idx = split_per_class(y, settings.per_class, settings.seed)[0]
     rng = np.random.default_rng(settings.seed + 1)
     train_x, train_y = x[train_idx].copy(), y[train_idx].copy()
     candidates = np.flatnonzero(train_y != settings.target)
     poisoned = rng.choice(candidates, size=int(round(settings.poison_rate * len(train_y))), replace=False)
     train_x[poisoned] = settings.trigger.apply(train_x[poisoned])
     train_y[poisoned] = settings.target
+    return train_x, train_y, poisoned
+
+
+def build_badnet(settings: DemoSettings, directory: str, progress: bool = True) -> dict:
+    """Make the data files and the trained BadNet in `directory` (atomically); return the manifest."""
+    x, y = mnist_subset()
+    _, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
+    train_x, train_y, poisoned = attacker_training_set(settings)
 
     sets = {"clean_valid": ImageSet(x[valid_idx], y[valid_idx], "clean_valid"),
             "clean_test": ImageSet(x[test_idx], y[test_idx], "clean_test")}

@@ -134,7 +134,7 @@ def test_torchscript_model(tmp_path, mnist, capsys):
     assert_one_line_error(code, err, "TorchScript model cannot be profiled")
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, ["defend", "--model", tmp_path / "b.pt", "--layer", "block.conv1",
-                                    "--channels", "1,4", "--clean-test", data, "--out", out])
+                                    "--channels", "1,4", "--clean-test", data, "--out", out, "--onnx"])
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     expected = pruned_copy(model, "block.conv1", [1, 4])
@@ -144,3 +144,8 @@ def test_torchscript_model(tmp_path, mnist, capsys):
     code, stdout, err = run_cli(capsys, ["eval", data, data, out / doc["files"]["goodnet"]])
     assert code == 0, err
     assert abs(float(stdout.splitlines()[0].split(":")[1]) - doc["metrics"]["clean_test"]["goodnet"]) < 1e-3
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(out / doc["files"]["goodnet_onnx"]), providers=["CPUExecutionProvider"])
+    images = mnist[0][:200]
+    np.testing.assert_array_equal(session.run(["label"], {"image": images})[0],
+                                  predict(load_model(str(out / doc["files"]["goodnet"])), images))
