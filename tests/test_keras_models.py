@@ -338,8 +338,15 @@ def test_eval_and_channels_on_keras_full_model(tmp_path, capsys):
         kernel = f["model_weights/conv2d_2/conv2d_2/kernel:0"][()]
         assert not kernel[..., [0, 2]].any() and kernel[..., [1, 3]].any()
     b_prime = load_model(str(out_dir / doc["files"]["repaired_keras"]))
-    labels = b_prime(torch.from_numpy(x.reshape(-1, 1, 28, 28).astype("float32") / 255)).argmax(1).numpy()
+    scaled = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype("float32") / 255)
+    labels = b_prime(scaled).argmax(1).numpy()
     assert abs((labels == y).mean() * 100 - doc["metrics"]["clean_test"]["repaired"]) < 1e-3
+    # our own files of a Keras model store its graph as JSON and rebuild it without Keras
+    ours = load_model(str(out_dir / doc["files"]["repaired"]))
+    assert type(ours).__name__ == "KerasModel" and torch.equal(ours(scaled), b_prime(scaled))
+    g = load_model(str(out_dir / doc["files"]["goodnet"]))
+    g_labels = g(scaled).numpy()
+    assert abs((g_labels == y).mean() * 100 - doc["metrics"]["clean_test"]["goodnet"]) < 1e-3
 
 
 def _keras_deepid():
