@@ -8,6 +8,7 @@ output `label` (int64, N = poisoned) for a GoodNet, `scores` (float32) for a cla
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -21,8 +22,15 @@ from .goodnet_model import GoodNet, ScriptableGoodNet, TwoModelGoodNet
 OPSET = 17
 
 
+def require_onnx() -> None:
+    """Fail before any work when the exporter's dependency is missing."""
+    if importlib.util.find_spec("onnx") is None:
+        raise GoodnetError("ONNX export needs the onnx package: pip install 'goodnet[onnx]' (or pip install onnx)")
+
+
 def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
     """Write `model` (a classifier or a GoodNet) as ONNX, with a variable batch size."""
+    require_onnx()
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise GoodnetError("the model's input shape is unknown; cannot export to ONNX")

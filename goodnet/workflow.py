@@ -13,6 +13,7 @@ from .defense import ROLES, DefenseData, DefenseResult, DefenseSettings, measure
 from .errors import GoodnetError
 from .goodnet_model import GoodNet
 from .metrics import accuracy
+from .onnx_export import require_onnx
 from .model_io import KERAS_SUFFIXES, load_model
 from .reporting import ModelExports, write_channel_outputs, write_defense_outputs
 from .sweep import DEFAULT_BATCH_SIZE, predict
@@ -62,6 +63,8 @@ def _check_roles(data_paths: dict[str, str | None]) -> None:
 
 
 def _exports(source: ModelSource, onnx: bool) -> ModelExports:
+    if onnx:
+        require_onnx()
     return ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx)
 
 
@@ -72,12 +75,12 @@ def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], o
     source = ModelSource(source) if isinstance(source, str) else source
     _check_roles(data_paths)
     settings.validate()
+    exports = _exports(source, onnx)
     data = load_defense_data(data_paths, input_scale)
     model = source.load_backdoored(data.clean_valid.image_shape)
     result = run_defense(model, data, settings, progress=progress)
     document = write_defense_outputs(out_dir, result, model, data,
-                                     {role: path for role, path in data_paths.items() if path},
-                                     _exports(source, onnx))
+                                     {role: path for role, path in data_paths.items() if path}, exports)
     return DefenseRun(result=result, document=document, model=model)
 
 
@@ -86,6 +89,7 @@ def prune_channels_files(source: ModelSource, data_paths: dict[str, str | None],
                          batch_size: int = DEFAULT_BATCH_SIZE):
     """Rebuild B' from an explicit channel list; measure it on the data given (any, or none)."""
     _check_roles(data_paths)
+    exports = _exports(source, onnx)
     sets = {role: load_images(path, input_scale, name=path) for role, path in data_paths.items() if path}
     shapes = {s.image_shape for s in sets.values()}
     if len(shapes) > 1:
@@ -93,8 +97,7 @@ def prune_channels_files(source: ModelSource, data_paths: dict[str, str | None],
     model = source.load_backdoored(next(iter(shapes)) if shapes else None)
     result = measure_channels(model, sets, layer, channels, batch_size)
     document = write_channel_outputs(out_dir, result, model,
-                                     {role: path for role, path in data_paths.items() if path},
-                                     _exports(source, onnx))
+                                     {role: path for role, path in data_paths.items() if path}, exports)
     return result, document
 
 
