@@ -81,6 +81,21 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str, owner: str) -> None:
+    """load_state_dict, with one-line errors naming the first mismatches instead of a traceback."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise GoodnetError(f"{source}: weights do not match {owner} (missing: {', '.join(missing[:5]) or '-'}; "
+                           f"unexpected: {', '.join(unexpected[:5]) or '-'})")
+    for name, value in state.items():
+        if value.shape != expected[name].shape:
+            raise GoodnetError(f"{source}: '{name}' has shape {tuple(value.shape)}, {owner} expects "
+                               f"{tuple(expected[name].shape)}")
+    model.load_state_dict(state)
+
+
 def describe(model: nn.Module, input_shape: tuple[int, ...], source: str) -> nn.Module:
     """Attach `input_shape` and `num_classes` (from one forward pass) to a user model."""
     model.eval()
@@ -111,17 +126,7 @@ def load_factory_model(factory: str, weights: str | None, input_shape: tuple[int
     if state is None and weights is not None:
         state = read_state_dict(weights)
     if state is not None:
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise GoodnetError(f"{weights}: weights do not match {factory}() (missing: "
-                               f"{', '.join(missing[:5]) or '-'}; unexpected: {', '.join(unexpected[:5]) or '-'})")
-        for name, value in state.items():
-            if value.shape != expected[name].shape:
-                raise GoodnetError(f"{weights}: '{name}' has shape {tuple(value.shape)}, "
-                                   f"{factory}() expects {tuple(expected[name].shape)}")
-        model.load_state_dict(state)
+        load_state_checked(model, state, str(weights), f"{factory}()")
     model.goodnet_factory = factory
     return describe(model, input_shape, weights or factory)
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from .architectures import ARCHITECTURES, ImageClassifier, build_model
 from .errors import GoodnetError
-from .external import TORCH_SUFFIXES, is_torchscript, load_factory_model, load_torchscript
+from .external import (TORCH_SUFFIXES, is_torchscript, load_factory_model, load_state_checked,
+                       load_torchscript)
 from .goodnet_model import GoodNet, PrunedGoodNet, ScriptableGoodNet, TwoModelGoodNet
 from .keras_io.files import load_keras_model, read_architecture, read_model_config
 from .keras_io.weights import load_keras_weights, output_size, read_keras_weights
@@ -113,20 +114,6 @@ def _parse_header(meta: str, path: str) -> dict[str, Any]:
     return header
 
 
-def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise GoodnetError(f"{path}: weights do not match the architecture "
-                           f"(missing: {', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'})")
-    for name, value in tensors.items():
-        if value.shape != expected[name].shape:
-            raise GoodnetError(f"{path}: '{name}' has shape {tuple(value.shape)}, "
-                               f"expected {tuple(expected[name].shape)}")
-    model.load_state_dict(tensors)
-
-
 def _load_ours(path: str, factory: str | None) -> nn.Module:
     header, tensors = _read_ours(path)
     if header["kind"] == "goodnet":
@@ -141,7 +128,7 @@ def _load_ours(path: str, factory: str | None) -> nn.Module:
         model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
     else:
         model = build_model(header["arch"], **header["config"])
-        _load_state(model, tensors, path)
+        load_state_checked(model, tensors, path, f"the '{header['arch']}' architecture")
     model.eval()
     if header["kind"] == "classifier":
         return model
