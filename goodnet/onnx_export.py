@@ -40,7 +40,10 @@ def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
         model = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
     example = torch.zeros(2, *shape)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=".onnx", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=".onnx", dir=directory)
+    except OSError as exc:
+        raise GoodnetError(f"{path}: cannot write ({exc.strerror})") from None
     os.close(fd)
     try:
         with warnings.catch_warnings():
