@@ -66,19 +66,20 @@ def _batchnorm_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | 
 
 
 def following_batchnorm(model: nn.Module, layer: str) -> str | None:
-    """Name of the BatchNorm module directly after conv `layer` (None if there is none)."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return _scripted_batchnorm_after(model, layer)
-    gm = trace(model)
+    """Name of the BatchNorm module pruned along with conv `layer` (None if there is none)."""
+    try:
+        gm = trace(model)
+    except GoodnetError:  # TorchScript, or code fx cannot trace: pruning must still work
+        return _registered_batchnorm_after(model, layer)
     modules = dict(gm.named_modules())
     calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer]
     bn = _batchnorm_after(calls[0], modules) if len(calls) == 1 else None
     return None if bn is None else str(bn.target)
 
 
-def _scripted_batchnorm_after(model: nn.Module, layer: str) -> str | None:
-    # TorchScript cannot be traced; the module registered right after the conv is taken when it is
-    # a BatchNorm of matching width (true of nn.Sequential and torchvision-style blocks).
+def _registered_batchnorm_after(model: nn.Module, layer: str) -> str | None:
+    # Without a graph, the module registered right after the conv is taken when it is a BatchNorm
+    # of matching width (true of nn.Sequential and torchvision-style blocks).
     names = [name for name, _ in model.named_modules()]
     modules = dict(model.named_modules())
     if layer not in modules or names.index(layer) + 1 >= len(names):

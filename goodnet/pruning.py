@@ -1,8 +1,8 @@
 """Channel pruning as the lab defines it: zero a conv output channel's kernel and bias.
 
-When a BatchNorm follows the conv (directly or after a ReLU or pooling), its scale and shift for that channel are zeroed too:
-otherwise it would turn the zero channel into a constant (its shift minus the normalised mean)
-and the channel would not be gone."""
+When a BatchNorm follows the conv (directly or after a ReLU or pooling), its scale and shift for
+that channel are zeroed too: otherwise it would turn the zero channel into a constant (its shift
+minus the normalised mean) and the channel would not be gone."""
 
 from __future__ import annotations
 

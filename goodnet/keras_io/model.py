@@ -94,8 +94,13 @@ class KerasModel(ImageClassifier):
             if hasattr(self, name):
                 getattr(self, name).eval()
             self._steps.append((name, layer, list(layer["inputs"])))
-            with torch.no_grad():
-                example[name] = self._apply(name, layer, inputs)
+            try:
+                with torch.no_grad():
+                    example[name] = self._apply(name, layer, inputs)
+            except RuntimeError as exc:  # e.g. a kernel larger than its input, mismatched concat
+                first = str(exc).strip().splitlines()[0]
+                raise GoodnetError(f"layer '{name}' cannot run on its input of shape "
+                                   f"{tuple(inputs[0].shape[1:])}: {first}") from None
         out = graph["output"]
         if out not in example:
             raise GoodnetError(f"output layer '{out}' is not in the model")
@@ -149,7 +154,7 @@ class KerasModel(ImageClassifier):
         elif op in ("max_pool", "avg_pool"):
             if x.dim() != 4:
                 raise GoodnetError(f"layer '{name}': pooling needs an image tensor")
-            if op == "max_pool" and "." not in name and not hasattr(self, name):
+            if op == "max_pool" and "." not in name and "/" not in name and not hasattr(self, name):
                 # a named module (not a bare function) so reports can say "cut pool_3"
                 self.add_module(name, nn.MaxPool2d(layer["pool_size"], layer["strides"]))
             if layer["padding"] == "same":
@@ -162,10 +167,9 @@ class KerasModel(ImageClassifier):
                     count = F.avg_pool2d(ones, (ph, pw), (sh, sw)) * (ph * pw)
                     self._counts[name] = f"_same_count_{len(self._counts)}"
                     self.register_buffer(self._counts[name], count, persistent=False)
-        elif op in ("flatten", "global_avg_pool", "global_max_pool", "zero_pad"):
-            if x.dim() != 4 and op != "flatten":
-                raise GoodnetError(f"layer '{name}': needs an image tensor")
-        elif op in ("add",):
+        elif op in ("global_avg_pool", "global_max_pool", "zero_pad") and x.dim() != 4:
+            raise GoodnetError(f"layer '{name}': needs an image tensor")
+        elif op == "add":
             if len({tuple(t.shape) for t in inputs}) != 1:
                 raise GoodnetError(f"layer '{name}': Add of tensors with different shapes "
                                    f"{[tuple(t.shape[1:]) for t in inputs]}")
