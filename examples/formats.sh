@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every format goodnet reads and writes, one runnable example each (the README's "Formats" section).
 # Run from the repository root after the demo command: bash examples/formats.sh
-# It installs Keras 3 and onnxruntime into .venv (Keras only writes the example Keras files).
+# It installs Keras 3, onnx and onnxruntime into .venv (Keras only writes the example Keras files).
 set -euo pipefail
 G=.venv/bin/goodnet
 PY=.venv/bin/python
@@ -18,7 +18,7 @@ $G export ../goodnet-demo/models/repaired_x4_crossing.safetensors --to keras --o
 $G eval $D/clean_test.h5 $D/poisoned_test.h5 b_prime_weights.h5 --arch small_cnn --input-scale 255
 
 echo "== Keras full-model .h5: made by real Keras from the demo BadNet, then defended"
-../.venv/bin/pip install -q 'keras>=3' onnxruntime
+../.venv/bin/pip install -q 'keras>=3' onnxruntime onnx
 $G export $D/badnet.safetensors --to keras --out badnet_weights.h5
 $PY ../examples/keras_full_model.py badnet_weights.h5 badnet_full.h5 2>/dev/null
 $G defend --model badnet_full.h5 --input-scale 255 $DATA --thresholds 4 --out keras-out --quiet
