@@ -44,7 +44,7 @@ def tiny_resnet() -> nn.Module:
 
 
 if __name__ == "__main__":
-    from goodnet.demo import DemoSettings, attacker_training_set
+    from goodnet.zoo import DemoSettings, attacker_training_set
     from goodnet.training import train_classifier
 
     settings = DemoSettings()

@@ -219,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
+    from .zoo import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
     from .workflow import defend_files
 
     settings = DemoSettings(seed=args.seed)
@@ -229,7 +229,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     b = manifest["badnet"]
     print(f"{'reused cached' if reused else 'trained'} BadNet in {directory}")
     print(f"  B: clean test accuracy {b['clean_test_accuracy']:.2f} %, test ASR {b['poisoned_test_asr']:.2f} % "
-          f"(trigger: {settings.trigger.size}x{settings.trigger.size} white patch, target {settings.target})")
+          f"(trigger: {settings.attack.trigger.size}x{settings.attack.trigger.size} white patch, "
+          f"target {settings.target})")
     paths = {role: os.path.join(directory, name) for role, name in DATA_FILES.items()}
     model = os.path.join(directory, MODEL_FILE)
     print("  same as: goodnet defend --model " + model + " " +

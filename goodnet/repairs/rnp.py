@@ -1,0 +1,99 @@
+"""Reconstructive Neuron Pruning (Li et al., ICML 2023), from the paper's description, clean data only.
+
+1. Unlearn: gradient *ascent* on the clean loss (SGD with momentum) until clean accuracy falls below
+   a floor. Clean features break first; the backdoor path, which clean data barely uses, survives.
+2. Recover: on the unlearned weights, frozen, learn one mask in [0, 1] per conv output channel
+   that brings clean accuracy back. Channels the recovery leaves low are the ones clean behaviour
+   does not need, the backdoor's among them.
+3. Prune the ORIGINAL model's channels in increasing mask value while clean validation accuracy
+   stays within the budget (our clean-data stopping rule; the paper uses a fixed mask threshold).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..graph_split import conv_layers
+from .base import Repair, RepairData, RepairOutcome
+from .multi_layer import grouped, prune_layers, score
+
+
+def _batches(n: int, size: int, generator: torch.Generator):
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, size):
+        yield order[start:start + size]
+
+
+@dataclass
+class ReconstructiveNeuronPruning(Repair):
+    name = "rnp"
+    x: float = 2.0  # clean validation budget for the final pruning, percentage points
+    unlearn_lr: float = 0.01
+    unlearn_floor: float = 20.0  # stop unlearning below this clean accuracy (%)
+    unlearn_epochs: int = 20
+    recover_lr: float = 0.2
+    recover_epochs: int = 20
+    batch_size: int = 128
+    seed: int = 0
+
+    def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
+        clean = data.clean_valid
+        xs, ys = torch.from_numpy(clean.x), torch.from_numpy(clean.y)
+        generator = torch.Generator().manual_seed(self.seed)
+        unlearned = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(unlearned.parameters(), lr=self.unlearn_lr, momentum=0.9, weight_decay=5e-4)
+        epochs_used = 0
+        for epochs_used in range(1, self.unlearn_epochs + 1):
+            unlearned.train()
+            for idx in _batches(len(xs), self.batch_size, generator):
+                optimizer.zero_grad()
+                (-F.cross_entropy(unlearned(xs[idx]), ys[idx])).backward()
+                optimizer.step()
+            unlearned.eval()
+            if score(unlearned, clean) <= self.unlearn_floor:
+                break
+        masks = self._recover(unlearned, xs, ys, generator)
+        depth = {layer: i for i, layer in enumerate(masks)}
+        # lowest mask first; among equal masks (many reach 0), deeper layers first
+        ranked = sorted(((float(v), layer, c) for layer, m in masks.items() for c, v in enumerate(m)),
+                        key=lambda t: (t[0], -depth[t[1]], t[2]))
+        base = score(model, clean)
+        chosen: list[tuple[str, int]] = []
+        for _, layer, channel in ranked:  # prune in mask order while the clean drop stays < x
+            trial = prune_layers(model, chosen + [(layer, channel)])
+            if base - score(trial, clean) >= self.x:
+                break
+            chosen.append((layer, channel))
+        return RepairOutcome(prune_layers(model, chosen), {
+            "pruned": grouped(chosen), "unlearn_epochs": epochs_used,
+            "masks": {layer: [round(float(v), 4) for v in m] for layer, m in masks.items()}})
+
+    def _recover(self, unlearned: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+        modules = dict(unlearned.named_modules())
+        masks = {layer: torch.ones(modules[layer].out_channels, requires_grad=True)
+                 for layer in conv_layers(unlearned)}
+        hooks = [modules[layer].register_forward_hook(
+            lambda module, inputs, out, m=mask: out * m.view(1, -1, 1, 1)) for layer, mask in masks.items()]
+        for p in unlearned.parameters():
+            p.requires_grad_(False)
+        optimizer = torch.optim.SGD(list(masks.values()), lr=self.recover_lr, momentum=0.9)
+        unlearned.eval()
+        try:
+            for _ in range(self.recover_epochs):
+                for idx in _batches(len(xs), self.batch_size, generator):
+                    optimizer.zero_grad()
+                    F.cross_entropy(unlearned(xs[idx]), ys[idx]).backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        for mask in masks.values():
+                            mask.clamp_(0, 1)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return {layer: mask.detach() for layer, mask in masks.items()}
