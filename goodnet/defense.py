@@ -20,7 +20,6 @@ from .graph_split import split_at_conv
 from .metrics import accuracy, flag_rate, goodnet_labels
 from .profiling import channel_means, pruning_order
 from .selection import DROPS, RULES, Selection, drop_percent, select
-from .pruning import pruned_copy
 from .sweep import DEFAULT_BATCH_SIZE, SweepPredictions, predict, run_trunk, sweep
 
 ROLES = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
@@ -147,33 +146,46 @@ def run_defense(model: nn.Module, data: DefenseData, settings: DefenseSettings =
 
 
 @dataclass
-class ChannelsResult:
-    """B, B' (an explicit channel list pruned) and G, measured on whatever data was given."""
+class RepairRun:
+    """One repair of B, measured: B, B' and G (B vs B') on whatever data sets were given."""
 
-    layer: str
-    channels: list[int]
-    num_channels: int
+    repair: str
+    oracle: bool
+    settings: dict
+    details: dict
+    seconds: float
     num_classes: int
     metrics: dict[str, dict[str, float]]  # role -> {"backdoored", "repaired", "goodnet", "flagged"}
 
 
-def measure_channels(model: nn.Module, sets: dict[str, ImageSet], layer: str, channels: Sequence[int],
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> ChannelsResult:
-    """Rebuild someone's B' from its channel list (no sweep, no profiling) and measure it."""
-    model.eval()
-    channels = [int(c) for c in channels]
-    if len(set(channels)) != len(channels):
-        raise GoodnetError("--channels lists a channel twice")
-    for role, images in sets.items():
-        check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
-    repaired = pruned_copy(model, layer, channels)
-    conv = dict(model.named_modules())[layer]
+def measure_pair(model: nn.Module, repaired: nn.Module, sets: dict[str, ImageSet],
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, dict[str, float]]:
+    """Accuracy (ASR on poisoned sets) of B, B' and G, and the share G flags, per data set."""
     metrics = {}
+    extra = int(model.num_classes)
     for role, images in sets.items():
         b = predict(model, images.x, batch_size)
         r = predict(repaired, images.x, batch_size)
-        g = goodnet_labels(b, r, model.num_classes)
+        g = goodnet_labels(b, r, extra)
         metrics[role] = {"backdoored": accuracy(b, images.y), "repaired": accuracy(r, images.y),
-                         "goodnet": accuracy(g, images.y), "flagged": flag_rate(g, model.num_classes)}
-    return ChannelsResult(layer=layer, channels=channels, num_channels=int(conv.out_channels),
-                          num_classes=int(model.num_classes), metrics=metrics)
+                         "goodnet": accuracy(g, images.y), "flagged": flag_rate(g, extra)}
+    return metrics
+
+
+def run_repair(model: nn.Module, sets: dict[str, ImageSet], repair, progress: bool = False,
+               batch_size: int = DEFAULT_BATCH_SIZE):
+    """Repair B with `repair` (a repairs.Repair) on the validation data its contract allows, then
+    measure B, B' and G on every set. Returns (RepairRun, RepairOutcome)."""
+    from .repairs import RepairData
+
+    model.eval()
+    for role, images in sets.items():
+        check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
+    data = RepairData(sets["clean_valid"], sets.get("poisoned_valid")) if "clean_valid" in sets else None
+    start = time.perf_counter()
+    outcome = repair.run(model, data, progress)
+    seconds = time.perf_counter() - start
+    run = RepairRun(repair=repair.name, oracle=repair.uses_poisoned_data, settings=repair.settings(),
+                    details=outcome.details, seconds=seconds, num_classes=int(model.num_classes),
+                    metrics=measure_pair(model, outcome.model, sets, batch_size))
+    return run, outcome

@@ -38,7 +38,7 @@ DESCRIPTION_FILE = "goodnet.json"
 
 def is_scripted(model: nn.Module) -> bool:
     if isinstance(model, TwoModelGoodNet):
-        return True
+        return isinstance(model.backdoored, torch.jit.ScriptModule)
     return isinstance(model, torch.jit.ScriptModule)
 
 
@@ -70,7 +70,11 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model(model: nn.Module, path: str) -> None:
     """Save a classifier (B, B') or a GoodNet as one self-describing file (see `model_suffix`)."""
-    if isinstance(model, TwoModelGoodNet):
+    if isinstance(model, TwoModelGoodNet) and not is_scripted(model):
+        tensors = {f"{part}.{k}": v for part in ("backdoored", "repaired")
+                   for k, v in _state(getattr(model, part)).items()}
+        save_file(tensors, path, metadata=_header(model.backdoored, "goodnet", two_models=True))
+    elif isinstance(model, TwoModelGoodNet):
         scripted = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
         meta = _header(model.backdoored, "goodnet")["goodnet"]
         torch.jit.save(scripted, path, _extra_files={DESCRIPTION_FILE: meta})
@@ -114,11 +118,30 @@ def _parse_header(meta: str, path: str) -> dict[str, Any]:
     return header
 
 
+def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def _load_ours(path: str, factory: str | None) -> nn.Module:
     header, tensors = _read_ours(path)
+    if header["kind"] == "goodnet" and header.get("two_models"):
+        # G of a repair that changed weights (e.g. fine-pruning): B and B' in full, same architecture
+        backdoored = _build_ours(header, _part(tensors, "backdoored."), path, factory)
+        repaired = _build_ours(header, _part(tensors, "repaired."), path, factory)
+        return TwoModelGoodNet(backdoored, repaired).eval()
     if header["kind"] == "goodnet":
-        prefix = "backdoored."
-        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        tensors = _part(tensors, "backdoored.")
+    model = _build_ours(header, tensors, path, factory)
+    if header["kind"] == "classifier":
+        return model
+    pruned = header.get("pruned", [])
+    if not isinstance(pruned, list) or any(not isinstance(c, int) for c in pruned) \
+            or not isinstance(header.get("layer"), str):
+        raise GoodnetError(f"{path}: malformed GoodNet header (layer and pruned channels)")
+    return PrunedGoodNet(model, header["layer"], pruned).eval()
+
+
+def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: str, factory: str | None) -> nn.Module:
     if header["arch"] == "factory":
         named = header.get("factory")
         if factory is None:
@@ -129,14 +152,7 @@ def _load_ours(path: str, factory: str | None) -> nn.Module:
     else:
         model = build_model(header["arch"], **header["config"])
         load_state_checked(model, tensors, path, f"the '{header['arch']}' architecture")
-    model.eval()
-    if header["kind"] == "classifier":
-        return model
-    pruned = header.get("pruned", [])
-    if not isinstance(pruned, list) or any(not isinstance(c, int) for c in pruned) \
-            or not isinstance(header.get("layer"), str):
-        raise GoodnetError(f"{path}: malformed GoodNet header (layer and pruned channels)")
-    return PrunedGoodNet(model, header["layer"], pruned).eval()
+    return model.eval()
 
 
 def _load_script(path: str, input_shape: tuple[int, ...] | None) -> nn.Module:

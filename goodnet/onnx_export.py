@@ -36,7 +36,8 @@ def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
         raise GoodnetError("the model's input shape is unknown; cannot export to ONNX")
     output = "label" if isinstance(model, GoodNet) else "scores"
     model.eval()
-    if isinstance(model, TwoModelGoodNet):  # TorchScript parts: export the scripted G as a whole
+    if isinstance(model, TwoModelGoodNet) and isinstance(model.backdoored, torch.jit.ScriptModule):
+        # TorchScript parts: export the scripted G as a whole
         model = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
     example = torch.zeros(2, *shape)
     directory = os.path.dirname(os.path.abspath(path))

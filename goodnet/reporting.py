@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .data import ImageSet  # noqa: E402
-from .defense import ChannelsResult, DefenseData, DefenseResult  # noqa: E402
-from .goodnet_model import build_goodnet  # noqa: E402
+from .defense import DefenseData, DefenseResult, RepairRun  # noqa: E402
+from .goodnet_model import TwoModelGoodNet, build_goodnet  # noqa: E402
 from .keras_io.export import export_like  # noqa: E402
 from .metrics import goodnet_labels  # noqa: E402
 from .model_io import model_suffix, save_model  # noqa: E402
@@ -64,9 +64,18 @@ class ModelExports:
 
     def save(self, stage: str, stem: str, model: nn.Module, layer: str, channels: list[int]) -> dict[str, str]:
         """Save B' and G (pruning `channels` of `layer` in B = `model`) under `stage`."""
+        return self._write(stage, stem, model, pruned_copy(model, layer, channels),
+                           build_goodnet(model, layer, channels))
+
+    def save_outcome(self, stage: str, stem: str, model: nn.Module, outcome) -> dict[str, str]:
+        """Save a repair's B' and its G: one trunk and two tails when B' only zeroes channels of
+        one conv, else B and B' run in full."""
+        if outcome.single_layer is not None:
+            return self._write(stage, stem, model, outcome.model, build_goodnet(model, *outcome.single_layer))
+        return self._write(stage, stem, model, outcome.model, TwoModelGoodNet(model, outcome.model))
+
+    def _write(self, stage: str, stem: str, model: nn.Module, repaired: nn.Module, goodnet: nn.Module) -> dict[str, str]:
         names = self.filenames(stem, model)
-        repaired = pruned_copy(model, layer, channels)
-        goodnet = build_goodnet(model, layer, channels)
         save_model(repaired, os.path.join(stage, names["repaired"]))
         save_model(goodnet, os.path.join(stage, names["goodnet"]))
         if self.keras_like:
@@ -315,36 +324,45 @@ def _write_samples(stage: str, result: DefenseResult, data: DefenseData) -> list
     return names
 
 
-def channels_document(result: ChannelsResult, inputs: dict[str, str], files: dict[str, str]) -> dict[str, Any]:
-    return {"mode": "channels", "layer": result.layer, "channels": result.channels,
-            "channels_pruned": len(result.channels), "num_channels": result.num_channels,
-            "num_classes": result.num_classes, "extra_class": result.num_classes, "inputs": inputs,
-            "metrics": {role: _rounded(m) for role, m in result.metrics.items()}, "files": files}
+def repair_document(run: RepairRun, inputs: dict[str, str], files: dict[str, str]) -> dict[str, Any]:
+    return {"mode": "repair", "repair": run.repair, "oracle": run.oracle,
+            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in run.settings.items()},
+            "details": run.details, "num_classes": run.num_classes, "extra_class": run.num_classes,
+            "inputs": inputs, "metrics": {role: _rounded(m) for role, m in run.metrics.items()}, "files": files}
 
 
-def channels_table(result: ChannelsResult) -> str:
+def repair_table(run: RepairRun) -> str:
     lines = ["| data | B | B' | G | flagged by G |", "|---|---|---|---|---|"]
-    for role, m in result.metrics.items():
+    for role, m in run.metrics.items():
         what = "ASR" if role.startswith("poisoned") else "accuracy"
         lines.append(f"| {role.replace('_', ' ')} ({what}) | {m['backdoored']:.2f} | {m['repaired']:.2f} | "
                      f"{m['goodnet']:.2f} | {m['flagged']:.2f} |")
     return "\n".join(lines)
 
 
-def write_channel_outputs(out_dir: str, result: ChannelsResult, model: nn.Module, inputs: dict[str, str],
-                          exports: ModelExports = ModelExports()) -> dict[str, Any]:
-    """results.json, report.md and the models for an explicit channel list, written atomically."""
+ORACLE_NOTE = ("ORACLE: this repair used poisoned validation data, which the lab's rules forbid for "
+               "design; it shows what knowing the trigger buys, not a deployable defense.")
+
+
+def write_repair_outputs(out_dir: str, run: RepairRun, outcome, model: nn.Module, inputs: dict[str, str],
+                         exports: ModelExports = ModelExports()) -> dict[str, Any]:
+    """results.json, report.md and the models (B' and G) of one repair, written atomically."""
     with atomic_directory(out_dir) as stage:
         os.makedirs(os.path.join(stage, "models"))
-        files = exports.save(stage, "channels", model, result.layer, result.channels)
-        doc = channels_document(result, inputs, files)
+        files = exports.save_outcome(stage, run.repair, model, outcome)
+        doc = repair_document(run, inputs, files)
         with open(os.path.join(stage, "results.json"), "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
+        pruned = run.details.get("pruned", {})
+        summary = ", ".join(f"{layer}: {len(channels)} channels" for layer, channels in pruned.items())
         with open(os.path.join(stage, "report.md"), "w") as f:
             f.write("\n".join([
-                f"# goodnet: {len(result.channels)} of {result.num_channels} channels of {result.layer} pruned", "",
-                f"Channels (given): {', '.join(map(str, result.channels)) or 'none'}", "",
-                channels_table(result) if result.metrics else "No data given: models only.", "",
+                f"# goodnet: repair `{run.repair}`", "",
+                *([f"**{ORACLE_NOTE}**", ""] if run.oracle else []),
+                f"Pruned: {summary or 'nothing'}. Took {run.seconds:.1f} s.", "",
+                repair_table(run) if run.metrics else "No data given: models only.", "",
+                "G answers B's label when B and B' agree and class "
+                f"{run.num_classes} (poisoned) when they do not.", "",
                 "Models: " + ", ".join(f"`{name}`" for name in files.values()), ""]))
     return doc

@@ -9,13 +9,13 @@ import numpy as np
 from torch import nn
 
 from .data import ImageSet, check_fits_model, load_images
-from .defense import ROLES, DefenseData, DefenseResult, DefenseSettings, measure_channels, run_defense
+from .defense import ROLES, DefenseData, DefenseResult, DefenseSettings, run_defense, run_repair
 from .errors import GoodnetError
 from .goodnet_model import GoodNet
 from .metrics import accuracy
 from .onnx_export import require_onnx
 from .model_io import KERAS_SUFFIXES, load_model
-from .reporting import ModelExports, write_channel_outputs, write_defense_outputs
+from .reporting import ModelExports, write_defense_outputs, write_repair_outputs
 from .sweep import DEFAULT_BATCH_SIZE, predict
 
 
@@ -84,21 +84,24 @@ def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], o
     return DefenseRun(result=result, document=document, model=model)
 
 
-def prune_channels_files(source: ModelSource, data_paths: dict[str, str | None], out_dir: str, layer: str,
-                         channels: Sequence[int], input_scale: float = 1.0, onnx: bool = False,
-                         batch_size: int = DEFAULT_BATCH_SIZE):
-    """Rebuild B' from an explicit channel list; measure it on the data given (any, or none)."""
+def repair_files(source: ModelSource, data_paths: dict[str, str | None], out_dir: str, repair,
+                 input_scale: float = 1.0, onnx: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
+                 progress: bool = True):
+    """Repair B with `repair` (a repairs.Repair), measure B, B' and G on the data given, write
+    `out_dir`. Returns (RepairRun, results document)."""
     _check_roles(data_paths)
     exports = _exports(source, onnx)
     sets = {role: load_images(path, input_scale, name=path) for role, path in data_paths.items() if path}
+    if repair.needs_data and "clean_valid" not in sets:
+        raise GoodnetError(f"the {repair.name} repair needs clean validation data (--clean-valid)")
     shapes = {s.image_shape for s in sets.values()}
     if len(shapes) > 1:
         raise GoodnetError(f"the data files hold images of different sizes: {sorted(shapes)}")
     model = source.load_backdoored(next(iter(shapes)) if shapes else None)
-    result = measure_channels(model, sets, layer, channels, batch_size)
-    document = write_channel_outputs(out_dir, result, model,
-                                     {role: path for role, path in data_paths.items() if path}, exports)
-    return result, document
+    run, outcome = run_repair(model, sets, repair, progress=progress, batch_size=batch_size)
+    document = write_repair_outputs(out_dir, run, outcome, model,
+                                    {role: path for role, path in data_paths.items() if path}, exports)
+    return run, document
 
 
 def evaluate_files(clean_path: str, poisoned_path: str, source: ModelSource | str, input_scale: float = 1.0,
@@ -153,4 +156,4 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
 
 
 __all__ = ["DefenseRun", "ModelSource", "classify_files", "defend_files", "evaluate_files",
-           "load_defense_data", "prune_channels_files", "read_image"]
+           "load_defense_data", "read_image", "repair_files"]

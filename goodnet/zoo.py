@@ -49,8 +49,8 @@ class BadNetSettings:
         return Attack(self.kind, self.target)
 
     def clean_reference(self) -> "BadNetSettings":
-        """The same model trained on the same clean images, nothing poisoned."""
-        return replace(self, poison_rate=0.0)
+        """The same model trained on the same clean images, nothing poisoned (one for every attack)."""
+        return replace(self, kind="patch", target=0, poison_rate=0.0)
 
     def fingerprint(self) -> str:
         text = json.dumps({"format": CACHE_FORMAT, **asdict(self), "trigger": self.attack.trigger.describe()},
@@ -102,8 +102,10 @@ def attacker_training_set(settings: BadNetSettings) -> tuple[np.ndarray, np.ndar
     return settings.attack.poison_training_set(x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng)
 
 
-def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True) -> dict:
-    """Make the data files and the trained BadNet in `directory` (atomically); return the manifest."""
+def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True,
+                 reference: dict | None = None) -> dict:
+    """Make the data files and the trained BadNet in `directory` (atomically); return the manifest.
+    `reference`: the clean model's scores, recorded with the bar the BadNet is held to."""
     x, y = mnist_subset()
     _, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
     train_x, train_y, poisoned = attacker_training_set(settings)
@@ -124,6 +126,9 @@ def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True
                 "sizes": {"attacker_train": int(len(train_y)), "poisoned_in_train": int(len(poisoned)),
                           **{role: len(images) for role, images in sets.items()}},
                 "badnet": scores, "files": {**DATA_FILES, "model": MODEL_FILE}}
+    if reference is not None:
+        manifest["clean_reference"] = reference
+        manifest["meets_bar"] = meets_bar(scores, reference)
     with atomic_directory(directory, marker=MANIFEST) as stage:
         for role, images in sets.items():
             save_images(os.path.join(stage, DATA_FILES[role]), images)
@@ -133,8 +138,25 @@ def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True
     return manifest
 
 
+ASR_BAR = 90.0  # a zoo BadNet must reach this test ASR...
+CLEAN_GAP = 2.0  # ...with clean test accuracy at most this many points below a clean model's
+
+
+def meets_bar(scores: dict, reference: dict) -> bool:
+    return (scores["poisoned_test_asr"] >= ASR_BAR
+            and scores["clean_test_accuracy"] >= reference["clean_test_accuracy"] - CLEAN_GAP)
+
+
+def zoo_badnet(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> tuple[str, dict, dict]:
+    """A zoo BadNet from the cache (trained if missing), with its clean reference model's scores."""
+    _, ref_manifest, _ = cached_badnet(settings.clean_reference(), cache_dir, progress=progress)
+    reference = {k: v for k, v in ref_manifest["badnet"].items() if "accuracy" in k}
+    directory, manifest, _ = cached_badnet(settings, cache_dir, progress=progress, reference=reference)
+    return directory, manifest, reference
+
+
 def cached_badnet(settings: BadNetSettings, cache_dir: str, retrain: bool = False,
-                  progress: bool = True) -> tuple[str, dict, bool]:
+                  progress: bool = True, reference: dict | None = None) -> tuple[str, dict, bool]:
     """Directory holding the demo's files; (path, manifest, reused from cache?)."""
     directory = os.path.join(cache_dir, f"seed{settings.seed}-{settings.fingerprint()}")
     manifest_path = os.path.join(directory, MANIFEST)
@@ -144,7 +166,13 @@ def cached_badnet(settings: BadNetSettings, cache_dir: str, retrain: bool = Fals
                 manifest = json.load(f)
             files = [os.path.join(directory, name) for name in manifest["files"].values()]
             if manifest.get("fingerprint") == settings.fingerprint() and all(map(os.path.isfile, files)):
+                if reference is not None and manifest.get("clean_reference") != reference:
+                    manifest["clean_reference"] = reference
+                    manifest["meets_bar"] = meets_bar(manifest["badnet"], reference)
+                    with open(manifest_path + ".tmp", "w") as f:
+                        json.dump(manifest, f, indent=2)
+                    os.replace(manifest_path + ".tmp", manifest_path)
                 return directory, manifest, True
         except (OSError, ValueError, KeyError, AttributeError):
             pass  # a damaged cache is rebuilt
-    return directory, build_badnet(settings, directory, progress), False
+    return directory, build_badnet(settings, directory, progress, reference), False

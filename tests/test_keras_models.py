@@ -333,7 +333,7 @@ def test_eval_and_channels_on_keras_full_model(tmp_path, capsys):
                                       "--clean-test", tmp_path / "mnist.h5", "--input-scale", 255, "--out", out_dir])
     assert code == 0, err
     doc = json.loads((out_dir / "results.json").read_text())
-    assert doc["channels"] == [0, 2] and doc["mode"] == "channels"
+    assert doc["details"]["pruned"] == {"conv2d_2": [0, 2]} and doc["repair"] == "channels"
     with h5py.File(out_dir / doc["files"]["repaired_keras"], "r") as f:
         kernel = f["model_weights/conv2d_2/conv2d_2/kernel:0"][()]
         assert not kernel[..., [0, 2]].any() and kernel[..., [1, 3]].any()

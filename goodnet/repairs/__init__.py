@@ -2,6 +2,7 @@
 
 from .attack_aware import AttackAwarePruning
 from .base import Repair, RepairData, RepairOutcome
+from .explicit import ExplicitChannels
 from .fine_prune import FinePruning
 from .prune import LabPruning
 from .rnp import ReconstructiveNeuronPruning
@@ -9,5 +10,5 @@ from .rnp import ReconstructiveNeuronPruning
 REPAIRS: dict[str, type[Repair]] = {cls.name: cls for cls in (LabPruning, FinePruning, ReconstructiveNeuronPruning,
                                                               AttackAwarePruning)}
 
-__all__ = ["AttackAwarePruning", "FinePruning", "LabPruning", "REPAIRS", "ReconstructiveNeuronPruning", "Repair",
+__all__ = ["AttackAwarePruning", "ExplicitChannels", "FinePruning", "LabPruning", "REPAIRS", "ReconstructiveNeuronPruning", "Repair",
            "RepairData", "RepairOutcome"]

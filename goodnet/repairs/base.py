@@ -26,6 +26,9 @@ class RepairData:
 class RepairOutcome:
     model: nn.Module
     details: dict[str, Any] = field(default_factory=dict)  # JSON-ready: what was pruned, chosen, ...
+    # set when B' is B with channels of one conv zeroed and nothing else changed: G can then share
+    # B's trunk (PrunedGoodNet) instead of running two whole models
+    single_layer: tuple[str, list[int]] | None = None
 
 
 class Repair:
@@ -33,15 +36,18 @@ class Repair:
 
     name: ClassVar[str]
     uses_poisoned_data: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = True
 
-    def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
+    def repair(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         raise NotImplementedError
 
-    def run(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
+    def run(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         """`repair` with the data contract enforced."""
+        if self.needs_data and (data is None or data.clean_valid is None):
+            raise GoodnetError(f"the {self.name} repair needs clean validation data")
         if self.uses_poisoned_data and data.poisoned_valid is None:
             raise GoodnetError(f"the {self.name} repair is an oracle: it needs poisoned validation data")
-        if not self.uses_poisoned_data:
+        if data is not None and not self.uses_poisoned_data:
             data = RepairData(clean_valid=data.clean_valid)  # it never sees poisoned data
         return self.repair(model.eval(), data, progress)
 

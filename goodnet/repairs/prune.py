@@ -34,4 +34,5 @@ class LabPruning(Repair):
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         channels = lab_pruning_channels(model, data, self.layer, self.x, self.rule, progress)
         return RepairOutcome(pruned_copy(model, self.layer, channels),
-                             {"layer": self.layer, "pruned": {self.layer: channels}})
+                             {"layer": self.layer, "x": self.x, "rule": self.rule, "pruned": {self.layer: channels}},
+                             single_layer=(self.layer, channels))
