@@ -101,8 +101,9 @@ def plot_comparison(rows: list[dict[str, Any]], path: str) -> None:
     axes[0].axhline(ASR_LIMIT, color="k", linestyle=":", linewidth=1)
     low = min([r["clean_acc"] for r in rows] + [100.0])
     axes[1].set_ylim(max(0.0, low - 5), 100)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(repairs), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
