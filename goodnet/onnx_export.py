@@ -9,8 +9,6 @@ output `label` (int64, N = poisoned) for a GoodNet, `scores` (float32) for a cla
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 import warnings
 
 import torch
@@ -18,6 +16,7 @@ from torch import nn
 
 from .errors import GoodnetError
 from .goodnet_model import GoodNet, ScriptableGoodNet, TwoModelGoodNet
+from .outputs import write_file_atomically
 
 OPSET = 17
 
@@ -40,24 +39,18 @@ def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
         # TorchScript parts: export the scripted G as a whole
         model = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
     example = torch.zeros(2, *shape)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=".onnx", dir=directory)
-    except OSError as exc:
-        raise GoodnetError(f"{path}: cannot write ({exc.strerror})") from None
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
             torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
                               input_names=["image"], output_names=[output],
                               dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
-        os.replace(tmp, path)
+
+    try:
+        write_file_atomically(path, write)
     except GoodnetError:
         raise
     except Exception as exc:  # the exporter raises many types for unsupported ops
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GoodnetError(f"cannot export {type(model).__name__} to ONNX: {first}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

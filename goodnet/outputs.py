@@ -47,3 +47,20 @@ def atomic_directory(path: str, marker: str = MARKER) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_file_atomically(path: str, write) -> None:
+    """Call `write(tmp)` on a hidden file next to `path`, then rename it into place; on any
+    failure nothing is left behind and an existing `path` is untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=os.path.splitext(path)[1], dir=directory)
+    except OSError as exc:
+        raise GoodnetError(f"{path}: cannot write ({exc.strerror})") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

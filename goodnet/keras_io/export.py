@@ -8,15 +8,14 @@ file in the Keras 2.3.1 `save_weights` layout, for models that did not come from
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 
 import h5py
 import numpy as np
 from torch import nn
 
 from ..errors import GoodnetError
+from ..outputs import write_file_atomically
 from .weights import WEIGHTED_MODULES, _text, keras_array, keras_names, read_keras_weights
 
 KERAS_VERSION = "2.3.1"
@@ -24,22 +23,6 @@ KERAS_VERSION = "2.3.1"
 
 def _weighted(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED_MODULES)}
-
-
-def _atomic_copy(write, out: str) -> None:
-    directory = os.path.dirname(os.path.abspath(out))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=".h5", dir=directory)
-    except OSError as exc:
-        raise GoodnetError(f"{out}: cannot write ({exc.strerror})") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def export_like(model: nn.Module, source: str, out: str) -> None:
@@ -76,7 +59,7 @@ def export_like(model: nn.Module, source: str, out: str) -> None:
             if missing:
                 raise GoodnetError(f"{source}: has no weights for layer(s) {', '.join(missing)}")
 
-    _atomic_copy(write, out)
+    write_file_atomically(out, write)
 
 
 def write_keras_weights(model: nn.Module, out: str) -> None:
@@ -102,4 +85,4 @@ def write_keras_weights(model: nn.Module, out: str) -> None:
                     names.append(weight.encode())
                 group.attrs["weight_names"] = np.array(names)
 
-    _atomic_copy(write, out)
+    write_file_atomically(out, write)
