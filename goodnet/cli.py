@@ -9,6 +9,8 @@ import sys
 import numpy as np
 
 from .attacks import KINDS as ATTACK_KINDS
+
+REPAIR_NAMES = ("prune", "fine-prune", "rnp", "attack-aware")  # the keys of repairs.REPAIRS
 from .defense import DEFAULT_THRESHOLDS, DefenseSettings
 from .errors import GoodnetError
 from .sweep import DEFAULT_BATCH_SIZE
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-scale", type=_positive_float, default=1.0,
                    help="divide every pixel value by this before the model sees it (default: 1, raw)")
     p.add_argument("--out", default="goodnet-out", help="output directory (default: goodnet-out)")
-    p.add_argument("--repair", choices=["prune", "fine-prune", "rnp", "attack-aware"], default="prune",
+    p.add_argument("--repair", choices=REPAIR_NAMES, default="prune",
                    help="prune: the lab's sweep and full report (default); fine-prune: prune --layer, then "
                         "fine-tune on clean validation data; rnp: Reconstructive Neuron Pruning; "
                         "attack-aware: an ORACLE that also uses --poisoned-valid")
@@ -161,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "comparison.csv, comparison.png and comparison.json into --out.")
     p.add_argument("--kinds", nargs="+", choices=list(ATTACK_KINDS), default=list(ATTACK_KINDS),
                    help="attacks (default: all)")
-    p.add_argument("--repairs", nargs="+", choices=["prune", "fine-prune", "rnp", "attack-aware"],
-                   default=["prune", "fine-prune", "rnp", "attack-aware"], help="repairs (default: all)")
+    p.add_argument("--repairs", nargs="+", choices=REPAIR_NAMES, default=list(REPAIR_NAMES),
+                   help="repairs (default: all)")
     p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
     p.add_argument("--cache-dir", default=None, help="where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -198,6 +200,8 @@ def _repair(args: argparse.Namespace):
             raise GoodnetError("--channels and --repair exclude each other")
         return ExplicitChannels(layer=args.layer, channels=args.channels)
     given = tuple(args.thresholds) if args.thresholds is not None else None
+    if args.epochs is not None and args.epochs < 1:
+        raise GoodnetError("--epochs must be at least 1")
     if args.repair == "fine-prune":
         return FinePruning(layer=args.layer, budgets=given or FinePruning.budgets, seed=args.seed,
                            epochs=args.epochs or FinePruning.epochs, pixel_range=255.0 / args.input_scale)
@@ -292,6 +296,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
     settings.attack.target_labels(np.zeros(1, dtype=np.int64), 10)  # a one-line error for a bad target
     if not 0 < args.poison_rate < 1:
         raise GoodnetError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not os.path.exists(os.path.join(args.out, "manifest.json")):
+        raise GoodnetError(f"{os.path.abspath(args.out)}: exists and is not a goodnet BadNet directory; choose another --out")
     cache = args.cache_dir or default_cache_dir("zoo")
     _, ref, _ = cached_badnet(settings.clean_reference(), cache, progress=not args.quiet)
     reference = {k: v for k, v in ref["badnet"].items() if "accuracy" in k}

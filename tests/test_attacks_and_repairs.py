@@ -156,3 +156,10 @@ def test_attack_command_errors(tmp_path, capsys):
     code, _, err = run_cli(capsys, ["attack", "--kind", "blended", "--poison-rate", "1.5", "--out", tmp_path / "x"])
     assert_one_line_error(code, err, "--poison-rate must be in (0, 1)")
     assert not (tmp_path / "x").exists()
+
+
+def test_repair_names_match_the_registry():
+    from goodnet.cli import REPAIR_NAMES
+    from goodnet.repairs import REPAIRS
+
+    assert set(REPAIR_NAMES) == set(REPAIRS)
