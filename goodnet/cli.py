@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tune on clean validation data; rnp: Reconstructive Neuron Pruning; "
                         "attack-aware: an ORACLE that also uses --poisoned-valid")
     p.add_argument("--epochs", type=int, default=None, help="fine-prune: fine-tuning epochs (default 40)")
+    p.add_argument("--fractions", type=float, nargs="+", default=None, metavar="F",
+                   help="fine-prune: also try pruning these shares of --layer's channels (e.g. 0.5 0.8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the repairs that train (default 0)")
     p.add_argument("--channels", type=_channel_list, default=None, metavar="C1,C2,...",
                    help="prune exactly these channels of --layer instead of sweeping (rebuilds someone "
@@ -203,7 +205,8 @@ def _repair(args: argparse.Namespace):
     if args.epochs is not None and args.epochs < 1:
         raise GoodnetError("--epochs must be at least 1")
     if args.repair == "fine-prune":
-        return FinePruning(layer=args.layer, budgets=given or FinePruning.budgets, seed=args.seed,
+        budgets = given if given is not None else (() if args.fractions else FinePruning.budgets)
+        return FinePruning(layer=args.layer, budgets=budgets, fractions=tuple(args.fractions or ()), seed=args.seed,
                            epochs=args.epochs or FinePruning.epochs, pixel_range=255.0 / args.input_scale)
     if given is not None and len(given) > 1 and args.repair in ("rnp", "attack-aware"):
         raise GoodnetError(f"--repair {args.repair} takes one budget (--thresholds X)")

@@ -104,6 +104,8 @@ def test_fine_pruning_uses_clean_data_only_and_keeps_pruned_channels(demo_run):
     pruned = outcome.details["pruned"]["conv_3"]
     assert pruned and not outcome.model.conv_3.weight[pruned].any() and not outcome.model.conv_3.bias[pruned].any()
     assert outcome.model.conv_3.weight.abs().sum() != model.conv_3.weight.abs().sum()  # it was fine-tuned
+    by_fraction = FinePruning(epochs=1, budgets=(), fractions=(0.5,)).run(model, RepairData(sets["clean_valid"]))
+    assert len(by_fraction.details["pruned"]["conv_3"]) == 32 and by_fraction.details["chosen"] == "fraction=0.5"
     rnp = ReconstructiveNeuronPruning(unlearn_epochs=2, recover_epochs=2).run(
         model, RepairData(sets["clean_valid"], trap))
     assert score(model, sets["clean_valid"]) - score(rnp.model, sets["clean_valid"]) < 2.0

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..graph_split import conv_layers, split_at_conv
-from ..profiling import channel_means, pruning_order
+from ..graph_split import conv_layers
 from ..pruning import zero_channels
-from ..sweep import run_trunk
 from .base import Repair, RepairData, RepairOutcome
+from .fine_prune import activation_order
 from .multi_layer import grouped, score
 
 
@@ -39,8 +38,7 @@ class AttackAwarePruning(Repair):
         kept: list[tuple[str, int]] = []
         trials = 0
         for layer in conv_layers(model)[-self.layers:]:
-            means = channel_means(run_trunk(split_at_conv(model, layer), clean.x)[0])
-            for channel in pruning_order(means, "ascending"):
+            for channel in activation_order(model, clean, layer):
                 trials += 1
                 trial = copy.deepcopy(current)
                 zero_channels(trial, layer, [int(channel)])
