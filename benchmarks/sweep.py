@@ -7,6 +7,7 @@ cached sweep's. Also times GoodNet G against B. All ratios come from this one ru
 
     python benchmarks/sweep.py                 # lab weights if ../shared/fixtures has them
     python benchmarks/sweep.py --weights random
+    python benchmarks/sweep.py --model resnet8 # a conv inside a residual block, BatchNorm pruned along
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from goodnet.architectures import DeepID
+from goodnet.architectures import DeepID, ResNet8
 from goodnet.goodnet_model import PrunedGoodNet
 from goodnet.graph_split import split_at_conv
 from goodnet.model_io import load_model
@@ -39,16 +40,34 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=11547, help="inputs per data set (lab: 11547)")
     parser.add_argument("--weights", choices=["auto", "lab", "random"], default="auto")
     parser.add_argument("--naive-steps", type=int, default=3, help="naive steps timed per data set")
+    parser.add_argument("--model", choices=["deepid", "resnet8"], default="deepid",
+                        help="deepid (lab size, conv_3) or resnet8 (3x32x32 inputs, random weights and "
+                             "BatchNorm statistics)")
+    parser.add_argument("--layer", default=None, help="conv to prune (default: conv_3 / layer2.conv1)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    use_lab = args.weights == "lab" or (args.weights == "auto" and os.path.isfile(LAB_WEIGHTS))
-    model = (load_model(LAB_WEIGHTS, "deepid", (3, 55, 47)) if use_lab else DeepID().eval())
+    if args.model == "resnet8":
+        layer = args.layer or "layer2.conv1"
+        model = ResNet8(num_classes=10, input_shape=(3, 32, 32), width=16)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                torch.nn.init.normal_(module.bias, 0, 0.5)
+        model.eval()
+        shape, description = (3, 32, 32), f"ResNet8 (random weights), layer {layer}"
+    else:
+        layer = args.layer or "conv_3"
+        use_lab = args.weights == "lab" or (args.weights == "auto" and os.path.isfile(LAB_WEIGHTS))
+        model = (load_model(LAB_WEIGHTS, "deepid", (3, 55, 47)) if use_lab else DeepID().eval())
+        shape = (3, 55, 47)
+        description = f"DeepID ({'lab BadNet weights' if use_lab else 'random weights'})"
     rng = np.random.default_rng(0)
-    datasets = {name: (rng.random((args.inputs, 3, 55, 47)) * 255).astype(np.float32) for name in ("valid", "test")}
+    datasets = {name: (rng.random((args.inputs,) + shape) * 255).astype(np.float32) for name in ("valid", "test")}
     total = sum(len(x) for x in datasets.values())
-    print(f"DeepID ({'lab BadNet weights' if use_lab else 'random weights'}), {len(datasets)} data sets x "
-          f"{args.inputs} random inputs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{description}, {len(datasets)} data sets x {args.inputs} random inputs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
 
     # One plain forward pass over the same data.
     forward = {}
@@ -59,7 +78,7 @@ def main() -> None:
 
     # The cached sweep, everything included: trunk, profile, all 60 steps on both data sets.
     start = time.perf_counter()
-    split = split_at_conv(model, "conv_3")
+    split = split_at_conv(model, layer)
     crossing = {name: run_trunk(split, x) for name, x in datasets.items()}
     order = pruning_order(channel_means(crossing["valid"][0]))
     results = {name: sweep(split, c, order) for name, c in crossing.items()}
@@ -78,14 +97,14 @@ def main() -> None:
     identical = True
     t_naive_measured = 0.0
     for name, x in datasets.items():
-        reference, t = timed(naive_sweep, model, "conv_3", x, order, steps)
+        reference, t = timed(naive_sweep, model, layer, x, order, steps)
         t_naive_measured += t
         identical &= all(np.array_equal(reference[k], results[name].labels[k]) for k in steps)
         identical &= np.array_equal(forward[name], results[name].labels[0])
     t_naive = t_naive_measured / len(steps) * (channels + 1)
 
     # GoodNet against B, on one data set, best of three interleaved runs.
-    goodnet = PrunedGoodNet(model, "conv_3", [int(c) for c in order[: channels // 2]]).eval()
+    goodnet = PrunedGoodNet(model, layer, [int(c) for c in order[: channels // 2]]).eval()
     x = datasets["test"]
     t_b, t_g = [], []
     for _ in range(3):
@@ -103,11 +122,12 @@ def main() -> None:
     print(f"cached sweep, all {channels} steps, both  {t_cached:8.2f} s")
     print(f"floor (forward + changed tails)    {t_floor:8.2f} s")
     print(f"naive sweep (measured {len(steps)} steps x2, extrapolated to {channels + 1}) {t_naive:8.2f} s")
-    print(f"naive / cached time ratio          {t_naive / t_cached:8.1f}   (target >= 20)")
-    print(f"cached sweep / one forward pass    {t_cached / t_forward:8.2f}   (target <= 3)")
+    target = (lambda text: f"   ({text})") if args.model == "deepid" else (lambda text: "")  # issue 2's targets
+    print(f"naive / cached time ratio          {t_naive / t_cached:8.1f}{target('target >= 20')}")
+    print(f"cached sweep / one forward pass    {t_cached / t_forward:8.2f}{target('target <= 3')}")
     print(f"floor / one forward pass           {t_floor / t_forward:8.2f}   (cached sweep is "
           f"{t_cached / t_floor:.2f}x the floor)")
-    print(f"G / B inference time               {min(t_g) / min(t_b):8.3f}   (target <= 1.15)")
+    print(f"G / B inference time               {min(t_g) / min(t_b):8.3f}{target('target <= 1.15')}")
     print(f"identical predictions (naive steps {steps}, step 0, G): {'yes' if identical else 'NO'}")
     if not identical:
         raise SystemExit(1)
