@@ -290,7 +290,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> None:
-    from .zoo import BadNetSettings, build_badnet, cached_badnet, default_cache_dir, meets_bar
+    from .outputs import check_output_dir
+    from .zoo import MANIFEST, BadNetSettings, build_badnet, clean_reference_scores, default_cache_dir, meets_bar
 
     if args.epochs < 1:
         raise GoodnetError("--epochs must be at least 1")
@@ -299,11 +300,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
     settings.attack.target_labels(np.zeros(1, dtype=np.int64), 10)  # a one-line error for a bad target
     if not 0 < args.poison_rate < 1:
         raise GoodnetError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
-    if os.path.isdir(args.out) and os.listdir(args.out) and not os.path.exists(os.path.join(args.out, "manifest.json")):
-        raise GoodnetError(f"{os.path.abspath(args.out)}: exists and is not a goodnet BadNet directory; choose another --out")
-    cache = args.cache_dir or default_cache_dir("zoo")
-    _, ref, _ = cached_badnet(settings.clean_reference(), cache, progress=not args.quiet)
-    reference = {k: v for k, v in ref["badnet"].items() if "accuracy" in k}
+    check_output_dir(args.out, marker=MANIFEST)  # before training, not after
+    reference = clean_reference_scores(settings, args.cache_dir or default_cache_dir("zoo"), not args.quiet)
     manifest = build_badnet(settings, args.out, progress=not args.quiet, reference=reference)
     b = manifest["badnet"]
     print(f"{args.kind} BadNet: clean test accuracy {b['clean_test_accuracy']:.2f} % (clean model "

@@ -125,9 +125,7 @@ def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, An
         plot_comparison(rows, os.path.join(stage, "comparison.png"))
         with open(os.path.join(stage, "comparison.json"), "w") as f:
             json.dump({"rows": rows, "zoo": zoo, "kinds": list(zoo),
-                       "repairs": [{"name": r.name, "settings": {k: (list(v) if isinstance(v, tuple) else v)
-                                                                 for k, v in r.settings().items()}}
-                                   for r in repairs],
+                       "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
                        "bar": {"asr_at_most": ASR_LIMIT, "accuracy_within": ACCURACY_GAP}}, f, indent=2)
             f.write("\n")
 

@@ -1,8 +1,8 @@
 """Labelled image sets in the lab's formats, checked before any model sees them.
 
 The lab stores images as HDF5 with `data` (N, C, H, W) and `label` (N,); we also read `.npz` files
-with `x` and `y`. Values reach the model as stored (the lab's model takes raw 0..255 pixels) unless
-an explicit divisor is given.
+with `x` and `y`, and single PNG/JPEG images (for `goodnet classify`). Values reach the model as
+stored (the lab's model takes raw 0..255 pixels) unless an explicit divisor is given.
 """
 
 from __future__ import annotations
@@ -111,3 +111,29 @@ def save_images(path: str, images: ImageSet) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("data", data=images.x, compression="gzip", compression_opts=4)
         f.create_dataset("label", data=images.y.astype(np.float64))
+
+
+IMAGE_MODES = {"L": 1, "RGB": 3}
+
+
+def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
+    """A PNG/JPEG as a float32 C x H x W array of pixel values divided by `input_scale`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("1", "I;16", "I"):
+                image = image.convert("L")
+            elif image.mode == "P":
+                image = image.convert("RGB")
+            if image.mode not in IMAGE_MODES:
+                raise GoodnetError(f"{path}: image mode {image.mode} is not supported "
+                                   f"(grayscale or RGB)")
+            array = np.asarray(image, dtype=np.float32)
+    except FileNotFoundError:
+        raise GoodnetError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise GoodnetError(f"{path}: not a readable image ({exc})") from None
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return array / np.float32(input_scale) if input_scale != 1.0 else array

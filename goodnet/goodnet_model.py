@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .graph_split import split_at_conv
+from .pruning import pruned_copy
 
 
 class GoodNet(nn.Module):
@@ -67,8 +68,6 @@ class ScriptableGoodNet(nn.Module):
 def build_goodnet(backdoored: nn.Module, layer: str, pruned: Sequence[int]) -> GoodNet:
     """The cheapest exact G for this model: one trunk and two tails when it can be traced."""
     if isinstance(backdoored, torch.jit.ScriptModule):
-        from .pruning import pruned_copy
-
         return TwoModelGoodNet(backdoored, pruned_copy(backdoored, layer, pruned))
     return PrunedGoodNet(backdoored, layer, pruned)
 

@@ -17,6 +17,17 @@ from .errors import GoodnetError
 MARKER = "results.json"
 
 
+def check_output_dir(path: str, marker: str = MARKER) -> None:
+    """Refuse a `path` that exists and is not replaceable (see `atomic_directory`); callers with
+    long work ahead check first so the user does not wait for the refusal."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise GoodnetError(f"{path}: exists and is not a directory")
+        if os.listdir(path) and not os.path.exists(os.path.join(path, marker)):
+            raise GoodnetError(f"{path}: exists and is not a goodnet output directory; choose another --out")
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str, marker: str = MARKER) -> Iterator[str]:
     """Yield a staging directory that becomes `path` only if the block succeeds.
@@ -24,11 +35,7 @@ def atomic_directory(path: str, marker: str = MARKER) -> Iterator[str]:
     An existing `path` is replaced only if it is empty or holds `marker` (an earlier goodnet
     result), so a typo cannot wipe an unrelated directory."""
     path = os.path.abspath(path)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise GoodnetError(f"{path}: exists and is not a directory")
-        if os.listdir(path) and not os.path.exists(os.path.join(path, marker)):
-            raise GoodnetError(f"{path}: exists and is not a goodnet output directory; choose another --out")
+    check_output_dir(path, marker)
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, exist_ok=True)

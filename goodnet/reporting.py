@@ -326,7 +326,7 @@ def _write_samples(stage: str, result: DefenseResult, data: DefenseData) -> list
 
 def repair_document(run: RepairRun, inputs: dict[str, str], files: dict[str, str]) -> dict[str, Any]:
     return {"mode": "repair", "repair": run.repair, "oracle": run.oracle,
-            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in run.settings.items()},
+            "settings": run.settings,
             "details": run.details, "num_classes": run.num_classes, "extra_class": run.num_classes,
             "inputs": inputs, "metrics": {role: _rounded(m) for role, m in run.metrics.items()}, "files": files}
 

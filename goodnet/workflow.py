@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from .data import ImageSet, check_fits_model, load_images
+from .data import check_fits_model, load_images, read_image
 from .defense import ROLES, DefenseData, DefenseResult, DefenseSettings, run_defense, run_repair
 from .errors import GoodnetError
 from .goodnet_model import GoodNet
@@ -117,32 +117,6 @@ def evaluate_files(clean_path: str, poisoned_path: str, source: ModelSource | st
             accuracy(predict(model, poisoned.x, batch_size), poisoned.y))
 
 
-IMAGE_MODES = {"L": 1, "RGB": 3}
-
-
-def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
-    """A PNG/JPEG as a float32 C x H x W array of pixel values divided by `input_scale`."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("1", "I;16", "I"):
-                image = image.convert("L")
-            elif image.mode == "P":
-                image = image.convert("RGB")
-            if image.mode not in IMAGE_MODES:
-                raise GoodnetError(f"{path}: image mode {image.mode} is not supported "
-                                   f"(grayscale or RGB)")
-            array = np.asarray(image, dtype=np.float32)
-    except FileNotFoundError:
-        raise GoodnetError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise GoodnetError(f"{path}: not a readable image ({exc})") from None
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return array / np.float32(input_scale) if input_scale != 1.0 else array
-
-
 def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale: float = 1.0) -> list[int]:
     """One label per image: in [0, N-1] for a classifier, [0, N] for a GoodNet (N = poisoned)."""
     images = [read_image(p, input_scale) for p in image_paths]
@@ -156,4 +130,4 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
 
 
 __all__ = ["DefenseRun", "ModelSource", "classify_files", "defend_files", "evaluate_files",
-           "load_defense_data", "read_image", "repair_files"]
+           "load_defense_data", "repair_files"]

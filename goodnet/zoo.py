@@ -147,10 +147,15 @@ def meets_bar(scores: dict, reference: dict) -> bool:
             and scores["clean_test_accuracy"] >= reference["clean_test_accuracy"] - CLEAN_GAP)
 
 
+def clean_reference_scores(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> dict:
+    """Clean accuracies of the model trained like `settings` with nothing poisoned (cached)."""
+    _, manifest, _ = cached_badnet(settings.clean_reference(), cache_dir, progress=progress)
+    return {k: v for k, v in manifest["badnet"].items() if "accuracy" in k}
+
+
 def zoo_badnet(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> tuple[str, dict, dict]:
     """A zoo BadNet from the cache (trained if missing), with its clean reference model's scores."""
-    _, ref_manifest, _ = cached_badnet(settings.clean_reference(), cache_dir, progress=progress)
-    reference = {k: v for k, v in ref_manifest["badnet"].items() if "accuracy" in k}
+    reference = clean_reference_scores(settings, cache_dir, progress)
     directory, manifest, _ = cached_badnet(settings, cache_dir, progress=progress, reference=reference)
     return directory, manifest, reference
 
