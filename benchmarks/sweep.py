@@ -19,12 +19,13 @@ import time
 import numpy as np
 import torch
 
-from goodnet.architectures import DeepID, ResNet8
-from goodnet.goodnet_model import PrunedGoodNet
-from goodnet.graph_split import split_at_conv
-from goodnet.model_io import load_model
-from goodnet.profiling import channel_means, pruning_order
-from goodnet.sweep import naive_sweep, predict, run_trunk, sweep, tail_predictions
+from goodnet.models import DeepID, ResNet8
+from goodnet.models.goodnet import PrunedGoodNet
+from goodnet.pruning.graph_split import split_at_conv
+from goodnet.io.model_files import load_model
+from goodnet.pruning.profiling import channel_means, pruning_order
+from goodnet.inference import predict
+from goodnet.pruning.sweep import naive_sweep, run_trunk, sweep, tail_predictions
 
 LAB_WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "lab_bd_weights.h5")
 

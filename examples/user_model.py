@@ -44,8 +44,8 @@ def tiny_resnet() -> nn.Module:
 
 
 if __name__ == "__main__":
-    from goodnet.zoo import DemoSettings, attacker_training_set
-    from goodnet.training import train_classifier
+    from goodnet.zoo.badnets import DemoSettings, attacker_training_set
+    from goodnet.models.training import train_classifier
 
     settings = DemoSettings()
     x, y, _ = attacker_training_set(settings)

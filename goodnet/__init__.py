@@ -1,18 +1,51 @@
-"""goodnet: repair backdoored neural networks by channel pruning, and prove the repair with numbers."""
+"""goodnet: repair backdoored neural networks, and prove the repair with numbers.
 
-from .architectures import ARCHITECTURES, DeepID, ImageClassifier, SmallCNN, build_model
-from .data import ImageSet, load_images, save_images
-from .defense import DefenseData, DefenseResult, DefenseSettings, run_defense
-from .errors import GoodnetError
-from .goodnet_model import GoodNet, PrunedGoodNet
-from .graph_split import CutSplit, split_at_conv
-from .model_io import load_model, save_model
-from .pruning import pruned_copy
-from .sweep import naive_sweep, run_trunk, sweep
+What a user calls, by level: read data and models (`load_images`, `load_model`, `ModelSource`),
+pick and run a repair (`build_repair`, `repair_names`, `run_repair`), write every output
+(`write_outputs`) or do all of it from files (`defend_files`), and write your own repair
+(`Repair`, `setting`, `register_repair`). Names are imported on first use, so `goodnet --help`
+does not pay for plotting or training code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "CutSplit", "DeepID", "DefenseData", "DefenseResult", "DefenseSettings",
-           "GoodNet", "GoodnetError", "ImageClassifier", "ImageSet", "PrunedGoodNet", "SmallCNN",
-           "build_model", "load_images", "load_model", "naive_sweep", "pruned_copy", "run_defense",
-           "run_trunk", "save_images", "save_model", "split_at_conv", "sweep"]
+_EXPORTS = {
+    # data and models
+    "ImageSet": "goodnet.io.data", "load_images": "goodnet.io.data", "save_images": "goodnet.io.data",
+    "load_model": "goodnet.io.model_files", "save_model": "goodnet.io.model_files",
+    "ModelSource": "goodnet.io.model_files",
+    "ImageClassifier": "goodnet.models", "DeepID": "goodnet.models", "SmallCNN": "goodnet.models",
+    "ResNet8": "goodnet.models", "build_model": "goodnet.models", "register_architecture": "goodnet.models",
+    "GoodNet": "goodnet.models", "PrunedGoodNet": "goodnet.models", "TwoModelGoodNet": "goodnet.models",
+    "build_goodnet": "goodnet.models",
+    # repairs
+    "Repair": "goodnet.repairs", "RepairData": "goodnet.repairs", "RepairedModel": "goodnet.repairs",
+    "RepairOutcome": "goodnet.repairs", "RepairResult": "goodnet.repairs", "setting": "goodnet.repairs",
+    "register_repair": "goodnet.repairs", "build_repair": "goodnet.repairs", "repair_names": "goodnet.repairs",
+    "run_repair": "goodnet.repairs",
+    # outputs
+    "write_outputs": "goodnet.report.writer", "ModelExports": "goodnet.report.writer",
+    "defend_files": "goodnet.defend", "evaluate_files": "goodnet.evaluation",
+    # errors
+    "GoodnetError": "goodnet.errors", "DataError": "goodnet.errors", "ModelError": "goodnet.errors",
+    "SettingsError": "goodnet.errors", "OutputError": "goodnet.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'goodnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

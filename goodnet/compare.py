@@ -1,54 +1,29 @@
-"""Every repair on every zoo BadNet: one table (Markdown, CSV), one plot, every number in JSON.
+"""Every registered repair on every zoo BadNet: the grid behind `goodnet compare`.
 
-Each cell is exactly `goodnet defend --repair R` on the zoo BadNet's files, so any cell can be
-re-run on its own and must give the same numbers (a test does). Clean-data repairs are judged by
-the bar: test ASR <= 1 % with clean test accuracy at most 2 points below B's.
+Each cell is exactly `goodnet defend --repair R` (at the settings the repair declares for
+comparison) on the zoo BadNet's files, so any cell can be re-run on its own and must give the
+same numbers (a test does). The roster is the registry: a repair registered anywhere, a plugin's
+included, appears here without this file changing.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .attacks import KINDS  # noqa: E402
-from .data import load_images  # noqa: E402
-from .defense import run_repair  # noqa: E402
-from .model_io import load_model  # noqa: E402
-from .outputs import atomic_directory  # noqa: E402
-from .progress import progress as progress_bar  # noqa: E402
-from .repairs import (AttackAwarePruning, FinePruning, LabPruning, ReconstructiveNeuronPruning,  # noqa: E402
-                      Repair)
-from .zoo import DATA_FILES, MODEL_FILE, BadNetSettings, zoo_badnet  # noqa: E402
-
-ASR_LIMIT = 1.0
-ACCURACY_GAP = 2.0
-COLUMNS = ["attack", "repair", "oracle", "b_clean_acc", "b_asr", "clean_acc", "asr", "g_clean_acc", "g_asr",
-           "detection", "false_alarm", "seconds", "meets_bar"]
-HEADERS = ["attack", "repair", "uses poisoned data", "B clean acc", "B ASR", "B' clean acc", "B' ASR",
-           "G clean acc", "G ASR", "G detection", "G false alarms", "time (s)", "ASR <= 1 and acc within 2"]
+from .io.data import load_sets
+from .io.model_files import load_model
+from .progress import progress as progress_bar
+from .repairs import REPAIRS, Repair, build_repair, repair_names, run_repair
+from .report.comparison import comparison_row
+from .zoo.attacks import KINDS
+from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, zoo_badnet
 
 
-def default_repairs() -> list[Repair]:
-    """The lab's pruning (X = 2, the last model within budget), fine-pruning, RNP and the oracle."""
-    return [LabPruning(x=2.0, rule="within"), FinePruning(), ReconstructiveNeuronPruning(), AttackAwarePruning()]
-
-
-def repair_row(kind: str, run) -> dict[str, Any]:
-    test, poisoned = run.metrics["clean_test"], run.metrics["poisoned_test"]
-    meets = poisoned["repaired"] <= ASR_LIMIT and test["repaired"] >= test["backdoored"] - ACCURACY_GAP
-    return {"attack": kind, "repair": run.repair, "oracle": run.oracle,
-            "b_clean_acc": test["backdoored"], "b_asr": poisoned["backdoored"],
-            "clean_acc": test["repaired"], "asr": poisoned["repaired"],
-            "g_clean_acc": test["goodnet"], "g_asr": poisoned["goodnet"],
-            "detection": poisoned["flagged"], "false_alarm": test["flagged"],
-            "seconds": run.seconds, "meets_bar": bool(meets)}
+def comparison_roster(names: Sequence[str] | None = None) -> list[Repair]:
+    """The repairs `compare` runs: `names`, or every registered repair that can run on the zoo."""
+    names = [n for n in repair_names() if REPAIRS[n].in_comparison] if names is None else list(names)
+    return [build_repair(name, comparison=True) for name in names]
 
 
 def compare(kinds: Sequence[str], repairs: Sequence[Repair], cache_dir: str, progress: bool = True
@@ -59,75 +34,11 @@ def compare(kinds: Sequence[str], repairs: Sequence[Repair], cache_dir: str, pro
         directory, manifest, reference = zoo_badnet(BadNetSettings(kind=kind), cache_dir, progress)
         zoo[kind] = {"directory": directory, "badnet": manifest["badnet"], "clean_reference": reference,
                      "meets_bar": manifest["meets_bar"], "attack": manifest["attack"]}
-        sets = {role: load_images(os.path.join(directory, name)) for role, name in DATA_FILES.items()}
+        sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
         model = load_model(os.path.join(directory, MODEL_FILE))
         for repair in progress_bar(list(repairs), f"repairs on {kind}" if progress else None):
-            run, _ = run_repair(model, sets, repair)
-            rows.append(repair_row(kind, run))
+            rows.append(comparison_row(kind, run_repair(model, repair, sets)))
     return rows, zoo
 
 
-def _cell(value: Any, column: str) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if column == "seconds":
-        return f"{value:.1f}"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    for row in rows:
-        cells = [_cell(row[c], c) for c in COLUMNS]
-        if row["oracle"]:
-            cells[1] += " (oracle)"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_comparison(rows: list[dict[str, Any]], path: str) -> None:
-    kinds = list(dict.fromkeys(r["attack"] for r in rows))
-    repairs = list(dict.fromkeys(r["repair"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    width = 0.8 / max(len(repairs), 1)
-    for i, repair in enumerate(repairs):
-        for ax, key in zip(axes, ("asr", "clean_acc")):
-            values = [next((r[key] for r in rows if r["attack"] == k and r["repair"] == repair), 0.0) for k in kinds]
-            ax.bar([j + i * width for j in range(len(kinds))], values, width, label=repair)
-    for ax, title in zip(axes, ("B' test ASR (%) - lower is better", "B' clean test accuracy (%)")):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(kinds))], kinds)
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].axhline(ASR_LIMIT, color="k", linestyle=":", linewidth=1)
-    low = min([r["clean_acc"] for r in rows] + [100.0])
-    axes[1].set_ylim(max(0.0, low - 5), 100)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(repairs), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, Any],
-                     repairs: Sequence[Repair]) -> None:
-    with atomic_directory(out_dir, marker="comparison.json") as stage:
-        with open(os.path.join(stage, "comparison.md"), "w") as f:
-            f.write("# goodnet: repairs on the attack zoo\n\n" + markdown_table(rows) + "\n\n"
-                    "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
-                    "(detection: share of poisoned test inputs flagged; false alarms: share of clean "
-                    "test inputs flagged). Oracle repairs use poisoned validation data.\n\n"
-                    "![comparison](comparison.png)\n")
-        with open(os.path.join(stage, "comparison.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-        plot_comparison(rows, os.path.join(stage, "comparison.png"))
-        with open(os.path.join(stage, "comparison.json"), "w") as f:
-            json.dump({"rows": rows, "zoo": zoo, "kinds": list(zoo),
-                       "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
-                       "bar": {"asr_at_most": ASR_LIMIT, "accuracy_within": ACCURACY_GAP}}, f, indent=2)
-            f.write("\n")
-
-
-__all__ = ["KINDS", "compare", "default_repairs", "markdown_table", "write_comparison"]
+__all__ = ["KINDS", "compare", "comparison_roster"]

@@ -1,10 +1,29 @@
-"""The one exception type users see.
+"""The exception family users see at the library boundary.
 
-Every problem caused by the user's input (a missing file, a wrong shape, an unknown layer) is raised
-as a GoodnetError with a one-line message; the CLI prints it and exits with status 2. Anything else
-is a bug and keeps its traceback.
+Every problem caused by the user's input is raised as a GoodnetError subclass with a one-line
+message; the CLI prints it and exits with status 2. Anything else is a bug and keeps its traceback.
+Catch `GoodnetError` for all of them, or one subclass for one kind of input.
 """
 
 
 class GoodnetError(Exception):
     """A problem with the user's input, explained in one line."""
+
+
+class DataError(GoodnetError):
+    """A data file (or image) cannot be read, or its contents do not fit the model."""
+
+
+class ModelError(GoodnetError):
+    """A model file cannot be read or written, or the model cannot be run, traced or split."""
+
+
+class SettingsError(GoodnetError):
+    """An option or a repair setting is invalid, or names something the model does not have."""
+
+
+class OutputError(GoodnetError):
+    """The output directory or file cannot be written."""
+
+
+__all__ = ["DataError", "GoodnetError", "ModelError", "OutputError", "SettingsError"]

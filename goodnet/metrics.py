@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from torch import nn
+
+from .inference import predict
 
 
 def accuracy(labels: np.ndarray, truth: np.ndarray) -> float:
@@ -10,14 +13,11 @@ def accuracy(labels: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(labels == truth) * 100.0)
 
 
-attack_success_rate = accuracy
-
-
-def goodnet_labels(backdoored: np.ndarray, repaired: np.ndarray, extra_class: int) -> np.ndarray:
-    """G's answer: the shared label when B and B' agree, `extra_class` (flagged) otherwise."""
-    return np.where(backdoored == repaired, backdoored, extra_class)
-
-
 def flag_rate(labels: np.ndarray, extra_class: int) -> float:
     """Share of inputs G flags as poisoned (detection rate on poisoned data, false alarms on clean)."""
     return float(np.mean(labels == extra_class) * 100.0)
+
+
+def model_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """`accuracy` of `model`'s predictions on images `x` with labels `y`."""
+    return accuracy(predict(model, x), y)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from goodnet.architectures import ResNet8
-from goodnet.graph_split import conv_layers, split_at_conv
-from goodnet.model_io import load_model
-from goodnet.profiling import channel_means, pruning_order
-from goodnet.pruning import pruned_copy
-from goodnet.sweep import naive_sweep, predict, run_trunk, sweep
-from goodnet.training import train_classifier
+from goodnet.models import ResNet8
+from goodnet.pruning.graph_split import conv_layers, split_at_conv
+from goodnet.io.model_files import load_model
+from goodnet.pruning.profiling import channel_means, pruning_order
+from goodnet.pruning.zeroing import pruned_copy
+from goodnet.inference import predict
+from goodnet.pruning.sweep import naive_sweep, run_trunk, sweep
+from goodnet.models.training import train_classifier
 
 from conftest import assert_one_line_error, run_cli
 from user_models import tiny_resnet

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from goodnet.attacks import KINDS, Attack
-from goodnet.data import ImageSet, load_images
+from goodnet.zoo.attacks import KINDS, Attack
+from goodnet.io.data import ImageSet, load_images
 from goodnet.errors import GoodnetError
-from goodnet.graph_split import conv_layers
-from goodnet.model_io import load_model
+from goodnet.pruning.graph_split import conv_layers
+from goodnet.io.model_files import load_model
 from goodnet.repairs import AttackAwarePruning, FinePruning, ReconstructiveNeuronPruning, RepairData
-from goodnet.repairs.multi_layer import score
-from goodnet.triggers import BlendTrigger, PatchTrigger, SunglassesTrigger
-from goodnet.zoo import DATA_FILES, MODEL_FILE, mnist_subset
+from goodnet.metrics import model_accuracy
+from goodnet.zoo.triggers import BlendTrigger, PatchTrigger, SunglassesTrigger
+from goodnet.zoo.badnets import DATA_FILES, MODEL_FILE
+from goodnet.zoo.mnist import mnist_subset
 
 from conftest import assert_one_line_error, run_cli
 
@@ -83,6 +84,10 @@ def _demo(demo_run):
     return load_model(os.path.join(directory, MODEL_FILE)), sets, directory
 
 
+def score(model, images):
+    return model_accuracy(model, images.x, images.y)
+
+
 class Tripwire(ImageSet):
     """Poisoned data that fails the test the moment anything reads it."""
 
@@ -99,16 +104,16 @@ def test_fine_pruning_uses_clean_data_only_and_keeps_pruned_channels(demo_run):
     repair = FinePruning(epochs=2, budgets=(4.0,))
     outcome = repair.run(model, RepairData(sets["clean_valid"], trap))
     again = repair.run(model, RepairData(sets["clean_valid"]))
-    for a, b in zip(outcome.model.state_dict().values(), again.model.state_dict().values()):
+    for a, b in zip(outcome.models[0].model.state_dict().values(), again.models[0].model.state_dict().values()):
         assert torch.equal(a, b)  # deterministic, and poisoned data changes nothing
     pruned = outcome.details["pruned"]["conv_3"]
-    assert pruned and not outcome.model.conv_3.weight[pruned].any() and not outcome.model.conv_3.bias[pruned].any()
-    assert outcome.model.conv_3.weight.abs().sum() != model.conv_3.weight.abs().sum()  # it was fine-tuned
+    assert pruned and not outcome.models[0].model.conv_3.weight[pruned].any() and not outcome.models[0].model.conv_3.bias[pruned].any()
+    assert outcome.models[0].model.conv_3.weight.abs().sum() != model.conv_3.weight.abs().sum()  # it was fine-tuned
     by_fraction = FinePruning(epochs=1, budgets=(), fractions=(0.5,)).run(model, RepairData(sets["clean_valid"]))
     assert len(by_fraction.details["pruned"]["conv_3"]) == 32 and by_fraction.details["chosen"] == "fraction=0.5"
     rnp = ReconstructiveNeuronPruning(unlearn_epochs=2, recover_epochs=2).run(
         model, RepairData(sets["clean_valid"], trap))
-    assert score(model, sets["clean_valid"]) - score(rnp.model, sets["clean_valid"]) < 2.0
+    assert score(model, sets["clean_valid"]) - score(rnp.models[0].model, sets["clean_valid"]) < 2.0
 
 
 @pytest.mark.slow
@@ -116,13 +121,13 @@ def test_fine_pruning_uses_clean_data_only_and_keeps_pruned_channels(demo_run):
 def test_attack_aware_oracle_keeps_budget_and_tries_channel_0(demo_run, budget):
     model, sets, _ = _demo(demo_run)
     with pytest.raises(GoodnetError, match="oracle"):
-        AttackAwarePruning(x=budget).run(model, RepairData(sets["clean_valid"]))
-    outcome = AttackAwarePruning(x=budget).run(model, RepairData(sets["clean_valid"], sets["poisoned_valid"]))
-    drop = score(model, sets["clean_valid"]) - score(outcome.model, sets["clean_valid"])
+        AttackAwarePruning(budget=budget).run(model, RepairData(sets["clean_valid"]))
+    outcome = AttackAwarePruning(budget=budget).run(model, RepairData(sets["clean_valid"], sets["poisoned_valid"]))
+    drop = score(model, sets["clean_valid"]) - score(outcome.models[0].model, sets["clean_valid"])
     assert drop < budget and abs(drop - outcome.details["valid_drop"]) < 1e-9
     last_three = conv_layers(model)[-3:]
     assert outcome.details["trials"] == sum(dict(model.named_modules())[l].out_channels for l in last_three)
-    assert score(outcome.model, sets["poisoned_valid"]) <= score(model, sets["poisoned_valid"])
+    assert score(outcome.models[0].model, sets["poisoned_valid"]) <= score(model, sets["poisoned_valid"])
     assert outcome.details["oracle"] is True
 
 
@@ -158,10 +163,3 @@ def test_attack_command_errors(tmp_path, capsys):
     code, _, err = run_cli(capsys, ["attack", "--kind", "blended", "--poison-rate", "1.5", "--out", tmp_path / "x"])
     assert_one_line_error(code, err, "--poison-rate must be in (0, 1)")
     assert not (tmp_path / "x").exists()
-
-
-def test_repair_names_match_the_registry():
-    from goodnet.cli import REPAIR_NAMES
-    from goodnet.repairs import REPAIRS
-
-    assert set(REPAIR_NAMES) == set(REPAIRS)

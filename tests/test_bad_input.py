@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from goodnet.architectures import SmallCNN
+from goodnet.models import SmallCNN
 from goodnet.cli import main
-from goodnet.data import ImageSet, save_images
-from goodnet.model_io import save_model
+from goodnet.io.data import ImageSet, save_images
+from goodnet.io.model_files import save_model
 
 
 @pytest.fixture

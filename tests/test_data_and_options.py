@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from goodnet.cli import main
-from goodnet.data import ImageSet, load_images, save_images
+from goodnet.io.data import ImageSet, load_images, save_images
 from goodnet.errors import GoodnetError
 
 
@@ -53,4 +53,4 @@ def test_relative_drop_and_both_rules(demo_run, tmp_path, capsys):
     assert os.path.isfile(os.path.join(out, within["files"]["goodnet"]))
     # No poisoned data given: ASR and detection are null, not invented.
     assert cross["repaired"]["test_asr"] is None and cross["goodnet"]["flagged_poisoned"] is None
-    assert "| G | 3 | within |" in capsys.readouterr().out
+    assert "| G | x3_within |" in capsys.readouterr().out

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from goodnet.cli import main
-from goodnet.zoo import DemoSettings, cached_badnet
-from goodnet.workflow import evaluate_files
+from goodnet.zoo.badnets import DemoSettings, cached_badnet
+from goodnet.evaluation import evaluate_files
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_output_directory(demo_run):
     assert len(rows) == 65 and rows[0]["channels_pruned"] == "0"
     assert float(rows[0]["valid_accuracy"]) == doc["baseline"]["valid_accuracy"]
     report = open(os.path.join(out, "report.md")).read()
-    assert "| G | 2 | crossing |" in report and "curve.png" in report
+    assert "| G | x2_crossing |" in report and "curve.png" in report
     assert not [p for p in os.listdir(os.path.dirname(out)) if ".partial-" in p]
 
 

@@ -3,12 +3,13 @@
 import numpy as np
 import torch
 
-from goodnet.architectures import DeepID, SmallCNN
-from goodnet.goodnet_model import GoodNet, PrunedGoodNet
-from goodnet.metrics import flag_rate, goodnet_labels
-from goodnet.model_io import load_model, save_model
-from goodnet.pruning import pruned_copy
-from goodnet.sweep import predict
+from goodnet.models import DeepID, SmallCNN
+from goodnet.models.goodnet import GoodNet, PrunedGoodNet
+from goodnet.metrics import flag_rate
+from goodnet.models.goodnet import goodnet_labels
+from goodnet.io.model_files import load_model, save_model
+from goodnet.pruning.zeroing import pruned_copy
+from goodnet.inference import predict
 
 
 class _Fixed(GoodNet):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from goodnet.errors import GoodnetError
-from goodnet.model_io import load_model
+from goodnet.io.model_files import load_model
 
 from conftest import LAB_WEIGHTS, needs_lab_weights
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from goodnet.keras_io.export import export_like, write_keras_weights
-from goodnet.keras_io.files import load_keras_model, read_model_config
-from goodnet.model_io import load_model
-from goodnet.pruning import pruned_copy
+from goodnet.io.keras.export import export_like, write_keras_weights
+from goodnet.io.keras.files import load_keras_model, read_model_config
+from goodnet.io.model_files import load_model
+from goodnet.pruning.zeroing import pruned_copy
 
 from conftest import FULL_MODEL, assert_one_line_error, needs_full_model, run_cli
 

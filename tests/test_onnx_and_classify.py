@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from goodnet.data import load_images
-from goodnet.graph_split import split_at_conv
-from goodnet.model_io import load_model
-from goodnet.onnx_export import export_onnx
-from goodnet.sweep import predict
+from goodnet.io.data import load_images
+from goodnet.pruning.graph_split import split_at_conv
+from goodnet.io.model_files import load_model
+from goodnet.io.onnx_export import export_onnx
+from goodnet.inference import predict
 
 from conftest import assert_one_line_error, run_cli
 

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from goodnet.errors import GoodnetError
-from goodnet.outputs import atomic_directory
+from goodnet.io.output_dir import atomic_directory
 
 
 def test_failure_leaves_nothing(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from goodnet.selection import select
+from goodnet.pruning.selection import select
 
 
 def _sel(correct, total, xs, drop="absolute"):

@@ -1,14 +1,15 @@
-"""Repairs of a backdoored model, one class each, behind one base class (see base.py)."""
+"""Repairs of a backdoored model: one base class (base), one registry (registry), one runner
+(runner), and one defense per file, each registering itself."""
 
-from .attack_aware import AttackAwarePruning
-from .base import Repair, RepairData, RepairOutcome
-from .explicit import ExplicitChannels
-from .fine_prune import FinePruning
-from .prune import LabPruning
+from .base import RepairData, RepairedModel, RepairOutcome, Repair, setting
+from .registry import REPAIRS, build_repair, register_repair, repair_class, repair_names
+from .lab_pruning import LabPruning
+from .fine_pruning import FinePruning
 from .rnp import ReconstructiveNeuronPruning
+from .attack_aware import AttackAwarePruning
+from .channels import ExplicitChannels
+from .runner import RepairResult, run_repair
 
-REPAIRS: dict[str, type[Repair]] = {cls.name: cls for cls in (LabPruning, FinePruning, ReconstructiveNeuronPruning,
-                                                              AttackAwarePruning)}
-
-__all__ = ["AttackAwarePruning", "ExplicitChannels", "FinePruning", "LabPruning", "REPAIRS", "ReconstructiveNeuronPruning", "Repair",
-           "RepairData", "RepairOutcome"]
+__all__ = ["AttackAwarePruning", "ExplicitChannels", "FinePruning", "LabPruning", "REPAIRS",
+           "ReconstructiveNeuronPruning", "Repair", "RepairData", "RepairOutcome", "RepairResult", "RepairedModel",
+           "build_repair", "register_repair", "repair_class", "repair_names", "run_repair", "setting"]

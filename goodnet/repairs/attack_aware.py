@@ -16,39 +16,47 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..graph_split import conv_layers
-from ..pruning import zero_channels
-from .base import Repair, RepairData, RepairOutcome
-from .fine_prune import activation_order
-from .multi_layer import grouped, score
+from ..metrics import model_accuracy
+from ..pruning.graph_split import conv_layers
+from ..pruning.profiling import activation_order
+from ..pruning.zeroing import grouped, zero_channels
+from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
+from .registry import register_repair
 
 
-@dataclass
+@register_repair
+@dataclass(frozen=True)
 class AttackAwarePruning(Repair):
     name = "attack-aware"
-    uses_poisoned_data = True
-    x: float = 2.0  # clean validation budget, percentage points
-    layers: int = 3  # how many of the last conv layers
+    description = ("an ORACLE that also reads --poisoned-valid: prune, channel by channel over the last "
+                   "conv layers, whatever lowers the poisoned-valid ASR within the clean budget")
+    data = "oracle"
+
+    budget: float = setting(2.0, "clean validation accuracy budget, in points: the repair keeps the drop "
+                                 "below it", low=0.0, low_open=True, high=100.0)
+    layers: int = setting(3, "how many of the last conv layers are tried", low=1)
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean, poisoned = data.clean_valid, data.poisoned_valid
-        base_clean = score(model, clean)
+        base_clean = model_accuracy(model, clean.x, clean.y)
         current = copy.deepcopy(model)
-        current_asr = score(current, poisoned)
+        current_asr = model_accuracy(current, poisoned.x, poisoned.y)
         kept: list[tuple[str, int]] = []
         trials = 0
         for layer in conv_layers(model)[-self.layers:]:
-            for channel in activation_order(model, clean, layer):
+            for channel in activation_order(model, clean.x, layer):
                 trials += 1
                 trial = copy.deepcopy(current)
                 zero_channels(trial, layer, [int(channel)])
-                drop = base_clean - score(trial, clean)
-                if drop >= self.x:
+                drop = base_clean - model_accuracy(trial, clean.x, clean.y)
+                if drop >= self.budget:
                     continue
-                asr = score(trial, poisoned)
+                asr = model_accuracy(trial, poisoned.x, poisoned.y)
                 if asr < current_asr:
                     current, current_asr = trial, asr
                     kept.append((layer, int(channel)))
-        return RepairOutcome(current, {"oracle": True, "budget_x": self.x, "trials": trials,
-                                       "pruned": grouped(kept), "valid_asr": round(current_asr, 4),
-                                       "valid_drop": round(base_clean - score(current, clean), 4)})
+        pruned = grouped(kept)
+        return RepairOutcome([RepairedModel(self.name, current, pruned)], {
+            "oracle": True, "budget_x": self.budget, "trials": trials, "pruned": pruned,
+            "valid_asr": round(current_asr, 4),
+            "valid_drop": round(base_clean - model_accuracy(current, clean.x, clean.y), 4)})

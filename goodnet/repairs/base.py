@@ -1,19 +1,64 @@
-"""The one base class for repairs: B in, a repaired B' out, with what was done.
+"""The one base class for repairs: B in, repaired model(s) B' out, with what was done.
 
-A repair sees only the data its contract allows: `RepairData.clean_valid` always, and
-`poisoned_valid` only when the repair declares itself an oracle (`uses_poisoned_data`), which the
-lab forbids for design and every output labels. Nothing gets test data.
+Like a scikit-learn estimator, a repair is its settings plus one method. Settings are the fields of
+a frozen dataclass, typed and with defaults, declared with `setting(...)` (help text and bounds);
+they are checked once, when the repair is built, so a bad value fails before any work. The data
+contract lives here too: a repair sees `RepairData.clean_valid` always and `poisoned_valid` only
+when it declares itself an oracle (`data = "oracle"`), which the lab forbids for design and every
+output labels. Nothing gets test data: measuring B' on test data is the runner's job.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
-from ..data import ImageSet
-from ..errors import GoodnetError
+from ..errors import SettingsError
+from ..io.data import ImageSet
+from ..pruning.curve import PruningCurve
+
+DATA_NEEDS = ("none", "clean", "oracle")  # no data at all / clean validation data / poisoned too
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, nonempty: bool = False) -> Any:
+    """A repair setting: its default, a one-line help (shown by `goodnet defend --help`) and its
+    bounds: numbers (or every number of a tuple) must lie in [low, high], (low, high] with
+    `low_open`; `nonempty` tuples need at least one value."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
+                                            "nonempty": nonempty})
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting as the CLI and the registry see it."""
+
+    name: str
+    kind: str  # "int", "float", "str", "bool", "choice", "ints", "floats"
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    nonempty: bool = False
+
+
+def _kind(annotation: Any) -> tuple[str, tuple[str, ...]]:
+    if annotation in (int, float, str, bool):
+        return annotation.__name__, ()
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "choice", tuple(str(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float):
+        return f"{args[0].__name__}s", ()
+    raise TypeError(f"unsupported setting type {annotation!r} (int, float, str, bool, Literal[...], "
+                    f"tuple[int, ...] or tuple[float, ...])")
 
 
 @dataclass(frozen=True)
@@ -21,35 +66,124 @@ class RepairData:
     clean_valid: ImageSet
     poisoned_valid: ImageSet | None = None
 
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """(lowest, highest) value in the clean validation images, as the model sees them: the range
+        anything a repair synthesises (e.g. random-erasing fill) must stay in."""
+        return float(self.clean_valid.x.min()), float(self.clean_valid.x.max())
+
+
+@dataclass
+class RepairedModel:
+    """One B' a repair hands over."""
+
+    name: str  # its file stem and table label, e.g. "x2_crossing" or the repair's name
+    model: nn.Module
+    pruned: dict[str, list[int]] = field(default_factory=dict)  # layer -> channels zeroed
+    weights_changed: bool = False  # True when B' is more than B with channels zeroed (e.g. fine-tuned)
+    curve_step: int | None = None  # B' is step k of the outcome's pruning curve
+    details: dict[str, Any] = field(default_factory=dict)  # JSON-ready
+
+    @property
+    def single_layer(self) -> tuple[str, list[int]] | None:
+        """(layer, channels) when B' is B with channels of one conv zeroed and nothing else
+        changed: G can then share B's trunk instead of running two whole models."""
+        if self.weights_changed or len(self.pruned) != 1:
+            return None
+        return next(iter(self.pruned.items()))
+
 
 @dataclass
 class RepairOutcome:
-    model: nn.Module
+    models: list[RepairedModel]  # may be empty (e.g. no budget was ever reached)
     details: dict[str, Any] = field(default_factory=dict)  # JSON-ready: what was pruned, chosen, ...
-    # set when B' is B with channels of one conv zeroed and nothing else changed: G can then share
-    # B's trunk (PrunedGoodNet) instead of running two whole models
-    single_layer: tuple[str, list[int]] | None = None
+    curve: PruningCurve | None = None  # every step of a pruning sweep, when the repair has one
 
 
+@dataclass(frozen=True)
 class Repair:
-    """Subclasses set `name` and implement `repair`; `uses_poisoned_data` marks an oracle."""
+    """Subclasses are frozen dataclasses whose fields are their settings; they set `name`,
+    `description` and `data`, implement `repair`, and register with `@register_repair`."""
 
     name: ClassVar[str]
-    uses_poisoned_data: ClassVar[bool] = False
-    needs_data: ClassVar[bool] = True
+    description: ClassVar[str]  # one line, shown in `goodnet defend --help`
+    data: ClassVar[str] = "clean"  # one of DATA_NEEDS
+    # settings `goodnet compare` uses instead of the defaults, when its table needs one B' per repair
+    comparison: ClassVar[dict[str, Any]] = {}
+    in_comparison: ClassVar[bool] = True  # False for repairs that need input no zoo can give
+
+    @property
+    def oracle(self) -> bool:
+        return self.data == "oracle"
+
+    def __post_init__(self) -> None:
+        for spec in self.setting_specs():
+            object.__setattr__(self, spec.name, self._checked(spec, getattr(self, spec.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Checks that involve several settings; raise SettingsError."""
+
+    @classmethod
+    def setting_specs(cls) -> list[SettingSpec]:
+        hints = typing.get_type_hints(cls)
+        specs = []
+        for f in dataclasses.fields(cls):
+            kind, choices = _kind(hints[f.name])
+            meta = {k: v for k, v in f.metadata.items() if k in ("low", "high", "low_open", "nonempty")}
+            specs.append(SettingSpec(f.name, kind, f.default, f.metadata.get("help", ""), choices, **meta))
+        return specs
+
+    def _checked(self, spec: SettingSpec, value: Any) -> Any:
+        option = f"{self.name}: {spec.name.replace('_', '-')}"
+        if spec.kind in ("ints", "floats"):
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise SettingsError(f"{option} must be a list of numbers, not {value!r}")
+            values = tuple(self._number(option, spec.kind[:-1], v, spec) for v in value)
+            if spec.nonempty and not values:
+                raise SettingsError(f"{option} needs at least one value")
+            return values
+        if spec.kind in ("int", "float"):
+            return self._number(option, spec.kind, value, spec)
+        if spec.kind == "bool":
+            if not isinstance(value, bool):
+                raise SettingsError(f"{option} must be true or false, not {value!r}")
+            return value
+        if not isinstance(value, str):
+            raise SettingsError(f"{option} must be text, not {value!r}")
+        if spec.kind == "choice" and value not in spec.choices:
+            raise SettingsError(f"{option} must be one of {', '.join(spec.choices)}, not {value!r}")
+        return value
+
+    @staticmethod
+    def _number(option: str, kind: str, value: Any, spec: SettingSpec) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (kind == "int" and not float(value).is_integer()):
+            raise SettingsError(f"{option} must be {'an integer' if kind == 'int' else 'a number'}, not {value!r}")
+        number = int(value) if kind == "int" else float(value)
+        low, high, low_open = spec.low, spec.high, spec.low_open
+        if not math.isfinite(number) or (low is not None and (number <= low if low_open else number < low)) \
+                or (high is not None and number > high):
+            bounds = f"{'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, " \
+                     f"{'inf' if high is None else f'{high:g}'}{']' if high is not None else ')'}"
+            raise SettingsError(f"{option} must be in {bounds}, not {value!r}")
+        return number
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (tuples as lists)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
 
     def repair(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         raise NotImplementedError
 
     def run(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         """`repair` with the data contract enforced."""
-        if self.needs_data and (data is None or data.clean_valid is None):
-            raise GoodnetError(f"the {self.name} repair needs clean validation data")
-        if self.uses_poisoned_data and data.poisoned_valid is None:
-            raise GoodnetError(f"the {self.name} repair is an oracle: it needs poisoned validation data")
-        if data is not None and not self.uses_poisoned_data:
+        if self.data != "none" and (data is None or data.clean_valid is None):
+            raise SettingsError(f"the {self.name} repair needs clean validation data (--clean-valid)")
+        if self.oracle and data.poisoned_valid is None:
+            raise SettingsError(f"the {self.name} repair is an oracle: it needs poisoned validation data "
+                                f"(--poisoned-valid)")
+        if data is not None and not self.oracle:
             data = RepairData(clean_valid=data.clean_valid)  # it never sees poisoned data
         return self.repair(model.eval(), data, progress)
-
-    def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}

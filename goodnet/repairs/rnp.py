@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph_split import conv_layers
-from .base import Repair, RepairData, RepairOutcome
-from .multi_layer import grouped, prune_layers, score
+from ..metrics import model_accuracy
+from ..pruning.graph_split import conv_layers
+from ..pruning.zeroing import grouped, prune_layers
+from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
+from .registry import register_repair
 
 
 def _batches(n: int, size: int, generator: torch.Generator):
@@ -29,17 +31,23 @@ def _batches(n: int, size: int, generator: torch.Generator):
         yield order[start:start + size]
 
 
-@dataclass
+@register_repair
+@dataclass(frozen=True)
 class ReconstructiveNeuronPruning(Repair):
     name = "rnp"
-    x: float = 2.0  # clean validation budget for the final pruning, percentage points
-    unlearn_lr: float = 0.01
-    unlearn_floor: float = 20.0  # stop unlearning below this clean accuracy (%)
-    unlearn_epochs: int = 20
-    recover_lr: float = 0.2
-    recover_epochs: int = 20
-    batch_size: int = 128
-    seed: int = 0
+    description = ("Reconstructive Neuron Pruning (Li et al. 2023): unlearn clean data, learn channel masks "
+                   "that recover it, prune the lowest-mask channels of every conv within the budget")
+
+    budget: float = setting(2.0, "clean validation accuracy budget, in points: the repair keeps the drop "
+                                 "below it", low=0.0, low_open=True, high=100.0)
+    unlearn_lr: float = setting(0.01, "unlearning learning rate (gradient ascent, SGD)", low=0.0, low_open=True)
+    unlearn_floor: float = setting(20.0, "stop unlearning once clean accuracy falls below this (%)",
+                                   low=0.0, high=100.0)
+    unlearn_epochs: int = setting(20, "most unlearning epochs", low=1)
+    recover_lr: float = setting(0.2, "mask recovery learning rate", low=0.0, low_open=True)
+    recover_epochs: int = setting(20, "mask recovery epochs", low=1)
+    batch_size: int = setting(128, "batch size of unlearning and recovery", low=1)
+    seed: int = setting(0, "seed of the repair's random choices and training")
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
@@ -55,22 +63,23 @@ class ReconstructiveNeuronPruning(Repair):
                 (-F.cross_entropy(unlearned(xs[idx]), ys[idx])).backward()
                 optimizer.step()
             unlearned.eval()
-            if score(unlearned, clean) <= self.unlearn_floor:
+            if model_accuracy(unlearned, clean.x, clean.y) <= self.unlearn_floor:
                 break
         masks = self._recover(unlearned, xs, ys, generator)
         depth = {layer: i for i, layer in enumerate(masks)}
         # lowest mask first; among equal masks (many reach 0), deeper layers first
         ranked = sorted(((float(v), layer, c) for layer, m in masks.items() for c, v in enumerate(m)),
                         key=lambda t: (t[0], -depth[t[1]], t[2]))
-        base = score(model, clean)
+        base = model_accuracy(model, clean.x, clean.y)
         chosen: list[tuple[str, int]] = []
         for _, layer, channel in ranked:  # prune in mask order while the clean drop stays < x
             trial = prune_layers(model, chosen + [(layer, channel)])
-            if base - score(trial, clean) >= self.x:
+            if base - model_accuracy(trial, clean.x, clean.y) >= self.budget:
                 break
             chosen.append((layer, channel))
-        return RepairOutcome(prune_layers(model, chosen), {
-            "pruned": grouped(chosen), "unlearn_epochs": epochs_used,
+        pruned = grouped(chosen)
+        return RepairOutcome([RepairedModel(self.name, prune_layers(model, chosen), pruned)], {
+            "pruned": pruned, "unlearn_epochs": epochs_used,
             "masks": {layer: [round(float(v), 4) for v in m] for layer, m in masks.items()}})
 
     def _recover(self, unlearned: nn.Module, xs: torch.Tensor, ys: torch.Tensor,

@@ -1,0 +1,33 @@
+"""Defend files: load B and the data files, run one repair, write the output directory. This is
+`goodnet defend`, and the demo runs exactly it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .io.data import load_sets
+from .io.model_files import ModelSource
+from .repairs import Repair, RepairResult, run_repair
+from .report.writer import ModelExports, write_outputs
+
+
+@dataclass
+class DefenseRun:
+    result: RepairResult
+    document: dict[str, Any]  # results.json
+    model: nn.Module  # B
+
+
+def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], out_dir: str, repair: Repair,
+                 input_scale: float = 1.0, onnx: bool = False, progress: bool = True) -> DefenseRun:
+    """Load B and the data, repair, measure, write `out_dir`. Every input is checked before work."""
+    source = ModelSource(source) if isinstance(source, str) else source
+    exports = ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx)
+    sets = load_sets(data_paths, input_scale)
+    model = source.load_backdoored(next(iter(sets.values())).image_shape if sets else None)
+    result = run_repair(model, repair, sets, progress=progress)
+    result.inputs = {role: path for role, path in data_paths.items() if path}
+    return DefenseRun(result=result, document=write_outputs(out_dir, result, model, exports), model=model)

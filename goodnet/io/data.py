@@ -1,0 +1,153 @@
+"""Labelled image sets in the lab's formats, checked before any model sees them.
+
+The lab stores images as HDF5 with `data` (N, C, H, W) and `label` (N,); we also read `.npz` files
+with `x` and `y`, and single PNG/JPEG images (for `goodnet classify`). Values reach the model as
+stored (the lab's model takes raw 0..255 pixels) unless an explicit divisor is given.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from ..errors import DataError
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
+# The data sets a defense can be given, by role. Only clean validation data may decide anything.
+ROLES = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (float32, N x C x H x W) with one integer label each."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str = "data"
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+
+def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+    lower = path.lower()
+    if lower.endswith(HDF5_SUFFIXES):
+        try:
+            with h5py.File(path, "r") as f:
+                for key in ("data", "label"):
+                    if key not in f or not isinstance(f[key], h5py.Dataset):
+                        raise DataError(f"{path}: HDF5 file has no '{key}' dataset "
+                                           f"(found: {', '.join(sorted(f.keys())) or 'nothing'})")
+                return np.asarray(f["data"][()]), np.asarray(f["label"][()])
+        except OSError as exc:
+            raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if lower.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                for key in ("x", "y"):
+                    if key not in f.files:
+                        raise DataError(f"{path}: .npz file has no '{key}' array "
+                                           f"(found: {', '.join(f.files) or 'nothing'})")
+                return f["x"], f["y"]
+        except ValueError as exc:  # object arrays need pickle, which we refuse
+            raise DataError(f"{path}: cannot read .npz without pickle ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    raise DataError(f"{path}: unknown data format (expected .h5/.hdf5 with data/label or .npz with x/y)")
+
+
+def load_images(path: str, input_scale: float = 1.0, name: str | None = None) -> ImageSet:
+    """Read and check a labelled image file; divide pixel values by `input_scale`."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    if not (np.isfinite(input_scale) and input_scale > 0):
+        raise DataError(f"input scale must be a positive number, got {input_scale}")
+    x, y = _read_arrays(path)
+    if x.ndim != 4:
+        raise DataError(f"{path}: images have shape {x.shape}, expected 4 dimensions (N, C, H, W)")
+    if y.ndim != 1:
+        raise DataError(f"{path}: labels have shape {y.shape}, expected (N,)")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: {x.shape[0]} images but {y.shape[0]} labels")
+    if x.shape[0] == 0:
+        raise DataError(f"{path}: contains no images")
+    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+        raise DataError(f"{path}: images have dtype {x.dtype}, expected real numbers")
+    if not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{path}: labels have dtype {y.dtype}, expected integers")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
+        raise DataError(f"{path}: {bad} image(s) contain NaN or infinite values")
+    if not np.isfinite(y).all() or np.any(y != np.round(y)):
+        raise DataError(f"{path}: labels must be whole numbers")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise DataError(f"{path}: negative label {int(y.min())}")
+    if input_scale != 1.0:
+        x = x / np.float32(input_scale)
+    return ImageSet(x=np.ascontiguousarray(x), y=y, name=name or os.path.basename(path))
+
+
+def load_sets(paths: dict[str, str | None], input_scale: float = 1.0) -> dict[str, ImageSet]:
+    """Read the data files given per role (None: not given); all must hold images of one size."""
+    unknown = set(paths) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown data roles {sorted(unknown)} (known: {', '.join(ROLES)})")
+    sets = {role: load_images(path, input_scale, name=path) for role, path in paths.items() if path}
+    shapes = {s.image_shape for s in sets.values()}
+    if len(shapes) > 1:
+        raise DataError(f"the data files hold images of different sizes: {sorted(shapes)}")
+    return sets
+
+
+def check_fits_model(images: ImageSet, input_shape: tuple[int, ...], num_classes: int,
+                     role: str) -> None:
+    """Refuse data the model cannot take, before any long computation starts."""
+    if tuple(images.image_shape) != tuple(input_shape):
+        raise DataError(f"{role} ({images.name}): images are {'x'.join(map(str, images.image_shape))} "
+                           f"(C x H x W) but the model takes {'x'.join(map(str, input_shape))}")
+    top = int(images.y.max())
+    if top >= num_classes:
+        raise DataError(f"{role} ({images.name}): label {top} is out of range for a model "
+                           f"with {num_classes} classes")
+
+
+def save_images(path: str, images: ImageSet) -> None:
+    """Write the lab's HDF5 layout (`data` N x C x H x W, `label` N)."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=images.x, compression="gzip", compression_opts=4)
+        f.create_dataset("label", data=images.y.astype(np.float64))
+
+
+IMAGE_MODES = {"L": 1, "RGB": 3}
+
+
+def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
+    """A PNG/JPEG as a float32 C x H x W array of pixel values divided by `input_scale`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("1", "I;16", "I"):
+                image = image.convert("L")
+            elif image.mode == "P":
+                image = image.convert("RGB")
+            if image.mode not in IMAGE_MODES:
+                raise DataError(f"{path}: image mode {image.mode} is not supported "
+                                   f"(grayscale or RGB)")
+            array = np.asarray(image, dtype=np.float32)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return array / np.float32(input_scale) if input_scale != 1.0 else array

@@ -1,0 +1,260 @@
+"""Model files in and out: ours (safetensors + JSON header, never pickle), Keras HDF5 (full model or
+weights only), a user's PyTorch class plus weights, and TorchScript.
+
+Our files hold tensors plus a JSON description under the metadata key "goodnet":
+  {"kind": "classifier", "arch": ..., "config": {...}}                      a model (B or B')
+  {"kind": "goodnet", "arch": ..., "config": {...}, "layer": ..., "pruned": [...]}   a GoodNet
+Built-in architectures (and Keras graphs, stored as plain JSON in the config) are rebuilt from the
+registry; nothing in the file runs. For a user's class (arch "factory") the header names the
+factory, but it is only imported when the user names it again (`factory=`, CLI `--factory`).
+TorchScript models are saved as TorchScript, with the same description as an extra file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import ModelError
+from ..models import ARCHITECTURES, ImageClassifier, build_model
+from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
+from .external import (TORCH_SUFFIXES, is_torchscript, load_factory_model, load_state_checked,
+                       load_torchscript)
+from .keras.files import load_keras_model, read_architecture, read_model_config
+from .keras.weights import load_keras_weights, output_size, read_keras_weights
+
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".safetensors"
+SCRIPT_SUFFIX = ".pt"
+KERAS_SUFFIXES = (".h5", ".hdf5")
+DESCRIPTION_FILE = "goodnet.json"
+
+
+def is_scripted(model: nn.Module) -> bool:
+    if isinstance(model, TwoModelGoodNet):
+        return isinstance(model.backdoored, torch.jit.ScriptModule)
+    return isinstance(model, torch.jit.ScriptModule)
+
+
+def model_suffix(model: nn.Module) -> str:
+    """The file suffix `save_model` needs for this model."""
+    return SCRIPT_SUFFIX if is_scripted(model) else MODEL_SUFFIX
+
+
+def _describe(model: nn.Module) -> dict[str, Any]:
+    if isinstance(model, ImageClassifier):
+        return {"arch": model.arch, "config": model.config()}
+    factory = getattr(model, "goodnet_factory", None)
+    config = {"num_classes": int(model.num_classes), "input_shape": list(model.input_shape)}
+    if factory is not None:
+        return {"arch": "factory", "factory": factory, "config": config}
+    if isinstance(model, torch.jit.ScriptModule):
+        return {"arch": "torchscript", "config": config}
+    raise TypeError(f"cannot save {type(model).__name__}")
+
+
+def _header(model: nn.Module, kind: str, **extra: Any) -> dict[str, str]:
+    meta = {"format_version": FORMAT_VERSION, "kind": kind, **_describe(model), **extra}
+    return {"goodnet": json.dumps(meta, sort_keys=True)}
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(model: nn.Module, path: str) -> None:
+    """Save a classifier (B, B') or a GoodNet as one self-describing file (see `model_suffix`)."""
+    if isinstance(model, TwoModelGoodNet) and not is_scripted(model):
+        tensors = {f"{part}.{k}": v for part in ("backdoored", "repaired")
+                   for k, v in _state(getattr(model, part)).items()}
+        save_file(tensors, path, metadata=_header(model.backdoored, "goodnet", two_models=True))
+    elif isinstance(model, TwoModelGoodNet):
+        scripted = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
+        meta = _header(model.backdoored, "goodnet")["goodnet"]
+        torch.jit.save(scripted, path, _extra_files={DESCRIPTION_FILE: meta})
+    elif isinstance(model, torch.jit.ScriptModule):
+        torch.jit.save(model, path, _extra_files={DESCRIPTION_FILE: _header(model, "classifier")["goodnet"]})
+    elif isinstance(model, PrunedGoodNet):
+        tensors = {f"backdoored.{k}": v for k, v in _state(model.backdoored).items()}
+        save_file(tensors, path, metadata=_header(model.backdoored, "goodnet", layer=model.layer,
+                                                   pruned=model.pruned))
+    else:
+        save_file(_state(model), path, metadata=_header(model, "classifier"))
+
+
+def _read_ours(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = (f.metadata() or {}).get("goodnet")
+            if meta is None:
+                raise ModelError(f"{path}: a safetensors file without a goodnet header (architecture "
+                                   f"unknown); for your own PyTorch class pass --factory package.module:function")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    header = _parse_header(meta, path)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(f"{path}: tensor '{name}' contains NaN or infinite values")
+    return header, tensors
+
+
+def _parse_header(meta: str, path: str) -> dict[str, Any]:
+    try:
+        header = json.loads(meta)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or not all(k in header for k in ("arch", "config", "kind")) \
+            or not isinstance(header["config"], dict):
+        raise ModelError(f"{path}: malformed goodnet header")
+    if header["kind"] not in ("classifier", "goodnet"):
+        raise ModelError(f"{path}: unknown model kind '{header['kind']}'")
+    return header
+
+
+def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _load_ours(path: str, factory: str | None) -> nn.Module:
+    header, tensors = _read_ours(path)
+    if header["kind"] == "goodnet" and header.get("two_models"):
+        # G of a repair that changed weights (e.g. fine-pruning): B and B' in full, same architecture
+        backdoored = _build_ours(header, _part(tensors, "backdoored."), path, factory)
+        repaired = _build_ours(header, _part(tensors, "repaired."), path, factory)
+        return TwoModelGoodNet(backdoored, repaired).eval()
+    if header["kind"] == "goodnet":
+        tensors = _part(tensors, "backdoored.")
+    model = _build_ours(header, tensors, path, factory)
+    if header["kind"] == "classifier":
+        return model
+    pruned = header.get("pruned", [])
+    if not isinstance(pruned, list) or any(not isinstance(c, int) for c in pruned) \
+            or not isinstance(header.get("layer"), str):
+        raise ModelError(f"{path}: malformed GoodNet header (layer and pruned channels)")
+    return PrunedGoodNet(model, header["layer"], pruned).eval()
+
+
+def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: str, factory: str | None) -> nn.Module:
+    if header["arch"] == "factory":
+        named = header.get("factory")
+        if factory is None:
+            raise ModelError(f"{path}: holds weights of the PyTorch class built by '{named}'; pass "
+                               f"--factory {named} to load it (goodnet never imports code a file names)")
+        config = header["config"]
+        model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
+    else:
+        model = build_model(header["arch"], **header["config"])
+        load_state_checked(model, tensors, path, f"the '{header['arch']}' architecture")
+    return model.eval()
+
+
+def _load_script(path: str, input_shape: tuple[int, ...] | None) -> nn.Module:
+    extra = {DESCRIPTION_FILE: ""}
+    try:
+        model = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    except Exception:  # reported with a clear message by load_torchscript below
+        return load_torchscript(path, input_shape)
+    if not extra[DESCRIPTION_FILE]:
+        return load_torchscript(path, input_shape)
+    header = _parse_header(extra[DESCRIPTION_FILE], path)
+    model.num_classes = int(header["config"]["num_classes"])
+    model.input_shape = tuple(header["config"]["input_shape"])
+    model.eval()
+    if header["kind"] == "goodnet":
+        return ScriptedGoodNet(model)
+    return model
+
+
+def _keras_weights_model(path: str, arch: str, input_shape, input_divisor: float) -> nn.Module:
+    if arch.lower().endswith((".json",) + KERAS_SUFFIXES):  # architecture from another file
+        return load_keras_model(path, graph=read_architecture(arch), input_shape=input_shape,
+                                input_divisor=input_divisor)
+    layers = read_keras_weights(path)
+    if arch not in ARCHITECTURES or arch == "keras":
+        raise ModelError(f"unknown architecture '{arch}' (built-in: "
+                           f"{', '.join(sorted(a for a in ARCHITECTURES if a != 'keras'))}, or a Keras "
+                           f"full-model .h5 / model.to_json() .json file)")
+    num_classes = output_size(layers, ARCHITECTURES[arch].final_layer, path)
+    config: dict[str, Any] = {"num_classes": num_classes, "input_divisor": input_divisor}
+    if input_shape is not None:
+        config["input_shape"] = tuple(input_shape)
+    model = build_model(arch, **config)
+    load_keras_weights(model, layers, path)
+    return model.eval()
+
+
+def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
+               input_divisor: float = 1.0, factory: str | None = None) -> nn.Module:
+    """Load B, B' or G in eval mode, from any supported file.
+
+    - goodnet .safetensors: describes itself (a user's class also needs `factory`);
+    - Keras full-model .h5: architecture and weights from the file;
+    - Keras weights-only .h5: `arch` is a built-in name (default deepid) or a file holding the
+      architecture; the input shape comes from the data (`input_shape`);
+    - `factory` ("package.module:function") plus a .safetensors/.pt state dict;
+    - TorchScript .pt (input shape from the data unless goodnet wrote the file).
+    """
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such file")
+    lower = path.lower()
+    if lower.endswith(MODEL_SUFFIX):
+        with_header = True
+        try:
+            with safe_open(path, framework="pt") as f:
+                with_header = "goodnet" in (f.metadata() or {})
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+        if with_header or factory is None:
+            return _load_ours(path, factory)
+        return load_factory_model(factory, path, input_shape)
+    if lower.endswith(KERAS_SUFFIXES):
+        if factory is not None:
+            raise ModelError("--factory goes with a PyTorch weights file, not a Keras file")
+        if read_model_config(path) is not None:
+            return load_keras_model(path, input_shape=input_shape, input_divisor=input_divisor)
+        return _keras_weights_model(path, arch or "deepid", input_shape, input_divisor)
+    if lower.endswith(TORCH_SUFFIXES):
+        if is_torchscript(path):
+            if factory is not None:
+                raise ModelError(f"{path}: a TorchScript file holds its own code; drop --factory")
+            return _load_script(path, input_shape)
+        if factory is None:
+            raise ModelError(f"{path}: a PyTorch weights file; pass --factory package.module:function "
+                               f"to say which class it belongs to")
+        return load_factory_model(factory, path, input_shape)
+    raise ModelError(f"{path}: unknown model format (expected {MODEL_SUFFIX}, Keras .h5, or a PyTorch "
+                       f".pt/.pth file)")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where B comes from: a file, plus what that file cannot say itself."""
+
+    path: str
+    arch: str | None = None  # Keras weights-only files: built-in name or architecture file
+    factory: str | None = None  # a user's PyTorch class, "package.module:function"
+
+    def load(self, input_shape: tuple[int, ...] | None = None, input_divisor: float = 1.0) -> nn.Module:
+        return load_model(self.path, arch=self.arch, input_shape=input_shape, input_divisor=input_divisor,
+                          factory=self.factory)
+
+    def load_backdoored(self, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+        model = self.load(input_shape)
+        if isinstance(model, GoodNet):
+            raise ModelError(f"{self.path}: is a GoodNet; this needs the backdoored model B")
+        return model
+
+    @property
+    def is_keras(self) -> bool:
+        return self.path.lower().endswith(KERAS_SUFFIXES)
+
+
+__all__ = ["ModelSource", "load_model", "model_suffix", "save_model"]

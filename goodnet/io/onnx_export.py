@@ -1,0 +1,56 @@
+"""Models as ONNX files, for runtimes without PyTorch (onnxruntime, TensorRT, browsers...).
+
+A GoodNet exports as one graph: the trunk once, the two tails (plain and channel-masked), and the
+label comparison, so a server needs nothing but the .onnx file. Input `image` is a float32 NCHW
+batch of pixel values as the data files store them (the model's own input scaling is inside);
+output `label` (int64, N = poisoned) for a GoodNet, `scores` (float32) for a classifier.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import GoodnetError, ModelError
+from ..models.goodnet import GoodNet, ScriptableGoodNet, TwoModelGoodNet
+from .output_dir import write_file_atomically
+
+OPSET = 17
+
+
+def require_onnx() -> None:
+    """Fail before any work when the exporter's dependency is missing."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ModelError("ONNX export needs the onnx package: pip install 'goodnet[onnx]' (or pip install onnx)")
+
+
+def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
+    """Write `model` (a classifier or a GoodNet) as ONNX, with a variable batch size."""
+    require_onnx()
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ModelError("the model's input shape is unknown; cannot export to ONNX")
+    output = "label" if isinstance(model, GoodNet) else "scores"
+    model.eval()
+    if isinstance(model, TwoModelGoodNet) and isinstance(model.backdoored, torch.jit.ScriptModule):
+        # TorchScript parts: export the scripted G as a whole
+        model = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
+    example = torch.zeros(2, *shape)
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
+            torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=[output],
+                              dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
+
+    try:
+        write_file_atomically(path, write)
+    except GoodnetError:
+        raise
+    except Exception as exc:  # the exporter raises many types for unsupported ops
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot export {type(model).__name__} to ONNX: {first}") from None

@@ -1,0 +1,29 @@
+"""Registry of built-in architectures, by the name saved in model files (one family per file,
+each registering itself with `register_architecture`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ModelError
+from .base import ImageClassifier
+
+ARCHITECTURES: dict[str, type[ImageClassifier]] = {}
+
+
+def register_architecture(cls: type[ImageClassifier]) -> type[ImageClassifier]:
+    """Class decorator: make `cls` buildable from (`cls.arch`, config) and loadable from our files."""
+    if cls.arch in ARCHITECTURES and ARCHITECTURES[cls.arch] is not cls:
+        raise ValueError(f"architecture name '{cls.arch}' is taken by {ARCHITECTURES[cls.arch].__name__}")
+    ARCHITECTURES[cls.arch] = cls
+    return cls
+
+
+def build_model(arch: str, **config: Any) -> ImageClassifier:
+    """Build a registered architecture from its saved config."""
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
+    try:
+        return ARCHITECTURES[arch](**config)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build '{arch}' with config {config}: {exc}") from None

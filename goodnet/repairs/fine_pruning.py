@@ -1,0 +1,89 @@
+"""Fine-pruning (Liu et al. 2018): prune like the lab, then fine-tune on clean data.
+
+Pruning alone leaves the backdoor in the remaining weights; a short, fairly aggressive fine-tune
+(SGD with momentum at 0.05, cosine decay, with shift and random-erasing augmentation) moves the
+weights far enough to forget it. Plain Adam at 1e-3 barely moves the ASR (measured while building
+this). Only clean validation data is used: 80 % to fine-tune, 20 % held out to choose among the
+candidate budgets (or fractions of channels) by clean accuracy alone. The pruned channels stay
+zero throughout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SettingsError
+from ..io.data import ImageSet
+from ..metrics import model_accuracy
+from ..models.training import fine_tune
+from ..pruning.graph_split import following_batchnorm
+from ..pruning.profiling import activation_order
+from ..pruning.zeroing import pruned_copy, zero_channels
+from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
+from .lab_pruning import lab_pruning_channels
+from .registry import register_repair
+
+
+def holdout_split(images: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(fit, held out): `share` of every class held out, in a seeded order."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(images.y), dtype=bool)
+    for label in np.unique(images.y):
+        members = rng.permutation(np.flatnonzero(images.y == label))
+        held[members[:int(round(share * len(members)))]] = True
+    return (ImageSet(images.x[~held], images.y[~held], images.name + " (fit)"),
+            ImageSet(images.x[held], images.y[held], images.name + " (held out)"))
+
+
+@register_repair
+@dataclass(frozen=True)
+class FinePruning(Repair):
+    name = "fine-prune"
+    description = ("fine-pruning (Liu et al. 2018): the lab's pruning of --layer at each candidate budget, then "
+                   "fine-tuning on clean validation data; a held-out share picks the candidate")
+
+    layer: str = setting("conv_3", "conv layer whose output channels are pruned")
+    budgets: tuple[float, ...] = setting(
+        (4.0, 10.0), "candidate accuracy-drop budgets X (points) of the pruning before fine-tuning; the "
+        "held-out clean accuracy picks one", low=0.0, low_open=True, high=100.0)
+    fractions: tuple[float, ...] = setting(
+        (), "further candidates: prune this share of --layer's channels (e.g. 0.5 0.8)", low=0.0, low_open=True,
+        high=1.0)
+    epochs: int = setting(40, "fine-tuning epochs", low=1)
+    lr: float = setting(0.05, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
+    momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
+    weight_decay: float = setting(5e-4, "SGD weight decay", low=0.0)
+    holdout: float = setting(0.2, "share of the clean validation data held out to choose the candidate",
+                             low=0.0, low_open=True, high=0.9)
+    seed: int = setting(0, "seed of the repair's random choices and training")
+
+    def check(self) -> None:
+        if not self.budgets and not self.fractions:
+            raise SettingsError("fine-prune needs at least one budget or fraction")
+        if 1.0 in self.fractions:
+            raise SettingsError("fine-prune: a fraction of 1 would prune every channel; use fractions below 1")
+
+    def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
+        fit, held = holdout_split(data.clean_valid, self.holdout, self.seed)
+        bn = following_batchnorm(model, self.layer)
+        plans = [(f"x={x:g}", lab_pruning_channels(model, fit, self.layer, x)) for x in self.budgets]
+        if self.fractions:
+            order = activation_order(model, fit.x, self.layer)
+            plans += [(f"fraction={f:g}", order[:int(round(f * len(order)))]) for f in self.fractions]
+        candidates = []
+        for label, channels in plans:
+            torch.manual_seed(self.seed)
+            tuned = fine_tune(pruned_copy(model, self.layer, channels), fit.x, fit.y, self.epochs, self.seed,
+                              lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                              value_range=data.value_range,
+                              after_step=lambda m, c=channels: zero_channels(m, self.layer, c, bn),
+                              progress=f"fine-tuning ({label})" if progress else None)
+            candidates.append((model_accuracy(tuned, held.x, held.y), -len(channels), label, channels, tuned))
+        best = max(candidates, key=lambda c: c[:2])  # ties: fewer channels pruned
+        return RepairOutcome([RepairedModel(self.name, best[4], {self.layer: best[3]}, weights_changed=True)], {
+            "layer": self.layer, "pruned": {self.layer: best[3]}, "chosen": best[2],
+            "held_out_accuracy": {c[2]: round(c[0], 4) for c in candidates}})

@@ -1,0 +1,86 @@
+"""The lab's defense as a repair: profile one conv layer on clean validation data, sweep it (cached
+and exact), and keep, per clean-accuracy budget X, the model the stopping rule selects.
+
+Like a grid search that is itself an estimator, it returns the selected B' models together with
+the whole pruning curve and both rules' choices; the runner then measures the curve on every data
+set given. Only clean validation data decides anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from torch import nn
+
+from ..errors import SettingsError
+from ..io.data import ImageSet
+from ..pruning.curve import PruningCurve, profile_and_sweep
+from ..pruning.selection import RULES, select
+from ..pruning.zeroing import pruned_copy
+from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
+from .registry import register_repair
+
+CLEAN_VALID = "clean_valid"
+
+
+def sweep_and_select(model: nn.Module, images: ImageSet, layer: str, thresholds: tuple[float, ...],
+                     order: str = "ascending", drop: str = "absolute", progress: bool = False) -> PruningCurve:
+    """The pruning curve of `layer` on `images` (as data set 'clean_valid'), with both stopping
+    rules' choices for every budget in `thresholds`."""
+    curve = profile_and_sweep(model, layer, CLEAN_VALID, images.x, order, progress=progress)
+    labels = curve.labels[CLEAN_VALID].labels
+    correct = [int(c) for c in (labels == images.y[None, :]).sum(axis=1)]
+    curve.selections = select(correct, len(images), thresholds, drop, RULES)
+    curve.drop = drop
+    return curve
+
+
+def lab_pruning_channels(model: nn.Module, images: ImageSet, layer: str, x: float, rule: str = "crossing",
+                         progress: bool = False) -> list[int]:
+    """The channels the lab's sweep prunes at budget `x`, decided on `images` alone."""
+    curve = sweep_and_select(model, images, layer, (x,), progress=progress)
+    chosen = next(s for s in curve.selections if s.rule == rule)
+    if chosen.channels_pruned is None:
+        raise SettingsError(f"pruning {layer} never drops clean validation accuracy by {x:g} points")
+    return curve.pruned_channels(chosen.channels_pruned)
+
+
+@register_repair
+@dataclass(frozen=True)
+class LabPruning(Repair):
+    name = "prune"
+    description = ("the lab's defense: prune --layer's channels in order of mean clean activation; keep B' "
+                   "per accuracy budget X (full curve and both stopping rules in the report)")
+    # compare judges one B' per repair against a 2-point budget; `within` is the model that keeps it
+    comparison = {"thresholds": (2.0,), "rule": "within"}
+
+    layer: str = setting("conv_3", "conv layer whose output channels are pruned")
+    thresholds: tuple[float, ...] = setting(
+        (2.0, 4.0, 10.0, 30.0), "accuracy-drop budgets X, in percentage points of clean validation accuracy "
+        "(with --relative: percent of B's)", low=0.0, low_open=True, high=100.0, nonempty=True)
+    order: Literal["ascending", "descending"] = setting(
+        "ascending", "prune channels in this order of mean clean activation")
+    relative: bool = setting(False, "measure the drop relative to B's accuracy instead of in points")
+    rule: Literal["crossing", "within", "both"] = setting(
+        "crossing", "which B' is kept per X: 'crossing' (the lab's: first model with drop >= X), 'within' "
+        "(the one before it, drop < X) or both")
+
+    @property
+    def saved_rules(self) -> tuple[str, ...]:
+        return RULES if self.rule == "both" else (self.rule,)
+
+    def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
+        curve = sweep_and_select(model, data.clean_valid, self.layer, self.thresholds, self.order,
+                                 "relative" if self.relative else "absolute", progress)
+        models = []
+        for sel in curve.selections:
+            if sel.rule in self.saved_rules and sel.channels_pruned is not None:
+                channels = curve.pruned_channels(sel.channels_pruned)
+                models.append(RepairedModel(
+                    f"x{sel.x:g}_{sel.rule}", pruned_copy(model, self.layer, channels), {self.layer: channels},
+                    curve_step=sel.channels_pruned, details={"x": sel.x, "rule": sel.rule}))
+        dead = int(np.sum(curve.mean_activation == 0))
+        return RepairOutcome(models, {"layer": self.layer, "cut": curve.cut, "dead_channels": dead,
+                                      "saved_rules": list(self.saved_rules)}, curve)

@@ -1,0 +1,108 @@
+"""The one registry of repairs. The CLI's `--repair` choices, options and help, and `goodnet
+compare`'s roster, are all read from here.
+
+A repair registers itself with `@register_repair` (its name, description, data needs and typed
+settings are read off the class). A setting name means one thing across repairs: a second repair
+may reuse `layer` or `seed` only with the same type, so each CLI option has one meaning. Repairs
+outside this package are found through the `goodnet.repairs` entry-point group of installed
+packages, or through modules named in the GOODNET_PLUGINS environment variable (comma-separated);
+both are code the user chose to install or name, never something a model or data file says.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import entry_points
+
+from ..errors import SettingsError
+from .base import DATA_NEEDS, Repair, SettingSpec
+
+REPAIRS: dict[str, type[Repair]] = {}
+PLUGIN_VARIABLE = "GOODNET_PLUGINS"
+ENTRY_POINT_GROUP = "goodnet.repairs"
+_plugins_loaded = False
+
+
+def register_repair(cls: type[Repair]) -> type[Repair]:
+    """Class decorator: add a Repair subclass to the registry (checked here, once)."""
+    if not (isinstance(cls, type) and issubclass(cls, Repair)):
+        raise TypeError(f"{cls!r} is not a Repair subclass")
+    for attr in ("name", "description"):
+        if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
+            raise TypeError(f"{cls.__name__} must set a non-empty `{attr}`")
+    if cls.data not in DATA_NEEDS:
+        raise TypeError(f"{cls.__name__}.data must be one of {DATA_NEEDS}, not {cls.data!r}")
+    if cls.name in REPAIRS and REPAIRS[cls.name] is not cls:
+        if REPAIRS[cls.name].__qualname__ != cls.__qualname__ or REPAIRS[cls.name].__module__ != cls.__module__:
+            raise ValueError(f"repair name '{cls.name}' is taken by {REPAIRS[cls.name].__name__}")
+    specs = cls.setting_specs()  # fails here for an unsupported setting type
+    known = all_settings(load=False)
+    for spec in specs:
+        other = known.get(spec.name)
+        if other is not None and (other[0].kind, other[0].choices) != (spec.kind, spec.choices):
+            raise TypeError(f"{cls.__name__}.{spec.name} is a {spec.kind} but the setting of that name in "
+                            f"{', '.join(other[1])} is a {other[0].kind}: one name, one meaning")
+    unknown = set(cls.comparison) - {s.name for s in specs}
+    if unknown:
+        raise TypeError(f"{cls.__name__}.comparison names unknown settings {sorted(unknown)}")
+    REPAIRS[cls.name] = cls
+    return cls
+
+
+def load_plugins() -> None:
+    """Import the repairs of installed plugins and of GOODNET_PLUGINS (once)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as exc:  # a broken plugin is the user's code; name it, do not crash
+            raise SettingsError(f"repair plugin '{point.name}' ({point.value}) failed to load: "
+                                f"{type(exc).__name__}: {exc}") from None
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_VARIABLE, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise SettingsError(f"{PLUGIN_VARIABLE}: cannot import '{module}' ({type(exc).__name__}: {exc})") from None
+
+
+def repair_class(name: str) -> type[Repair]:
+    load_plugins()
+    if name not in REPAIRS:
+        raise SettingsError(f"unknown repair '{name}' (known: {', '.join(REPAIRS)})")
+    return REPAIRS[name]
+
+
+def repair_names() -> list[str]:
+    load_plugins()
+    return list(REPAIRS)
+
+
+def all_settings(load: bool = True) -> dict[str, tuple[SettingSpec, list[str]]]:
+    """Every setting name of every registered repair: (its spec in the first repair that has it,
+    the repairs that take it)."""
+    if load:
+        load_plugins()
+    out: dict[str, tuple[SettingSpec, list[str]]] = {}
+    for name, cls in REPAIRS.items():
+        for spec in cls.setting_specs():
+            out.setdefault(spec.name, (spec, []))[1].append(name)
+    return out
+
+
+def build_repair(name: str, given: dict | None = None, comparison: bool = False) -> Repair:
+    """The repair `name` with the settings `given` (the rest at their defaults; `comparison`:
+    at the settings `goodnet compare` uses). A setting the repair does not take is refused."""
+    cls = repair_class(name)
+    given = dict(given or {})
+    takes = {s.name for s in cls.setting_specs()}
+    foreign = sorted(set(given) - takes)
+    if foreign:
+        options = ", ".join("--" + n.replace("_", "-") for n in foreign)
+        own = ", ".join("--" + n.replace("_", "-") for n in sorted(takes)) or "none"
+        raise SettingsError(f"the {name} repair does not take {options} (its settings: {own})")
+    settings = {**(cls.comparison if comparison else {}), **given}
+    return cls(**settings)

@@ -1,0 +1,106 @@
+"""The one runner: repair B with any registered repair on the data its contract allows, then
+measure B, every B' and every G on every data set given. Every defense goes through here, the
+lab's sweep included, so every result has one type and one writer (goodnet.report)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..inference import DEFAULT_BATCH_SIZE, predict
+from ..io.data import ROLES, ImageSet, check_fits_model
+from ..metrics import accuracy, flag_rate
+from ..models.goodnet import goodnet_labels
+from ..pruning.curve import PruningCurve
+from .base import Repair, RepairData, RepairedModel
+
+METRIC_KEYS = ("backdoored", "repaired", "goodnet", "flagged")
+
+
+@dataclass
+class MeasuredModel:
+    """A B' with its predictions on every data set."""
+
+    repaired: RepairedModel
+    labels: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return self.repaired.name
+
+
+@dataclass
+class RepairResult:
+    """One repair of B, measured: B, each B' and its G (B vs B') on every data set given."""
+
+    repair: Repair
+    details: dict[str, Any]
+    seconds: float
+    num_classes: int
+    data: dict[str, ImageSet]  # role -> images (never shown to the repair unless its contract allows)
+    backdoored: dict[str, np.ndarray]  # role -> B's predictions
+    models: list[MeasuredModel]
+    curve: PruningCurve | None = None
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> file, when read from files
+
+    @property
+    def extra_class(self) -> int:
+        return self.num_classes
+
+    def metrics(self, labels: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        """Per data set: accuracy (ASR on poisoned sets) of B, of the B' with these `labels`, of
+        their G, and the share G flags."""
+        out = {}
+        for role, images in self.data.items():
+            g = goodnet_labels(self.backdoored[role], labels[role], self.extra_class)
+            out[role] = {"backdoored": accuracy(self.backdoored[role], images.y),
+                         "repaired": accuracy(labels[role], images.y),
+                         "goodnet": accuracy(g, images.y), "flagged": flag_rate(g, self.extra_class)}
+        return out
+
+    def step_labels(self, steps: int) -> dict[str, np.ndarray]:
+        """Predictions of the curve's model with `steps` channels pruned, on every data set."""
+        return {role: self.curve.labels[role].labels[steps] for role in self.data}
+
+
+def check_data(model: nn.Module, data: dict[str, ImageSet]) -> None:
+    """Refuse unknown roles and data the model cannot take, before any work."""
+    unknown = set(data) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown data roles {sorted(unknown)} (known: {', '.join(ROLES)})")
+    for role, images in data.items():
+        check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
+
+
+def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool = False,
+               batch_size: int = DEFAULT_BATCH_SIZE) -> RepairResult:
+    """Repair B (`model`) with `repair`, which sees only the validation data its contract allows,
+    then measure B, B' and G on every set in `data` (role -> images)."""
+    model.eval()
+    data = {role: data[role] for role in ROLES if data.get(role) is not None}
+    check_data(model, data)
+    given = RepairData(data["clean_valid"], data.get("poisoned_valid")) if "clean_valid" in data else None
+    start = time.perf_counter()
+    outcome = repair.run(model, given, progress)
+    seconds = time.perf_counter() - start
+
+    curve = outcome.curve
+    if curve is not None:
+        for role, images in data.items():  # measuring, not deciding: the repair has finished
+            curve.measure(role, images.x, progress)
+        backdoored = {role: curve.labels[role].labels[0] for role in data}
+    else:
+        backdoored = {role: predict(model, images.x, batch_size) for role, images in data.items()}
+    measured = []
+    for candidate in outcome.models:
+        if candidate.curve_step is not None:
+            labels = {role: curve.labels[role].labels[candidate.curve_step] for role in data}
+        else:
+            labels = {role: predict(candidate.model, images.x, batch_size) for role, images in data.items()}
+        measured.append(MeasuredModel(candidate, labels))
+    return RepairResult(repair=repair, details=outcome.details, seconds=seconds, num_classes=int(model.num_classes),
+                        data=data, backdoored=backdoored, models=measured, curve=curve)

