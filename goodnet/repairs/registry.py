@@ -28,6 +28,10 @@ def register_repair(cls: type[Repair]) -> type[Repair]:
     """Class decorator: add a Repair subclass to the registry (checked here, once)."""
     if not (isinstance(cls, type) and issubclass(cls, Repair)):
         raise TypeError(f"{cls!r} is not a Repair subclass")
+    params = vars(cls).get("__dataclass_params__")
+    if params is None or not params.frozen:
+        raise TypeError(f"{cls.__name__} must be a frozen dataclass: put @dataclass(frozen=True) under "
+                        f"@register_repair")
     for attr in ("name", "description"):
         if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
             raise TypeError(f"{cls.__name__} must set a non-empty `{attr}`")

@@ -29,10 +29,6 @@ def read_model_config(path: str) -> dict[str, Any] | None:
     return parse_model_config(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw), path)
 
 
-def is_keras_full_model(path: str) -> bool:
-    return read_model_config(path) is not None
-
-
 def read_architecture(path: str) -> dict[str, Any]:
     """A graph from a full-model .h5 file or from a JSON file written by `model.to_json()`."""
     if path.lower().endswith(".json"):
