@@ -35,6 +35,7 @@ def mnist():
 @pytest.fixture(scope="module")
 def trained_resnet(mnist):
     x, y = mnist
+    torch.manual_seed(0)  # module-scoped: runs before the autouse per-test seeding
     model = ResNet8(num_classes=10, input_shape=(1, 28, 28), input_divisor=255.0, width=8)
     return train_classifier(model, x[:1500], y[:1500], epochs=3, seed=0, lr=3e-3, progress=False).eval()
 
@@ -59,7 +60,8 @@ def test_resnet_cached_sweep_equals_full_rerun(trained_resnet, mnist):
     for layer in conv_layers(trained_resnet):
         split, cached = _assert_cached_equals_naive(trained_resnet, layer, x)
         crossings[layer] = len(run_trunk(split, x[:2]))
-        assert len(set(cached.labels[len(cached.labels) // 2])) > 1
+        # not a trivial comparison: B's labels vary, and pruning changes some of them
+        assert len(set(cached.labels[0])) > 1 and (cached.labels != cached.labels[0]).any()
     # convs inside blocks: the block's input (skip connection) crosses the cut as well
     assert crossings["layer1.conv1"] == 2 and crossings["layer2.conv2"] == 2 and crossings["conv_stem"] == 1
 

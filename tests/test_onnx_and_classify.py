@@ -93,4 +93,5 @@ def test_export_command(demo_run, tmp_path, capsys):
     assert_one_line_error(code, err, "a GoodNet has no Keras form")
     assert not os.path.exists(tmp_path / "g.h5")
     code, _, err = run_cli(capsys, ["export", g, "--to", "onnx", "--out", tmp_path / "g.onnx"])
-    assert code == 0, err and os.path.getsize(tmp_path / "g.onnx") > 0
+    assert code == 0, err
+    assert os.path.getsize(tmp_path / "g.onnx") > 0

@@ -9,6 +9,7 @@ output `label` (int64, N = poisoned) for a GoodNet, `scores` (float32) for a cla
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import warnings
 
 import torch
@@ -19,6 +20,9 @@ from ..models.goodnet import GoodNet, ScriptableGoodNet, TwoModelGoodNet
 from .output_dir import write_file_atomically
 
 OPSET = 17
+# The TorchScript-based exporter handles our models (fx graph modules, scripted parts); recent torch
+# releases default to the dynamo exporter unless told, older ones (before 2.5) have no such switch.
+TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 def require_onnx() -> None:
@@ -43,7 +47,7 @@ def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
-            torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
+            torch.onnx.export(model, (example,), tmp, **TORCHSCRIPT_EXPORTER, opset_version=opset,
                               input_names=["image"], output_names=[output],
                               dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
 
