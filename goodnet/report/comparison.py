@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..errors import SettingsError  # noqa: E402
 from ..io.output_dir import atomic_directory  # noqa: E402
 from ..repairs.base import Repair  # noqa: E402
 from ..repairs.runner import RepairResult  # noqa: E402
@@ -30,6 +31,9 @@ HEADERS = ["attack", "repair", "uses poisoned data", "B clean acc", "B ASR", "B'
 
 def comparison_row(kind: str, result: RepairResult) -> dict[str, Any]:
     """The table row of one repair on one zoo BadNet: its (first) B' on the test sets."""
+    if not result.models:
+        raise SettingsError(f"the {result.repair.name} repair handed over no B' on the {kind} BadNet; "
+                            f"compare needs one")
     metrics = result.metrics(result.models[0].labels)
     test, poisoned = metrics["clean_test"], metrics["poisoned_test"]
     meets = poisoned["repaired"] <= ASR_LIMIT and test["repaired"] >= test["backdoored"] - ACCURACY_GAP

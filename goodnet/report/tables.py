@@ -31,8 +31,8 @@ def summary_table(result: RepairResult) -> str:
                        "–", "–"]))
     by_name = {m.name: m for m in result.models}
     names = [m.name for m in result.models]
-    if result.curve is not None:  # in selection order, with the budgets no step reached
-        saved = result.details.get("saved_rules", [])
+    saved = result.details.get("saved_rules")
+    if result.curve is not None and saved is not None:  # in selection order, with budgets never reached
         names = [f"x{s.x:g}_{s.rule}" for s in result.curve.selections if s.rule in saved]
     for name in names:
         m = by_name.get(name)
