@@ -5,7 +5,7 @@
 set -euo pipefail
 G=.venv/bin/goodnet
 PY=.venv/bin/python
-D=$(ls -d ~/.cache/goodnet/demo/seed0-*/ | head -1)   # the demo's data files and BadNet
+D=$(ls -d "${XDG_CACHE_HOME:-$HOME/.cache}"/goodnet/demo/seed0-*/ | head -1)   # the demo's data files and BadNet
 DATA="--clean-valid $D/clean_valid.h5 --poisoned-valid $D/poisoned_valid.h5 --clean-test $D/clean_test.h5 --poisoned-test $D/poisoned_test.h5"
 mkdir -p formats-example && cd formats-example && G=../$G PY=../$PY
 export KERAS_BACKEND=torch
