@@ -143,6 +143,9 @@ def _add_defend(sub) -> None:
                    help="divide every pixel value by this before the model sees it (default: 1, raw)")
     p.add_argument("--out", default="goodnet-out", help="output directory (default: goodnet-out)")
     p.add_argument("--onnx", action="store_true", help="also write every saved B' and G as ONNX")
+    p.add_argument("--force", action="store_true",
+                   help="repair even when B is not clearly better than chance on the clean validation data "
+                        "(the report then says so); by default that stops before any work")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_setting_options(p, repair_names())
 
@@ -259,7 +262,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
     paths = {"clean_valid": args.clean_valid, "poisoned_valid": args.poisoned_valid,
              "clean_test": args.clean_test, "poisoned_test": args.poisoned_test}
     run = defend_files(_source(args, args.model), paths, args.out, repair, input_scale=args.input_scale,
-                       onnx=args.onnx, progress=not args.quiet)
+                       onnx=args.onnx, progress=not args.quiet, force=args.force)
     _print_run(run, args.out)
 
 

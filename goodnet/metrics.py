@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from torch import nn
 
@@ -21,3 +23,17 @@ def flag_rate(labels: np.ndarray, extra_class: int) -> float:
 def model_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """`accuracy` of `model`'s predictions on images `x` with labels `y`."""
     return accuracy(predict(model, x), y)
+
+
+def binomial_tail(correct: int, total: int, chance: float) -> float:
+    """P(at least `correct` of `total` right) for a model right with probability `chance` per input:
+    how likely an accuracy this high is from guessing alone (one-sided binomial test)."""
+    if correct <= chance * total:
+        return 1.0
+    if chance <= 0.0:
+        return 0.0
+    k = np.arange(correct, total + 1)
+    log_pmf = (math.lgamma(total + 1) - np.array([math.lgamma(i + 1) + math.lgamma(total - i + 1) for i in k])
+               + k * math.log(chance) + (total - k) * math.log1p(-chance))
+    top = log_pmf.max()
+    return float(min(1.0, math.exp(top) * np.exp(log_pmf - top).sum()))

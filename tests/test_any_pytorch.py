@@ -101,7 +101,7 @@ def test_user_class_via_factory(tmp_path, mnist, capsys):
     out = tmp_path / "out"
     code, stdout, err = run_cli(capsys, ["defend", "--model", tmp_path / "w.pt", "--factory", "user_models:tiny_resnet",
                                          "--layer", "block.conv1", "--clean-valid", data, "--clean-test", data,
-                                         "--thresholds", "2", "--out", out, "--quiet"])
+                                         "--thresholds", "2", "--out", out, "--quiet", "--force"])
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     assert doc["thresholds"][0]["reached"], doc["thresholds"][0]
@@ -133,7 +133,7 @@ def test_torchscript_model(tmp_path, mnist, capsys):
     torch.jit.save(torch.jit.script(model), str(tmp_path / "b.pt"))
     data = _user_data(tmp_path, mnist)
     code, _, err = run_cli(capsys, ["defend", "--model", tmp_path / "b.pt", "--layer", "block.conv1",
-                                    "--clean-valid", data, "--out", tmp_path / "x"])
+                                    "--clean-valid", data, "--out", tmp_path / "x", "--force"])
     assert_one_line_error(code, err, "TorchScript model cannot be profiled")
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, ["defend", "--model", tmp_path / "b.pt", "--layer", "block.conv1",

@@ -124,3 +124,40 @@ def test_layers_and_cycles_are_enforced():
                           cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+def test_settings_take_numpy_values_and_refuse_huge_or_reserved_ones():
+    import numpy as np
+
+    from goodnet.repairs.channels import ExplicitChannels
+
+    assert ExplicitChannels(channels=np.array([3, 1])).channels == (3, 1)
+    assert LabPruning(thresholds=[np.float32(2)]).thresholds == (2.0,)
+    with pytest.raises(SettingsError, match="too large"):
+        FinePruning(epochs=10 ** 400)
+    with pytest.raises(SettingsError, match="must be an integer"):
+        FinePruning(epochs=2.5)
+    with pytest.raises(TypeError, match="command line's own"):
+        @register_repair
+        @dataclasses.dataclass(frozen=True)
+        class Clash(Repair):
+            name = "clash"
+            description = "a repair with a setting named like --out"
+            out: str = setting("x", "collides with --out")
+
+
+def test_rnp_is_deterministic_whatever_the_global_random_state(demo_run):
+    import torch
+
+    from goodnet.io.data import load_images
+    from goodnet.io.model_files import load_model
+    from goodnet.repairs import RepairData
+
+    model_path, inputs = _demo_paths(demo_run)
+    data = RepairData(load_images(inputs["clean_valid"]))
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        outcome = REPAIRS["rnp"](unlearn_epochs=2, recover_epochs=2).run(load_model(model_path), data)
+        runs.append(outcome.details["masks"])
+    assert runs[0] == runs[1]

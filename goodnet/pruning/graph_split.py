@@ -97,6 +97,18 @@ def conv_layers(model: nn.Module) -> list[str]:
             if isinstance(m, nn.Conv2d) or getattr(m, "original_name", None) == "Conv2d"]
 
 
+def check_conv_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The conv module named `layer`, or a one-line error naming the model's conv layers."""
+    modules = dict(model.named_modules())
+    convs = conv_layers(model)
+    if layer not in modules:
+        raise SettingsError(f"no layer named '{layer}' (conv layers: {', '.join(convs) or 'none'})")
+    if layer not in convs:
+        kind = getattr(modules[layer], "original_name", type(modules[layer]).__name__)
+        raise SettingsError(f"layer '{layer}' is a {kind}, not a Conv2d (conv layers: {', '.join(convs)})")
+    return modules[layer]
+
+
 @dataclass
 class CutSplit:
     """`trunk(x)` returns the tensors crossing the cut, the masked one first;
@@ -121,13 +133,7 @@ def split_at_conv(model: nn.Module, layer: str, example: torch.Tensor | None = N
     """Split `model` after the conv module named `layer` (see module docstring)."""
     if isinstance(model, torch.jit.ScriptModule):
         trace(model)  # refuses, with the reason
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise SettingsError(f"no layer named '{layer}' (conv layers: {', '.join(conv_layers(model)) or 'none'})")
-    conv = modules[layer]
-    if not isinstance(conv, nn.Conv2d):
-        raise SettingsError(f"layer '{layer}' is a {type(conv).__name__}, not a Conv2d "
-                           f"(conv layers: {', '.join(conv_layers(model))})")
+    conv = check_conv_layer(model, layer)
     gm = trace(model)
     modules = dict(gm.named_modules())
     calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer]

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 from torch import nn
 
 from ..errors import SettingsError
 from ..io.data import ImageSet
 from ..pruning.curve import PruningCurve
+from ..pruning.graph_split import check_conv_layer
 
 DATA_NEEDS = ("none", "clean", "oracle")  # no data at all / clean validation data / poisoned too
 
@@ -54,7 +57,9 @@ def _kind(annotation: Any) -> tuple[str, tuple[str, ...]]:
         return annotation.__name__, ()
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
-        return "choice", tuple(str(a) for a in args)
+        if not all(isinstance(a, str) for a in args):
+            raise TypeError(f"Literal settings take text choices only, not {args!r}")
+        return "choice", args
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float):
         return f"{args[0].__name__}s", ()
     raise TypeError(f"unsupported setting type {annotation!r} (int, float, str, bool, Literal[...], "
@@ -137,7 +142,8 @@ class Repair:
     def _checked(self, spec: SettingSpec, value: Any) -> Any:
         option = f"{self.name}: {spec.name.replace('_', '-')}"
         if spec.kind in ("ints", "floats"):
-            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)) \
+                    or np.ndim(value) != 1:
                 raise SettingsError(f"{option} must be a list of numbers, not {value!r}")
             values = tuple(self._number(option, spec.kind[:-1], v, spec) for v in value)
             if spec.nonempty and not values:
@@ -157,10 +163,16 @@ class Repair:
 
     @staticmethod
     def _number(option: str, kind: str, value: Any, spec: SettingSpec) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (kind == "int" and not float(value).is_integer()):
+        whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and math.isfinite(value)
+                                                         and float(value).is_integer())
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or (kind == "int" and not whole):
             raise SettingsError(f"{option} must be {'an integer' if kind == 'int' else 'a number'}, not {value!r}")
-        number = int(value) if kind == "int" else float(value)
+        try:
+            number = int(value) if kind == "int" else float(value)
+        except OverflowError:
+            raise SettingsError(f"{option} is too large: {value!r}") from None
+        if kind == "int" and abs(number) > 2 ** 63 - 1:
+            raise SettingsError(f"{option} is too large: {value!r}")
         low, high, low_open = spec.low, spec.high, spec.low_open
         if not math.isfinite(number) or (low is not None and (number <= low if low_open else number < low)) \
                 or (high is not None and number > high):
@@ -176,6 +188,13 @@ class Repair:
 
     def repair(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         raise NotImplementedError
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse, before any work, a model these settings cannot apply to: by default, a `layer`
+        setting must name a conv layer of the model."""
+        layer = getattr(self, "layer", None)
+        if isinstance(layer, str):
+            check_conv_layer(model, layer)
 
     def run(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         """`repair` with the data contract enforced."""

@@ -22,6 +22,10 @@ REPAIRS: dict[str, type[Repair]] = {}
 PLUGIN_VARIABLE = "GOODNET_PLUGINS"
 ENTRY_POINT_GROUP = "goodnet.repairs"
 _plugins_loaded = False
+# names the command line uses for itself: a setting may not take them
+RESERVED_SETTINGS = {"model", "arch", "factory", "repair", "clean_valid", "poisoned_valid", "clean_test",
+                     "poisoned_test", "input_scale", "out", "onnx", "force", "quiet", "help",
+                     "cache_dir", "retrain", "kinds", "repairs"}
 
 
 def register_repair(cls: type[Repair]) -> type[Repair]:
@@ -41,6 +45,9 @@ def register_repair(cls: type[Repair]) -> type[Repair]:
         if REPAIRS[cls.name].__qualname__ != cls.__qualname__ or REPAIRS[cls.name].__module__ != cls.__module__:
             raise ValueError(f"repair name '{cls.name}' is taken by {REPAIRS[cls.name].__name__}")
     specs = cls.setting_specs()  # fails here for an unsupported setting type
+    reserved = sorted({s.name for s in specs} & RESERVED_SETTINGS)
+    if reserved:
+        raise TypeError(f"{cls.__name__}: setting name(s) {', '.join(reserved)} are the command line's own")
     known = all_settings(load=False)
     for spec in specs:
         other = known.get(spec.name)

@@ -52,6 +52,7 @@ class ReconstructiveNeuronPruning(Repair):
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
         xs, ys = torch.from_numpy(clean.x), torch.from_numpy(clean.y)
+        torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
         generator = torch.Generator().manual_seed(self.seed)
         unlearned = copy.deepcopy(model)
         optimizer = torch.optim.SGD(unlearned.parameters(), lr=self.unlearn_lr, momentum=0.9, weight_decay=5e-4)

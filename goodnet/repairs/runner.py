@@ -13,12 +13,43 @@ from torch import nn
 
 from ..inference import DEFAULT_BATCH_SIZE, predict
 from ..io.data import ROLES, ImageSet, check_fits_model
-from ..metrics import accuracy, flag_rate
+from ..errors import DataError
+from ..metrics import accuracy, binomial_tail, flag_rate
 from ..models.goodnet import goodnet_labels
 from ..pruning.curve import PruningCurve
 from .base import Repair, RepairData, RepairedModel
 
 METRIC_KEYS = ("backdoored", "repaired", "goodnet", "flagged")
+# B must beat guessing on its clean validation data this clearly before any repair runs
+CHANCE_P_VALUE = 1e-6
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    """Is B clearly better than chance on clean validation data? Chance is the accuracy of always
+    answering the most common label (at least 1 / number of classes); "clearly" means a one-sided
+    binomial test at CHANCE_P_VALUE."""
+
+    valid_accuracy: float
+    chance: float  # %
+    images: int
+    p_value: float
+    above_chance: bool
+    forced: bool  # the user went on anyway (--force)
+
+    @classmethod
+    def of(cls, labels: np.ndarray, images: ImageSet, num_classes: int, forced: bool) -> "SanityCheck":
+        share = np.bincount(images.y).max() / len(images)
+        chance = max(1.0 / num_classes, float(share))
+        p_value = binomial_tail(int((labels == images.y).sum()), len(images), chance)
+        return cls(accuracy(labels, images.y), chance * 100.0, len(images), p_value,
+                   p_value < CHANCE_P_VALUE, forced)
+
+    def refusal(self, value_range: tuple[float, float]) -> str:
+        return (f"B is not clearly better than chance on the clean validation data ({self.valid_accuracy:.2f} % "
+                f"of {self.images} images, chance {self.chance:.2f} %): check the pixel range (the data hold "
+                f"{value_range[0]:g}..{value_range[1]:g}; --input-scale divides them), the labels, and that this "
+                f"is the right model; --force goes on anyway")
 
 
 @dataclass
@@ -46,6 +77,8 @@ class RepairResult:
     models: list[MeasuredModel]
     curve: PruningCurve | None = None
     inputs: dict[str, str] = field(default_factory=dict)  # role -> file, when read from files
+    sanity: SanityCheck | None = None  # None when no clean validation data was given
+    input_scale: float = 1.0  # what the data files' values were divided by (--input-scale)
 
     @property
     def extra_class(self) -> int:
@@ -77,13 +110,21 @@ def check_data(model: nn.Module, data: dict[str, ImageSet]) -> None:
 
 
 def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool = False,
-               batch_size: int = DEFAULT_BATCH_SIZE) -> RepairResult:
+               batch_size: int = DEFAULT_BATCH_SIZE, force: bool = False) -> RepairResult:
     """Repair B (`model`) with `repair`, which sees only the validation data its contract allows,
-    then measure B, B' and G on every set in `data` (role -> images)."""
+    then measure B, B' and G on every set in `data` (role -> images). B must first be clearly better
+    than chance on the clean validation data (see SanityCheck), unless `force`."""
     model.eval()
+    check_data(model, {role: images for role, images in data.items() if images is not None})
     data = {role: data[role] for role in ROLES if data.get(role) is not None}
-    check_data(model, data)
     given = RepairData(data["clean_valid"], data.get("poisoned_valid")) if "clean_valid" in data else None
+    repair.check_model(model)
+    sanity = None
+    if given is not None:
+        sanity = SanityCheck.of(predict(model, given.clean_valid.x, batch_size), given.clean_valid,
+                                int(model.num_classes), force)
+        if not sanity.above_chance and not force and repair.data != "none":
+            raise DataError(sanity.refusal(given.value_range))
     start = time.perf_counter()
     outcome = repair.run(model, given, progress)
     seconds = time.perf_counter() - start
@@ -103,4 +144,4 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
             labels = {role: predict(candidate.model, images.x, batch_size) for role, images in data.items()}
         measured.append(MeasuredModel(candidate, labels))
     return RepairResult(repair=repair, details=outcome.details, seconds=seconds, num_classes=int(model.num_classes),
-                        data=data, backdoored=backdoored, models=measured, curve=curve)
+                        data=data, backdoored=backdoored, models=measured, curve=curve, sanity=sanity)

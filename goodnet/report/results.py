@@ -5,6 +5,7 @@ Deterministic for a fixed model and data: timings are kept out (timings.json).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,11 @@ def results_document(result: RepairResult, files: dict[str, dict[str, str]]) -> 
         "settings": repair.settings(), "details": result.details,
         "num_classes": result.num_classes, "extra_class": result.extra_class, "inputs": result.inputs,
         "sizes": {role: len(images) for role, images in result.data.items()},
+        "value_range": {role: [float(images.x.min()), float(images.x.max())] for role, images in result.data.items()},
+        "input_scale": result.input_scale,
+        "sanity": None if result.sanity is None else {
+            k: float(f"{v:.3g}") if k == "p_value" else rounded(v) if isinstance(v, float) else v
+            for k, v in dataclasses.asdict(result.sanity).items()},
         "baseline": _rounded(model_scores(result, result.backdoored)),
         "models": [{"name": m.name, "pruned": m.repaired.pruned, "weights_changed": m.repaired.weights_changed,
                     "details": m.repaired.details,

@@ -8,6 +8,9 @@ from .results import goodnet_scores, model_scores, valid_drop
 
 ORACLE_NOTE = ("ORACLE: this repair used poisoned validation data, which the lab's rules forbid for "
                "design; it shows what knowing the trigger buys, not a deployable defense.")
+FORCED_NOTE = ("FORCED: B was not clearly better than chance on the clean validation data ({accuracy:.2f} % of "
+               "{images} images, chance {chance:.2f} %); the numbers below are of a model that may be broken or "
+               "fed data it was not made for (--force).")
 SUMMARY_NOTE = ("Accuracies and ASR in %. *flagged poisoned* is G's detection rate on poisoned test inputs; "
                 "*flagged clean* is its false-alarm rate on clean test inputs. G answers B's label where B "
                 "and B' agree, and the extra class (\"poisoned\") where they do not.")
@@ -79,6 +82,8 @@ def pruned_summary(result: RepairResult) -> str:
 def summary_lines(result: RepairResult) -> list[str]:
     """What `goodnet defend` prints: the oracle warning, what was done, the table."""
     lines = [ORACLE_NOTE] if result.repair.oracle else []
+    if forced_past_sanity(result):
+        lines.append(forced_note(result))
     if result.curve is not None:
         curve = result.curve
         lines.append(f"layer {curve.layer} (cut {curve.cut}): {int((curve.mean_activation == 0).sum())} of "
@@ -87,3 +92,12 @@ def summary_lines(result: RepairResult) -> list[str]:
         lines.append(f"repair {result.repair.name}: {pruned_summary(result)} ({result.seconds:.1f} s)")
     lines.append(summary_table(result) if result.data else "no data given: models only")
     return lines
+
+
+def forced_past_sanity(result: RepairResult) -> bool:
+    return result.sanity is not None and not result.sanity.above_chance and result.sanity.forced
+
+
+def forced_note(result: RepairResult) -> str:
+    s = result.sanity
+    return FORCED_NOTE.format(accuracy=s.valid_accuracy, images=s.images, chance=s.chance)

@@ -25,7 +25,8 @@ from ..repairs.base import RepairedModel
 from ..repairs.runner import METRIC_KEYS, RepairResult
 from .plots import plot_activations, plot_curve, plot_samples
 from .results import CURVE_COLUMNS, curve_rows, results_document
-from .tables import ORACLE_NOTE, SUMMARY_NOTE, pruned_summary, rules_table, summary_table
+from .tables import (ORACLE_NOTE, SUMMARY_NOTE, forced_note, forced_past_sanity, pruned_summary, rules_table,
+                     summary_table)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str
     parts = [f"# goodnet: repair `{repair.name}`", ""]
     if repair.oracle:
         parts += [f"**{ORACLE_NOTE}**", ""]
+    if forced_past_sanity(result):
+        parts += [f"**{forced_note(result)}**", ""]
     parts += [f"{repair.description[:1].upper()}{repair.description[1:]}.", "", f"Settings: {settings}.", ""]
     if curve is not None:
         parts += [f"Pruned layer `{curve.layer}` (cut after `{curve.cut}`), {curve.num_channels} channels, in "
