@@ -119,10 +119,11 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
     data = {role: data[role] for role in ROLES if data.get(role) is not None}
     given = RepairData(data["clean_valid"], data.get("poisoned_valid")) if "clean_valid" in data else None
     repair.check_model(model)
+    backdoored: dict[str, np.ndarray] = {}  # B's predictions, each computed once
     sanity = None
     if given is not None:
-        sanity = SanityCheck.of(predict(model, given.clean_valid.x, batch_size), given.clean_valid,
-                                int(model.num_classes), force)
+        backdoored["clean_valid"] = predict(model, given.clean_valid.x, batch_size)
+        sanity = SanityCheck.of(backdoored["clean_valid"], given.clean_valid, int(model.num_classes), force)
         if not sanity.above_chance and not force and repair.data != "none":
             raise DataError(sanity.refusal(given.value_range))
     start = time.perf_counter()
@@ -133,13 +134,20 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
     if curve is not None:
         for role, images in data.items():  # measuring, not deciding: the repair has finished
             curve.measure(role, images.x, progress)
-        backdoored = {role: curve.labels[role].labels[0] for role in data}
+
+    def step_labels(steps: int) -> dict[str, np.ndarray]:
+        return {role: curve.labels[role].labels[steps] for role in data}
+
+    if curve is not None:
+        backdoored = step_labels(0)
     else:
-        backdoored = {role: predict(model, images.x, batch_size) for role, images in data.items()}
+        for role, images in data.items():
+            if role not in backdoored:
+                backdoored[role] = predict(model, images.x, batch_size)
     measured = []
     for candidate in outcome.models:
         if candidate.curve_step is not None:
-            labels = {role: curve.labels[role].labels[candidate.curve_step] for role in data}
+            labels = step_labels(candidate.curve_step)
         else:
             labels = {role: predict(candidate.model, images.x, batch_size) for role, images in data.items()}
         measured.append(MeasuredModel(candidate, labels))
