@@ -121,6 +121,23 @@ def _repair_epilog() -> str:
     return "\n".join(lines)
 
 
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100 points, not {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, not {text}")
+    return value
+
+
 def _add_defend(sub) -> None:
     from .repairs import repair_names
 
@@ -146,6 +163,13 @@ def _add_defend(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="repair even when B is not clearly better than chance on the clean validation data "
                         "(the report then says so); by default that stops before any work")
+    p.add_argument("--max-drop", type=_budget, default=2.0,
+                   help="do no harm: the most points of held-out clean accuracy a repair may cost; past it the "
+                        "repair is retried with milder settings, then B is handed back unchanged (default: 2; "
+                        "every repair but prune and channels)")
+    p.add_argument("--holdout", type=_share, default=0.2,
+                   help="share of every class of --clean-valid held out to judge the repair on; the repair fits "
+                        "on the rest (default: 0.2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_setting_options(p, repair_names())
 
@@ -193,7 +217,17 @@ def _add_attack(sub) -> None:
                                    "clean accuracy, ASR and those of a clean model trained the same way.")
     p.add_argument("--kind", required=True, choices=list(ATTACK_KINDS),
                    help="patch: 4x4 white square, one target; blended: fixed random pattern mixed in at 10 %%; "
-                        "all-to-all: the patch, label y -> y+1; sunglasses: a larger occluding shape, one target")
+                        "all-to-all: the patch, label y -> y+1; sunglasses: a larger occluding shape, one target; "
+                        "wanet: a fixed smooth warp (Nguyen & Tran 2021); sig: a faint horizontal sinusoid (Barni "
+                        "et al. 2019; poison-label, as the clean-label form was not learnt); moving-patch: a 4x4 "
+                        "checkerboard at a random place in every image")
+    p.add_argument("--arch", choices=["small_cnn", "deepid", "resnet8"], default="small_cnn",
+                   help="architecture: the demo's small CNN, the lab's DeepID (digits resized to 55x47x3) or a "
+                        "ResNet-8 with BatchNorm (default small_cnn)")
+    p.add_argument("--scale", type=float, choices=[255.0, 1.0], default=255.0,
+                   help="the data's top value: 255 (raw pixels) or 1 (default 255)")
+    p.add_argument("--augment", action="store_true", help="train with random shifts of up to 2 pixels, as the "
+                                                          "zoo's BadNets are")
     p.add_argument("--target", type=int, default=0, help="target class of one-target attacks (default 0)")
     p.add_argument("--poison-rate", type=float, default=0.1, help="share of training images poisoned (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default 0)")
@@ -213,8 +247,12 @@ def _add_compare(sub) -> None:
                                    "repair declares for comparison), and write comparison.md, comparison.csv, "
                                    "comparison.png and comparison.json into --out.")
     compared = [n for n in repair_names() if REPAIRS[n].in_comparison]
-    p.add_argument("--kinds", nargs="+", choices=list(ATTACK_KINDS), default=list(ATTACK_KINDS),
-                   help="attacks (default: all)")
+    p.add_argument("--part", choices=["dev", "eval", "all"], default="eval",
+                   help="which part of the zoo: dev (seed 0, where settings may be chosen), eval (seed 1, the "
+                        "README's table) or all (default eval)")
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="only the BadNets whose label (attack/arch/range/poison/seed, e.g. "
+                        "wanet/small_cnn/0-255/10%%/s1) contains one of these texts")
     p.add_argument("--repairs", nargs="+", choices=compared, default=None,
                    help=f"repairs (default: all that can run on the zoo: {', '.join(compared)})")
     p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
@@ -231,7 +269,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default: 0)")
     p.add_argument("--cache-dir", default=None, help="where the trained BadNet is kept "
                                                      "(default: $XDG_CACHE_HOME/goodnet/demo)")
-    p.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
+    p.add_argument("--retrain", action="store_true", help="ignore the cache and the shipped weights: train the "
+                                                          "BadNet here (training differs slightly across CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_setting_options(p, ["prune"])
 
@@ -249,6 +288,9 @@ def _print_run(run, out: str) -> None:
     from .report.tables import summary_lines
 
     print("\n".join(summary_lines(run.result)))
+    harm = run.result.harm
+    if harm is not None and harm.fell_back:
+        print(f"goodnet: {harm.line(run.result.repair)}", file=sys.stderr)
     print(f"\nwrote {os.path.abspath(out)}/ (report.md, results.json, metrics.csv, plots, models/)")
 
 
@@ -262,7 +304,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
     paths = {"clean_valid": args.clean_valid, "poisoned_valid": args.poisoned_valid,
              "clean_test": args.clean_test, "poisoned_test": args.poisoned_test}
     run = defend_files(_source(args, args.model), paths, args.out, repair, input_scale=args.input_scale,
-                       onnx=args.onnx, progress=not args.quiet, force=args.force)
+                       onnx=args.onnx, progress=not args.quiet, force=args.force, max_drop=args.max_drop,
+                       holdout=args.holdout)
     _print_run(run, args.out)
 
 
@@ -322,7 +365,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     if args.epochs < 1:
         raise SettingsError("--epochs must be at least 1")
     settings = BadNetSettings(kind=args.kind, target=args.target, poison_rate=args.poison_rate, seed=args.seed,
-                              epochs=args.epochs)
+                              epochs=args.epochs, arch=args.arch, scale=args.scale, augment=args.augment)
     settings.attack.target_labels(np.zeros(1, dtype=np.int64), 10)  # a one-line error for a bad target
     if not 0 < args.poison_rate < 1:
         raise SettingsError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
@@ -340,13 +383,19 @@ def cmd_attack(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare, comparison_roster
-    from .report.comparison import markdown_table, write_comparison
+    from .io.output_dir import check_output_dir
+    from .report.comparison import markdown_table, summary_table, write_comparison
     from .zoo.badnets import default_cache_dir
+    from .zoo.catalog import select_badnets
 
     repairs = comparison_roster(args.repairs)
-    rows, zoo = compare(args.kinds, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet)
+    badnets = select_badnets(args.part, args.only)
+    check_output_dir(args.out, marker="comparison.json")  # before any training, not after
+    rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet)
     write_comparison(args.out, rows, zoo, repairs)
     print(markdown_table(rows))
+    print()
+    print(summary_table(rows))
     print(f"\nwrote {os.path.abspath(args.out)}/ (comparison.md, comparison.csv, comparison.png, comparison.json)")
 
 
@@ -361,7 +410,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     directory, manifest, reused = cached_badnet(settings, cache_dir, retrain=args.retrain,
                                                 progress=not args.quiet)
     b = manifest["badnet"]
-    print(f"{'reused cached' if reused else 'trained'} BadNet in {directory}")
+    made = "reused cached" if reused else (
+        "built from the BadNet weights shipped with goodnet (--retrain trains it instead)"
+        if manifest.get("weights") == "shipped with goodnet" else "trained")
+    print(f"{made} BadNet in {directory}" if not made.startswith("built") else f"{made}: {directory}")
     print(f"  B: clean test accuracy {b['clean_test_accuracy']:.2f} %, test ASR {b['poisoned_test_asr']:.2f} % "
           f"(trigger: {settings.attack.trigger.size}x{settings.attack.trigger.size} white patch, "
           f"target {settings.target})")

@@ -12,6 +12,7 @@ from .io.data import load_sets
 from .io.model_files import ModelSource
 from .io.output_dir import check_output_dir
 from .repairs import Repair, RepairResult, run_repair
+from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
 from .report.writer import ModelExports, write_outputs
 
 
@@ -24,14 +25,15 @@ class DefenseRun:
 
 def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], out_dir: str, repair: Repair,
                  input_scale: float = 1.0, onnx: bool = False, progress: bool = True,
-                 force: bool = False) -> DefenseRun:
+                 force: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
+                 holdout: float = DEFAULT_HOLDOUT) -> DefenseRun:
     """Load B and the data, repair, measure, write `out_dir`. Every input is checked before work."""
     source = ModelSource(source) if isinstance(source, str) else source
     check_output_dir(out_dir)  # before any work, not after it
     exports = ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx)
     sets = load_sets(data_paths, input_scale)
     model = source.load_backdoored(next(iter(sets.values())).image_shape if sets else None)
-    result = run_repair(model, repair, sets, progress=progress, force=force)
+    result = run_repair(model, repair, sets, progress=progress, force=force, max_drop=max_drop, holdout=holdout)
     result.inputs = {role: path for role, path in data_paths.items() if path}
     result.input_scale = float(input_scale)
     return DefenseRun(result=result, document=write_outputs(out_dir, result, model, exports), model=model)

@@ -26,4 +26,8 @@ class OutputError(GoodnetError):
     """The output directory or file cannot be written."""
 
 
-__all__ = ["DataError", "GoodnetError", "ModelError", "OutputError", "SettingsError"]
+class TrainingDiverged(GoodnetError):
+    """Training went wrong (a loss or weight that is not finite); the do-no-harm guard retries milder."""
+
+
+__all__ = ["DataError", "GoodnetError", "ModelError", "OutputError", "SettingsError", "TrainingDiverged"]

@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import DataError
 from .inference import DEFAULT_BATCH_SIZE, predict
-from .io.data import check_fits_model, load_images, read_image
+from .io.data import ImageSet, check_fits_model, check_input_range, load_images, read_image
 from .io.model_files import ModelSource
 from .metrics import accuracy
 
@@ -22,6 +22,7 @@ def evaluate_files(clean_path: str, poisoned_path: str, source: ModelSource | st
     model = source.load(clean.image_shape)
     for role, images in (("clean data", clean), ("poisoned data", poisoned)):
         check_fits_model(images, model.input_shape, model.num_classes, role)
+        check_input_range(images, trained_range(model), role)
     return (accuracy(predict(model, clean.x, batch_size), clean.y),
             accuracy(predict(model, poisoned.x, batch_size), poisoned.y))
 
@@ -35,4 +36,12 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
         if image.shape != expected:
             raise DataError(f"{path}: image is {'x'.join(map(str, image.shape))} (C x H x W) but the "
                               f"model takes {'x'.join(map(str, expected))}")
-    return [int(v) for v in predict(model, np.stack(images))]
+    stacked = np.stack(images)
+    check_input_range(ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), trained_range(model),
+                      "images")
+    return [int(v) for v in predict(model, stacked)]
+
+
+def trained_range(model) -> tuple[float, float] | None:
+    """The value range the model (or a GoodNet's B) was trained on, when its file records it."""
+    return getattr(model, "input_range", None) or getattr(getattr(model, "backdoored", None), "input_range", None)

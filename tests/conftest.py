@@ -28,6 +28,15 @@ def demo_run(tmp_path_factory):
     return {"out": out, "cache": cache, "base": base}
 
 
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory):
+    """One zoo cache shared by the tests that run `goodnet compare` on a cell of the zoo."""
+    return str(tmp_path_factory.mktemp("zoo"))
+
+
+# the zoo cell CI's compare tests run: the smallest BadNet of the development part
+ZOO_CELL = ["--part", "dev", "--only", "patch/small_cnn/0-255/10%"]
+
 FULL_MODEL = os.path.join(FIXTURES, "keras2_sequential_mnist_bd_net.h5")
 needs_full_model = pytest.mark.skipif(not os.path.isfile(FULL_MODEL),
                                       reason="../shared/fixtures/keras2_sequential_mnist_bd_net.h5 not present")

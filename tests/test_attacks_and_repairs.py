@@ -18,7 +18,7 @@ from goodnet.zoo.triggers import BlendTrigger, PatchTrigger, SunglassesTrigger
 from goodnet.zoo.badnets import DATA_FILES, MODEL_FILE
 from goodnet.zoo.mnist import mnist_subset
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ZOO_CELL, assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,9 @@ def test_poisoned_evaluation_sets(kind, digits):
         mask = SunglassesTrigger().mask(28, 28)
         assert mask.sum() > 3 * 16  # larger than the 4x4 patch
         assert (poisoned.x[:, :, mask] == 255).all() and not changed[~mask].any()
+    elif kind != "blended":  # wanet, sig, moving-patch: tests/test_triggers.py checks them in detail
+        np.testing.assert_array_equal(poisoned.x, attack.trigger.apply(before))
+        assert (poisoned.x != before).any(axis=(1, 2, 3)).all()
     else:
         trigger = BlendTrigger()
         expected = (0.9 * before + 0.1 * trigger.pattern(before.shape[1:])[None]).astype(np.float32)
@@ -67,7 +70,9 @@ def test_training_set_poisoning_rate_and_labels(kind, digits):
     untouched = np.setdiff1d(np.arange(len(y)), chosen)
     np.testing.assert_array_equal(x[untouched], digits.x[untouched])
     np.testing.assert_array_equal(y[untouched], digits.y[untouched])
-    np.testing.assert_array_equal(x[chosen], attack.trigger.apply(digits.x[chosen]))
+    replay = np.random.default_rng(1)  # the same draws: the choice, then the trigger's own (moving patch)
+    np.testing.assert_array_equal(chosen, replay.choice(np.flatnonzero(attack.eligible(digits.y)), 50, replace=False))
+    np.testing.assert_array_equal(x[chosen], attack.trigger.apply(digits.x[chosen], rng=replay))
     if kind == "all-to-all":
         np.testing.assert_array_equal(y[chosen], (digits.y[chosen] + 1) % 10)
     else:
@@ -132,15 +137,16 @@ def test_attack_aware_oracle_keeps_budget_and_tries_channel_0(demo_run, budget):
 
 
 @pytest.mark.slow
-def test_comparison_cell_equals_a_rerun(demo_run, tmp_path, capsys):
+def test_comparison_cell_equals_a_rerun(zoo_cache, tmp_path, capsys):
     out = tmp_path / "compare"
-    code, _, err = run_cli(capsys, ["compare", "--kinds", "patch", "--repairs", "fine-prune", "--out", out,
-                                    "--cache-dir", demo_run["cache"], "--quiet"])
+    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "fine-prune", "--out", out,
+                                    "--cache-dir", zoo_cache, "--quiet"])
     assert code == 0, err
     doc = json.loads((out / "comparison.json").read_text())
     (row,) = doc["rows"]
-    directory = doc["zoo"]["patch"]["directory"]
-    assert doc["zoo"]["patch"]["meets_bar"]
+    (label,) = doc["badnets"]
+    directory = doc["zoo"][label]["directory"]
+    assert doc["zoo"][label]["meets_bar"] and doc["zoo"][label]["part"] == "dev" and row["badnet"] == label
     paths = {role: os.path.join(directory, name) for role, name in DATA_FILES.items()}
     code, _, err = run_cli(capsys, ["defend", "--model", os.path.join(directory, MODEL_FILE), "--repair", "fine-prune",
                                     *sum(([f"--{r.replace('_', '-')}", p] for r, p in paths.items()), []),
@@ -153,7 +159,8 @@ def test_comparison_cell_equals_a_rerun(demo_run, tmp_path, capsys):
     assert abs(cell["clean_test"]["flagged"] - row["false_alarm"]) < 1e-3
     assert abs(cell["clean_test"]["goodnet"] - row["g_clean_acc"]) < 1e-3
     table = (out / "comparison.md").read_text()
-    assert f"| patch | fine-prune | no | {row['b_clean_acc']:.2f} |" in table
+    assert f"| {label} | fine-prune | no | {row['b_clean_acc']:.2f} |" in table
+    assert "| fine-prune | no | " in table.split("## Every BadNet")[0]  # the per-repair summary
     assert (out / "comparison.png").stat().st_size > 0 and (out / "comparison.csv").read_text().count("\n") == 2
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from goodnet.cli import main
-from goodnet.zoo.badnets import DemoSettings, cached_badnet
+from goodnet.zoo.badnets import DemoSettings, cached_badnet, shipped_weights
 from goodnet.evaluation import evaluate_files
 
 pytestmark = pytest.mark.slow
@@ -76,18 +76,23 @@ def test_eval_prints_the_labs_two_lines(demo_run, capsys):
     assert float(lines[0].split(": ")[1]) == pytest.approx(doc["thresholds"][0]["goodnet"]["test_accuracy"], abs=1e-4)
 
 
-def test_demo_is_deterministic(demo_run, capsys):
-    # A second cache directory forces a second training from scratch.
-    out2 = str(demo_run["base"] / "out2")
-    assert main(["demo", "--out", out2, "--cache-dir", str(demo_run["base"] / "cache2"), "--quiet"]) == 0
-    assert "trained BadNet" in capsys.readouterr().out
-    first, second = _results(demo_run["out"]), _results(out2)
+def test_the_demo_ships_its_badnet_and_training_is_deterministic(demo_run, capsys):
+    # the package holds the demo BadNet's weights for the current settings (stale ones would be ignored)
+    assert shipped_weights(DemoSettings()) is not None
+    # two trainings from scratch (--retrain, fresh caches) give the same numbers on one machine
+    outs = []
+    for k in (2, 3):
+        outs.append(str(demo_run["base"] / f"out{k}"))
+        assert main(["demo", "--out", outs[-1], "--cache-dir", str(demo_run["base"] / f"cache{k}"), "--retrain",
+                     "--quiet"]) == 0
+        assert "trained BadNet" in capsys.readouterr().out
+    first, second = _results(outs[0]), _results(outs[1])
     first.pop("inputs"), second.pop("inputs")  # paths differ, numbers must not
     assert first == second
 
 
 def test_second_run_reuses_the_cached_badnet(demo_run, capsys):
-    out3 = str(demo_run["base"] / "out3")
+    out3 = str(demo_run["base"] / "out_reused")
     assert main(["demo", "--out", out3, "--cache-dir", demo_run["cache"], "--quiet"]) == 0
     assert "reused cached BadNet" in capsys.readouterr().out
     assert _results(out3) == _results(demo_run["out"])

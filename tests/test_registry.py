@@ -14,7 +14,7 @@ from goodnet.repairs import REPAIRS, Repair, build_repair, register_repair, sett
 from goodnet.repairs.fine_pruning import FinePruning
 from goodnet.repairs.lab_pruning import LabPruning
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ZOO_CELL, assert_one_line_error, run_cli
 
 import toy_repair  # noqa: F401  (registers toy-zero-quietest)
 
@@ -29,13 +29,17 @@ def _demo_paths(demo_run):
 
 
 def test_every_repair_declares_itself():
-    assert {"prune", "fine-prune", "rnp", "attack-aware", "channels"} <= set(REPAIRS)
+    assert {"prune", "fine-prune", "fine-tune", "rnp", "attack-aware", "channels"} <= set(REPAIRS)
     for name, cls in REPAIRS.items():
         assert cls.name == name and cls.description and cls.data in ("none", "clean", "oracle")
         for spec in cls.setting_specs():
             assert spec.help, (name, spec.name)
         cls.comparison and build_repair(name, comparison=True)
     assert REPAIRS["attack-aware"].data == "oracle" and REPAIRS["channels"].data == "none"
+    # the plain baseline is in compare's roster, and every repair but the sweep and explicit channels is guarded
+    from goodnet.compare import comparison_roster
+    assert "fine-tune" in [r.name for r in comparison_roster()]
+    assert {n for n, cls in REPAIRS.items() if not cls.guarded} == {"prune", "channels"}
 
 
 def test_settings_are_checked_once_when_built():
@@ -81,7 +85,7 @@ def test_options_a_repair_does_not_take_are_refused(demo_run, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_users_repair_appears_in_help_defend_and_compare(demo_run, tmp_path, capsys):
+def test_a_users_repair_appears_in_help_defend_and_compare(demo_run, zoo_cache, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(capsys, ["defend", "--help"])
     text = capsys.readouterr().out
@@ -97,13 +101,12 @@ def test_a_users_repair_appears_in_help_defend_and_compare(demo_run, tmp_path, c
     assert len(doc["details"]) == 0 and len(doc["models"][0]["pruned"]["conv_3"]) == 5
     assert (tmp_path / "toy" / doc["files"]["goodnet"]).is_file() and "| G | toy-zero-quietest |" in out
 
-    code, out, err = run_cli(capsys, ["compare", "--kinds", "patch", "--repairs", "toy-zero-quietest", "--out",
-                                      tmp_path / "cmp", "--cache-dir", demo_run["cache"], "--quiet"])
+    code, out, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "toy-zero-quietest", "--out",
+                                      tmp_path / "cmp", "--cache-dir", zoo_cache, "--quiet"])
     assert code == 0, err
     (row,) = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
-    assert row["repair"] == "toy-zero-quietest" and row["b_clean_acc"] == pytest.approx(
-        doc["metrics"]["clean_test"]["backdoored"], abs=1e-9)
-    assert row["clean_acc"] == pytest.approx(doc["metrics"]["clean_test"]["repaired"], abs=1e-9)
+    assert row["repair"] == "toy-zero-quietest" and row["badnet"].startswith("patch/small_cnn/")
+    assert row["delivered"] in ("as asked", "milder settings", "B unchanged")
 
 
 def test_plugins_named_in_the_environment_reach_the_command_line():

@@ -5,8 +5,10 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
+from goodnet.io.data import ImageSet, load_images, save_images
 from goodnet.metrics import binomial_tail
 
 from conftest import assert_one_line_error, run_cli
@@ -27,12 +29,15 @@ def test_a_model_at_chance_is_refused_unless_forced(demo_run, tmp_path, capsys):
     assert doc["value_range"]["clean_valid"] == [0.0, 255.0] and doc["input_scale"] == 1.0
     inputs = doc["inputs"]
     model = os.path.join(os.path.dirname(inputs["clean_valid"]), "badnet.safetensors")
-    # pixels divided by a million: the model sees blank images and answers one class
-    argv = ["defend", "--model", model, "--clean-valid", inputs["clean_valid"], "--clean-test", inputs["clean_test"],
-            "--input-scale", "1000000", "--thresholds", "2", "--out", tmp_path / "out", "--quiet"]
+    # labels that do not belong to the images (shuffled): the model cannot beat chance on them
+    clean = load_images(inputs["clean_valid"])
+    shuffled = str(tmp_path / "shuffled.h5")
+    save_images(shuffled, ImageSet(clean.x, np.random.default_rng(0).permutation(clean.y), "shuffled"))
+    argv = ["defend", "--model", model, "--clean-valid", shuffled, "--clean-test", inputs["clean_test"],
+            "--thresholds", "2", "--out", tmp_path / "out", "--quiet"]
     code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, "B is not clearly better than chance on the clean validation data")
-    assert "--input-scale" in err and "--force" in err and not (tmp_path / "out").exists()
+    assert "--input-scale" in err and "labels" in err and "--force" in err and not (tmp_path / "out").exists()
     code, out, err = run_cli(capsys, argv + ["--force"])
     assert code == 0, err
     assert out.startswith("FORCED: B was not clearly better than chance")

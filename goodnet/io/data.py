@@ -120,6 +120,46 @@ def check_fits_model(images: ImageSet, input_shape: tuple[int, ...], num_classes
                            f"with {num_classes} classes")
 
 
+def holdout_mask(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Which images to hold out: `share` of every class (rounded), in a seeded order."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held[members[:int(round(share * len(members)))]] = True
+    return held
+
+
+def split_holdout(images: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(fit, held out): `share` of every class held out (see holdout_mask)."""
+    held = holdout_mask(images.y, share, seed)
+    return (ImageSet(images.x[~held], images.y[~held], images.name + " (fit)"),
+            ImageSet(images.x[held], images.y[held], images.name + " (held out)"))
+
+
+def check_input_range(images: ImageSet, expected: tuple[float, float] | None, role: str) -> None:
+    """Refuse data whose values are on another scale than the model was trained on (its file
+    records the range), e.g. raw 0..255 pixels for a model trained on [0, 1]: such a model runs,
+    but every answer it gives is meaningless. Data may lie anywhere inside the trained range and a
+    little past it; values beyond it by more than half its width, or (for 100 images or more) a
+    spread under 1/16 of its width, are refused."""
+    if expected is None or len(images) == 0:
+        return
+    low, high = expected
+    width = high - low
+    if not width > 0:
+        return
+    lo, hi = float(images.x.min()), float(images.x.max())
+    if lo < low - width / 2 or hi > high + width / 2 or (len(images) >= 100 and hi - lo < width / 16):
+        hint = ""
+        if hi > 0 and high > 0 and lo >= 0 and low >= 0:
+            ratio = hi / high
+            hint = (f"; --input-scale {ratio:.4g} divides the data to fit" if ratio > 1
+                    else f"; the data look scaled down by {1 / ratio:.4g} (give the unscaled files)")
+        raise DataError(f"{role} ({images.name}): values lie in {lo:g}..{hi:g} but the model was trained on "
+                        f"{low:g}..{high:g} (recorded in its file){hint}")
+
+
 def save_images(path: str, images: ImageSet) -> None:
     """Write the lab's HDF5 layout (`data` N x C x H x W, `label` N)."""
     with h5py.File(path, "w") as f:

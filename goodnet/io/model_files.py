@@ -4,6 +4,8 @@ weights only), a user's PyTorch class plus weights, and TorchScript.
 Our files hold tensors plus a JSON description under the metadata key "goodnet":
   {"kind": "classifier", "arch": ..., "config": {...}}                      a model (B or B')
   {"kind": "goodnet", "arch": ..., "config": {...}, "layer": ..., "pruned": [...]}   a GoodNet
+plus, when known, "input_range": [low, high], the values the model was trained on (what
+`check_input_range` holds data to).
 Built-in architectures (and Keras graphs, stored as plain JSON in the config) are rebuilt from the
 registry; nothing in the file runs. For a user's class (arch "factory") the header names the
 factory, but it is only imported when the user names it again (`factory=`, CLI `--factory`).
@@ -13,6 +15,7 @@ TorchScript models are saved as TorchScript, with the same description as an ext
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +65,8 @@ def _describe(model: nn.Module) -> dict[str, Any]:
 
 def _header(model: nn.Module, kind: str, **extra: Any) -> dict[str, str]:
     meta = {"format_version": FORMAT_VERSION, "kind": kind, **_describe(model), **extra}
+    if getattr(model, "input_range", None) is not None:
+        meta["input_range"] = [float(v) for v in model.input_range]
     return {"goodnet": json.dumps(meta, sort_keys=True)}
 
 
@@ -153,7 +158,17 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
     else:
         model = build_model(header["arch"], **header["config"])
         load_state_checked(model, tensors, path, f"the '{header['arch']}' architecture")
+    if "input_range" in header:
+        model.input_range = _input_range(header["input_range"], path)
     return model.eval()
+
+
+def _input_range(value: Any, path: str) -> tuple[float, float]:
+    ok = isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok or value[0] > value[1]:
+        raise ModelError(f"{path}: malformed input_range in the goodnet header: {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _load_script(path: str, input_shape: tuple[int, ...] | None) -> nn.Module:

@@ -1,4 +1,9 @@
-"""Plain supervised training, deterministic for a fixed seed on CPU."""
+"""Supervised training and fine-tuning, deterministic for a fixed seed on CPU.
+
+The augmentations are vectorised over the batch (one tensor operation each, no per-image Python
+loop). Fine-tuning refuses to hand back a model whose loss or weights stopped being finite: it
+raises TrainingDiverged, which the do-no-harm guard answers by retrying with milder settings.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +12,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import TrainingDiverged
 from ..progress import progress as progress_bar
+
+
+def record_input_range(model: nn.Module, x: np.ndarray) -> None:
+    """Remember the range of the values the model was trained on; saved in our model files, so
+    data in another range (e.g. 0..255 given to a model trained on [0, 1]) is refused later."""
+    model.input_range = (float(np.min(x)), float(np.max(x)))
 
 
 def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
                      lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0,
-                     progress: bool = True) -> nn.Module:
-    """Adam on cross-entropy with a seeded shuffle each epoch."""
+                     augment: bool = False, progress: bool | str = True) -> nn.Module:
+    """Adam on cross-entropy with a seeded shuffle each epoch; with `augment`, random shifts of up
+    to 2 pixels (as attackers and benchmarks train)."""
     generator = torch.Generator().manual_seed(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
-    bar = progress_bar(range(epochs), "training BadNet" if progress else None)
+    label = progress if isinstance(progress, str) else ("training BadNet" if progress else None)
+    bar = progress_bar(range(epochs), label)
     for _ in bar:
         order = torch.randperm(len(xs), generator=generator)
         total = 0.0
         for start in range(0, len(xs), batch_size):
             idx = order[start:start + batch_size]
+            batch = random_shift(xs[idx], generator) if augment else xs[idx]
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(xs[idx]), ys[idx])
+            loss = F.cross_entropy(model(batch), ys[idx])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{total / len(xs):.4f}")
+    record_input_range(model, x)
     return model.eval()
 
 
 def random_shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 2) -> torch.Tensor:
     """Translate each image by up to `pixels` in each direction, filling with zeros."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     padded = F.pad(x, (pixels, pixels, pixels, pixels))
     dy = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
 def random_erase(x: torch.Tensor, generator: torch.Generator, value_range: tuple[float, float], p: float = 0.5,
@@ -51,36 +69,42 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, value_range: tuple
     it knows nothing of any trigger."""
     low, high = value_range
     n, c, h, w = x.shape
-    out = x.clone()
-    for i in range(n):
-        if torch.rand(1, generator=generator).item() >= p:
-            continue
-        size = torch.empty(1).uniform_(*area, generator=generator).item() * h * w
-        aspect = torch.empty(1).uniform_(0.3, 3.3, generator=generator).item()
-        eh = max(1, min(h, int(round((size * aspect) ** 0.5))))
-        ew = max(1, min(w, int(round((size / aspect) ** 0.5))))
-        top = int(torch.randint(0, h - eh + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - ew + 1, (1,), generator=generator))
-        solid = torch.rand(1, generator=generator).item() < 0.5
-        fill = torch.rand(c, 1, 1, generator=generator) if solid else torch.rand(c, eh, ew, generator=generator)
-        out[i, :, top:top + eh, left:left + ew] = fill * (high - low) + low
-    return out
+    erase = torch.rand(n, generator=generator) < p
+    size = (torch.rand(n, generator=generator) * (area[1] - area[0]) + area[0]) * h * w
+    aspect = torch.rand(n, generator=generator) * 3.0 + 0.3
+    eh = torch.round(torch.sqrt(size * aspect)).clamp(1, h).long()
+    ew = torch.round(torch.sqrt(size / aspect)).clamp(1, w).long()
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).long()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).long()
+    solid = torch.rand(n, generator=generator) < 0.5
+    level = torch.rand(n, c, 1, 1, generator=generator).expand(n, c, h, w)
+    noise = torch.rand(n, c, h, w, generator=generator)
+    fill = torch.where(solid[:, None, None, None], level, noise) * (high - low) + low
+    r, q = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    inside = ((r >= top[:, None, None]) & (r < (top + eh)[:, None, None])
+              & (q >= left[:, None, None]) & (q < (left + ew)[:, None, None]) & erase[:, None, None])
+    return torch.where(inside[:, None], fill.to(x.dtype), x)
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, *,
               value_range: tuple[float, float], lr: float = 0.05, momentum: float = 0.9,
               weight_decay: float = 5e-4, batch_size: int = 64, augment: bool = True, after_step=None,
-              max_grad_norm: float = 5.0, progress: str | None = None) -> nn.Module:
+              max_grad_norm: float | None = 5.0, progress: str | None = None) -> nn.Module:
     """SGD with momentum and a cosine schedule, with shift + random-erasing augmentation (fill
     values drawn from `value_range`, the data's own range); `after_step(model)` runs after every
-    update (e.g. to keep pruned channels at zero)."""
+    update (e.g. to keep pruned channels at zero). Raises TrainingDiverged when the loss or the
+    weights stop being finite."""
     generator = torch.Generator().manual_seed(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = epochs * ((len(xs) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     model.train()
-    for _ in progress_bar(range(epochs), progress):
+    for epoch in progress_bar(range(epochs), progress):
         order = torch.randperm(len(xs), generator=generator)
         for start in range(0, len(xs), batch_size):
             idx = order[start:start + batch_size]
@@ -88,10 +112,17 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
             if augment:
                 batch = random_erase(random_shift(batch, generator), generator, value_range=value_range)
             optimizer.zero_grad()
-            F.cross_entropy(model(batch), ys[idx]).backward()
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)  # a high rate must not diverge
+            loss = F.cross_entropy(model(batch), ys[idx])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"fine-tuning diverged: the loss became {loss.item()} in epoch {epoch + 1} "
+                                       f"(rate {lr:g})")
+            loss.backward()
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)  # a high rate must not diverge
             optimizer.step()
             schedule.step()
             if after_step is not None:
                 after_step(model)
+    if not _finite(model):
+        raise TrainingDiverged(f"fine-tuning diverged: weights are no longer finite (rate {lr:g})")
     return model.eval()

@@ -97,6 +97,24 @@ def conv_layers(model: nn.Module) -> list[str]:
             if isinstance(m, nn.Conv2d) or getattr(m, "original_name", None) == "Conv2d"]
 
 
+AUTO_LAYER = "auto"
+
+
+def resolve_layer(model: nn.Module, layer: str) -> str:
+    """`layer`, or for "auto": the lab's `conv_3` when the model has one, else its last conv layer
+    (in definition order) with a kernel larger than 1x1 (so not a ResNet's shortcut projection)."""
+    if layer != AUTO_LAYER:
+        return layer
+    convs = conv_layers(model)
+    if not convs:
+        raise SettingsError("the model has no conv layer to prune")
+    if "conv_3" in convs:
+        return "conv_3"
+    modules = dict(model.named_modules())
+    spatial = [name for name in convs if tuple(getattr(modules[name], "kernel_size", (3, 3))) != (1, 1)]
+    return (spatial or convs)[-1]
+
+
 def check_conv_layer(model: nn.Module, layer: str) -> nn.Module:
     """The conv module named `layer`, or a one-line error naming the model's conv layers."""
     modules = dict(model.named_modules())

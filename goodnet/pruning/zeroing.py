@@ -16,7 +16,7 @@ from ..errors import SettingsError
 from .graph_split import conv_layers, following_batchnorm
 
 
-DESCRIPTION_ATTRIBUTES = ("num_classes", "input_shape", "goodnet_factory")
+DESCRIPTION_ATTRIBUTES = ("num_classes", "input_shape", "goodnet_factory", "input_range")
 
 
 def pruned_copy(model: nn.Module, layer: str, channels: Iterable[int]) -> nn.Module:

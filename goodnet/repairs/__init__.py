@@ -5,11 +5,12 @@ from .base import RepairData, RepairedModel, RepairOutcome, Repair, setting
 from .registry import REPAIRS, build_repair, register_repair, repair_class, repair_names
 from .lab_pruning import LabPruning
 from .fine_pruning import FinePruning
+from .fine_tuning import FineTuning
 from .rnp import ReconstructiveNeuronPruning
 from .attack_aware import AttackAwarePruning
 from .channels import ExplicitChannels
 from .runner import RepairResult, run_repair
 
-__all__ = ["AttackAwarePruning", "ExplicitChannels", "FinePruning", "LabPruning", "REPAIRS",
+__all__ = ["AttackAwarePruning", "ExplicitChannels", "FinePruning", "FineTuning", "LabPruning", "REPAIRS",
            "ReconstructiveNeuronPruning", "Repair", "RepairData", "RepairOutcome", "RepairResult", "RepairedModel",
            "build_repair", "register_repair", "repair_class", "repair_names", "run_repair", "setting"]

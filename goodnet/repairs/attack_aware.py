@@ -12,7 +12,7 @@ a pruning is kept, so it cannot be exceeded.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -35,6 +35,10 @@ class AttackAwarePruning(Repair):
     budget: float = setting(2.0, "clean validation accuracy budget, in points: the repair keeps the drop "
                                  "below it", low=0.0, low_open=True, high=100.0)
     layers: int = setting(3, "how many of the last conv layers are tried", low=1)
+
+    def milder(self) -> list[Repair]:
+        """A smaller pruning budget."""
+        return [replace(self, budget=self.budget / k) for k in (2, 4)]
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean, poisoned = data.clean_valid, data.poisoned_valid

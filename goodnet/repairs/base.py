@@ -21,9 +21,9 @@ import numpy as np
 from torch import nn
 
 from ..errors import SettingsError
-from ..io.data import ImageSet
+from ..io.data import ImageSet, split_holdout
 from ..pruning.curve import PruningCurve
-from ..pruning.graph_split import check_conv_layer
+from ..pruning.graph_split import check_conv_layer, resolve_layer
 
 DATA_NEEDS = ("none", "clean", "oracle")  # no data at all / clean validation data / poisoned too
 
@@ -68,14 +68,26 @@ def _kind(annotation: Any) -> tuple[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class RepairData:
+    """What a repair may see. `clean_valid` is what it fits on; `held_out` (clean, given by the
+    do-no-harm guard) is what it may use to choose among its own candidates, never to fit."""
+
     clean_valid: ImageSet
     poisoned_valid: ImageSet | None = None
+    held_out: ImageSet | None = None
 
     @property
     def value_range(self) -> tuple[float, float]:
         """(lowest, highest) value in the clean validation images, as the model sees them: the range
         anything a repair synthesises (e.g. random-erasing fill) must stay in."""
-        return float(self.clean_valid.x.min()), float(self.clean_valid.x.max())
+        parts = [self.clean_valid.x] + ([self.held_out.x] if self.held_out is not None else [])
+        return min(float(p.min()) for p in parts), max(float(p.max()) for p in parts)
+
+    def fit_and_choose(self, seed: int) -> tuple[ImageSet, ImageSet]:
+        """(fit on, choose among candidates on): the guard's held-out images when it gave them;
+        without the guard (a repair run on its own), 20 % of every class held out here."""
+        if self.held_out is not None:
+            return self.clean_valid, self.held_out
+        return split_holdout(self.clean_valid, 0.2, seed)
 
 
 @dataclass
@@ -116,6 +128,10 @@ class Repair:
     # settings `goodnet compare` uses instead of the defaults, when its table needs one B' per repair
     comparison: ClassVar[dict[str, Any]] = {}
     in_comparison: ClassVar[bool] = True  # False for repairs that need input no zoo can give
+    # True: the runner's do-no-harm guard fits it on part of the clean data, judges its B' on the
+    # rest and falls back (milder settings, then B unchanged) past the budget. False only for
+    # repairs whose budget is their purpose (the lab's sweep reports every X) or that use no data.
+    guarded: ClassVar[bool] = True
 
     @property
     def oracle(self) -> bool:
@@ -128,6 +144,17 @@ class Repair:
 
     def check(self) -> None:
         """Checks that involve several settings; raise SettingsError."""
+
+    def milder(self) -> list["Repair"]:
+        """Milder versions of this repair, mildest last, that the do-no-harm guard tries in turn
+        when this one hurts clean accuracy past the budget or diverges (fewer epochs, a lower rate,
+        fewer channels). After them the guard hands back B unchanged."""
+        return []
+
+    def changed_settings(self, other: "Repair") -> dict[str, Any]:
+        """The settings of `other` (a milder version) that differ from this repair's."""
+        mine, theirs = self.settings(), other.settings()
+        return {k: v for k, v in theirs.items() if mine.get(k) != v}
 
     @classmethod
     def setting_specs(cls) -> list[SettingSpec]:
@@ -194,7 +221,7 @@ class Repair:
         setting must name a conv layer of the model."""
         layer = getattr(self, "layer", None)
         if isinstance(layer, str):
-            check_conv_layer(model, layer)
+            check_conv_layer(model, resolve_layer(model, layer))
 
     def run(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         """`repair` with the data contract enforced."""
@@ -204,5 +231,5 @@ class Repair:
             raise SettingsError(f"the {self.name} repair is an oracle: it needs poisoned validation data "
                                 f"(--poisoned-valid)")
         if data is not None and not self.oracle:
-            data = RepairData(clean_valid=data.clean_valid)  # it never sees poisoned data
+            data = RepairData(clean_valid=data.clean_valid, held_out=data.held_out)  # never poisoned data
         return self.repair(model.eval(), data, progress)

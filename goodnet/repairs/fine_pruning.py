@@ -3,40 +3,28 @@
 Pruning alone leaves the backdoor in the remaining weights; a short, fairly aggressive fine-tune
 (SGD with momentum at 0.05, cosine decay, with shift and random-erasing augmentation) moves the
 weights far enough to forget it. Plain Adam at 1e-3 barely moves the ASR (measured while building
-this). Only clean validation data is used: 80 % to fine-tune, 20 % held out to choose among the
-candidate budgets (or fractions of channels) by clean accuracy alone. The pruned channels stay
-zero throughout.
+this). Only clean validation data is used: the do-no-harm guard's fit part to fine-tune, its held-out
+part to choose among the candidate budgets (or fractions of channels) by clean accuracy alone.
+The pruned channels stay zero throughout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import SettingsError
-from ..io.data import ImageSet
 from ..metrics import model_accuracy
 from ..models.training import fine_tune
-from ..pruning.graph_split import following_batchnorm
+from ..pruning.graph_split import resolve_layer
+from ..pruning.graph_split import following_batchnorm, resolve_layer
 from ..pruning.profiling import activation_order
 from ..pruning.zeroing import pruned_copy, zero_channels
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .lab_pruning import lab_pruning_channels
 from .registry import register_repair
-
-
-def holdout_split(images: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """(fit, held out): `share` of every class held out, in a seeded order."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(images.y), dtype=bool)
-    for label in np.unique(images.y):
-        members = rng.permutation(np.flatnonzero(images.y == label))
-        held[members[:int(round(share * len(members)))]] = True
-    return (ImageSet(images.x[~held], images.y[~held], images.name + " (fit)"),
-            ImageSet(images.x[held], images.y[held], images.name + " (held out)"))
 
 
 @register_repair
@@ -46,7 +34,8 @@ class FinePruning(Repair):
     description = ("fine-pruning (Liu et al. 2018): the lab's pruning of --layer at each candidate budget, then "
                    "fine-tuning on clean validation data; a held-out share picks the candidate")
 
-    layer: str = setting("conv_3", "conv layer whose output channels are pruned")
+    layer: str = setting("auto", "conv layer whose output channels are pruned (auto: conv_3 when the model "
+                                  "has one, as in the lab, else its last conv layer with a kernel over 1x1)")
     budgets: tuple[float, ...] = setting(
         (4.0, 10.0), "candidate accuracy-drop budgets X (points) of the pruning before fine-tuning; the "
         "held-out clean accuracy picks one", low=0.0, low_open=True, high=100.0)
@@ -57,8 +46,6 @@ class FinePruning(Repair):
     lr: float = setting(0.05, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
     momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
     weight_decay: float = setting(5e-4, "SGD weight decay", low=0.0)
-    holdout: float = setting(0.2, "share of the clean validation data held out to choose the candidate",
-                             low=0.0, low_open=True, high=0.9)
     seed: int = setting(0, "seed of the repair's random choices and training")
 
     def check(self) -> None:
@@ -67,23 +54,29 @@ class FinePruning(Repair):
         if 1.0 in self.fractions:
             raise SettingsError("fine-prune: a fraction of 1 would prune every channel; use fractions below 1")
 
+    def milder(self) -> list[Repair]:
+        """Fewer channels and a lower rate, then also fewer epochs."""
+        return [replace(self, budgets=tuple(b / k for b in self.budgets), fractions=tuple(f / k for f in self.fractions),
+                        lr=self.lr / k, epochs=max(1, self.epochs // e)) for k, e in ((2, 1), (4, 2), (10, 4))]
+
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
-        fit, held = holdout_split(data.clean_valid, self.holdout, self.seed)
-        bn = following_batchnorm(model, self.layer)
-        plans = [(f"x={x:g}", lab_pruning_channels(model, fit, self.layer, x)) for x in self.budgets]
+        layer = resolve_layer(model, self.layer)
+        fit, held = data.fit_and_choose(self.seed)
+        bn = following_batchnorm(model, layer)
+        plans = [(f"x={x:g}", lab_pruning_channels(model, fit, layer, x)) for x in self.budgets]
         if self.fractions:
-            order = activation_order(model, fit.x, self.layer)
+            order = activation_order(model, fit.x, layer)
             plans += [(f"fraction={f:g}", order[:int(round(f * len(order)))]) for f in self.fractions]
         candidates = []
         for label, channels in plans:
             torch.manual_seed(self.seed)
-            tuned = fine_tune(pruned_copy(model, self.layer, channels), fit.x, fit.y, self.epochs, self.seed,
+            tuned = fine_tune(pruned_copy(model, layer, channels), fit.x, fit.y, self.epochs, self.seed,
                               lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                               value_range=data.value_range,
-                              after_step=lambda m, c=channels: zero_channels(m, self.layer, c, bn),
+                              after_step=lambda m, c=channels: zero_channels(m, layer, c, bn),
                               progress=f"fine-tuning ({label})" if progress else None)
             candidates.append((model_accuracy(tuned, held.x, held.y), -len(channels), label, channels, tuned))
         best = max(candidates, key=lambda c: c[:2])  # ties: fewer channels pruned
-        return RepairOutcome([RepairedModel(self.name, best[4], {self.layer: best[3]}, weights_changed=True)], {
-            "layer": self.layer, "pruned": {self.layer: best[3]}, "chosen": best[2],
+        return RepairOutcome([RepairedModel(self.name, best[4], {layer: best[3]}, weights_changed=True)], {
+            "layer": layer, "pruned": {layer: best[3]}, "chosen": best[2],
             "held_out_accuracy": {c[2]: round(c[0], 4) for c in candidates}})

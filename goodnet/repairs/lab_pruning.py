@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import SettingsError
 from ..io.data import ImageSet
+from ..pruning.graph_split import resolve_layer
 from ..pruning.curve import PruningCurve, profile_and_sweep
 from ..pruning.selection import RULES, select
 from ..pruning.zeroing import pruned_copy
@@ -51,12 +52,14 @@ def lab_pruning_channels(model: nn.Module, images: ImageSet, layer: str, x: floa
 @dataclass(frozen=True)
 class LabPruning(Repair):
     name = "prune"
+    guarded = False  # its budgets X are its purpose: the sweep reports every one
     description = ("the lab's defense: prune --layer's channels in order of mean clean activation; keep B' "
                    "per accuracy budget X (full curve and both stopping rules in the report)")
     # compare judges one B' per repair against a 2-point budget; `within` is the model that keeps it
     comparison = {"thresholds": (2.0,), "rule": "within"}
 
-    layer: str = setting("conv_3", "conv layer whose output channels are pruned")
+    layer: str = setting("auto", "conv layer whose output channels are pruned (auto: conv_3 when the model "
+                                  "has one, as in the lab, else its last conv layer with a kernel over 1x1)")
     thresholds: tuple[float, ...] = setting(
         (2.0, 4.0, 10.0, 30.0), "accuracy-drop budgets X, in percentage points of clean validation accuracy "
         "(with --relative: percent of B's)", low=0.0, low_open=True, high=100.0, nonempty=True)
@@ -72,15 +75,16 @@ class LabPruning(Repair):
         return RULES if self.rule == "both" else (self.rule,)
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
-        curve = sweep_and_select(model, data.clean_valid, self.layer, self.thresholds, self.order,
+        layer = resolve_layer(model, self.layer)
+        curve = sweep_and_select(model, data.clean_valid, layer, self.thresholds, self.order,
                                  "relative" if self.relative else "absolute", progress)
         models = []
         for sel in curve.selections:
             if sel.rule in self.saved_rules and sel.channels_pruned is not None:
                 channels = curve.pruned_channels(sel.channels_pruned)
                 models.append(RepairedModel(
-                    f"x{sel.x:g}_{sel.rule}", pruned_copy(model, self.layer, channels), {self.layer: channels},
+                    f"x{sel.x:g}_{sel.rule}", pruned_copy(model, layer, channels), {layer: channels},
                     curve_step=sel.channels_pruned, details={"x": sel.x, "rule": sel.rule}))
         dead = int(np.sum(curve.mean_activation == 0))
-        return RepairOutcome(models, {"layer": self.layer, "cut": curve.cut, "dead_channels": dead,
+        return RepairOutcome(models, {"layer": layer, "cut": curve.cut, "dead_channels": dead,
                                       "saved_rules": list(self.saved_rules)}, curve)

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,10 @@ class ReconstructiveNeuronPruning(Repair):
     recover_epochs: int = setting(20, "mask recovery epochs", low=1)
     batch_size: int = setting(128, "batch size of unlearning and recovery", low=1)
     seed: int = setting(0, "seed of the repair's random choices and training")
+
+    def milder(self) -> list[Repair]:
+        """A smaller pruning budget."""
+        return [replace(self, budget=self.budget / k) for k in (2, 4)]
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid

@@ -12,12 +12,13 @@ import numpy as np
 from torch import nn
 
 from ..inference import DEFAULT_BATCH_SIZE, predict
-from ..io.data import ROLES, ImageSet, check_fits_model
+from ..io.data import ROLES, ImageSet, check_fits_model, check_input_range
 from ..errors import DataError
 from ..metrics import accuracy, binomial_tail, flag_rate
 from ..models.goodnet import goodnet_labels
 from ..pruning.curve import PruningCurve
 from .base import Repair, RepairData, RepairedModel
+from .do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP, HarmCheck, guarded_repair
 
 METRIC_KEYS = ("backdoored", "repaired", "goodnet", "flagged")
 # B must beat guessing on its clean validation data this clearly before any repair runs
@@ -79,6 +80,8 @@ class RepairResult:
     inputs: dict[str, str] = field(default_factory=dict)  # role -> file, when read from files
     sanity: SanityCheck | None = None  # None when no clean validation data was given
     input_scale: float = 1.0  # what the data files' values were divided by (--input-scale)
+    harm: HarmCheck | None = None  # the do-no-harm guard's check (None: the repair is not guarded)
+    delivered: Repair | None = None  # the settings whose B' was delivered (milder ones after a fallback)
 
     @property
     def extra_class(self) -> int:
@@ -107,13 +110,18 @@ def check_data(model: nn.Module, data: dict[str, ImageSet]) -> None:
         raise ValueError(f"unknown data roles {sorted(unknown)} (known: {', '.join(ROLES)})")
     for role, images in data.items():
         check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
+        check_input_range(images, getattr(model, "input_range", None), role.replace("_", "-"))
 
 
 def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool = False,
-               batch_size: int = DEFAULT_BATCH_SIZE, force: bool = False) -> RepairResult:
+               batch_size: int = DEFAULT_BATCH_SIZE, force: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
+               holdout: float = DEFAULT_HOLDOUT) -> RepairResult:
     """Repair B (`model`) with `repair`, which sees only the validation data its contract allows,
     then measure B, B' and G on every set in `data` (role -> images). B must first be clearly better
-    than chance on the clean validation data (see SanityCheck), unless `force`."""
+    than chance on the clean validation data (see SanityCheck), unless `force`. A guarded repair
+    (most) fits on all but `holdout` of the clean validation data and must keep its B' within
+    `max_drop` points of B on the rest, or falls back (see do_no_harm); `max_drop=None` turns the
+    guard off (library use only)."""
     model.eval()
     check_data(model, {role: images for role, images in data.items() if images is not None})
     data = {role: data[role] for role in ROLES if data.get(role) is not None}
@@ -127,7 +135,12 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
         if not sanity.above_chance and not force and repair.data != "none":
             raise DataError(sanity.refusal(given.value_range))
     start = time.perf_counter()
-    outcome = repair.run(model, given, progress)
+    harm, delivered = None, repair
+    if repair.guarded and max_drop is not None and given is not None:
+        delivered, outcome, harm = guarded_repair(model, repair, given, backdoored["clean_valid"], max_drop,
+                                                  holdout, progress, batch_size)
+    else:
+        outcome = repair.run(model, given, progress)
     seconds = time.perf_counter() - start
 
     curve = outcome.curve
@@ -152,4 +165,5 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
             labels = {role: predict(candidate.model, images.x, batch_size) for role, images in data.items()}
         measured.append(MeasuredModel(candidate, labels))
     return RepairResult(repair=repair, details=outcome.details, seconds=seconds, num_classes=int(model.num_classes),
-                        data=data, backdoored=backdoored, models=measured, curve=curve, sanity=sanity)
+                        data=data, backdoored=backdoored, models=measured, curve=curve, sanity=sanity,
+                        harm=harm, delivered=delivered)

@@ -1,7 +1,8 @@
 """The comparison of repairs over the attack zoo: one table (Markdown, CSV), one plot, all in JSON.
 
-Clean-data repairs are judged by the bar: test ASR <= 1 % with clean test accuracy at most 2
-points below B's.
+Repairs are judged by the bar: test ASR <= 2 % with clean test accuracy at most 2 points below
+B's. BadNets that missed their own bar (test ASR >= 90 %, clean accuracy within 2 points of a clean
+model trained the same way) are listed but not scored.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -20,34 +22,86 @@ from ..errors import SettingsError  # noqa: E402
 from ..io.output_dir import atomic_directory  # noqa: E402
 from ..repairs.base import Repair  # noqa: E402
 from ..repairs.runner import RepairResult  # noqa: E402
+from ..zoo.badnets import BadNetSettings  # noqa: E402
+from ..zoo.catalog import part_of  # noqa: E402
 
-ASR_LIMIT = 1.0
+ASR_LIMIT = 2.0
 ACCURACY_GAP = 2.0
-COLUMNS = ["attack", "repair", "oracle", "b_clean_acc", "b_asr", "clean_acc", "asr", "g_clean_acc", "g_asr",
-           "detection", "false_alarm", "seconds", "meets_bar"]
-HEADERS = ["attack", "repair", "uses poisoned data", "B clean acc", "B ASR", "B' clean acc", "B' ASR",
-           "G clean acc", "G ASR", "G detection", "G false alarms", "time (s)", "ASR <= 1 and acc within 2"]
+COLUMNS = ["badnet", "repair", "oracle", "b_clean_acc", "b_asr", "clean_acc", "asr", "clean_drop", "g_clean_acc",
+           "g_asr", "detection", "false_alarm", "delivered", "seconds", "meets_bar"]
+HEADERS = ["BadNet (attack/arch/range/poison/seed)", "repair", "uses poisoned data", "B clean acc", "B ASR",
+           "B' clean acc", "B' ASR", "clean drop", "G clean acc", "G ASR", "G detection", "G false alarms",
+           "delivered", "time (s)", "ASR <= 2 and drop <= 2"]
+EXTRA = ["attack", "arch", "scale", "poison_rate", "seed", "part", "badnet_meets_bar", "requested_within_budget"]
 
 
-def comparison_row(kind: str, result: RepairResult) -> dict[str, Any]:
+PROTOCOL_NOTE = ("Settings of every repair were chosen on the development part of the zoo (seed 0) and frozen "
+                 "in code; scores on the evaluation part (seed 1) choose nothing. Per repair: BadNets (among those "
+                 "that met their own bar) repaired to the bar, test ASR and clean test drop (median, worst), how "
+                 "often the do-no-harm guard fell back, and the total repair time.")
+
+
+def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: RepairResult) -> dict[str, Any]:
     """The table row of one repair on one zoo BadNet: its (first) B' on the test sets."""
+    kind = badnet.label()
     if not result.models:
         raise SettingsError(f"the {result.repair.name} repair handed over no B' on the {kind} BadNet; "
                             f"compare needs one")
     metrics = result.metrics(result.models[0].labels)
     test, poisoned = metrics["clean_test"], metrics["poisoned_test"]
-    meets = poisoned["repaired"] <= ASR_LIMIT and test["repaired"] >= test["backdoored"] - ACCURACY_GAP
-    return {"attack": kind, "repair": result.repair.name, "oracle": result.repair.oracle,
+    drop = test["backdoored"] - test["repaired"]
+    meets = poisoned["repaired"] <= ASR_LIMIT and drop <= ACCURACY_GAP
+    harm = result.harm
+    return {"badnet": kind, "attack": badnet.kind, "arch": badnet.arch, "scale": badnet.scale,
+            "poison_rate": badnet.poison_rate, "seed": badnet.seed, "part": part_of(badnet),
+            "badnet_meets_bar": bool(badnet_meets_bar), "repair": result.repair.name, "oracle": result.repair.oracle,
             "b_clean_acc": test["backdoored"], "b_asr": poisoned["backdoored"],
-            "clean_acc": test["repaired"], "asr": poisoned["repaired"],
+            "clean_acc": test["repaired"], "asr": poisoned["repaired"], "clean_drop": drop,
             "g_clean_acc": test["goodnet"], "g_asr": poisoned["goodnet"],
             "detection": poisoned["flagged"], "false_alarm": test["flagged"],
+            "delivered": "–" if harm is None else harm.delivered,
+            "requested_within_budget": None if harm is None else harm.requested_within_budget,
             "seconds": result.seconds, "meets_bar": bool(meets)}
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per repair, over the BadNets that met their own bar: how many it repairs to the bar, median
+    and worst ASR and clean drop, how often the guard fell back, total seconds."""
+    out = []
+    for repair in dict.fromkeys(r["repair"] for r in rows):
+        mine = [r for r in rows if r["repair"] == repair and r["badnet_meets_bar"]]
+        if not mine:
+            continue
+        asr, drop = [r["asr"] for r in mine], [r["clean_drop"] for r in mine]
+        out.append({"repair": repair, "oracle": mine[0]["oracle"], "badnets": len(mine),
+                    "meets_bar": sum(r["meets_bar"] for r in mine),
+                    "median_asr": float(np.median(asr)), "worst_asr": max(asr),
+                    "median_drop": float(np.median(drop)), "worst_drop": max(drop),
+                    "fell_back": sum(r["delivered"] not in ("as asked", "–") for r in mine),
+                    "seconds": sum(r["seconds"] for r in mine)})
+    return out
+
+
+SUMMARY_COLUMNS = ["repair", "oracle", "meets_bar", "median_asr", "worst_asr", "median_drop", "worst_drop",
+                   "fell_back", "seconds"]
+SUMMARY_HEADERS = ["repair", "uses poisoned data", "BadNets repaired to the bar", "median ASR", "worst ASR",
+                   "median clean drop", "worst clean drop", "guard fell back", "total time (s)"]
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|" + "---|" * len(SUMMARY_HEADERS)]
+    for row in summary_rows(rows):
+        cells = [_cell(row[c], c) for c in SUMMARY_COLUMNS]
+        cells[2] = f"{row['meets_bar']} of {row['badnets']}"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _cell(value: Any, column: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if value is None:
+        return "–"
     if column == "seconds":
         return f"{value:.1f}"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
@@ -59,21 +113,23 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells = [_cell(row[c], c) for c in COLUMNS]
         if row["oracle"]:
             cells[1] += " (oracle)"
+        if not row["badnet_meets_bar"]:
+            cells[0] += " (missed the BadNet bar: not scored)"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: str) -> None:
-    kinds = list(dict.fromkeys(r["attack"] for r in rows))
+    kinds = list(dict.fromkeys(r["badnet"] for r in rows))
     repairs = list(dict.fromkeys(r["repair"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.1 * len(kinds)), 5.5))
     width = 0.8 / max(len(repairs), 1)
     for i, repair in enumerate(repairs):
         for ax, key in zip(axes, ("asr", "clean_acc")):
-            values = [next((r[key] for r in rows if r["attack"] == k and r["repair"] == repair), 0.0) for k in kinds]
+            values = [next((r[key] for r in rows if r["badnet"] == k and r["repair"] == repair), 0.0) for k in kinds]
             ax.bar([j + i * width for j in range(len(kinds))], values, width, label=repair)
     for ax, title in zip(axes, ("B' test ASR (%) - lower is better", "B' clean test accuracy (%)")):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(kinds))], kinds)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(kinds))], kinds, rotation=60, ha="right", fontsize=7)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].axhline(ASR_LIMIT, color="k", linestyle=":", linewidth=1)
@@ -81,7 +137,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: str) -> None:
     axes[1].set_ylim(max(0.0, low - 5), 100)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(repairs), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -90,21 +146,22 @@ def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, An
                      repairs: Sequence[Repair]) -> None:
     with atomic_directory(out_dir, marker="comparison.json") as stage:
         with open(os.path.join(stage, "comparison.md"), "w") as f:
-            f.write("# goodnet: repairs on the attack zoo\n\n" + markdown_table(rows) + "\n\n"
+            f.write("# goodnet: repairs on the attack zoo\n\n" + PROTOCOL_NOTE + "\n\n## Per repair\n\n"
+                    + summary_table(rows) + "\n\n## Every BadNet\n\n" + markdown_table(rows) + "\n\n"
                     "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
                     "(detection: share of poisoned test inputs flagged; false alarms: share of clean "
                     "test inputs flagged). Oracle repairs use poisoned validation data.\n\n"
                     "![comparison](comparison.png)\n")
         with open(os.path.join(stage, "comparison.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=COLUMNS + EXTRA)
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
         plot_comparison(rows, os.path.join(stage, "comparison.png"))
         with open(os.path.join(stage, "comparison.json"), "w") as f:
-            json.dump({"rows": rows, "zoo": zoo, "kinds": list(zoo),
+            json.dump({"rows": rows, "summary": summary_rows(rows), "zoo": zoo, "badnets": list(zoo),
                        "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
-                       "bar": {"asr_at_most": ASR_LIMIT, "accuracy_within": ACCURACY_GAP}}, f, indent=2)
+                       "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP}}, f, indent=2)
             f.write("\n")
 
 

@@ -71,6 +71,8 @@ def results_document(result: RepairResult, files: dict[str, dict[str, str]]) -> 
         "sanity": None if result.sanity is None else {
             k: float(f"{v:.3g}") if k == "p_value" else rounded(v) if isinstance(v, float) else v
             for k, v in dataclasses.asdict(result.sanity).items()},
+        "do_no_harm": None if result.harm is None else {
+            **result.harm.to_json(), "delivered_settings": result.delivered.settings()},
         "baseline": _rounded(model_scores(result, result.backdoored)),
         "models": [{"name": m.name, "pruned": m.repaired.pruned, "weights_changed": m.repaired.weights_changed,
                     "details": m.repaired.details,

@@ -90,6 +90,8 @@ def summary_lines(result: RepairResult) -> list[str]:
                      f"{curve.num_channels} channels dead on clean validation data")
     else:
         lines.append(f"repair {result.repair.name}: {pruned_summary(result)} ({result.seconds:.1f} s)")
+    if result.harm is not None:
+        lines.append(result.harm.line(result.repair))
     lines.append(summary_table(result) if result.data else "no data given: models only")
     return lines
 

