@@ -29,6 +29,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int
     to 2 pixels (as attackers and benchmarks train)."""
     generator = torch.Generator().manual_seed(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    low = float(np.min(x))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     label = progress if isinstance(progress, str) else ("training BadNet" if progress else None)
@@ -38,7 +39,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int
         total = 0.0
         for start in range(0, len(xs), batch_size):
             idx = order[start:start + batch_size]
-            batch = random_shift(xs[idx], generator) if augment else xs[idx]
+            batch = random_shift(xs[idx], generator, fill=low) if augment else xs[idx]
             optimizer.zero_grad()
             loss = F.cross_entropy(model(batch), ys[idx])
             loss.backward()
@@ -50,10 +51,11 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int
     return model.eval()
 
 
-def random_shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 2) -> torch.Tensor:
-    """Translate each image by up to `pixels` in each direction, filling with zeros."""
+def random_shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 2, fill: float = 0.0) -> torch.Tensor:
+    """Translate each image by up to `pixels` in each direction, filling with `fill` (the bottom of
+    the data's range: black, whatever the range)."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (pixels, pixels, pixels, pixels))
+    padded = F.pad(x, (pixels, pixels, pixels, pixels), value=fill)
     dy = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
     rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
@@ -110,7 +112,8 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
             idx = order[start:start + batch_size]
             batch = xs[idx]
             if augment:
-                batch = random_erase(random_shift(batch, generator), generator, value_range=value_range)
+                batch = random_erase(random_shift(batch, generator, fill=value_range[0]), generator,
+                                     value_range=value_range)
             optimizer.zero_grad()
             loss = F.cross_entropy(model(batch), ys[idx])
             if not torch.isfinite(loss):

@@ -121,7 +121,6 @@ def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoore
                                       "within budget" if ok else "past budget", time.perf_counter() - start))
         if ok:
             check.delivered = "as asked" if attempt is repair else "milder settings"
-            outcome.details = {**outcome.details, "held_out_accuracy_of_delivered": round(worst, 4)}
             return attempt, outcome, check
     check.delivered = "B unchanged"
     unchanged = RepairedModel(repair.name, model, {}, weights_changed=False,
