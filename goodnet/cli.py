@@ -410,10 +410,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     directory, manifest, reused = cached_badnet(settings, cache_dir, retrain=args.retrain,
                                                 progress=not args.quiet)
     b = manifest["badnet"]
-    made = "reused cached" if reused else (
-        "built from the BadNet weights shipped with goodnet (--retrain trains it instead)"
-        if manifest.get("weights") == "shipped with goodnet" else "trained")
-    print(f"{made} BadNet in {directory}" if not made.startswith("built") else f"{made}: {directory}")
+    if reused or manifest.get("weights") != "shipped with goodnet":
+        print(f"{'reused cached' if reused else 'trained'} BadNet in {directory}")
+    else:
+        print(f"built from the BadNet weights shipped with goodnet (--retrain trains it instead): {directory}")
     print(f"  B: clean test accuracy {b['clean_test_accuracy']:.2f} %, test ASR {b['poisoned_test_asr']:.2f} % "
           f"(trigger: {settings.attack.trigger.size}x{settings.attack.trigger.size} white patch, "
           f"target {settings.target})")

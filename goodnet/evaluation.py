@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import DataError
 from .inference import DEFAULT_BATCH_SIZE, predict
-from .io.data import ImageSet, check_fits_model, check_input_range, load_images, read_image
+from .io.data import ImageSet, check_fits_model, check_input_range, load_images, read_image, trained_range
 from .io.model_files import ModelSource
 from .metrics import accuracy
 
@@ -40,8 +40,3 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
     check_input_range(ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), trained_range(model),
                       "images")
     return [int(v) for v in predict(model, stacked)]
-
-
-def trained_range(model) -> tuple[float, float] | None:
-    """The value range the model (or a GoodNet's B) was trained on, when its file records it."""
-    return getattr(model, "input_range", None) or getattr(getattr(model, "backdoored", None), "input_range", None)

@@ -130,11 +130,20 @@ def holdout_mask(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
     return held
 
 
-def split_holdout(images: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """(fit, held out): `share` of every class held out (see holdout_mask)."""
-    held = holdout_mask(images.y, share, seed)
+def split_by_mask(images: ImageSet, held: np.ndarray) -> tuple[ImageSet, ImageSet]:
+    """(fit, held out): the images where `held` is False, and where it is True."""
     return (ImageSet(images.x[~held], images.y[~held], images.name + " (fit)"),
             ImageSet(images.x[held], images.y[held], images.name + " (held out)"))
+
+
+def split_holdout(images: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(fit, held out): `share` of every class held out (see holdout_mask)."""
+    return split_by_mask(images, holdout_mask(images.y, share, seed))
+
+
+def trained_range(model) -> tuple[float, float] | None:
+    """The value range the model (or a GoodNet's B) was trained on, when its file records it."""
+    return getattr(model, "input_range", None) or getattr(getattr(model, "backdoored", None), "input_range", None)
 
 
 def check_input_range(images: ImageSet, expected: tuple[float, float] | None, role: str) -> None:

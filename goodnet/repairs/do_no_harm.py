@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import TrainingDiverged
 from ..inference import DEFAULT_BATCH_SIZE, predict
-from ..io.data import ImageSet, holdout_mask
+from ..io.data import holdout_mask, split_by_mask
 from ..metrics import accuracy
 from .base import Repair, RepairData, RepairedModel, RepairOutcome
 
@@ -101,8 +101,7 @@ def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoore
     held = holdout_mask(clean.y, holdout, HOLDOUT_SEED)
     if held.sum() == 0 or (~held).sum() == 0:
         raise ValueError("the held-out share leaves no images to fit or to judge on")
-    fit_set = ImageSet(clean.x[~held], clean.y[~held], clean.name + " (fit)")
-    held_set = ImageSet(clean.x[held], clean.y[held], clean.name + " (held out)")
+    fit_set, held_set = split_by_mask(clean, held)
     guarded_data = RepairData(fit_set, data.poisoned_valid, held_set)
     check = HarmCheck(max_drop, holdout, int(held.sum()), accuracy(backdoored_labels[held], held_set.y))
     for attempt in [repair] + repair.milder():

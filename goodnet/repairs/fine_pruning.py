@@ -18,7 +18,6 @@ from torch import nn
 from ..errors import SettingsError
 from ..metrics import model_accuracy
 from ..models.training import fine_tune
-from ..pruning.graph_split import resolve_layer
 from ..pruning.graph_split import following_batchnorm, resolve_layer
 from ..pruning.profiling import activation_order
 from ..pruning.zeroing import pruned_copy, zero_channels

@@ -12,7 +12,7 @@ import numpy as np
 from torch import nn
 
 from ..inference import DEFAULT_BATCH_SIZE, predict
-from ..io.data import ROLES, ImageSet, check_fits_model, check_input_range
+from ..io.data import ROLES, ImageSet, check_fits_model, check_input_range, trained_range
 from ..errors import DataError
 from ..metrics import accuracy, binomial_tail, flag_rate
 from ..models.goodnet import goodnet_labels
@@ -110,7 +110,7 @@ def check_data(model: nn.Module, data: dict[str, ImageSet]) -> None:
         raise ValueError(f"unknown data roles {sorted(unknown)} (known: {', '.join(ROLES)})")
     for role, images in data.items():
         check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
-        check_input_range(images, getattr(model, "input_range", None), role.replace("_", "-"))
+        check_input_range(images, trained_range(model), role.replace("_", "-"))
 
 
 def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool = False,
