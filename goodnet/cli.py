@@ -247,6 +247,7 @@ def _add_compare(sub) -> None:
                                    "repair declares for comparison), and write comparison.md, comparison.csv, "
                                    "comparison.png and comparison.json into --out.")
     compared = [n for n in repair_names() if REPAIRS[n].in_comparison]
+    default = [n for n in compared if REPAIRS[n].compared_by_default]
     p.add_argument("--part", choices=["dev", "eval", "all"], default="eval",
                    help="which part of the zoo: dev (seed 0, where settings may be chosen), eval (seed 1, the "
                         "README's table) or all (default eval)")
@@ -254,7 +255,8 @@ def _add_compare(sub) -> None:
                    help="only the BadNets whose label (attack/arch/range/poison/seed, e.g. "
                         "wanet/small_cnn/0-255/10%%/s1) contains one of these texts")
     p.add_argument("--repairs", nargs="+", choices=compared, default=None,
-                   help=f"repairs (default: all that can run on the zoo: {', '.join(compared)})")
+                   help=f"repairs (default: {', '.join(default)}; "
+                        f"{', '.join(n for n in compared if n not in default)} only when named here)")
     p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
     p.add_argument("--cache-dir", default=None, help="where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -23,8 +23,9 @@ from .zoo.catalog import part_of
 
 
 def comparison_roster(names: Sequence[str] | None = None) -> list[Repair]:
-    """The repairs `compare` runs: `names`, or every registered repair that can run on the zoo."""
-    names = [n for n in repair_names() if REPAIRS[n].in_comparison] if names is None else list(names)
+    """The repairs `compare` runs: `names`, or every registered repair it runs by default."""
+    if names is None:
+        names = [n for n in repair_names() if REPAIRS[n].in_comparison and REPAIRS[n].compared_by_default]
     return [build_repair(name, comparison=True) for name in names]
 
 

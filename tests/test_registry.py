@@ -39,6 +39,9 @@ def test_every_repair_declares_itself():
     # the plain baseline is in compare's roster, and every repair but the sweep and explicit channels is guarded
     from goodnet.compare import comparison_roster
     assert "fine-tune" in [r.name for r in comparison_roster()]
+    # the oracle runs only when named (it costs most and can never meet the clean-data bar)
+    assert "attack-aware" not in [r.name for r in comparison_roster()]
+    assert [r.name for r in comparison_roster(["attack-aware"])] == ["attack-aware"]
     assert {n for n, cls in REPAIRS.items() if not cls.guarded} == {"prune", "channels"}
 
 

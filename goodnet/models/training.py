@@ -95,11 +95,11 @@ def _finite(model: nn.Module) -> bool:
 def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, *,
               value_range: tuple[float, float], lr: float = 0.05, momentum: float = 0.9,
               weight_decay: float = 5e-4, batch_size: int = 64, augment: bool = True, after_step=None,
-              max_grad_norm: float | None = 5.0, progress: str | None = None) -> nn.Module:
+              penalty=None, max_grad_norm: float | None = 5.0, progress: str | None = None) -> nn.Module:
     """SGD with momentum and a cosine schedule, with shift + random-erasing augmentation (fill
-    values drawn from `value_range`, the data's own range); `after_step(model)` runs after every
-    update (e.g. to keep pruned channels at zero). Raises TrainingDiverged when the loss or the
-    weights stop being finite."""
+    values drawn from `value_range`, the data's own range); `penalty(model, batch, labels)`, a scalar
+    tensor, is added to every batch's loss; `after_step(model)` runs after every update (e.g. to keep pruned
+    channels at zero). Raises TrainingDiverged when the loss or the weights stop being finite."""
     generator = torch.Generator().manual_seed(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -116,6 +116,8 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
                                      value_range=value_range)
             optimizer.zero_grad()
             loss = F.cross_entropy(model(batch), ys[idx])
+            if penalty is not None:
+                loss = loss + penalty(model, batch, ys[idx])
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"fine-tuning diverged: the loss became {loss.item()} in epoch {epoch + 1} "
                                        f"(rate {lr:g})")

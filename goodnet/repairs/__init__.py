@@ -6,11 +6,13 @@ from .registry import REPAIRS, build_repair, register_repair, repair_class, repa
 from .lab_pruning import LabPruning
 from .fine_pruning import FinePruning
 from .fine_tuning import FineTuning
+from .feature_shift import FeatureShiftTuning
+from .perturbation_unlearning import PerturbationUnlearning
 from .rnp import ReconstructiveNeuronPruning
 from .attack_aware import AttackAwarePruning
 from .channels import ExplicitChannels
 from .runner import RepairResult, run_repair
 
-__all__ = ["AttackAwarePruning", "ExplicitChannels", "FinePruning", "FineTuning", "LabPruning", "REPAIRS",
+__all__ = ["AttackAwarePruning", "ExplicitChannels", "FeatureShiftTuning", "FinePruning", "FineTuning", "PerturbationUnlearning", "LabPruning", "REPAIRS",
            "ReconstructiveNeuronPruning", "Repair", "RepairData", "RepairOutcome", "RepairResult", "RepairedModel",
            "build_repair", "register_repair", "repair_class", "repair_names", "run_repair", "setting"]

@@ -128,6 +128,7 @@ class Repair:
     # settings `goodnet compare` uses instead of the defaults, when its table needs one B' per repair
     comparison: ClassVar[dict[str, Any]] = {}
     in_comparison: ClassVar[bool] = True  # False for repairs that need input no zoo can give
+    compared_by_default: ClassVar[bool] = True  # False: `compare` runs it only when --repairs names it
     # True: the runner's do-no-harm guard fits it on part of the clean data, judges its B' on the
     # rest and falls back (milder settings, then B unchanged) past the budget. False only for
     # repairs whose budget is their purpose (the lab's sweep reports every X) or that use no data.

@@ -36,7 +36,7 @@ EXTRA = ["attack", "arch", "scale", "poison_rate", "seed", "part", "badnet_meets
 
 
 PROTOCOL_NOTE = ("Settings of every repair were chosen on the development part of the zoo (seed 0) and frozen "
-                 "in code; scores on the evaluation part (seed 1) choose nothing. Per repair: BadNets (among those "
+                 "in code; scores on the evaluation part (seed 1) choose nothing. Per zoo part and repair: BadNets (among those "
                  "that met their own bar) repaired to the bar, test ASR and clean test drop (median, worst), how "
                  "often the do-no-harm guard fell back, and the total repair time.")
 
@@ -65,15 +65,16 @@ def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: Repai
 
 
 def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per repair, over the BadNets that met their own bar: how many it repairs to the bar, median
-    and worst ASR and clean drop, how often the guard fell back, total seconds."""
+    """Per zoo part and repair, over the BadNets that met their own bar: how many it repairs to the
+    bar, median and worst ASR and clean drop, how often the guard fell back, total seconds. Parts
+    are never pooled: development scores chose settings, evaluation scores must stand alone."""
     out = []
-    for repair in dict.fromkeys(r["repair"] for r in rows):
-        mine = [r for r in rows if r["repair"] == repair and r["badnet_meets_bar"]]
+    for part, repair in dict.fromkeys((r["part"], r["repair"]) for r in rows):
+        mine = [r for r in rows if r["part"] == part and r["repair"] == repair and r["badnet_meets_bar"]]
         if not mine:
             continue
         asr, drop = [r["asr"] for r in mine], [r["clean_drop"] for r in mine]
-        out.append({"repair": repair, "oracle": mine[0]["oracle"], "badnets": len(mine),
+        out.append({"part": part, "repair": repair, "oracle": mine[0]["oracle"], "badnets": len(mine),
                     "meets_bar": sum(r["meets_bar"] for r in mine),
                     "median_asr": float(np.median(asr)), "worst_asr": max(asr),
                     "median_drop": float(np.median(drop)), "worst_drop": max(drop),
@@ -82,9 +83,9 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-SUMMARY_COLUMNS = ["repair", "oracle", "meets_bar", "median_asr", "worst_asr", "median_drop", "worst_drop",
+SUMMARY_COLUMNS = ["part", "repair", "oracle", "meets_bar", "median_asr", "worst_asr", "median_drop", "worst_drop",
                    "fell_back", "seconds"]
-SUMMARY_HEADERS = ["repair", "uses poisoned data", "BadNets repaired to the bar", "median ASR", "worst ASR",
+SUMMARY_HEADERS = ["zoo part", "repair", "uses poisoned data", "BadNets repaired to the bar", "median ASR", "worst ASR",
                    "median clean drop", "worst clean drop", "guard fell back", "total time (s)"]
 
 
@@ -92,7 +93,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|" + "---|" * len(SUMMARY_HEADERS)]
     for row in summary_rows(rows):
         cells = [_cell(row[c], c) for c in SUMMARY_COLUMNS]
-        cells[2] = f"{row['meets_bar']} of {row['badnets']}"
+        cells[3] = f"{row['meets_bar']} of {row['badnets']}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

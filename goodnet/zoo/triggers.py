@@ -130,10 +130,11 @@ class WarpTrigger:
 
     Left out: the paper's "noise mode" (training images given random warps and their correct
     labels, to keep the backdoor from firing on any warp); it is a training-time regulariser of the
-    attacker's, not part of the trigger. The paper's strength 0.5 (about 0.2 pixel of mean
-    displacement on 28x28, 0.5 at most) is enough for the zoo's MNIST BadNet to pass its bar."""
+    attacker's, not part of the trigger. Strength 1.0 (about 0.4 pixel of mean displacement on
+    28x28, 1 at most), twice the paper's 0.5: with random-shift augmentation in training, 0.5
+    reached only 70 % ASR on the zoo's development small CNN; 1.0 over 30 epochs reached 98.6 %."""
 
-    strength: float = 0.5
+    strength: float = 1.0
     grid_size: int = 4
     seed: int = 2021
 
