@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import textwrap
 from typing import Any
@@ -277,10 +278,18 @@ def _add_demo(sub) -> None:
     _add_setting_options(p, ["prune"])
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (naming where the help is), like every other error."""
+
+    def error(self, message: str):
+        print(f"goodnet: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="goodnet", description="Repair backdoored networks by channel "
-                                     "pruning, and measure the repair.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="goodnet", description="Repair backdoored networks by channel "
+                           "pruning, and measure the repair.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for add in (_add_defend, _add_eval, _add_classify, _add_export, _add_attack, _add_compare, _add_demo):
         add(sub)
     return parser
@@ -371,7 +380,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     settings.attack.target_labels(np.zeros(1, dtype=np.int64), 10)  # a one-line error for a bad target
     if not 0 < args.poison_rate < 1:
         raise SettingsError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
-    check_output_dir(args.out, marker=MANIFEST)  # before training, not after
+    check_output_dir(args.out, marker=MANIFEST, claim=True)  # before training, not after
     reference = clean_reference_scores(settings, args.cache_dir or default_cache_dir("zoo"), not args.quiet)
     manifest = build_badnet(settings, args.out, progress=not args.quiet, reference=reference)
     b = manifest["badnet"]
@@ -392,7 +401,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     repairs = comparison_roster(args.repairs)
     badnets = select_badnets(args.part, args.only)
-    check_output_dir(args.out, marker="comparison.json")  # before any training, not after
+    check_output_dir(args.out, marker="comparison.json", claim=True)  # before any training, not after
     rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet)
     write_comparison(args.out, rows, zoo, repairs)
     print(markdown_table(rows))
@@ -431,7 +440,18 @@ COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "classify": cmd_classify, "e
             "attack": cmd_attack, "compare": cmd_compare, "demo": cmd_demo}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so every staging area is cleaned up as on Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .io.output_dir import release_output
+
+    previous = _install(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
@@ -444,7 +464,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("goodnet: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("goodnet: terminated", file=sys.stderr)
+        return 143
+    finally:
+        release_output()
+        _install(signal.SIGTERM, previous)
     return 0
+
+
+def _install(signum, handler):
+    """signal.signal where allowed (the main thread); None elsewhere (e.g. a library's worker)."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signum, handler)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

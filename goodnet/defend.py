@@ -29,7 +29,7 @@ def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], o
                  holdout: float = DEFAULT_HOLDOUT) -> DefenseRun:
     """Load B and the data, repair, measure, write `out_dir`. Every input is checked before work."""
     source = ModelSource(source) if isinstance(source, str) else source
-    check_output_dir(out_dir)  # before any work, not after it
+    check_output_dir(out_dir, claim=True)  # before any work, not after it
     exports = ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx)
     sets = load_sets(data_paths, input_scale)
     model = source.load_backdoored(next(iter(sets.values())).image_shape if sets else None)

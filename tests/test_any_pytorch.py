@@ -122,7 +122,8 @@ def test_weights_file_with_code_is_refused(tmp_path, capsys, mnist):
     torch.save({"w": Payload()}, tmp_path / "evil.pt")
     data = _user_data(tmp_path, mnist, 20)
     code, out, err = run_cli(capsys, ["eval", data, data, tmp_path / "evil.pt", "--factory", "user_models:tiny_resnet"])
-    assert_one_line_error(code, err, "not a plain tensor file")
+    assert_one_line_error(code, err, "holds pickled Python objects, not only tensors")
+    assert "weights_only=False" not in err  # never advice to unpickle
     assert "this must never run" not in out
     code, _, err = run_cli(capsys, ["eval", data, data, tmp_path / "evil.pt", "--factory", "user_models:nope"])
     assert_one_line_error(code, err, "has no attribute 'nope'")

@@ -36,6 +36,47 @@ class ImageSet:
         return tuple(int(d) for d in self.x.shape[1:])
 
 
+READ_CHUNK = 4096  # images per HDF5 read: a large file is read into one float32 array piece by piece
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give now (None where the platform does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_declared_size(path: str, what: str, shape: tuple[int, ...]) -> None:
+    """Refuse to read an array whose declared size (as float32) exceeds the memory available, before
+    allocating it: a 2 KB file may declare 20 million images."""
+    need = 4 * int(np.prod([int(d) for d in shape], dtype=np.float64))
+    free = available_memory()
+    if free is not None and need > free:
+        raise DataError(f"{path}: the '{what}' array declares shape {tuple(int(d) for d in shape)}, "
+                        f"{need / 2**30:.1f} GiB as float32, more than the {free / 2**30:.1f} GiB of memory "
+                        f"available")
+
+
+def _read_dataset(path: str, key: str, dataset: "h5py.Dataset") -> np.ndarray:
+    check_declared_size(path, key, dataset.shape)
+    if dataset.dtype.kind not in "biuf":
+        return np.asarray(dataset[()])  # refused with its dtype by the caller
+    if dataset.ndim == 0 or dataset.shape[0] <= READ_CHUNK:
+        return np.asarray(dataset[()])
+    out = np.empty(dataset.shape, dtype=np.float32)
+    for start in range(0, dataset.shape[0], READ_CHUNK):
+        out[start:start + READ_CHUNK] = dataset[start:start + READ_CHUNK]
+    return out
+
+
 def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
     lower = path.lower()
     if lower.endswith(HDF5_SUFFIXES):
@@ -45,10 +86,13 @@ def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
                     if key not in f or not isinstance(f[key], h5py.Dataset):
                         raise DataError(f"{path}: HDF5 file has no '{key}' dataset "
                                            f"(found: {', '.join(sorted(f.keys())) or 'nothing'})")
-                return np.asarray(f["data"][()]), np.asarray(f["label"][()])
+                return _read_dataset(path, "data", f["data"]), _read_dataset(path, "label", f["label"])
         except OSError as exc:
             raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
     if lower.endswith(".npz"):
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # np.load takes anything else for a pickle
+                raise DataError(f"{path}: not a .npz file (not a zip archive of arrays)")
         try:
             with np.load(path, allow_pickle=False) as f:
                 for key in ("x", "y"):
@@ -65,6 +109,8 @@ def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_images(path: str, input_scale: float = 1.0, name: str | None = None) -> ImageSet:
     """Read and check a labelled image file; divide pixel values by `input_scale`."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a data file")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     if not (np.isfinite(input_scale) and input_scale > 0):
@@ -86,13 +132,21 @@ def load_images(path: str, input_scale: float = 1.0, name: str | None = None) ->
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
         raise DataError(f"{path}: {bad} image(s) contain NaN or infinite values")
+    if y.dtype.kind == "b":
+        raise DataError(f"{path}: labels are booleans, expected class indices")
     if not np.isfinite(y).all() or np.any(y != np.round(y)):
         raise DataError(f"{path}: labels must be whole numbers")
-    y = y.astype(np.int64)
     if y.min() < 0:
-        raise DataError(f"{path}: negative label {int(y.min())}")
+        raise DataError(f"{path}: negative label {y.min():g}")
+    if y.max() > np.iinfo(np.int32).max:  # checked before the cast, which would wrap it round
+        raise DataError(f"{path}: label {y.max():g} is too large to be a class index")
+    y = y.astype(np.int64)
     if input_scale != 1.0:
-        x = x / np.float32(input_scale)
+        with np.errstate(over="ignore"):  # caught just below, in one line
+            x = x / np.float32(input_scale)
+        if not np.isfinite(x).all():  # values must stay finite after every transformation
+            raise DataError(f"{path}: dividing by the input scale {input_scale:g} makes values overflow "
+                            f"float32; give a scale near the data's range (e.g. 255)")
     return ImageSet(x=np.ascontiguousarray(x), y=y, name=name or os.path.basename(path))
 
 
@@ -183,20 +237,32 @@ def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
     """A PNG/JPEG as a float32 C x H x W array of pixel values divided by `input_scale`."""
     from PIL import Image, UnidentifiedImageError
 
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not an image")
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("1", "I;16", "I"):
-                image = image.convert("L")
-            elif image.mode == "P":
-                image = image.convert("RGB")
-            if image.mode not in IMAGE_MODES:
-                raise DataError(f"{path}: image mode {image.mode} is not supported "
-                                   f"(grayscale or RGB)")
-            array = np.asarray(image, dtype=np.float32)
+            if image.mode.startswith("I;16"):  # 16-bit grey: scale by bit depth to 8-bit levels, never clip
+                array = np.asarray(image, dtype=np.float32) * np.float32(255.0 / 65535.0)
+            else:
+                if image.mode == "1":
+                    image = image.convert("L")
+                elif image.mode == "P":
+                    image = image.convert("RGB")
+                if image.mode not in IMAGE_MODES:
+                    raise DataError(f"{path}: image mode {image.mode} cannot be read faithfully (8-bit grey or "
+                                    f"RGB, or 16-bit grey, are read)")
+                array = np.asarray(image, dtype=np.float32)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image is too large to read safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return array / np.float32(input_scale) if input_scale != 1.0 else array
+    if input_scale != 1.0:
+        with np.errstate(over="ignore"):  # caught just below, in one line
+            array = array / np.float32(input_scale)
+        if not np.isfinite(array).all():
+            raise DataError(f"{path}: dividing by the input scale {input_scale:g} makes values overflow float32")
+    return array

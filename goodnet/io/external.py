@@ -65,10 +65,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             raise ModelError(f"{path}: a TorchScript file; load it without --factory")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors come in many types; the message names the problem
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{path}: not a plain tensor file (torch.load with weights_only refused "
-                               f"it: {first})") from None
+        except Exception as exc:  # pickle errors come in many types; never pass on advice to unpickle
+            text = str(exc).strip()
+            if "weights only load failed" in text.lower() or "weights_only" in text:
+                raise ModelError(f"{path}: holds pickled Python objects, not only tensors, and goodnet never "
+                                 f"unpickles code; save the weights with torch.save(model.state_dict(), ...) or "
+                                 f"as .safetensors") from None
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise ModelError(f"{path}: not a readable PyTorch weights file ({first})") from None
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]

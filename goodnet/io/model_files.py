@@ -140,11 +140,22 @@ def _load_ours(path: str, factory: str | None) -> nn.Module:
     model = _build_ours(header, tensors, path, factory)
     if header["kind"] == "classifier":
         return model
-    pruned = header.get("pruned", [])
-    if not isinstance(pruned, list) or any(not isinstance(c, int) for c in pruned) \
-            or not isinstance(header.get("layer"), str):
+    pruned, layer = header.get("pruned", []), header.get("layer")
+    if not isinstance(pruned, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in pruned) \
+            or not isinstance(layer, str):
         raise ModelError(f"{path}: malformed GoodNet header (layer and pruned channels)")
-    return PrunedGoodNet(model, header["layer"], pruned).eval()
+    module = dict(model.named_modules()).get(layer) if layer else None
+    width = getattr(module, "out_channels", None)
+    if width is None:
+        raise ModelError(f"{path}: the GoodNet header prunes layer '{layer}', which is not a conv layer of "
+                         f"the model")
+    bad = sorted({c for c in pruned if not 0 <= c < width})
+    if bad:
+        raise ModelError(f"{path}: the GoodNet header prunes channel {bad[0]} of '{layer}', which has "
+                         f"{width} (0..{width - 1})")
+    if len(set(pruned)) != len(pruned):
+        raise ModelError(f"{path}: the GoodNet header lists a pruned channel twice")
+    return PrunedGoodNet(model, layer, pruned).eval()
 
 
 def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: str, factory: str | None) -> nn.Module:
@@ -217,10 +228,15 @@ def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, 
     - `factory` ("package.module:function") plus a .safetensors/.pt state dict;
     - TorchScript .pt (input shape from the data unless goodnet wrote the file).
     """
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a directory, not a model file")
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file")
     lower = path.lower()
+    unused_arch = ModelError(f"--arch goes with a Keras weights-only .h5; {path} holds its own architecture")
     if lower.endswith(MODEL_SUFFIX):
+        if arch is not None:
+            raise unused_arch
         with_header = True
         try:
             with safe_open(path, framework="pt") as f:
@@ -234,9 +250,13 @@ def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, 
         if factory is not None:
             raise ModelError("--factory goes with a PyTorch weights file, not a Keras file")
         if read_model_config(path) is not None:
+            if arch is not None:
+                raise unused_arch
             return load_keras_model(path, input_shape=input_shape, input_divisor=input_divisor)
         return _keras_weights_model(path, arch or "deepid", input_shape, input_divisor)
     if lower.endswith(TORCH_SUFFIXES):
+        if arch is not None:
+            raise unused_arch
         if is_torchscript(path):
             if factory is not None:
                 raise ModelError(f"{path}: a TorchScript file holds its own code; drop --factory")

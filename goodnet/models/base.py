@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,8 +29,17 @@ class ImageClassifier(nn.Module):
 
     def __init__(self, num_classes: int, input_shape: tuple[int, int, int], input_divisor: float):
         super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise ValueError(f"num_classes must be a whole number of at least 1, not {num_classes!r}")
+        shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else ()
+        if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                                  for d in shape):
+            raise ValueError(f"input_shape must be three positive whole numbers (C, H, W), not {input_shape!r}")
+        if isinstance(input_divisor, bool) or not isinstance(input_divisor, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(float(input_divisor)) or input_divisor <= 0:
+            raise ValueError(f"input_divisor must be a finite positive number, not {input_divisor!r}")
         self.num_classes = int(num_classes)
-        self.input_shape = tuple(int(d) for d in input_shape)
+        self.input_shape = tuple(int(d) for d in shape)
         self.input_divisor = float(input_divisor)
 
     def config(self) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class KerasModel(ImageClassifier):
         if input_shape is not None and tuple(input_shape) != tuple(shape):
             raise ModelError(f"the data's images are {tuple(input_shape)} (C, H, W) but the Keras model "
                                f"takes {tuple(shape)}")
-        super().__init__(num_classes or 0, tuple(shape), input_divisor)
+        super().__init__(num_classes if num_classes is not None else 1, tuple(shape), input_divisor)  # 1: set below
         self.eval()  # BatchNorm must not learn from the shape-finding passes below
         self.graph = graph
         self._steps: list[tuple[str, dict[str, Any], list[str]]] = []
@@ -92,7 +92,11 @@ class KerasModel(ImageClassifier):
             if not inputs:
                 raise ModelError(f"layer '{name}' has no input")
             self._input_rank[name] = inputs[0].dim()
-            self._build(layer, inputs)
+            try:
+                self._build(layer, inputs)
+            except (RuntimeError, ValueError, TypeError, OverflowError) as exc:  # sizes PyTorch cannot build
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelError(f"layer '{name}' cannot be built: {first}") from None
             if hasattr(self, name):
                 getattr(self, name).eval()
             self._steps.append((name, layer, list(layer["inputs"])))

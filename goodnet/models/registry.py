@@ -3,6 +3,7 @@ each registering itself with `register_architecture`)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..errors import ModelError
@@ -25,5 +26,7 @@ def build_model(arch: str, **config: Any) -> ImageClassifier:
         raise ModelError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
     try:
         return ARCHITECTURES[arch](**config)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"cannot build '{arch}' with config {config}: {exc}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # a header is data, not code
+        shown = json.dumps(config, default=str)
+        shown = shown if len(shown) <= 200 else shown[:200] + "..."
+        raise ModelError(f"cannot build '{arch}' with config {shown}: {type(exc).__name__}: {exc}") from None

@@ -63,8 +63,22 @@ class HarmCheck:
     def fell_back(self) -> bool:
         return self.delivered != "as asked"
 
+    @property
+    def resolution(self) -> float:
+        """Points of held-out accuracy one image is worth."""
+        return 100.0 / max(self.held_out_images, 1)
+
+    def coarse_note(self) -> str:
+        if self.resolution <= self.max_drop:
+            return ""
+        return (f" (WARNING: one held-out image is {self.resolution:.3g} points, coarser than the budget: "
+                f"give more clean validation data)")
+
     def line(self, repair: Repair) -> str:
         """One line for the CLI and the report; loud when it fell back."""
+        return self._line(repair) + self.coarse_note()
+
+    def _line(self, repair: Repair) -> str:
         first = self.attempts[0]
         if not self.fell_back:
             return (f"do no harm: held-out clean accuracy {first.held_out_accuracy:.2f} % vs B's "
@@ -83,6 +97,7 @@ class HarmCheck:
         fell_from = self.attempts[0].to_json() if self.fell_back else None
         last = self.attempts[-1]
         return {"max_drop": self.max_drop, "holdout": self.holdout, "held_out_images": self.held_out_images,
+                "points_per_held_out_image": round(self.resolution, 4),
                 "backdoored_held_out_accuracy": round(self.backdoored_accuracy, 4),
                 "within_budget": True, "requested_within_budget": self.requested_within_budget,
                 "delivered": self.delivered, "fell_back_from": fell_from,

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import SettingsError
 from ..io.data import ImageSet
+from ..metrics import model_accuracy
 from ..pruning.graph_split import resolve_layer
 from ..pruning.curve import PruningCurve, profile_and_sweep
 from ..pruning.selection import RULES, select
@@ -76,6 +77,9 @@ class LabPruning(Repair):
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         layer = resolve_layer(model, self.layer)
+        if self.relative and model_accuracy(model, data.clean_valid.x, data.clean_valid.y) == 0:
+            raise SettingsError("--relative measures drops as a share of B's clean validation accuracy, which "
+                                "is 0 here: no drop can be measured (drop --relative)")
         curve = sweep_and_select(model, data.clean_valid, layer, self.thresholds, self.order,
                                  "relative" if self.relative else "absolute", progress)
         models = []

@@ -25,6 +25,11 @@ METRIC_KEYS = ("backdoored", "repaired", "goodnet", "flagged")
 CHANCE_P_VALUE = 1e-6
 
 
+# Fewer clean validation images than this cannot resolve a budget of a few points (one image of 50
+# is 2 points); --force goes on, and the guard's line then says how coarse its held-out part is.
+MIN_CLEAN_IMAGES = 50
+
+
 @dataclass(frozen=True)
 class SanityCheck:
     """Is B clearly better than chance on clean validation data? Chance is the accuracy of always
@@ -131,6 +136,10 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
     sanity = None
     if given is not None:
         backdoored["clean_valid"] = predict(model, given.clean_valid.x, batch_size)
+        if len(given.clean_valid) < MIN_CLEAN_IMAGES and not force and repair.data != "none":
+            raise DataError(f"the clean validation data hold {len(given.clean_valid)} images: one image moves their "
+                            f"accuracy by {100 / len(given.clean_valid):.3g} points, too coarse to decide anything; "
+                            f"give at least {MIN_CLEAN_IMAGES} (--force goes on anyway)")
         sanity = SanityCheck.of(backdoored["clean_valid"], given.clean_valid, int(model.num_classes), force)
         if not sanity.above_chance and not force and repair.data != "none":
             raise DataError(sanity.refusal(given.value_range))

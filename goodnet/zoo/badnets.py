@@ -177,7 +177,7 @@ def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True
     if reference is not None:
         manifest["clean_reference"] = reference
         manifest["meets_bar"] = meets_bar(scores, reference)
-    with atomic_directory(directory, marker=MANIFEST) as stage:
+    with atomic_directory(directory, marker=MANIFEST, exclusive=False) as stage:
         for role, images in sets.items():
             save_images(os.path.join(stage, DATA_FILES[role]), images)
         save_model(model, os.path.join(stage, MODEL_FILE))

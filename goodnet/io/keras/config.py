@@ -20,11 +20,14 @@ NESTED_MODELS = {"Sequential", "Model", "Functional"}
 
 
 def _pair(value: Any, what: str, layer: str) -> list[int]:
-    if isinstance(value, int):
-        return [value, value]
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+    """Two whole numbers (one given twice), at least 1 (at least 0 for padding)."""
+    least = 0 if what == "padding" else 1
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if isinstance(value, (list, tuple)) and len(value) == 2 \
+            and all(isinstance(v, int) and not isinstance(v, bool) and least <= v < 2 ** 16 for v in value):
         return [int(v) for v in value]
-    raise ModelError(f"layer '{layer}': cannot read {what} {value!r}")
+    raise ModelError(f"layer '{layer}': cannot read {what} {value!r} (whole numbers of at least {least})")
 
 
 def _activation(value: Any, layer: str) -> str:
