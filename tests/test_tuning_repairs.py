@@ -59,7 +59,7 @@ def test_feature_shift_tuning_pushes_the_head_away_from_b(demo_run):
     assert outcome.details["head_cosine_to_b"] < unpushed.details["head_cosine_to_b"] - 0.1
     _, head = classifier_head(outcome.models[0].model, torch.from_numpy(clean.x[:2]))
     _, original = classifier_head(model, torch.from_numpy(clean.x[:2]))
-    assert float(head.weight.norm()) <= float(original.weight.norm()) + 1e-4  # the norm is capped at B's
+    assert float(head.weight.detach().norm()) <= float(original.weight.detach().norm()) + 1e-4  # capped at B's
 
 
 @pytest.mark.parametrize("value_range", [(0.0, 255.0), (0.0, 1.0), (-1.0, 1.0)])

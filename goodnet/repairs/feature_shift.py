@@ -11,15 +11,15 @@ shrinking w). Schedule and augmentation are fine-tune's, so the two rows differ 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..models.training import fine_tune
-from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
+from .base import RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
+from .schedule import TuningSchedule
 
 
 def classifier_head(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn.Linear]:
@@ -44,21 +44,12 @@ def classifier_head(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn.Lin
 
 @register_repair
 @dataclass(frozen=True)
-class FeatureShiftTuning(Repair):
+class FeatureShiftTuning(TuningSchedule):
     name = "fst"
     description = ("Feature Shift Tuning (Min et al. 2023): re-initialise the classifier head and fine-tune "
                    "everything while pushing the head away from B's")
 
     alpha: float = setting(0.2, "weight of the penalty <w, w_B> between the new head and B's", low=0.0)
-    epochs: int = setting(40, "fine-tuning epochs", low=1)
-    lr: float = setting(0.05, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
-    momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
-    weight_decay: float = setting(5e-4, "SGD weight decay", low=0.0)
-    seed: int = setting(0, "seed of the repair's random choices and training")
-
-    def milder(self) -> list[Repair]:
-        """A lower rate, then also fewer epochs (the head must be relearnt, so the penalty stays)."""
-        return [replace(self, lr=self.lr / k, epochs=max(1, self.epochs // e)) for k, e in ((2, 1), (4, 2), (10, 4))]
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         tuned = copy.deepcopy(model)
@@ -77,10 +68,8 @@ class FeatureShiftTuning(Repair):
                 if norm > limit:
                     head.weight.mul_(limit / norm)
 
-        tuned = fine_tune(tuned, data.clean_valid.x, data.clean_valid.y, self.epochs, self.seed, lr=self.lr,
-                          momentum=self.momentum, weight_decay=self.weight_decay, value_range=data.value_range,
-                          penalty=penalty, after_step=keep_norm,
-                          progress="feature-shift tuning" if progress else None)
+        tuned = self.tune(tuned, data.clean_valid.x, data.clean_valid.y, data.value_range,
+                          "feature-shift tuning" if progress else None, penalty=penalty, after_step=keep_norm)
         shift = float(torch.nn.functional.cosine_similarity(head.weight.detach().flatten(), original.flatten(),
                                                             dim=0))
         return RepairOutcome(

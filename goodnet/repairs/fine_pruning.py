@@ -17,18 +17,18 @@ from torch import nn
 
 from ..errors import SettingsError
 from ..metrics import model_accuracy
-from ..models.training import fine_tune
 from ..pruning.graph_split import following_batchnorm, resolve_layer
 from ..pruning.profiling import activation_order
 from ..pruning.zeroing import pruned_copy, zero_channels
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .lab_pruning import lab_pruning_channels
 from .registry import register_repair
+from .schedule import TuningSchedule
 
 
 @register_repair
 @dataclass(frozen=True)
-class FinePruning(Repair):
+class FinePruning(TuningSchedule):
     name = "fine-prune"
     description = ("fine-pruning (Liu et al. 2018): the lab's pruning of --layer at each candidate budget, then "
                    "fine-tuning on clean validation data; a held-out share picks the candidate")
@@ -41,11 +41,6 @@ class FinePruning(Repair):
     fractions: tuple[float, ...] = setting(
         (), "further candidates: prune this share of --layer's channels (e.g. 0.5 0.8)", low=0.0, low_open=True,
         high=1.0)
-    epochs: int = setting(40, "fine-tuning epochs", low=1)
-    lr: float = setting(0.05, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
-    momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
-    weight_decay: float = setting(5e-4, "SGD weight decay", low=0.0)
-    seed: int = setting(0, "seed of the repair's random choices and training")
 
     def check(self) -> None:
         if not self.budgets and not self.fractions:
@@ -55,8 +50,8 @@ class FinePruning(Repair):
 
     def milder(self) -> list[Repair]:
         """Fewer channels and a lower rate, then also fewer epochs."""
-        return [replace(self, budgets=tuple(b / k for b in self.budgets), fractions=tuple(f / k for f in self.fractions),
-                        lr=self.lr / k, epochs=max(1, self.epochs // e)) for k, e in ((2, 1), (4, 2), (10, 4))]
+        return [replace(self.slower(k, e), budgets=tuple(b / k for b in self.budgets),
+                        fractions=tuple(f / k for f in self.fractions)) for k, e in self.RATE_STEPS]
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         layer = resolve_layer(model, self.layer)
@@ -69,11 +64,9 @@ class FinePruning(Repair):
         candidates = []
         for label, channels in plans:
             torch.manual_seed(self.seed)
-            tuned = fine_tune(pruned_copy(model, layer, channels), fit.x, fit.y, self.epochs, self.seed,
-                              lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                              value_range=data.value_range,
-                              after_step=lambda m, c=channels: zero_channels(m, layer, c, bn),
-                              progress=f"fine-tuning ({label})" if progress else None)
+            tuned = self.tune(pruned_copy(model, layer, channels), fit.x, fit.y, data.value_range,
+                              f"fine-tuning ({label})" if progress else None,
+                              after_step=lambda m, c=channels: zero_channels(m, layer, c, bn))
             candidates.append((model_accuracy(tuned, held.x, held.y), -len(channels), label, channels, tuned))
         best = max(candidates, key=lambda c: c[:2])  # ties: fewer channels pruned
         return RepairOutcome([RepairedModel(self.name, best[4], {layer: best[3]}, weights_changed=True)], {

@@ -16,15 +16,15 @@ well on the two ResNets at twice the cost. On its DeepID the rate had to come do
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.training import fine_tune
-from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
+from .base import RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
+from .schedule import TuningSchedule
 
 
 class UniversalPerturbation:
@@ -59,7 +59,7 @@ class UniversalPerturbation:
 
 @register_repair
 @dataclass(frozen=True)
-class PerturbationUnlearning(Repair):
+class PerturbationUnlearning(TuningSchedule):
     name = "unlearn-uap"
     description = ("unlearn universal adversarial perturbations found on clean data (after i-BAU, Zeng et al. "
                    "2022): fine-tuning on clean images with and without the perturbation that fools B most")
@@ -68,17 +68,11 @@ class PerturbationUnlearning(Repair):
                             low=0.0, low_open=True, high=1.0)
     steps: int = setting(2, "gradient-ascent steps on the perturbation per batch", low=1)
     weight: float = setting(1.0, "weight of the loss on perturbed images", low=0.0)
-    epochs: int = setting(40, "fine-tuning epochs", low=1)
-    lr: float = setting(0.05, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
-    momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
-    weight_decay: float = setting(5e-4, "SGD weight decay", low=0.0)
-    seed: int = setting(0, "seed of the repair's random choices and training")
 
-    def milder(self) -> list[Repair]:
-        """A five times lower rate, then also fewer epochs. Steps of 5 because on the development
-        zoo's DeepID (raw pixels, no BatchNorm) 0.05 and 0.025 cost 11.5 and 4 held-out points while
-        0.01 kept it within 0.5; on the small CNNs 0.01 left 2.8-3.3 % ASR where 0.05 left under 1 %."""
-        return [replace(self, lr=self.lr / k, epochs=max(1, self.epochs // e)) for k, e in ((5, 1), (25, 2), (50, 4))]
+    # milder: a five times lower rate, then also fewer epochs. Steps of 5 because on the development
+    # zoo's DeepID (raw pixels, no BatchNorm) 0.05 and 0.025 cost 11.5 and 4 held-out points while
+    # 0.01 kept it within 0.5; on the small CNNs 0.01 left 2.8-3.3 % ASR where 0.05 left under 1 %.
+    RATE_STEPS = ((5, 1), (25, 2), (50, 4))
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
@@ -89,9 +83,8 @@ class PerturbationUnlearning(Repair):
             delta = adversary.attack(tuned, x, y)
             return self.weight * F.cross_entropy(tuned(adversary.apply(x, delta)), y)
 
-        tuned = fine_tune(copy.deepcopy(model), clean.x, clean.y, self.epochs, self.seed, lr=self.lr,
-                          momentum=self.momentum, weight_decay=self.weight_decay, value_range=data.value_range,
-                          penalty=penalty, progress="unlearning perturbations" if progress else None)
+        tuned = self.tune(copy.deepcopy(model), clean.x, clean.y, data.value_range,
+                          "unlearning perturbations" if progress else None, penalty=penalty)
         rms = float(adversary.delta.pow(2).mean().sqrt()) / (adversary.high - adversary.low)
         return RepairOutcome([RepairedModel(self.name, tuned, {}, weights_changed=True)],
                              {"fitted_on": len(clean), "last_perturbation_rms": round(rms, 4)})
