@@ -119,6 +119,7 @@ def files(demo_run, tmp_path_factory):
         f.create_dataset("label", shape=(200_000_000,), dtype="int64")
     p["declared"] = str(d / "declared.h5")
     p["text_npz"] = put("text.npz", b"x,y\n1,2\n")
+    p["zip_header_npz"] = put("bad.npz", b"PK\x03\x04")  # a zip's magic and nothing else
     np.savez(d / "pickled.npz", x=np.array([object()], dtype=object), y=np.zeros(1))
     p["pickled_npz"] = str(d / "pickled.npz")
     np.savez(d / "noy.npz", x=x)
@@ -139,6 +140,9 @@ def files(demo_run, tmp_path_factory):
                                     lambda m: m["config"].__setitem__("num_classes", 0))
     p["shape_bad"] = _rewrite_header(model, str(d / "shape.safetensors"),
                                      lambda m: m["config"].__setitem__("input_shape", [1, -28, 28]))
+    p["width_absurd"] = _rewrite_header(model, str(d / "width.safetensors"),
+                                        lambda m: m["config"].__setitem__("width", 10 ** 7))
+    p["arch_not_text"] = _rewrite_header(model, str(d / "archlist.safetensors"), lambda m: m.__setitem__("arch", []))
     p["arch_unknown"] = _rewrite_header(model, str(d / "arch.safetensors"), lambda m: m.__setitem__("arch", "vgg99"))
     p["kind_unknown"] = _rewrite_header(model, str(d / "kind.safetensors"), lambda m: m.__setitem__("kind", "zip"))
     p["range_bad"] = _rewrite_header(model, str(d / "range.safetensors"),
@@ -238,6 +242,7 @@ CASES = [
     ("data-declares-too-much", _defend("{model}", "{declared}"), "more than the"),
     ("data-text-npz", _defend("{model}", "{text_npz}"), "not a .npz file"),
     ("data-pickled-npz", _defend("{model}", "{pickled_npz}"), "without pickle"),
+    ("data-npz-truncated-zip", _defend("{model}", "{zip_header_npz}"), "not a readable .npz"),
     ("data-npz-no-y", _defend("{model}", "{noy_npz}"), "no 'y' array"),
     ("data-too-few", _defend("{model}", "{few}"), "give at least 50"),
     ("data-unknown-suffix", _defend("{model}", "{a_file}"), "unknown data format"),
@@ -275,6 +280,8 @@ CASES = [
     ("header-classes-zero", _defend("{classes0}"), "num_classes must be"),
     ("header-shape-negative", _defend("{shape_bad}"), "input_shape must be"),
     ("header-arch-unknown", _defend("{arch_unknown}"), "unknown architecture 'vgg99'"),
+    ("header-arch-not-text", _defend("{arch_not_text}"), "malformed goodnet header"),
+    ("header-width-absurd", _defend("{width_absurd}"), "expects (10000000,"),
     ("header-kind-unknown", _defend("{kind_unknown}"), "unknown model kind"),
     ("header-range-reversed", _defend("{range_bad}"), "malformed input_range"),
     ("header-pruned-negative", _eval("{pruned_neg}"), "prunes channel -1"),

@@ -8,6 +8,8 @@ stored (the lab's model takes raw 0..255 pixels) unless an explicit divisor is g
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import h5py
@@ -100,9 +102,11 @@ def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
                         raise DataError(f"{path}: .npz file has no '{key}' array "
                                            f"(found: {', '.join(f.files) or 'nothing'})")
                 return f["x"], f["y"]
-        except ValueError as exc:  # object arrays need pickle, which we refuse
-            raise DataError(f"{path}: cannot read .npz without pickle ({exc})") from None
-        except (OSError, EOFError) as exc:
+        except ValueError as exc:  # object arrays need pickle, which we refuse; or a damaged array header
+            if "pickle" in str(exc):
+                raise DataError(f"{path}: cannot read .npz without pickle ({exc})") from None
+            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     raise DataError(f"{path}: unknown data format (expected .h5/.hdf5 with data/label or .npz with x/y)")
 

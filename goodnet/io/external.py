@@ -87,6 +87,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str, owner: str) -> None:
     """load_state_dict, with one-line errors naming the first mismatches instead of a traceback."""
+    check_state_shapes(model, state, source, owner)
+    model.load_state_dict(state)
+
+
+def check_state_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str, owner: str) -> None:
+    """Refuse, in one line, a state whose names or shapes differ from `model`'s (which may live on
+    the meta device: nothing is allocated)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -97,7 +104,6 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
         if value.shape != expected[name].shape:
             raise ModelError(f"{source}: '{name}' has shape {tuple(value.shape)}, {owner} expects "
                                f"{tuple(expected[name].shape)}")
-    model.load_state_dict(state)
 
 
 def describe(model: nn.Module, input_shape: tuple[int, ...], source: str) -> nn.Module:

@@ -28,8 +28,8 @@ from torch import nn
 from ..errors import ModelError
 from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
-from .external import (TORCH_SUFFIXES, is_torchscript, load_factory_model, load_state_checked,
-                       load_torchscript)
+from .external import (TORCH_SUFFIXES, check_state_shapes, is_torchscript, load_factory_model,
+                       load_state_checked, load_torchscript)
 from .keras.files import load_keras_model, read_architecture, read_model_config
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
 
@@ -117,7 +117,8 @@ def _parse_header(meta: str, path: str) -> dict[str, Any]:
     except ValueError:
         header = None
     if not isinstance(header, dict) or not all(k in header for k in ("arch", "config", "kind")) \
-            or not isinstance(header["config"], dict):
+            or not isinstance(header["config"], dict) or not isinstance(header["arch"], str) \
+            or not isinstance(header["kind"], str):
         raise ModelError(f"{path}: malformed goodnet header")
     if header["kind"] not in ("classifier", "goodnet"):
         raise ModelError(f"{path}: unknown model kind '{header['kind']}'")
@@ -167,8 +168,18 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
         config = header["config"]
         model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
     else:
+        owner = f"the '{header['arch']}' architecture"
+        if header["arch"] != "keras":  # sizes come from the header: check them on the meta device first,
+            try:                     # so an absurd width is refused without allocating it
+                with torch.device("meta"):
+                    probe = build_model(header["arch"], **header["config"])
+            except ModelError:
+                raise
+            except RuntimeError as exc:
+                raise ModelError(f"{path}: cannot build {owner} from its header ({str(exc).splitlines()[0]})") from None
+            check_state_shapes(probe, tensors, path, owner)
         model = build_model(header["arch"], **header["config"])
-        load_state_checked(model, tensors, path, f"the '{header['arch']}' architecture")
+        load_state_checked(model, tensors, path, owner)
     if "input_range" in header:
         model.input_range = _input_range(header["input_range"], path)
     return model.eval()
