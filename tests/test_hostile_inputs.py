@@ -164,6 +164,10 @@ def files(demo_run, tmp_path_factory):
     p["k_huge_kernel"] = _keras(str(d / "k4.h5"), _sequential(_conv([10 ** 9, 3])))
     p["k_lambda"] = _keras(str(d / "k5.h5"), _sequential({"class_name": "Lambda", "config": {
         "name": "l", "function": ["gANjYnVpbHRpbnMKcHJpbnQKcQAu", None, None]}}))
+    conv = _conv([3, 3])
+    conv["config"]["filters"] = 10 ** 9
+    p["k_huge_filters"] = _keras(str(d / "k8.h5"), _sequential(conv, {"class_name": "Flatten",
+                                                                     "config": {"name": "f"}}))
     p["k_class"] = _keras(str(d / "k6.h5"), {"class_name": "Pipeline", "config": {}})
     p["k_not_json"] = str(d / "k7.h5")
     with h5py.File(p["k_not_json"], "w") as f:
@@ -294,6 +298,7 @@ CASES = [
     ("keras-negative-kernel", _eval("{k_neg_kernel}"), "cannot read kernel_size"),
     ("keras-bool-kernel", _eval("{k_bool_kernel}"), "cannot read kernel_size"),
     ("keras-huge-kernel", _eval("{k_huge_kernel}"), "cannot read kernel_size"),
+    ("keras-huge-filters", _eval("{k_huge_filters}"), "GiB of weights, more than the"),
     ("keras-lambda", _eval("{k_lambda}"), "Lambda"),
     ("keras-unknown-class", _eval("{k_class}"), "is not supported"),
     ("keras-not-json", _eval("{k_not_json}"), "not a Keras model description"),

@@ -173,3 +173,30 @@ def test_any_keras_model_config_parses_or_is_refused(config):
     graph = _read(parse_model_config, json.dumps(config), "model.h5")
     if graph is not None:
         assert isinstance(graph["layers"], list)
+
+
+WEIGHT = hnp.arrays(st.sampled_from([np.float32, np.float64, np.int32, np.bool_]),
+                    hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))
+
+
+@SETTINGS
+@given(layers=st.dictionaries(st.sampled_from(["conv_1", "conv_2", "fc_1", "output", "x/y", "other"]),
+                              st.dictionaries(st.sampled_from(["kernel:0", "bias:0", "gamma:0", "odd"]), WEIGHT,
+                                              max_size=3), max_size=5),
+       listed=st.lists(st.sampled_from(["conv_1", "conv_2", "fc_1", "output", "missing"]), max_size=5),
+       arch=st.sampled_from(["small_cnn", "deepid"]))
+def test_any_keras_weights_file_loads_or_is_refused(layers, listed, arch):
+    path = _scratch(".h5")
+    try:
+        with h5py.File(path, "w") as f:
+            names = list(dict.fromkeys([*layers, *listed]))
+            f.attrs["layer_names"] = [n.encode() for n in names]
+            for name, weights in layers.items():
+                group = f.require_group(name)
+                group.attrs["weight_names"] = [f"{name}/{w}".encode() for w in weights]
+                for w, value in weights.items():
+                    group[f"{name}/{w}"] = value
+        shape = (1, 28, 28) if arch == "small_cnn" else (3, 55, 47)
+        _read(load_model, path, arch, shape)
+    finally:
+        os.unlink(path)

@@ -91,6 +91,26 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state)
 
 
+def refuse_oversized(build, source: str) -> None:
+    """Build the model on the meta device (nothing allocated) and refuse it in one line if its
+    weights would not fit in the memory available: sizes in a file are data, possibly absurd. A
+    model whose construction cannot run on the meta device is left to the real build."""
+    from .data import available_memory
+
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except ModelError:
+        raise
+    except Exception:  # noqa: BLE001 - not every construction runs on meta; the real build will tell
+        return
+    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    free = available_memory()
+    if free is not None and need > free:
+        raise ModelError(f"{source}: the architecture declares {need / 2**30:.1f} GiB of weights, more than the "
+                         f"{free / 2**30:.1f} GiB of memory available")
+
+
 def check_state_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str, owner: str) -> None:
     """Refuse, in one line, a state whose names or shapes differ from `model`'s (which may live on
     the meta device: nothing is allocated)."""

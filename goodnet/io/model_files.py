@@ -29,7 +29,7 @@ from ..errors import ModelError
 from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
 from .external import (TORCH_SUFFIXES, check_state_shapes, is_torchscript, load_factory_model,
-                       load_state_checked, load_torchscript)
+                       load_state_checked, load_torchscript, refuse_oversized)
 from .keras.files import load_keras_model, read_architecture, read_model_config
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
 
@@ -169,8 +169,12 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
         model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
     else:
         owner = f"the '{header['arch']}' architecture"
-        if header["arch"] != "keras":  # sizes come from the header: check them on the meta device first,
-            try:                     # so an absurd width is refused without allocating it
+        # sizes come from the header: check them on the meta device first, so an absurd width is
+        # refused without allocating it
+        if header["arch"] == "keras":
+            refuse_oversized(lambda: build_model("keras", **header["config"]), path)
+        else:
+            try:
                 with torch.device("meta"):
                     probe = build_model(header["arch"], **header["config"])
             except ModelError:

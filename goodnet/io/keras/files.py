@@ -12,6 +12,7 @@ import h5py
 from ...errors import ModelError
 from .config import parse_model_config
 from ...models.keras_graph import KerasModel
+from ..external import refuse_oversized
 from .weights import load_keras_weights, read_keras_weights
 
 
@@ -50,8 +51,9 @@ def load_keras_model(path: str, graph: dict[str, Any] | None = None,
     if input_shape is not None and shape is not None and None not in shape and tuple(shape) != tuple(input_shape):
         raise ModelError(f"{path}: the model takes {tuple(shape)} (C, H, W) images, the data has "
                            f"{tuple(input_shape)}")
-    model = KerasModel(graph, input_shape=None if shape is not None and None not in shape else input_shape,
-                       input_divisor=input_divisor)
+    fixed = None if shape is not None and None not in shape else input_shape
+    refuse_oversized(lambda: KerasModel(graph, input_shape=fixed, input_divisor=input_divisor), path)
+    model = KerasModel(graph, input_shape=fixed, input_divisor=input_divisor)
     load_keras_weights(model, read_keras_weights(path), path)
     return model.eval()
 
