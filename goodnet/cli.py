@@ -164,11 +164,11 @@ def _add_defend(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="repair even when B is not clearly better than chance on the clean validation data "
                         "(the report then says so); by default that stops before any work")
-    p.add_argument("--max-drop", type=_budget, default=2.0,
+    p.add_argument("--max-drop", type=_budget, default=None,
                    help="do no harm: the most points of held-out clean accuracy a repair may cost; past it the "
                         "repair is retried with milder settings, then B is handed back unchanged (default: 2; "
                         "every repair but prune and channels)")
-    p.add_argument("--holdout", type=_share, default=0.2,
+    p.add_argument("--holdout", type=_share, default=None,
                    help="share of every class of --clean-valid held out to judge the repair on; the repair fits "
                         "on the rest (default: 0.2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -308,15 +308,22 @@ def _print_run(run, out: str) -> None:
 def cmd_defend(args: argparse.Namespace) -> None:
     from .defend import defend_files
     from .repairs import build_repair
+    from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
 
     given = _given_settings(args)
     name = args.repair or ("channels" if "channels" in given else "prune")
     repair = build_repair(name, given)
+    guard = {"--max-drop": args.max_drop, "--holdout": args.holdout}
+    unused = [option for option, value in guard.items() if value is not None]
+    if unused and not repair.guarded:
+        raise SettingsError(f"{' and '.join(unused)} set the do-no-harm guard, which the {name} repair does not use "
+                            f"(its budgets are its own settings); drop {' and '.join(unused)}")
     paths = {"clean_valid": args.clean_valid, "poisoned_valid": args.poisoned_valid,
              "clean_test": args.clean_test, "poisoned_test": args.poisoned_test}
     run = defend_files(_source(args, args.model), paths, args.out, repair, input_scale=args.input_scale,
-                       onnx=args.onnx, progress=not args.quiet, force=args.force, max_drop=args.max_drop,
-                       holdout=args.holdout)
+                       onnx=args.onnx, progress=not args.quiet, force=args.force,
+                       max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
+                       holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout)
     _print_run(run, args.out)
 
 

@@ -275,6 +275,9 @@ CASES = [
     ("layer-unknown", _defend("{model}", "{clean}", "--layer", "conv_9"), "no layer named 'conv_9'"),
     ("layer-not-conv", _defend("{model}", "{clean}", "--layer", "fc_1"), "not a Conv2d"),
     ("thresholds-zero", _defend("{model}", "{clean}", "--thresholds", "0"), "thresholds"),
+    ("guard-option-on-prune", _defend("{model}", "{clean}", "--max-drop", "5"), "does not use"),
+    ("guard-option-on-channels", _defend("{model}", "{clean}", "--channels", "1", "--holdout", "0.3"),
+     "does not use"),
     ("oracle-without-poisoned", _defend("{model}", "{clean}", "--repair", "attack-aware"), "poisoned"),
     # model headers (data, never code)
     ("header-divisor-zero", _defend("{div0}"), "input_divisor must be a finite positive"),
