@@ -224,6 +224,7 @@ CASES = [
     ("model-factory-on-keras", _defend("{k_neg_kernel}", "{clean}", "--factory", "os:getcwd"),
      "--factory goes with a PyTorch"),
     ("model-goodnet-as-b", _defend("{goodnet}"), "is a GoodNet"),
+    ("model-factory-on-ours", _eval("{model}") + ["--factory", "user_models:tiny_resnet"], "drop --factory"),
     ("eval-model-directory", _eval("{model_dir}"), "is a directory, not a model file"),
     # data files
     ("data-missing", _defend("{model}", "{dir}/absent.h5"), "no such file"),

@@ -168,6 +168,9 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
         config = header["config"]
         model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
     else:
+        if factory is not None:
+            raise ModelError(f"{path}: --factory goes with weights of a class of your own; this goodnet file names "
+                             f"its architecture ('{header['arch']}'); drop --factory")
         owner = f"the '{header['arch']}' architecture"
         # sizes come from the header: check them on the meta device first, so an absurd width is
         # refused without allocating it
