@@ -69,10 +69,8 @@ def check_declared_size(path: str, what: str, shape: tuple[int, ...]) -> None:
 
 def _read_dataset(path: str, key: str, dataset: "h5py.Dataset") -> np.ndarray:
     check_declared_size(path, key, dataset.shape)
-    if dataset.dtype.kind not in "biuf":
-        return np.asarray(dataset[()])  # refused with its dtype by the caller
-    if dataset.ndim == 0 or dataset.shape[0] <= READ_CHUNK:
-        return np.asarray(dataset[()])
+    if dataset.dtype.kind not in "biuf" or dataset.ndim == 0 or dataset.shape[0] <= READ_CHUNK:
+        return np.asarray(dataset[()])  # small, or not numbers (refused with its dtype by the caller)
     out = np.empty(dataset.shape, dtype=np.float32)
     for start in range(0, dataset.shape[0], READ_CHUNK):
         out[start:start + READ_CHUNK] = dataset[start:start + READ_CHUNK]
@@ -145,13 +143,20 @@ def load_images(path: str, input_scale: float = 1.0, name: str | None = None) ->
     if y.max() > np.iinfo(np.int32).max:  # checked before the cast, which would wrap it round
         raise DataError(f"{path}: label {y.max():g} is too large to be a class index")
     y = y.astype(np.int64)
-    if input_scale != 1.0:
-        with np.errstate(over="ignore"):  # caught just below, in one line
-            x = x / np.float32(input_scale)
-        if not np.isfinite(x).all():  # values must stay finite after every transformation
-            raise DataError(f"{path}: dividing by the input scale {input_scale:g} makes values overflow "
-                            f"float32; give a scale near the data's range (e.g. 255)")
-    return ImageSet(x=np.ascontiguousarray(x), y=y, name=name or os.path.basename(path))
+    return ImageSet(x=np.ascontiguousarray(_divided(x, input_scale, path)), y=y, name=name or os.path.basename(path))
+
+
+def _divided(x: np.ndarray, input_scale: float, path: str) -> np.ndarray:
+    """`x` / `input_scale`, refused in one line if a value stops being finite: values must stay
+    finite after every transformation, not only as stored."""
+    if input_scale == 1.0:
+        return x
+    with np.errstate(over="ignore"):  # caught just below, in one line
+        x = x / np.float32(input_scale)
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: dividing by the input scale {input_scale:g} makes values overflow "
+                        f"float32; give a scale near the data's range (e.g. 255)")
+    return x
 
 
 def load_sets(paths: dict[str, str | None], input_scale: float = 1.0) -> dict[str, ImageSet]:
@@ -263,10 +268,4 @@ def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
         raise DataError(f"{path}: image is too large to read safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    if input_scale != 1.0:
-        with np.errstate(over="ignore"):  # caught just below, in one line
-            array = array / np.float32(input_scale)
-        if not np.isfinite(array).all():
-            raise DataError(f"{path}: dividing by the input scale {input_scale:g} makes values overflow float32")
-    return array
+    return _divided(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), input_scale, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 import zipfile
 from typing import Any
 
@@ -91,18 +92,27 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state)
 
 
-def refuse_oversized(build, source: str) -> None:
-    """Build the model on the meta device (nothing allocated) and refuse it in one line if its
-    weights would not fit in the memory available: sizes in a file are data, possibly absurd. A
-    model whose construction cannot run on the meta device is left to the real build."""
-    from .data import available_memory
-
+def on_meta(build) -> nn.Module | None:
+    """`build()` on the meta device, where nothing is allocated: sizes in a file are data, possibly
+    absurd, so they are checked on this probe first. None when the construction cannot run on meta
+    (the real build then tells); a ModelError (bad input) passes through."""
     try:
-        with torch.device("meta"):
-            probe = build()
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on zero-element tensors: the checks speak
+            return build()
     except ModelError:
         raise
-    except Exception:  # noqa: BLE001 - not every construction runs on meta; the real build will tell
+    except Exception:  # noqa: BLE001 - not every construction runs on meta
+        return None
+
+
+def refuse_oversized(build, source: str) -> None:
+    """Refuse in one line a model whose weights (sized on the meta device) would not fit in the
+    memory available."""
+    from .data import available_memory
+
+    probe = on_meta(build)
+    if probe is None:
         return
     need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
     free = available_memory()

@@ -29,7 +29,7 @@ from ..errors import ModelError
 from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
 from .external import (TORCH_SUFFIXES, check_state_shapes, is_torchscript, load_factory_model,
-                       load_state_checked, load_torchscript, refuse_oversized)
+                       load_state_checked, load_torchscript, on_meta)
 from .keras.files import load_keras_model, read_architecture, read_model_config
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
 
@@ -172,18 +172,10 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
             raise ModelError(f"{path}: --factory goes with weights of a class of your own; this goodnet file names "
                              f"its architecture ('{header['arch']}'); drop --factory")
         owner = f"the '{header['arch']}' architecture"
-        # sizes come from the header: check them on the meta device first, so an absurd width is
-        # refused without allocating it
-        if header["arch"] == "keras":
-            refuse_oversized(lambda: build_model("keras", **header["config"]), path)
-        else:
-            try:
-                with torch.device("meta"):
-                    probe = build_model(header["arch"], **header["config"])
-            except ModelError:
-                raise
-            except RuntimeError as exc:
-                raise ModelError(f"{path}: cannot build {owner} from its header ({str(exc).splitlines()[0]})") from None
+        # sizes come from the header: check them against the file's tensors on the meta device
+        # first, so an absurd width is refused without allocating it
+        probe = on_meta(lambda: build_model(header["arch"], **header["config"]))
+        if probe is not None:
             check_state_shapes(probe, tensors, path, owner)
         model = build_model(header["arch"], **header["config"])
         load_state_checked(model, tensors, path, owner)

@@ -26,7 +26,9 @@ def build_model(arch: str, **config: Any) -> ImageClassifier:
         raise ModelError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
     try:
         return ARCHITECTURES[arch](**config)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # a header is data, not code
+    # a header is data, not code; RuntimeError: sizes PyTorch cannot build (a negative width)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
         shown = json.dumps(config, default=str)
         shown = shown if len(shown) <= 200 else shown[:200] + "..."
-        raise ModelError(f"cannot build '{arch}' with config {shown}: {type(exc).__name__}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(f"cannot build '{arch}' with config {shown}: {type(exc).__name__}: {first}") from None

@@ -13,6 +13,6 @@ from .attack_aware import AttackAwarePruning
 from .channels import ExplicitChannels
 from .runner import RepairResult, run_repair
 
-__all__ = ["AttackAwarePruning", "ExplicitChannels", "FeatureShiftTuning", "FinePruning", "FineTuning", "PerturbationUnlearning", "LabPruning", "REPAIRS",
-           "ReconstructiveNeuronPruning", "Repair", "RepairData", "RepairOutcome", "RepairResult", "RepairedModel",
+__all__ = ["AttackAwarePruning", "ExplicitChannels", "FeatureShiftTuning", "FinePruning", "FineTuning", "LabPruning",
+           "PerturbationUnlearning", "REPAIRS", "ReconstructiveNeuronPruning", "Repair", "RepairData", "RepairOutcome", "RepairResult", "RepairedModel",
            "build_repair", "register_repair", "repair_class", "repair_names", "run_repair", "setting"]
