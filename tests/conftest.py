@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -25,7 +26,10 @@ def demo_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     out, cache = str(base / "out"), str(base / "cache")
     assert main(["demo", "--out", out, "--cache-dir", cache, "--quiet"]) == 0
-    return {"out": out, "cache": cache, "base": base}
+    with open(os.path.join(out, "results.json")) as f:
+        inputs = json.load(f)["inputs"]  # role -> data file
+    model = os.path.join(os.path.dirname(inputs["clean_valid"]), "badnet.safetensors")  # B
+    return {"out": out, "cache": cache, "base": base, "inputs": inputs, "model": model}
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,7 @@ from conftest import assert_one_line_error, run_cli
 
 
 def _demo(demo_run):
-    with open(os.path.join(demo_run["out"], "results.json")) as f:
-        inputs = json.load(f)["inputs"]
-    model_path = os.path.join(os.path.dirname(inputs["clean_valid"]), "badnet.safetensors")
-    return model_path, inputs
+    return demo_run["model"], demo_run["inputs"]
 
 
 def _args(inputs):

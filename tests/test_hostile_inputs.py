@@ -61,9 +61,7 @@ def _h5(path, data, label):
 def files(demo_run, tmp_path_factory):
     """Every bad file once, beside the demo's good ones."""
     d = tmp_path_factory.mktemp("hostile")
-    with open(os.path.join(demo_run["out"], "results.json")) as f:
-        inputs = json.load(f)["inputs"]
-    model = os.path.join(os.path.dirname(inputs["clean_valid"]), "badnet.safetensors")
+    inputs, model = demo_run["inputs"], demo_run["model"]
     goodnet = os.path.join(demo_run["out"], "models", "goodnet_x2_crossing.safetensors")
     x = np.zeros((4, 1, 28, 28), dtype=np.float32)
     p = {"model": model, "goodnet": goodnet, "clean": inputs["clean_valid"], "poisoned": inputs["poisoned_valid"],

@@ -1,6 +1,5 @@
 """Faults while writing: a kill, a stale staging area, two runs on one --out, the umask."""
 
-import json
 import os
 import subprocess
 import sys
@@ -89,9 +88,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def test_sigterm_while_writing_leaves_nothing_and_exits_143(demo_run, tmp_path):
-    with open(os.path.join(demo_run["out"], "results.json")) as f:
-        inputs = json.load(f)["inputs"]
-    model = os.path.join(os.path.dirname(inputs["clean_valid"]), "badnet.safetensors")
+    inputs, model = demo_run["inputs"], demo_run["model"]
     out = tmp_path / "out"
     argv = ["defend", "--model", model, "--clean-valid", inputs["clean_valid"], "--out", str(out), "--quiet"]
     done = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, *argv], capture_output=True, text=True,
@@ -133,9 +130,7 @@ def test_export_onto_a_directory_or_a_missing_folder_is_refused(demo_run, tmp_pa
 def test_a_second_cli_run_on_a_claimed_output_is_refused_before_work(demo_run, tmp_path, capsys):
     from goodnet.cli import main
 
-    with open(os.path.join(demo_run["out"], "results.json")) as f:
-        inputs = json.load(f)["inputs"]
-    model = os.path.join(os.path.dirname(inputs["clean_valid"]), "badnet.safetensors")
+    inputs, model = demo_run["inputs"], demo_run["model"]
     lock = os.open(str(tmp_path / ".out.lock"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:

@@ -1,8 +1,5 @@
 """The tuning repairs beyond plain fine-tuning: feature-shift tuning and perturbation unlearning."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -17,10 +14,7 @@ from goodnet.repairs.perturbation_unlearning import UniversalPerturbation
 
 
 def _demo(demo_run):
-    with open(os.path.join(demo_run["out"], "results.json")) as f:
-        inputs = json.load(f)["inputs"]
-    model = load_model(os.path.join(os.path.dirname(inputs["clean_valid"]), "badnet.safetensors"))
-    return model, load_images(inputs["clean_valid"])
+    return load_model(demo_run["model"]), load_images(demo_run["inputs"]["clean_valid"])
 
 
 def test_both_are_registered_and_in_compare():
@@ -82,8 +76,7 @@ def test_perturbation_unlearning_removes_the_demo_backdoor(demo_run):
     from goodnet.metrics import model_accuracy
 
     model, clean = _demo(demo_run)
-    with open(os.path.join(demo_run["out"], "results.json")) as f:
-        poisoned = load_images(json.load(f)["inputs"]["poisoned_test"])
+    poisoned = load_images(demo_run["inputs"]["poisoned_test"])
     outcome = PerturbationUnlearning(epochs=10).repair(model, RepairData(clean))
     repaired = outcome.models[0].model
     assert model_accuracy(model, poisoned.x, poisoned.y) > 90
