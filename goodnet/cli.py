@@ -171,6 +171,9 @@ def _add_defend(sub) -> None:
     p.add_argument("--holdout", type=_share, default=None,
                    help="share of every class of --clean-valid held out to judge the repair on; the repair fits "
                         "on the rest (default: 0.2)")
+    p.add_argument("--no-strip", action="store_true",
+                   help="skip STRIP, the input-level detector measured beside G when both test sets are given "
+                        "(20 blends per input, at most 2,000 inputs per set)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_setting_options(p, repair_names())
 
@@ -307,6 +310,7 @@ def _print_run(run, out: str) -> None:
 
 def cmd_defend(args: argparse.Namespace) -> None:
     from .defend import defend_files
+    from .inspection.strip import StripSettings
     from .repairs import build_repair
     from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
 
@@ -323,7 +327,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
     run = defend_files(_source(args, args.model), paths, args.out, repair, input_scale=args.input_scale,
                        onnx=args.onnx, progress=not args.quiet, force=args.force,
                        max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
-                       holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout)
+                       holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout,
+                       strip=None if args.no_strip else StripSettings())
     _print_run(run, args.out)
 
 

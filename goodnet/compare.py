@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from .inspection.strip import StripSettings
 from .io.data import load_sets
 from .io.model_files import load_model
 from .progress import progress as progress_bar
@@ -42,8 +43,9 @@ def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_
                       "settings": manifest["settings"]}
         sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
         model = load_model(os.path.join(directory, MODEL_FILE))
+        strip = StripSettings().detect(model, sets["clean_test"].x, sets["poisoned_test"].x, sets["clean_valid"].x)
         for repair in progress_bar(list(repairs), f"repairs on {label}" if progress else None):
-            rows.append(comparison_row(settings, manifest["meets_bar"], run_repair(model, repair, sets)))
+            rows.append(comparison_row(settings, manifest["meets_bar"], run_repair(model, repair, sets), strip))
             done += 1
             if progress:  # one line per cell, for logs where no progress bar shows
                 row = rows[-1]

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .inspection.strip import StripSettings
 from .io.data import load_sets
 from .io.model_files import ModelSource
 from .io.output_dir import check_output_dir
@@ -26,14 +27,16 @@ class DefenseRun:
 def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], out_dir: str, repair: Repair,
                  input_scale: float = 1.0, onnx: bool = False, progress: bool = True,
                  force: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
-                 holdout: float = DEFAULT_HOLDOUT) -> DefenseRun:
-    """Load B and the data, repair, measure, write `out_dir`. Every input is checked before work."""
+                 holdout: float = DEFAULT_HOLDOUT, strip: StripSettings | None = StripSettings()) -> DefenseRun:
+    """Load B and the data, repair, measure, write `out_dir`. Every input is checked before work.
+    With clean and poisoned test data, G's detection is scored beside STRIP's (`strip=None`: not STRIP)."""
     source = ModelSource(source) if isinstance(source, str) else source
     check_output_dir(out_dir, claim=True)  # before any work, not after it
     exports = ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx)
     sets = load_sets(data_paths, input_scale)
     model = source.load_backdoored(next(iter(sets.values())).image_shape if sets else None)
-    result = run_repair(model, repair, sets, progress=progress, force=force, max_drop=max_drop, holdout=holdout)
+    result = run_repair(model, repair, sets, progress=progress, force=force, max_drop=max_drop, holdout=holdout,
+                        strip=strip)
     result.inputs = {role: path for role, path in data_paths.items() if path}
     result.input_scale = float(input_scale)
     return DefenseRun(result=result, document=write_outputs(out_dir, result, model, exports), model=model)

@@ -25,7 +25,7 @@ _plugins_loaded = False
 # names the command line uses for itself: a setting may not take them
 RESERVED_SETTINGS = {"model", "arch", "factory", "repair", "clean_valid", "poisoned_valid", "clean_test",
                      "poisoned_test", "input_scale", "out", "onnx", "force", "quiet", "help",
-                     "cache_dir", "retrain", "kinds", "repairs", "max_drop", "holdout"}
+                     "cache_dir", "retrain", "kinds", "repairs", "max_drop", "holdout", "no_strip", "scan"}
 
 
 def register_repair(cls: type[Repair]) -> type[Repair]:

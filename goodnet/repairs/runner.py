@@ -15,6 +15,8 @@ from ..inference import DEFAULT_BATCH_SIZE, predict
 from ..io.data import ROLES, ImageSet, check_fits_model, check_input_range, trained_range
 from ..errors import DataError
 from ..metrics import accuracy, binomial_tail, flag_rate
+from ..inspection.detection_scores import DetectionScore, disagreement_scores
+from ..inspection.strip import StripSettings
 from ..models.goodnet import goodnet_labels
 from ..pruning.curve import PruningCurve
 from .base import Repair, RepairData, RepairedModel
@@ -64,6 +66,9 @@ class MeasuredModel:
 
     repaired: RepairedModel
     labels: dict[str, np.ndarray]
+    # G's continuous score (B''s doubt in B's answer) on clean vs poisoned test inputs; None when
+    # either test set is missing
+    detection: DetectionScore | None = None
 
     @property
     def name(self) -> str:
@@ -87,6 +92,8 @@ class RepairResult:
     input_scale: float = 1.0  # what the data files' values were divided by (--input-scale)
     harm: HarmCheck | None = None  # the do-no-harm guard's check (None: the repair is not guarded)
     delivered: Repair | None = None  # the settings whose B' was delivered (milder ones after a fallback)
+    strip: DetectionScore | None = None  # STRIP on B, the input-level baseline for G's detection
+    strip_settings: StripSettings | None = None
 
     @property
     def extra_class(self) -> int:
@@ -120,13 +127,14 @@ def check_data(model: nn.Module, data: dict[str, ImageSet]) -> None:
 
 def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool = False,
                batch_size: int = DEFAULT_BATCH_SIZE, force: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
-               holdout: float = DEFAULT_HOLDOUT) -> RepairResult:
+               holdout: float = DEFAULT_HOLDOUT, strip: StripSettings | None = None) -> RepairResult:
     """Repair B (`model`) with `repair`, which sees only the validation data its contract allows,
     then measure B, B' and G on every set in `data` (role -> images). B must first be clearly better
     than chance on the clean validation data (see SanityCheck), unless `force`. A guarded repair
     (most) fits on all but `holdout` of the clean validation data and must keep its B' within
     `max_drop` points of B on the rest, or falls back (see do_no_harm); `max_drop=None` turns the
-    guard off (library use only)."""
+    guard off (library use only). With clean and poisoned test data, each G's detection is scored
+    (AUROC, TPR at 5 % FPR), and with `strip` STRIP's on B beside it (blending clean validation images)."""
     model.eval()
     check_data(model, {role: images for role, images in data.items() if images is not None})
     data = {role: data[role] for role in ROLES if data.get(role) is not None}
@@ -172,7 +180,24 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
             labels = step_labels(candidate.curve_step)
         else:
             labels = {role: predict(candidate.model, images.x, batch_size) for role, images in data.items()}
-        measured.append(MeasuredModel(candidate, labels))
+        measured.append(MeasuredModel(candidate, labels, goodnet_detection(candidate.model, data, backdoored,
+                                                                           batch_size)))
+    strip_score = None
+    if strip is not None and {"clean_test", "poisoned_test", "clean_valid"} <= set(data):
+        strip_score = strip.detect(model, data["clean_test"].x, data["poisoned_test"].x, data["clean_valid"].x,
+                                   batch_size=batch_size)
     return RepairResult(repair=repair, details=outcome.details, seconds=seconds, num_classes=int(model.num_classes),
                         data=data, backdoored=backdoored, models=measured, curve=curve, sanity=sanity,
-                        harm=harm, delivered=delivered)
+                        harm=harm, delivered=delivered, strip=strip_score,
+                        strip_settings=strip if strip_score is not None else None)
+
+
+def goodnet_detection(repaired: nn.Module, data: dict[str, ImageSet], backdoored: dict[str, np.ndarray],
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> DetectionScore | None:
+    """G's detection on the test sets: its continuous score on clean (negative) vs poisoned
+    (positive) test inputs; None unless both are given."""
+    if not {"clean_test", "poisoned_test"} <= set(data):
+        return None
+    clean, poisoned = (disagreement_scores(repaired, data[r].x, backdoored[r], batch_size)
+                       for r in ("clean_test", "poisoned_test"))
+    return DetectionScore.of(clean, poisoned)

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..errors import SettingsError  # noqa: E402
+from ..inspection.detection_scores import DetectionScore  # noqa: E402
 from ..io.output_dir import atomic_directory  # noqa: E402
 from ..repairs.base import Repair  # noqa: E402
 from ..repairs.runner import RepairResult  # noqa: E402
@@ -28,11 +29,12 @@ from ..zoo.catalog import part_of  # noqa: E402
 ASR_LIMIT = 2.0
 ACCURACY_GAP = 2.0
 COLUMNS = ["badnet", "repair", "oracle", "b_clean_acc", "b_asr", "clean_acc", "asr", "clean_drop", "g_clean_acc",
-           "g_asr", "detection", "false_alarm", "delivered", "seconds", "meets_bar"]
+           "g_asr", "detection", "false_alarm", "g_auroc", "g_tpr", "delivered", "seconds", "meets_bar"]
 HEADERS = ["BadNet (attack/arch/range/poison/seed)", "repair", "uses poisoned data", "B clean acc", "B ASR",
            "B' clean acc", "B' ASR", "clean drop", "G clean acc", "G ASR", "G detection", "G false alarms",
-           "delivered", "time (s)", "ASR <= 2 and drop <= 2"]
-EXTRA = ["attack", "arch", "scale", "poison_rate", "seed", "part", "badnet_meets_bar", "requested_within_budget"]
+           "G AUROC", "G TPR at 5 % FPR", "delivered", "time (s)", "ASR <= 2 and drop <= 2"]
+EXTRA = ["attack", "arch", "scale", "poison_rate", "seed", "part", "badnet_meets_bar", "requested_within_budget",
+         "strip_auroc", "strip_tpr"]
 
 
 PROTOCOL_NOTE = ("Settings of every repair were chosen on the development part of the zoo (seed 0) and frozen "
@@ -41,8 +43,15 @@ PROTOCOL_NOTE = ("Settings of every repair were chosen on the development part o
                  "often the do-no-harm guard fell back, and the total repair time.")
 
 
-def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: RepairResult) -> dict[str, Any]:
-    """The table row of one repair on one zoo BadNet: its (first) B' on the test sets."""
+DETECTION_TEXT = ("AUROC and TPR at 5 % FPR on the test sets, clean inputs negative and poisoned inputs positive. "
+                  "G's score is B''s doubt in B's answer (1 - P_B'(B's label)); STRIP's is minus the mean entropy "
+                  "of B's predictions on 20 blends with clean validation images (at most 2,000 inputs per set).")
+
+
+def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: RepairResult,
+                   strip: DetectionScore | None = None) -> dict[str, Any]:
+    """The table row of one repair on one zoo BadNet: its (first) B' on the test sets (and STRIP's
+    detection on B, the same for every repair of that BadNet, when measured)."""
     kind = badnet.label()
     if not result.models:
         raise SettingsError(f"the {result.repair.name} repair handed over no B' on the {kind} BadNet; "
@@ -52,6 +61,7 @@ def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: Repai
     drop = test["backdoored"] - test["repaired"]
     meets = poisoned["repaired"] <= ASR_LIMIT and drop <= ACCURACY_GAP
     harm = result.harm
+    g_detection = result.models[0].detection
     return {"badnet": kind, "attack": badnet.kind, "arch": badnet.arch, "scale": badnet.scale,
             "poison_rate": badnet.poison_rate, "seed": badnet.seed, "part": part_of(badnet),
             "badnet_meets_bar": bool(badnet_meets_bar), "repair": result.repair.name, "oracle": result.repair.oracle,
@@ -59,6 +69,9 @@ def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: Repai
             "clean_acc": test["repaired"], "asr": poisoned["repaired"], "clean_drop": drop,
             "g_clean_acc": test["goodnet"], "g_asr": poisoned["goodnet"],
             "detection": poisoned["flagged"], "false_alarm": test["flagged"],
+            "g_auroc": None if g_detection is None else g_detection.auroc,
+            "g_tpr": None if g_detection is None else g_detection.tpr,
+            "strip_auroc": None if strip is None else strip.auroc, "strip_tpr": None if strip is None else strip.tpr,
             "delivered": "–" if harm is None else harm.delivered,
             "requested_within_budget": None if harm is None else harm.requested_within_budget,
             "seconds": result.seconds, "meets_bar": bool(meets)}
@@ -79,14 +92,52 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "median_asr": float(np.median(asr)), "worst_asr": max(asr),
                     "median_drop": float(np.median(drop)), "worst_drop": max(drop),
                     "fell_back": sum(r["delivered"] not in ("as asked", "–") for r in mine),
+                    "median_g_auroc": _median([r.get("g_auroc") for r in mine]),
                     "seconds": sum(r["seconds"] for r in mine)})
     return out
 
 
 SUMMARY_COLUMNS = ["part", "repair", "oracle", "meets_bar", "median_asr", "worst_asr", "median_drop", "worst_drop",
-                   "fell_back", "seconds"]
+                   "median_g_auroc", "fell_back", "seconds"]
 SUMMARY_HEADERS = ["zoo part", "repair", "uses poisoned data", "BadNets repaired to the bar", "median ASR", "worst ASR",
-                   "median clean drop", "worst clean drop", "guard fell back", "total time (s)"]
+                   "median clean drop", "worst clean drop", "median G AUROC", "guard fell back", "total time (s)"]
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None
+
+
+def strip_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per BadNet: STRIP's detection on B, beside the best and median G detection of the
+    repairs on it (the input-level baseline against which G's score is read)."""
+    out = []
+    for badnet in dict.fromkeys(r["badnet"] for r in rows):
+        mine = [r for r in rows if r["badnet"] == badnet]
+        g = [r for r in mine if r.get("g_auroc") is not None]
+        best = max(g, key=lambda r: r["g_auroc"], default=None)
+        out.append({"badnet": badnet, "part": mine[0]["part"], "badnet_meets_bar": mine[0]["badnet_meets_bar"],
+                    "strip_auroc": mine[0].get("strip_auroc"), "strip_tpr": mine[0].get("strip_tpr"),
+                    "best_g": None if best is None else best["repair"],
+                    "best_g_auroc": None if best is None else best["g_auroc"],
+                    "best_g_tpr": None if best is None else best["g_tpr"],
+                    "median_g_auroc": _median([r["g_auroc"] for r in g])})
+    return out
+
+
+STRIP_COLUMNS = ["badnet", "strip_auroc", "strip_tpr", "best_g", "best_g_auroc", "best_g_tpr", "median_g_auroc"]
+STRIP_HEADERS = ["BadNet", "STRIP AUROC", "STRIP TPR at 5 % FPR", "best G (repair)", "its AUROC",
+                 "its TPR at 5 % FPR", "median G AUROC over repairs"]
+
+
+def strip_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(STRIP_HEADERS) + " |", "|" + "---|" * len(STRIP_HEADERS)]
+    for row in strip_rows(rows):
+        cells = [_cell(row[c], c) for c in STRIP_COLUMNS]
+        if not row["badnet_meets_bar"]:
+            cells[0] += " (missed the BadNet bar)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
@@ -148,7 +199,8 @@ def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, An
     with atomic_directory(out_dir, marker="comparison.json") as stage:
         with open(os.path.join(stage, "comparison.md"), "w") as f:
             f.write("# goodnet: repairs on the attack zoo\n\n" + PROTOCOL_NOTE + "\n\n## Per repair\n\n"
-                    + summary_table(rows) + "\n\n## Every BadNet\n\n" + markdown_table(rows) + "\n\n"
+                    + summary_table(rows) + "\n\n## Detection: G against STRIP\n\n" + strip_table(rows) + "\n\n"
+                    + DETECTION_TEXT + "\n\n## Every BadNet\n\n" + markdown_table(rows) + "\n\n"
                     "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
                     "(detection: share of poisoned test inputs flagged; false alarms: share of clean "
                     "test inputs flagged). Oracle repairs use poisoned validation data.\n\n"
@@ -160,7 +212,7 @@ def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, An
                 writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
         plot_comparison(rows, os.path.join(stage, "comparison.png"))
         with open(os.path.join(stage, "comparison.json"), "w") as f:
-            json.dump({"rows": rows, "summary": summary_rows(rows), "zoo": zoo, "badnets": list(zoo),
+            json.dump({"rows": rows, "summary": summary_rows(rows), "detection": strip_rows(rows), "zoo": zoo, "badnets": list(zoo),
                        "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
                        "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP}}, f, indent=2)
             f.write("\n")

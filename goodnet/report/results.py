@@ -77,10 +77,13 @@ def results_document(result: RepairResult, files: dict[str, dict[str, str]]) -> 
         "models": [{"name": m.name, "pruned": m.repaired.pruned, "weights_changed": m.repaired.weights_changed,
                     "details": m.repaired.details,
                     "metrics": {role: _rounded(v) for role, v in result.metrics(m.labels).items()},
+                    "detection": None if m.detection is None else m.detection.to_json(),
                     "files": files.get(m.name)} for m in result.models],
+        "strip": None if result.strip is None else {**result.strip.to_json(), **result.strip_settings.to_json()},
     }
     if len(result.models) == 1:  # the one B': its numbers and files at the top, as every repair had them
         doc["metrics"], doc["files"] = doc["models"][0]["metrics"], doc["models"][0]["files"]
+        doc["detection"] = doc["models"][0]["detection"]
     if result.curve is not None:
         doc.update(_curve_fields(result, files))
     return doc

@@ -54,6 +54,26 @@ def summary_table(result: RepairResult) -> str:
     return "\n".join(lines)
 
 
+DETECTION_NOTE = ("Clean test inputs are the negatives, poisoned test inputs the positives. G's score is B''s doubt "
+                  "in B's answer, 1 - P_B'(B's label); STRIP's is minus the mean entropy of B on blends with "
+                  "clean validation images (Gao et al. 2019). AUROC 50 is chance; TPR is the share of "
+                  "poisoned inputs caught at the threshold that flags at most 5 % of the clean ones.")
+
+
+def detection_table(result: RepairResult) -> str | None:
+    """AUROC and TPR at 5 % FPR of every G, and of STRIP on B; None without both test sets."""
+    rows = [(f"G ({m.name})", m.detection) for m in result.models if m.detection is not None]
+    if result.strip is not None:
+        rows.append(("STRIP on B", result.strip))
+    if not rows:
+        return None
+    lines = [_row(["detector", "AUROC", f"TPR at {rows[0][1].fpr:g} % FPR", "clean inputs", "poisoned inputs"]),
+             "|---" * 5 + "|"]
+    for name, score in rows:
+        lines.append(_row([name, _pct(score.auroc), _pct(score.tpr), str(score.clean), str(score.poisoned)]))
+    return "\n".join(lines)
+
+
 def rules_table(result: RepairResult) -> str:
     """Both stopping rules' choices per budget X: channels pruned and clean validation drop."""
     lines = ["| X | crossing: channels | crossing: valid drop | within: channels | within: valid drop |",
@@ -93,6 +113,9 @@ def summary_lines(result: RepairResult) -> list[str]:
     if result.harm is not None:
         lines.append(result.harm.line(result.repair))
     lines.append(summary_table(result) if result.data else "no data given: models only")
+    detection = detection_table(result)
+    if detection is not None:
+        lines += ["detection (AUROC, TPR at 5 % FPR on the test sets):", detection]
     return lines
 
 

@@ -25,8 +25,8 @@ from ..repairs.base import RepairedModel
 from ..repairs.runner import METRIC_KEYS, RepairResult
 from .plots import plot_activations, plot_curve, plot_samples
 from .results import CURVE_COLUMNS, curve_rows, results_document
-from .tables import (ORACLE_NOTE, SUMMARY_NOTE, forced_note, forced_past_sanity, pruned_summary, rules_table,
-                     summary_table)
+from .tables import (DETECTION_NOTE, ORACLE_NOTE, SUMMARY_NOTE, detection_table, forced_note, forced_past_sanity,
+                     pruned_summary, rules_table, summary_table)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,9 @@ def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str
         parts += ["Inputs: " + ", ".join(f"{role} = `{path}`" for role, path in doc["inputs"].items()), ""]
     parts += ["## B / B' / G", ""]
     parts += [summary_table(result), "", SUMMARY_NOTE, ""] if result.data else ["No data given: models only.", ""]
+    detection = detection_table(result)
+    if detection is not None:
+        parts += ["## Detection", "", detection, "", DETECTION_NOTE, ""]
     if curve is not None:
         parts += ["## Both stopping rules", "", rules_table(result), "",
                   "`crossing` is the lab's rule (first model whose drop is >= X); `within` is the model just "
