@@ -171,6 +171,9 @@ def _add_defend(sub) -> None:
     p.add_argument("--holdout", type=_share, default=None,
                    help="share of every class of --clean-valid held out to judge the repair on; the repair fits "
                         "on the rest (default: 0.2)")
+    p.add_argument("--scan", action="store_true",
+                   help="scan B, and every B' handed over, for a backdoor with clean validation data only (as "
+                        "`goodnet scan`): the report shows whether the anomaly index fell after the repair")
     p.add_argument("--no-strip", action="store_true",
                    help="skip STRIP, the input-level detector measured beside G when both test sets are given "
                         "(20 blends per input, at most 2,000 inputs per set)")
@@ -261,8 +264,32 @@ def _add_compare(sub) -> None:
     p.add_argument("--repairs", nargs="+", choices=compared, default=None,
                    help=f"repairs (default: {', '.join(default)}; "
                         f"{', '.join(n for n in compared if n not in default)} only when named here)")
+    p.add_argument("--scan", action="store_true",
+                   help="also scan every B and every B' for a backdoor without poisoned data (Neural Cleanse): "
+                        "the table says whether the scan named the true target and whether its anomaly index "
+                        "fell below 2 after each repair")
     p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
     p.add_argument("--cache-dir", default=None, help="where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_scan(sub) -> None:
+    p = sub.add_parser("scan", help="look for a backdoor without poisoned data (Neural Cleanse): a reversed "
+                                    "trigger per label, the anomaly index, the suspected targets",
+                       description="Reverse-engineer, for every label, the smallest trigger (mask and pattern) "
+                                   "that sends clean images to it, and flag labels whose mask is an outlier "
+                                   "below the others (anomaly index > 2, from the median absolute deviation). "
+                                   "Writes scan.json, report.md and the reversed triggers as images into --out.")
+    p.add_argument("--model", required=True, help="B: " + MODEL_HELP)
+    _add_model_options(p)
+    p.add_argument("--clean-valid", required=True, help="clean images to reverse triggers on (.h5 data/label or "
+                                                        ".npz x/y); no poisoned data is needed")
+    p.add_argument("--input-scale", type=_positive_float, default=1.0,
+                   help="divide every pixel value by this before the model sees it (default: 1, raw)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scan's random choices (default: 0)")
+    p.add_argument("--out", default="goodnet-scan", help="output directory (default: goodnet-scan)")
+    p.add_argument("--force", action="store_true",
+                   help="scan even when B is not clearly better than chance on the clean data")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -293,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="goodnet", description="Repair backdoored networks by channel "
                            "pruning, and measure the repair.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    for add in (_add_defend, _add_eval, _add_classify, _add_export, _add_attack, _add_compare, _add_demo):
+    for add in (_add_defend, _add_scan, _add_eval, _add_classify, _add_export, _add_attack, _add_compare, _add_demo):
         add(sub)
     return parser
 
@@ -302,6 +329,11 @@ def _print_run(run, out: str) -> None:
     from .report.tables import summary_lines
 
     print("\n".join(summary_lines(run.result)))
+    if run.scans:
+        from .report.scan_report import scan_table
+
+        print("trigger scan (no poisoned data; anomaly index > 2 flags a suspected target):")
+        print(scan_table(run.scans))
     harm = run.result.harm
     if harm is not None and harm.fell_back:
         print(f"goodnet: {harm.line(run.result.repair)}", file=sys.stderr)
@@ -328,7 +360,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
                        onnx=args.onnx, progress=not args.quiet, force=args.force,
                        max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
                        holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout,
-                       strip=None if args.no_strip else StripSettings())
+                       strip=None if args.no_strip else StripSettings(), scan=args.scan)
     _print_run(run, args.out)
 
 
@@ -414,12 +446,23 @@ def cmd_compare(args: argparse.Namespace) -> None:
     repairs = comparison_roster(args.repairs)
     badnets = select_badnets(args.part, args.only)
     check_output_dir(args.out, marker="comparison.json", claim=True)  # before any training, not after
-    rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet)
+    rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet,
+                        scan=args.scan)
     write_comparison(args.out, rows, zoo, repairs)
     print(markdown_table(rows))
     print()
     print(summary_table(rows))
     print(f"\nwrote {os.path.abspath(args.out)}/ (comparison.md, comparison.csv, comparison.png, comparison.json)")
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    from .report.scan_report import scan_table
+    from .scan import scan_files
+
+    run = scan_files(_source(args, args.model), args.clean_valid, args.out, input_scale=args.input_scale,
+                     progress=not args.quiet, force=args.force, seed=args.seed)
+    print(scan_table({"B": run.scan}))
+    print(f"\nwrote {os.path.abspath(args.out)}/ (report.md, scan.json, b_triggers.png, b_norms.png)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -449,7 +492,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "classify": cmd_classify, "export": cmd_export,
-            "attack": cmd_attack, "compare": cmd_compare, "demo": cmd_demo}
+            "attack": cmd_attack, "compare": cmd_compare, "scan": cmd_scan, "demo": cmd_demo}
 
 
 class Terminated(BaseException):

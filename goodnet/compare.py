@@ -14,6 +14,7 @@ import time
 from typing import Any, Sequence
 
 from .inspection.strip import StripSettings
+from .inspection.trigger_reversal import reverse_triggers
 from .io.data import load_sets
 from .io.model_files import load_model
 from .progress import progress as progress_bar
@@ -30,9 +31,28 @@ def comparison_roster(names: Sequence[str] | None = None) -> list[Repair]:
     return [build_repair(name, comparison=True) for name in names]
 
 
-def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_dir: str, progress: bool = True
-            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description)."""
+def single_target(poisoned_labels) -> int | None:
+    """The attack's one target label, or None (all-to-all: every poisoned input has its own)."""
+    targets = set(int(t) for t in poisoned_labels)
+    return targets.pop() if len(targets) == 1 else None
+
+
+def scan_fields(scan, target: int | None, prefix: str) -> dict[str, Any]:
+    """A trigger scan's verdict as row fields: its largest anomaly index, top suspect, and (before
+    a repair) whether that suspect is the attack's true target."""
+    top = int(scan.suspects[0]) if scan.suspects else None
+    fields = {f"{prefix}_anomaly": float(scan.max_anomaly), f"{prefix}_suspect": top}
+    if prefix == "scan_b":
+        fields["scan_target"] = target
+        fields["scan_hit"] = None if target is None else top == target
+    return fields
+
+
+def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_dir: str, progress: bool = True,
+            scan: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description).
+    `scan`: also reverse triggers (Neural Cleanse, clean validation data only) of every B and every
+    B', recording whether the scan names the true target and whether its anomaly index fell."""
     rows, zoo = [], {}
     cells, done, start = len(badnets) * len(repairs), 0, time.perf_counter()
     for settings in badnets:
@@ -44,8 +64,15 @@ def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_
         sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
         model = load_model(os.path.join(directory, MODEL_FILE))
         strip = StripSettings().detect(model, sets["clean_test"].x, sets["poisoned_test"].x, sets["clean_valid"].x)
+        clean = sets["clean_valid"]
+        target = single_target(sets["poisoned_test"].y)
+        before = scan_fields(reverse_triggers(model, clean, clean.value_range), target, "scan_b") if scan else {}
         for repair in progress_bar(list(repairs), f"repairs on {label}" if progress else None):
-            rows.append(comparison_row(settings, manifest["meets_bar"], run_repair(model, repair, sets), strip))
+            result = run_repair(model, repair, sets)
+            rows.append(comparison_row(settings, manifest["meets_bar"], result, strip))
+            if scan:
+                after = reverse_triggers(result.models[0].repaired.model, clean, clean.value_range)
+                rows[-1].update(before, **scan_fields(after, target, "scan_after"))
             done += 1
             if progress:  # one line per cell, for logs where no progress bar shows
                 row = rows[-1]

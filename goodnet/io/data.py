@@ -37,6 +37,11 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(d) for d in self.x.shape[1:])
 
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """(lowest, highest) value in the images."""
+        return float(self.x.min()), float(self.x.max())
+
 
 READ_CHUNK = 4096  # images per HDF5 read: a large file is read into one float32 array piece by piece
 

@@ -7,6 +7,8 @@ raises TrainingDiverged, which the do-no-harm guard answers by retrying with mil
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -88,6 +90,37 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, value_range: tuple
     return torch.where(inside[:, None], fill.to(x.dtype), x)
 
 
+def _sharpness_shifts(model: nn.Module, radius: float, adaptive: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Move every weight with a gradient to the worst point within `radius` (first order), in place;
+    return (weight, shift) pairs to undo it. Adaptive: the shift of each weight scales with |w|^2,
+    so large weights (where FT-SAM finds the backdoor's neurons) move most."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    with torch.no_grad():
+        scaled = [(p.abs() * p.grad if adaptive else p.grad) for p in params]
+        norm = torch.sqrt(sum((s ** 2).sum() for s in scaled)).clamp_min(1e-12)
+        shifts = []
+        for p, s in zip(params, scaled):
+            shift = radius * (p.abs() * s if adaptive else s) / norm
+            p.add_(shift)
+            shifts.append((p, shift))
+    return shifts
+
+
+@contextlib.contextmanager
+def _frozen_running_stats(model: nn.Module):
+    """BatchNorm layers still normalise with the batch's statistics (train mode) but do not fold
+    them into their running statistics: the pass at sharpness-perturbed weights must not move the
+    statistics the model is evaluated with."""
+    norms = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _ in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in norms:
+            m.momentum = momentum
+
+
 def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -95,11 +128,14 @@ def _finite(model: nn.Module) -> bool:
 def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, *,
               value_range: tuple[float, float], lr: float = 0.05, momentum: float = 0.9,
               weight_decay: float = 5e-4, batch_size: int = 64, augment: bool = True, after_step=None,
-              penalty=None, max_grad_norm: float | None = 5.0, progress: str | None = None) -> nn.Module:
+              penalty=None, max_grad_norm: float | None = 5.0, sharpness: float | None = None, adaptive: bool = True,
+              progress: str | None = None) -> nn.Module:
     """SGD with momentum and a cosine schedule, with shift + random-erasing augmentation (fill
     values drawn from `value_range`, the data's own range); `penalty(model, batch, labels)`, a scalar
     tensor, is added to every batch's loss; `after_step(model)` runs after every update (e.g. to keep pruned
-    channels at zero). Raises TrainingDiverged when the loss or the weights stop being finite."""
+    channels at zero). `sharpness`: each step is sharpness-aware (SAM, Foret et al. 2021): the gradient is
+    taken at the weights moved up the loss by that radius (`adaptive`: ASAM's radius, relative to each
+    weight's size, Kwon et al. 2021). Raises TrainingDiverged when the loss or the weights stop being finite."""
     generator = torch.Generator().manual_seed(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -114,14 +150,25 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
             if augment:
                 batch = random_erase(random_shift(batch, generator, fill=value_range[0]), generator,
                                      value_range=value_range)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(batch), ys[idx])
-            if penalty is not None:
-                loss = loss + penalty(model, batch, ys[idx])
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"fine-tuning diverged: the loss became {loss.item()} in epoch {epoch + 1} "
-                                       f"(rate {lr:g})")
-            loss.backward()
+            def step_loss() -> torch.Tensor:
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(batch), ys[idx])
+                if penalty is not None:
+                    loss = loss + penalty(model, batch, ys[idx])
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"fine-tuning diverged: the loss became {loss.item()} in epoch "
+                                           f"{epoch + 1} (rate {lr:g})")
+                loss.backward()
+                return loss
+
+            step_loss()
+            if sharpness is not None:  # the gradient at the worst weights within the radius, then back
+                shifts = _sharpness_shifts(model, sharpness, adaptive)
+                with _frozen_running_stats(model):  # running statistics: from the real weights only
+                    step_loss()
+                with torch.no_grad():
+                    for p, shift in shifts:
+                        p.sub_(shift)
             if max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)  # a high rate must not diverge
             optimizer.step()

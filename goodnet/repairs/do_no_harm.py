@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..errors import TrainingDiverged
+from ..errors import DataError, TrainingDiverged
 from ..inference import DEFAULT_BATCH_SIZE, predict
 from ..io.data import holdout_mask, split_by_mask
 from ..metrics import accuracy
@@ -115,7 +115,8 @@ def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoore
     clean = data.clean_valid
     held = holdout_mask(clean.y, holdout, HOLDOUT_SEED)
     if held.sum() == 0 or (~held).sum() == 0:
-        raise ValueError("the held-out share leaves no images to fit or to judge on")
+        raise DataError(f"the do-no-harm guard's held-out share ({holdout:g} of every class) leaves no images to "
+                        f"fit or to judge on among the {len(clean)} clean validation images; give more")
     fit_set, held_set = split_by_mask(clean, held)
     guarded_data = RepairData(fit_set, data.poisoned_valid, held_set)
     check = HarmCheck(max_drop, holdout, int(held.sum()), accuracy(backdoored_labels[held], held_set.y))

@@ -144,12 +144,13 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
     sanity = None
     if given is not None:
         backdoored["clean_valid"] = predict(model, given.clean_valid.x, batch_size)
-        if len(given.clean_valid) < MIN_CLEAN_IMAGES and not force and repair.data != "none":
+        uses_data = repair.data != "none" or (repair.guarded and max_drop is not None)  # the guard judges on it
+        if len(given.clean_valid) < MIN_CLEAN_IMAGES and not force and uses_data:
             raise DataError(f"the clean validation data hold {len(given.clean_valid)} images: one image moves their "
                             f"accuracy by {100 / len(given.clean_valid):.3g} points, too coarse to decide anything; "
                             f"give at least {MIN_CLEAN_IMAGES} (--force goes on anyway)")
         sanity = SanityCheck.of(backdoored["clean_valid"], given.clean_valid, int(model.num_classes), force)
-        if not sanity.above_chance and not force and repair.data != "none":
+        if not sanity.above_chance and not force and uses_data:
             raise DataError(sanity.refusal(given.value_range))
     start = time.perf_counter()
     harm, delivered = None, repair

@@ -34,7 +34,8 @@ HEADERS = ["BadNet (attack/arch/range/poison/seed)", "repair", "uses poisoned da
            "B' clean acc", "B' ASR", "clean drop", "G clean acc", "G ASR", "G detection", "G false alarms",
            "G AUROC", "G TPR at 5 % FPR", "delivered", "time (s)", "ASR <= 2 and drop <= 2"]
 EXTRA = ["attack", "arch", "scale", "poison_rate", "seed", "part", "badnet_meets_bar", "requested_within_budget",
-         "strip_auroc", "strip_tpr"]
+         "strip_auroc", "strip_tpr", "scan_b_anomaly", "scan_b_suspect", "scan_target", "scan_hit",
+         "scan_after_anomaly", "scan_after_suspect"]
 
 
 PROTOCOL_NOTE = ("Settings of every repair were chosen on the development part of the zoo (seed 0) and frozen "
@@ -194,13 +195,44 @@ def plot_comparison(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+def scan_table(rows: list[dict[str, Any]]) -> str | None:
+    """Per BadNet (when compare ran with --scan): the true target, the scan's top suspect on B and its
+    anomaly index, and the anomaly index after every repair, marked where the repair met the bar."""
+    scanned = [r for r in rows if r.get("scan_b_anomaly") is not None]
+    if not scanned:
+        return None
+    lines = ["| BadNet | true target | B: top suspect | B: anomaly index | scan named the target | "
+             "anomaly index after each repair (* met the bar) |", "|---|---|---|---|---|---|"]
+    for badnet in dict.fromkeys(r["badnet"] for r in scanned):
+        mine = [r for r in scanned if r["badnet"] == badnet]
+        first = mine[0]
+        after = ", ".join(f"{r['repair']} {r['scan_after_anomaly']:.2f}{'*' if r['meets_bar'] else ''}" for r in mine)
+        hit = "– (all-to-all)" if first["scan_target"] is None else _cell(first["scan_hit"], "")
+        lines.append(f"| {badnet}{'' if first['badnet_meets_bar'] else ' (missed the BadNet bar)'} | "
+                     f"{_cell(first['scan_target'], '')} | {_cell(first['scan_b_suspect'], '')} | "
+                     f"{first['scan_b_anomaly']:.2f} | {hit} | {after} |")
+    single = [r for r in dict((r["badnet"], r) for r in scanned if r["badnet_meets_bar"]).values()
+              if r["scan_target"] is not None]
+    cleaned = [r for r in scanned if r["meets_bar"] and r["badnet_meets_bar"]]
+    lines += ["", f"Scan hit rate on the single-target BadNets that met their bar: "
+              f"{sum(bool(r['scan_hit']) for r in single)} of {len(single)}. After a repair that met the bar, the "
+              f"anomaly index was below 2 in {sum(r['scan_after_anomaly'] < 2 for r in cleaned)} of {len(cleaned)} "
+              f"cells."]
+    return "\n".join(lines)
+
+
+def _scan_section(rows: list[dict[str, Any]]) -> str:
+    table = scan_table(rows)
+    return "" if table is None else ("## Trigger scan (Neural Cleanse, clean data only)\n\n" + table + "\n\n")
+
+
 def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, Any],
                      repairs: Sequence[Repair]) -> None:
     with atomic_directory(out_dir, marker="comparison.json") as stage:
         with open(os.path.join(stage, "comparison.md"), "w") as f:
             f.write("# goodnet: repairs on the attack zoo\n\n" + PROTOCOL_NOTE + "\n\n## Per repair\n\n"
                     + summary_table(rows) + "\n\n## Detection: G against STRIP\n\n" + strip_table(rows) + "\n\n"
-                    + DETECTION_TEXT + "\n\n## Every BadNet\n\n" + markdown_table(rows) + "\n\n"
+                    + DETECTION_TEXT + "\n\n" + _scan_section(rows) + "## Every BadNet\n\n" + markdown_table(rows) + "\n\n"
                     "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
                     "(detection: share of poisoned test inputs flagged; false alarms: share of clean "
                     "test inputs flagged). Oracle repairs use poisoned validation data.\n\n"

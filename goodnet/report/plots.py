@@ -78,3 +78,48 @@ def plot_samples(images: ImageSet, labels_b: np.ndarray, labels_g: np.ndarray, e
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_triggers(scan, value_range: tuple[float, float], title: str, path: str, count: int = 10) -> None:
+    """The reversed triggers of a trigger scan as they would be stamped on a mid-grey image: the
+    suspected targets first, then the labels with the smallest masks, `count` at most."""
+    low, high = value_range
+    position = {int(label): i for i, label in enumerate(scan.labels)}
+    suspects = [int(t) for t in scan.suspects]
+    by_norm = [int(scan.labels[i]) for i in np.argsort(scan.norms, kind="stable")]
+    shown = [position[t] for t in (suspects + [t for t in by_norm if t not in suspects])[:count]]
+    fig, axes = plt.subplots(1, len(shown), figsize=(1.7 * len(shown), 2.4), squeeze=False)
+    for ax, i in zip(axes[0], shown):
+        mask = np.asarray(scan.masks[i], dtype=np.float64)
+        mask = mask[None] if mask.ndim == 2 else mask
+        stamped = mask * np.asarray(scan.patterns[i], dtype=np.float64) + (1 - mask) * (low + high) / 2
+        picture = np.clip((stamped - low) / (high - low) if high > low else stamped * 0, 0, 1).transpose(1, 2, 0)
+        ax.imshow(picture[..., 0] if picture.shape[2] == 1 else picture[..., :3], cmap="gray", vmin=0, vmax=1)
+        label = int(scan.labels[i])
+        mark = " (suspect)" if label in scan.suspects else ""
+        ax.set_title(f"label {label}{mark}\nnorm {scan.norms[i]:.1f}, AI {scan.anomaly[i]:.2f}", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_mask_norms(scan, title: str, path: str) -> None:
+    """Every label's reversed-trigger mask norm, smallest first; suspected targets in red, the
+    median dashed: a backdoor target is the outlier far below it."""
+    order = np.argsort(scan.norms, kind="stable")
+    suspects = set(scan.suspects)
+    colors = ["tab:red" if int(scan.labels[i]) in suspects else "tab:blue" for i in order]
+    fig, ax = plt.subplots(figsize=(max(5, min(14, 0.35 * len(order))), 3.2))
+    ax.bar(range(len(order)), np.asarray(scan.norms)[order], color=colors)
+    ax.axhline(float(np.median(scan.norms)), color="k", linestyle="--", linewidth=1, label="median")
+    if len(order) <= 40:
+        ax.set_xticks(range(len(order)), [str(int(scan.labels[i])) for i in order], fontsize=7)
+    ax.set_xlabel("label (smallest mask first)")
+    ax.set_ylabel("mask L1 norm (pixels)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

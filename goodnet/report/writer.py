@@ -25,6 +25,7 @@ from ..repairs.base import RepairedModel
 from ..repairs.runner import METRIC_KEYS, RepairResult
 from .plots import plot_activations, plot_curve, plot_samples
 from .results import CURVE_COLUMNS, curve_rows, results_document
+from .scan_report import scan_figures, scan_markdown
 from .tables import (DETECTION_NOTE, ORACLE_NOTE, SUMMARY_NOTE, detection_table, forced_note, forced_past_sanity,
                      pruned_summary, rules_table, summary_table)
 
@@ -81,12 +82,15 @@ def _csv(path: str, columns: list[str], rows: list[dict[str, Any]], digits: int)
 
 
 def write_outputs(out_dir: str, result: RepairResult, model: nn.Module,
-                  exports: ModelExports = ModelExports()) -> dict[str, Any]:
-    """Write the whole result directory for `result` (B = `model`) atomically; return results.json."""
+                  exports: ModelExports = ModelExports(), scans: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the whole result directory for `result` (B = `model`) atomically; return results.json.
+    `scans`: trigger scans by model name (B, then each B'), for the report's scan section."""
     with atomic_directory(out_dir) as stage:
         os.makedirs(os.path.join(stage, "models"))
         files = {m.name: exports.save(stage, model, m.repaired) for m in result.models}
         doc = results_document(result, files)
+        if scans:
+            doc["scan"] = {name: scan.to_json() for name, scan in scans.items()}
         _json(os.path.join(stage, "results.json"), doc)
         metric_rows = [{"model": m["name"], "data": role, **values}
                        for m in doc["models"] for role, values in m["metrics"].items()]
@@ -98,8 +102,14 @@ def write_outputs(out_dir: str, result: RepairResult, model: nn.Module,
             plot_curve(result.curve, rows, os.path.join(stage, "curve.png"))
             plot_activations(result.curve, os.path.join(stage, "activations.png"))
         figures += _write_samples(stage, result)
+        scan_parts = []
+        if scans:
+            value_range = result.data["clean_valid"].value_range
+            scan_files = [name for i, (title, scan) in enumerate(scans.items())
+                          for name in scan_figures(stage, scan, value_range, "b" if i == 0 else f"b_prime_{i}", title)]
+            scan_parts = scan_markdown(scans, scan_files)
         with open(os.path.join(stage, "report.md"), "w") as f:
-            f.write(report_markdown(result, doc, figures))
+            f.write(report_markdown(result, doc, figures, scan_parts))
         _json(os.path.join(stage, "timings.json"),
               {"repair": round(result.seconds, 4),
                **({k: round(v, 4) for k, v in result.curve.timings.items()} if result.curve else {})})
@@ -126,7 +136,8 @@ def _write_samples(stage: str, result: RepairResult) -> list[str]:
     return names
 
 
-def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str]) -> str:
+def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str],
+                    scan_parts: list[str] | None = None) -> str:
     repair, curve = result.repair, result.curve
     settings = ", ".join(f"`{k}={v}`" for k, v in doc["settings"].items())
     parts = [f"# goodnet: repair `{repair.name}`", ""]
@@ -160,6 +171,7 @@ def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str
                   "## Channel activations", "", "![activations](activations.png)", "",
                   f"{doc['dead_channels']} of {curve.num_channels} channels have mean activation 0 on clean "
                   "validation data; pruning them changes nothing.", ""]
+    parts += scan_parts or []
     if samples:
         parts += ["## Samples", ""] + [f"![{name}]({name})" for name in samples] + [""]
     parts += ["## Models", "",

@@ -1,0 +1,63 @@
+"""The field's defenses side by side: registered, in compare's roster, and the scan a user
+without poisoned data runs (`goodnet scan`, `goodnet defend --scan`, `goodnet compare --scan`)."""
+
+import json
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from goodnet.repairs import repair_names
+
+
+def test_the_field_is_registered_and_compared():
+    from goodnet.compare import comparison_roster
+
+    field = {"nc", "nad", "ft-sam", "i-bau", "anp", "clp", "fst", "fine-tune"}
+    assert field <= set(repair_names())
+    assert field <= {r.name for r in comparison_roster()}
+
+
+def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
+    clean = demo_run["inputs"]["clean_valid"]
+    code, out, err = run_cli(capsys, ["scan", "--model", demo_run["model"], "--clean-valid", clean,
+                                      "--out", tmp_path / "scan", "--quiet"])
+    assert code == 0, err
+    doc = json.loads((tmp_path / "scan" / "scan.json").read_text())
+    assert doc["scan"]["suspects"][:1] == [0] and "label 0 is a suspected target" in out  # the demo's target
+    assert doc["value_range"] == [0.0, 255.0]
+    for name in ("b_triggers.png", "b_norms.png", "report.md"):
+        assert (tmp_path / "scan" / name).stat().st_size > 0
+    with pytest.raises(SystemExit) as exc:  # argparse's own refusal: --clean-valid is required
+        run_cli(capsys, ["scan", "--model", demo_run["model"], "--out", tmp_path / "s2"])
+    assert exc.value.code == 2 and "--clean-valid" in capsys.readouterr().err
+
+    code, out, err = run_cli(capsys, ["defend", "--model", demo_run["model"], "--repair", "fine-tune",
+                                      "--epochs", "15", "--clean-valid", clean, "--scan", "--no-strip",
+                                      "--out", tmp_path / "d", "--quiet"])
+    assert code == 0, err
+    doc = json.loads((tmp_path / "d" / "results.json").read_text())
+    before, after = doc["scan"]["B"], doc["scan"]["B' fine-tune"]
+    assert before["max_anomaly_index"] > 2 and after["max_anomaly_index"] < before["max_anomaly_index"]
+    assert doc["strip"] is None
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "Trigger scan" in report and "b_prime_1_triggers.png" in report
+    code, out, err = run_cli(capsys, ["defend", "--model", demo_run["model"], "--repair", "fine-tune", "--scan",
+                                      "--out", tmp_path / "d2"])
+    assert_one_line_error(code, err, "--clean-valid")
+    assert not (tmp_path / "d2").exists()
+
+
+def test_compare_scan_table_reports_the_hit_rate_and_the_index_after():
+    from goodnet.report.comparison import scan_table
+
+    base = {"badnet_meets_bar": True, "scan_b_anomaly": 5.0, "scan_b_suspect": 0}
+    rows = [{**base, "badnet": "patch", "repair": "a", "meets_bar": True, "scan_target": 0, "scan_hit": True,
+             "scan_after_anomaly": 1.0},
+            {**base, "badnet": "patch", "repair": "b", "meets_bar": False, "scan_target": 0, "scan_hit": True,
+             "scan_after_anomaly": 4.0},
+            {**base, "badnet": "all-to-all", "repair": "a", "meets_bar": True, "scan_target": None,
+             "scan_hit": None, "scan_after_anomaly": 0.5, "scan_b_suspect": None}]
+    table = scan_table(rows)
+    assert "hit rate on the single-target BadNets that met their bar: 1 of 1" in table
+    assert "below 2 in 2 of 2 cells" in table and "a 1.00*" in table and "– (all-to-all)" in table
+    assert scan_table([{"badnet": "x", "scan_b_anomaly": None}]) is None
