@@ -42,8 +42,6 @@ a sign-gradient ascent on the BN-free small CNN (it zeroes dead channels, the AS
 from __future__ import annotations
 
 import copy
-import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -55,7 +53,7 @@ from ..errors import ModelError
 from ..progress import progress as progress_bar
 from ..pruning.graph_split import conv_layers, following_batchnorm
 from ..pruning.zeroing import grouped, prune_layers
-from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
+from .base import FitMemo, Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 
 
@@ -130,18 +128,7 @@ class NeuronPerturbation:
 
 
 # masks of recent optimisations, so the guard's milder attempts (lower thresholds only) do not redo them
-_MASK_CACHE: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-_CACHE_SIZE = 4
-
-
-def _fingerprint(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: dict) -> str:
-    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
-    for name, value in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().double().contiguous().numpy().tobytes())
-    digest.update(np.ascontiguousarray(x).tobytes())
-    digest.update(np.ascontiguousarray(y).tobytes())
-    return digest.hexdigest()
+_MASK_CACHE = FitMemo(4)
 
 
 @register_repair
@@ -177,16 +164,8 @@ class AdversarialNeuronPruning(Repair):
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
         settings = {k: v for k, v in self.settings().items() if k != "threshold"}
-        key = _fingerprint(model, clean.x, clean.y, settings)
-        reused = key in _MASK_CACHE
-        if reused:
-            _MASK_CACHE.move_to_end(key)
-            masks = _MASK_CACHE[key]
-        else:
-            masks = self.optimise_masks(model, clean.x, clean.y, progress)
-            _MASK_CACHE[key] = masks
-            while len(_MASK_CACHE) > _CACHE_SIZE:
-                _MASK_CACHE.popitem(last=False)
+        masks, reused = _MASK_CACHE.get(model, clean.x, clean.y, settings,
+                                        lambda: self.optimise_masks(model, clean.x, clean.y, progress))
         chosen = [(layer, int(c)) for layer, m in masks.items() for c in torch.nonzero(m < self.threshold).flatten()]
         pruned = grouped(chosen)
         return RepairOutcome([RepairedModel(self.name, prune_layers(model, chosen), pruned)], {

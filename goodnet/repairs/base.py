@@ -11,9 +11,12 @@ output labels. Nothing gets test data: measuring B' on test data is the runner's
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import numbers
 import typing
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -115,6 +118,42 @@ class RepairOutcome:
     models: list[RepairedModel]  # may be empty (e.g. no budget was ever reached)
     details: dict[str, Any] = field(default_factory=dict)  # JSON-ready: what was pruned, chosen, ...
     curve: PruningCurve | None = None  # every step of a pruning sweep, when the repair has one
+
+
+class FitMemo:
+    """The results of a repair's costly fit (ANP's masks, NC's trigger scan) for the last `size`
+    (B, data, fit settings): the guard's milder attempts change only what follows the fit, so they
+    reuse it instead of fitting again. Keyed by a digest of B's weights, the data and the settings."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.entries: OrderedDict[str, Any] = OrderedDict()
+
+    @staticmethod
+    def key(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: dict[str, Any]) -> str:
+        digest = hashlib.sha256(repr(sorted(settings.items())).encode())
+        for name, value in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().double().contiguous().numpy().tobytes())
+        digest.update(np.ascontiguousarray(x).tobytes())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        return digest.hexdigest()
+
+    def get(self, model: nn.Module, x: np.ndarray, y: np.ndarray, settings: dict[str, Any],
+            fit: Callable[[], Any]) -> tuple[Any, bool]:
+        """(the fit's result, whether it was reused): `fit()` runs only when nothing is remembered."""
+        key = self.key(model, x, y, settings)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key], True
+        value = fit()
+        self.entries[key] = value
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value, False
+
+    def clear(self) -> None:
+        self.entries.clear()
 
 
 @dataclass(frozen=True)

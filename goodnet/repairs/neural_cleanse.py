@@ -24,30 +24,19 @@ guard's milder retries reuse it (same B, same data, same scan settings).
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..inspection.trigger_reversal import TriggerScan, reverse_triggers
-from .base import RepairData, RepairedModel, RepairOutcome, setting
+from .base import FitMemo, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import TuningSchedule
 
-_last_scan: dict[str, TriggerScan] = {}  # one entry: milder retries of the guard scan the same B and data
-
-
-def _fingerprint(model: nn.Module, x: np.ndarray, y: np.ndarray, settings: dict[str, Any]) -> str:
-    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(np.ascontiguousarray(x).tobytes())
-    digest.update(np.ascontiguousarray(y).tobytes())
-    return digest.hexdigest()
+_last_scan = FitMemo(1)  # milder retries of the guard scan the same B and data
 
 
 @register_repair
@@ -69,12 +58,11 @@ class NeuralCleanse(TuningSchedule):
         clean = data.clean_valid
         settings = {"seed": self.seed, "steps": self.scan_steps, "batch_size": self.scan_batch,
                     "group": self.scan_group}
-        key = _fingerprint(model, clean.x, clean.y, {**settings, "value_range": data.value_range})
-        if key not in _last_scan:
-            _last_scan.clear()
-            _last_scan[key] = reverse_triggers(model, clean, data.value_range,
-                                               progress="reversing triggers" if progress else False, **settings)
-        return _last_scan[key]
+        scan, _ = _last_scan.get(model, clean.x, clean.y, {**settings, "value_range": data.value_range},
+                                 lambda: reverse_triggers(model, clean, data.value_range,
+                                                          progress="reversing triggers" if progress else False,
+                                                          **settings))
+        return scan
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
