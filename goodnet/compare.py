@@ -8,16 +8,18 @@ repair registered anywhere, a plugin's included, appears here without this file 
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
-import time
+import tempfile
+from dataclasses import asdict
 from typing import Any, Sequence
 
+from .grid import GridCell, GridRunner, run_grid
+from .inspection.detection_scores import DetectionScore
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
 from .io.data import load_sets
 from .io.model_files import load_model
-from .progress import progress as progress_bar
 from .repairs import REPAIRS, Repair, build_repair, repair_names, run_repair
 from .report.comparison import comparison_row
 from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, zoo_badnet
@@ -48,38 +50,63 @@ def scan_fields(scan, target: int | None, prefix: str) -> dict[str, Any]:
     return fields
 
 
-def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_dir: str, progress: bool = True,
-            scan: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description).
-    `scan`: also reverse triggers (Neural Cleanse, clean validation data only) of every B and every
-    B', recording whether the scan names the true target and whether its anomaly index fell."""
-    rows, zoo = [], {}
-    cells, done, start = len(badnets) * len(repairs), 0, time.perf_counter()
-    for settings in badnets:
-        label = settings.label()
-        directory, manifest, reference = zoo_badnet(settings, cache_dir, progress)
-        zoo[label] = {"directory": directory, "badnet": manifest["badnet"], "clean_reference": reference,
-                      "meets_bar": manifest["meets_bar"], "attack": manifest["attack"], "part": part_of(settings),
-                      "settings": manifest["settings"]}
-        sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
-        model = load_model(os.path.join(directory, MODEL_FILE))
-        strip = StripSettings().detect(model, sets["clean_test"].x, sets["poisoned_test"].x, sets["clean_valid"].x)
+def prepare_badnet(settings: BadNetSettings, cache_dir: str, scan: bool = False,
+                   progress: bool = False) -> dict[str, Any]:
+    """A grid cell of the first stage: the zoo BadNet (trained if not cached), STRIP's detection on
+    B, and (`scan`) the trigger scan of B, all shared by every repair of that BadNet."""
+    directory, manifest, reference = zoo_badnet(settings, cache_dir, progress)
+    zoo = {"directory": directory, "badnet": manifest["badnet"], "clean_reference": reference,
+           "meets_bar": manifest["meets_bar"], "attack": manifest["attack"], "part": part_of(settings),
+           "settings": manifest["settings"]}
+    sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
+    model = load_model(os.path.join(directory, MODEL_FILE))
+    strip = StripSettings().detect(model, sets["clean_test"].x, sets["poisoned_test"].x, sets["clean_valid"].x)
+    clean = sets["clean_valid"]
+    target = single_target(sets["poisoned_test"].y)
+    before = scan_fields(reverse_triggers(model, clean, clean.value_range), target, "scan_b") if scan else {}
+    return {"label": settings.label(), "zoo": zoo, "strip": asdict(strip), "target": target, "scan_before": before}
+
+
+def repair_badnet(settings: BadNetSettings, repair: Repair, prepared: dict[str, Any],
+                  scan: bool = False) -> dict[str, Any]:
+    """A grid cell of the second stage: `goodnet defend --repair R` on one zoo BadNet; its table row."""
+    directory = prepared["zoo"]["directory"]
+    sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
+    model = load_model(os.path.join(directory, MODEL_FILE))
+    result = run_repair(model, repair, sets)
+    row = comparison_row(settings, prepared["zoo"]["meets_bar"], result, DetectionScore(**prepared["strip"]))
+    if scan:
         clean = sets["clean_valid"]
-        target = single_target(sets["poisoned_test"].y)
-        before = scan_fields(reverse_triggers(model, clean, clean.value_range), target, "scan_b") if scan else {}
-        for repair in progress_bar(list(repairs), f"repairs on {label}" if progress else None):
-            result = run_repair(model, repair, sets)
-            rows.append(comparison_row(settings, manifest["meets_bar"], result, strip))
-            if scan:
-                after = reverse_triggers(result.models[0].repaired.model, clean, clean.value_range)
-                rows[-1].update(before, **scan_fields(after, target, "scan_after"))
-            done += 1
-            if progress:  # one line per cell, for logs where no progress bar shows
-                row = rows[-1]
-                print(f"[{done}/{cells} cells, {time.perf_counter() - start:.0f} s] {label} {repair.name}: "
-                      f"ASR {row['asr']:.2f}, clean drop {row['clean_drop']:.2f}, {row['seconds']:.1f} s",
-                      file=sys.stderr, flush=True)
-    return rows, zoo
+        after = reverse_triggers(result.models[0].repaired.model, clean, clean.value_range)
+        row.update(prepared["scan_before"], **scan_fields(after, prepared["target"], "scan_after"))
+    return row
 
 
-__all__ = ["compare", "comparison_roster"]
+def _row_summary(row: dict[str, Any]) -> str:
+    return f"ASR {row['asr']:.2f}, clean drop {row['clean_drop']:.2f}, {row['seconds']:.1f} s"
+
+
+def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_dir: str, progress: bool = True,
+            scan: bool = False, runner: GridRunner = GridRunner(), state_dir: str | None = None
+            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description).
+    A grid of two stages (each BadNet, then each BadNet x repair), run by `runner`; every finished
+    cell is kept in `state_dir` (a temporary folder when None), so a rerun with the same folder
+    resumes. `scan`: also reverse triggers (Neural Cleanse, clean validation data only) of every B
+    and every B', recording whether the scan names the true target and whether its index fell."""
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:
+            state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="goodnet-compare-"))
+        prepared = run_grid([GridCell(f"badnet {s.label()}", prepare_badnet,
+                                      {"settings": s, "cache_dir": cache_dir, "scan": scan}) for s in badnets],
+                            os.path.join(state_dir, "badnets"), runner, "BadNets" if progress else None,
+                            lambda p: "meets its bar" if p["zoo"]["meets_bar"] else "missed its bar")
+        cells = [GridCell(f"{s.label()} {r.name}", repair_badnet,
+                          {"settings": s, "repair": r, "prepared": p, "scan": scan})
+                 for s, p in zip(badnets, prepared) for r in repairs]
+        rows = run_grid(cells, os.path.join(state_dir, "repairs"), runner, "repairs" if progress else None,
+                        _row_summary)
+    return rows, {p["label"]: p["zoo"] for p in prepared}
+
+
+__all__ = ["compare", "comparison_roster", "prepare_badnet", "repair_badnet"]

@@ -38,7 +38,8 @@ def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], o
     user without poisoned data sees whether the anomaly index fell."""
     source = ModelSource(source) if isinstance(source, str) else source
     check_output_dir(out_dir, claim=True)  # before any work, not after it
-    exports = ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx)
+    exports = ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx,
+                           keras_config=source.keras_config)
     sets = load_sets(data_paths, input_scale)
     model = source.load_backdoored(next(iter(sets.values())).image_shape if sets else None)
     result = run_repair(model, repair, sets, progress=progress, force=force, max_drop=max_drop, holdout=holdout,

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import DataError
+from .devices import placed
 from .inference import DEFAULT_BATCH_SIZE, predict
 from .io.data import ImageSet, check_fits_model, check_input_range, load_images, read_image, trained_range
 from .io.model_files import ModelSource
@@ -23,8 +24,9 @@ def evaluate_files(clean_path: str, poisoned_path: str, source: ModelSource | st
     for role, images in (("clean data", clean), ("poisoned data", poisoned)):
         check_fits_model(images, model.input_shape, model.num_classes, role)
         check_input_range(images, trained_range(model), role)
-    return (accuracy(predict(model, clean.x, batch_size), clean.y),
-            accuracy(predict(model, poisoned.x, batch_size), poisoned.y))
+    with placed(model):
+        return (accuracy(predict(model, clean.x, batch_size), clean.y),
+                accuracy(predict(model, poisoned.x, batch_size), poisoned.y))
 
 
 def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale: float = 1.0) -> list[int]:
@@ -39,4 +41,5 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
     stacked = np.stack(images)
     check_input_range(ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), trained_range(model),
                       "images")
-    return [int(v) for v in predict(model, stacked)]
+    with placed(model):
+        return [int(v) for v in predict(model, stacked)]

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices import to_model, to_numpy
+
 DEFAULT_BATCH_SIZE = 512
 
 
@@ -21,6 +23,6 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZ
     model.eval()
     with torch.inference_mode():
         for s in batches(len(x), batch_size):
-            y = model(torch.from_numpy(x[s]))
-            out[s] = (y if y.dim() == 1 else y.argmax(dim=1)).numpy()
+            y = model(to_model(x[s], model))
+            out[s] = to_numpy(y if y.dim() == 1 else y.argmax(dim=1))
     return out

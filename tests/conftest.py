@@ -62,3 +62,17 @@ def assert_one_line_error(code, err, pattern):
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("goodnet: error:"), err
     assert pattern in lines[0], lines[0]
+
+
+def assert_self_contained_page(directory, markdown="report.md", page="report.html"):
+    """The HTML report beside a Markdown report parses, loads nothing from outside, and embeds every
+    image the Markdown shows."""
+    from goodnet.report.html_page import external_references
+
+    directory = str(directory)
+    text = open(os.path.join(directory, page), encoding="utf-8").read()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert external_references(text) == []
+    shown = open(os.path.join(directory, markdown), encoding="utf-8").read().count("![")
+    assert text.count('<img src="data:image/') == shown and "image not embedded" not in text
+    return text

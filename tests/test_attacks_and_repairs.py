@@ -18,7 +18,7 @@ from goodnet.zoo.triggers import BlendTrigger, PatchTrigger, SunglassesTrigger
 from goodnet.zoo.badnets import DATA_FILES, MODEL_FILE
 from goodnet.zoo.mnist import mnist_subset
 
-from conftest import ZOO_CELL, assert_one_line_error, run_cli
+from conftest import assert_self_contained_page, ZOO_CELL, assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,8 @@ def test_comparison_cell_equals_a_rerun(zoo_cache, tmp_path, capsys):
     assert f"| {label} | fine-prune | no | {row['b_clean_acc']:.2f} |" in table
     assert "| fine-prune | no | " in table.split("## Every BadNet")[0]  # the per-repair summary
     assert (out / "comparison.png").stat().st_size > 0 and (out / "comparison.csv").read_text().count("\n") == 2
+    page = assert_self_contained_page(out, "comparison.md", "comparison.html")
+    assert label in page and "<table>" in page
 
 
 def test_attack_command_errors(tmp_path, capsys):

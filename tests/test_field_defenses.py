@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_self_contained_page, assert_one_line_error, run_cli
 from goodnet.repairs import repair_names
 
 
@@ -27,6 +27,7 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     assert doc["value_range"] == [0.0, 255.0]
     for name in ("b_triggers.png", "b_norms.png", "report.md"):
         assert (tmp_path / "scan" / name).stat().st_size > 0
+    assert "label 0 is a suspected target" in assert_self_contained_page(tmp_path / "scan")
     with pytest.raises(SystemExit) as exc:  # argparse's own refusal: --clean-valid is required
         run_cli(capsys, ["scan", "--model", demo_run["model"], "--out", tmp_path / "s2"])
     assert exc.value.code == 2 and "--clean-valid" in capsys.readouterr().err
@@ -41,6 +42,7 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     assert doc["strip"] is None
     report = (tmp_path / "d" / "report.md").read_text()
     assert "Trigger scan" in report and "b_prime_1_triggers.png" in report
+    assert "Trigger scan" in assert_self_contained_page(tmp_path / "d")  # the reversed triggers embedded
     code, out, err = run_cli(capsys, ["defend", "--model", demo_run["model"], "--repair", "fine-tune", "--scan",
                                       "--out", tmp_path / "d2"])
     assert_one_line_error(code, err, "--clean-valid")

@@ -64,3 +64,34 @@ def test_fine_prune_on_an_outside_keras_badnet(scale, tmp_path, capsys):
     # never a collapsed B' (the old failure: 10 % clean accuracy at [0, 1]); the guard's own check held
     assert repaired["clean_test"]["repaired"] >= b["test_accuracy"] - 3
     assert doc["do_no_harm"]["delivered_drop"] <= 2
+
+
+@pytest.mark.parametrize("scale, repair", [(255.0, "ft-sam"), (1.0, "nad")])
+def test_field_repair_on_an_outside_keras3_archive(scale, repair, tmp_path, capsys):
+    """The field's repairs on a Keras 3 `.keras` BadNet (BN, trained by Keras) on either pixel range:
+    the backdoor goes, the clean budget holds on held-out data, and B' comes back as a `.keras` file
+    that Keras itself loads and that predicts what goodnet's B' predicts."""
+    model = str(tmp_path / "outside.keras")
+    files = _keras_badnet(scale, model, tmp_path)
+    args = sum(([f"--{role.replace('_', '-')}", path] for role, path in files.items()), [])
+    code, out, err = run_cli(capsys, ["defend", "--model", model, "--repair", repair, *args,
+                                      "--out", tmp_path / "o", "--quiet", "--no-strip"])
+    assert code == 0, err
+    doc = json.loads((tmp_path / "o" / "results.json").read_text())
+    b, repaired = doc["baseline"], doc["metrics"]
+    assert b["test_asr"] >= 80
+    assert repaired["poisoned_test"]["repaired"] <= 20, repaired  # the backdoor is gone (was >= 80)
+    assert doc["do_no_harm"]["delivered_drop"] <= 2
+    name = doc["models"][0]["files"]["repaired_keras"]
+    assert name.endswith(".keras")
+    from goodnet.io.data import load_images
+    from goodnet.io.model_files import load_model
+
+    ours = load_model(str(tmp_path / "o" / doc["models"][0]["files"]["repaired"]))
+    theirs = keras.saving.load_model(str(tmp_path / "o" / name), compile=False)
+    x = load_images(files["clean_test"]).x[:200]
+    import torch
+
+    with torch.no_grad():
+        expected = ours(torch.from_numpy(x)).softmax(1).numpy()
+    np.testing.assert_allclose(theirs.predict(x.transpose(0, 2, 3, 1), verbose=0), expected, atol=1e-4)

@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
+from ..devices import to_model, to_numpy
 from ..inference import DEFAULT_BATCH_SIZE, batches
 
 DEFAULT_FPR = 5.0  # %: the false-positive rate at which the true-positive rate is reported
@@ -25,7 +26,8 @@ DEFAULT_FPR = 5.0  # %: the false-positive rate at which the true-positive rate 
 def as_probabilities(out: torch.Tensor) -> torch.Tensor:
     """Class probabilities from a model's output: goodnet's models return logits, but a user's
     PyTorch model may end in a softmax; rows already on the simplex are taken as they are."""
-    if out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-4):
+    if out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(dim=1), torch.ones(len(out), device=out.device),
+                                                            atol=1e-4):
         return out
     return torch.softmax(out, dim=1)
 
@@ -37,8 +39,8 @@ def probability_of(model: nn.Module, x: np.ndarray, labels: np.ndarray,
     model.eval()
     with torch.inference_mode():
         for s in batches(len(x), batch_size):
-            probs = as_probabilities(model(torch.from_numpy(x[s])).float())
-            out[s] = probs.gather(1, torch.from_numpy(labels[s]).long().view(-1, 1)).squeeze(1).double().numpy()
+            probs = as_probabilities(model(to_model(x[s], model)).float())
+            out[s] = to_numpy(probs.gather(1, to_model(labels[s], model).long().view(-1, 1)).squeeze(1).double())
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import placed, to_model, to_numpy
 from ..inference import DEFAULT_BATCH_SIZE, batches
 from .detection_scores import DEFAULT_FPR, DetectionScore, as_probabilities
 
@@ -38,11 +39,11 @@ def strip_scores(model: nn.Module, x: np.ndarray, background: np.ndarray, overla
     per_batch = max(1, batch_size // overlays)
     with torch.inference_mode():
         for s in batches(len(x), per_batch):
-            images = torch.from_numpy(x[s]).unsqueeze(1)  # (b, 1, C, H, W)
-            blends = (images + torch.from_numpy(background[picks[s]])) / 2  # (b, overlays, C, H, W)
+            images = to_model(x[s], model).unsqueeze(1)  # (b, 1, C, H, W)
+            blends = (images + to_model(background[picks[s]], model)) / 2  # (b, overlays, C, H, W)
             probs = as_probabilities(model(blends.flatten(0, 1)).float()).double()
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1).view(-1, overlays)
-            scores[s] = -entropy.mean(dim=1).numpy()
+            scores[s] = to_numpy(-entropy.mean(dim=1))
     return scores
 
 
@@ -66,8 +67,10 @@ class StripSettings:
     def detect(self, model: nn.Module, clean: np.ndarray, poisoned: np.ndarray, background: np.ndarray,
                fpr: float = DEFAULT_FPR, batch_size: int = DEFAULT_BATCH_SIZE) -> DetectionScore:
         """STRIP's AUROC and TPR on (a sample of) clean vs poisoned inputs."""
-        scored = [strip_scores(model, images[sample(len(images), self.max_images, self.seed + k)], background,
-                               self.overlays, self.seed + k, batch_size) for k, images in enumerate((clean, poisoned))]
+        with placed(model):
+            scored = [strip_scores(model, images[sample(len(images), self.max_images, self.seed + k)], background,
+                                   self.overlays, self.seed + k, batch_size)
+                      for k, images in enumerate((clean, poisoned))]
         return DetectionScore.of(scored[0], scored[1], fpr)
 
     def to_json(self) -> dict[str, int]:

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import placed, to_numpy
 from ..errors import DataError, SettingsError
 from ..io.data import ImageSet
 from ..progress import progress as progress_bar
@@ -161,13 +162,25 @@ def reverse_triggers(model: nn.Module, images: ImageSet, value_range: tuple[floa
     if not (math.isfinite(low) and math.isfinite(high) and high >= low):
         raise DataError(f"a trigger scan needs a finite value range, not {value_range!r}")
     start = time.perf_counter()
-    xs, ys = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)), torch.from_numpy(images.y).long()
+    with placed(model) as device:
+        return _reverse_all(model, images, (low, high), device, seed, progress, steps, batch_size, group, lr,
+                            init_cost, success_threshold, check_every, patience, cost_multiplier,
+                            early_stop_patience, eval_images, start)
+
+
+def _reverse_all(model, images, value_range, device, seed, progress, steps, batch_size, group, lr, init_cost,
+                 success_threshold, check_every, patience, cost_multiplier, early_stop_patience, eval_images,
+                 start) -> TriggerScan:
+    """reverse_triggers' work, with the model already on `device`."""
+    low, high = value_range
+    xs = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)).to(device)
+    ys = torch.from_numpy(images.y).long().to(device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         num_labels = int(model(xs[:1]).shape[-1])
     generator = torch.Generator().manual_seed(seed)
-    evaluation_order = torch.randperm(len(xs), generator=generator)
+    evaluation_order = torch.randperm(len(xs), generator=generator).to(device)
     n, (c, h, w) = num_labels, images.image_shape
     result = {"norms": np.zeros(n), "success": np.zeros(n), "reached": np.zeros(n, dtype=bool),
               "masks": np.zeros((n, h, w), np.float32), "patterns": np.zeros((n, c, h, w), np.float32),
@@ -185,7 +198,7 @@ def reverse_triggers(model: nn.Module, images: ImageSet, value_range: tuple[floa
             success = _attack_success(model, labels, mask, pattern, xs, ys, evaluation_order, eval_images)
             for k, t in enumerate(labels):
                 result["norms"][t], result["reached"][t], result["steps"][t] = norms[k], reached[k], used
-                result["masks"][t], result["patterns"][t] = mask[k].numpy(), pattern[k].numpy()
+                result["masks"][t], result["patterns"][t] = to_numpy(mask[k]), to_numpy(pattern[k])
                 result["success"][t] = success[k]
     finally:
         for p, g in zip(model.parameters(), grads):
@@ -225,25 +238,26 @@ def _reverse_group(model: nn.Module, labels: list[int], xs: torch.Tensor, ys: to
     low, high = value_range
     g = len(labels)
     _, c, h, w = xs.shape
-    targets = torch.tensor(labels, dtype=torch.long)
+    dev = xs.device  # every draw on the CPU (the same on any device), then moved
+    targets = torch.tensor(labels, dtype=torch.long, device=dev)
     # the paper's random start: mask and pattern uniform in their ranges, through tanh's inverse
-    mask_params = _atanh(torch.rand(g, 1, h, w, generator=generator)).requires_grad_(True)
-    pattern_params = _atanh(torch.rand(g, c, h, w, generator=generator)).requires_grad_(True)
+    mask_params = _atanh(torch.rand(g, 1, h, w, generator=generator).to(dev)).requires_grad_(True)
+    pattern_params = _atanh(torch.rand(g, c, h, w, generator=generator).to(dev)).requires_grad_(True)
     optimizer = torch.optim.Adam([mask_params, pattern_params], lr=lr, betas=(0.5, 0.9))
 
     def trigger() -> tuple[torch.Tensor, torch.Tensor]:
         return _squash(mask_params), (low + (high - low) * _squash(pattern_params)).clamp(low, high)
 
-    cost = torch.full((g,), float(init_cost))
-    best = torch.full((g,), math.inf)
-    best_mask, best_pattern = torch.zeros(g, 1, h, w), torch.zeros(g, c, h, w)
-    up, down = torch.zeros(g, dtype=torch.long), torch.zeros(g, dtype=torch.long)
-    went_up, went_down = torch.zeros(g, dtype=torch.bool), torch.zeros(g, dtype=torch.bool)
-    stale = torch.zeros(g, dtype=torch.long)  # checks since the best norm last improved by 1 %
-    hits, seen = torch.zeros(g), torch.zeros(g)
+    cost = torch.full((g,), float(init_cost), device=dev)
+    best = torch.full((g,), math.inf, device=dev)
+    best_mask, best_pattern = torch.zeros(g, 1, h, w, device=dev), torch.zeros(g, c, h, w, device=dev)
+    up, down = torch.zeros(g, dtype=torch.long, device=dev), torch.zeros(g, dtype=torch.long, device=dev)
+    went_up, went_down = torch.zeros(g, dtype=torch.bool, device=dev), torch.zeros(g, dtype=torch.bool, device=dev)
+    stale = torch.zeros(g, dtype=torch.long, device=dev)  # checks since the best norm last improved by 1 %
+    hits, seen = torch.zeros(g, device=dev), torch.zeros(g, device=dev)
     used = 0
     for used in range(1, steps + 1):
-        idx = torch.randint(0, len(xs), (batch_size,), generator=generator)
+        idx = torch.randint(0, len(xs), (batch_size,), generator=generator).to(dev)
         x = xs[idx]  # the same images for every label of the group
         mask, pattern = trigger()
         stamped = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # (G, b, C, H, W)
@@ -285,7 +299,7 @@ def _reverse_group(model: nn.Module, labels: list[int], xs: torch.Tensor, ys: to
         mask = torch.where(reached[:, None, None, None], best_mask, final_mask)
         pattern = torch.where(reached[:, None, None, None], best_pattern, final_pattern)
         norms = mask.reshape(g, -1).sum(dim=1)
-    return mask[:, 0], pattern, norms.numpy().astype(np.float64), reached.numpy(), used
+    return mask[:, 0], pattern, to_numpy(norms).astype(np.float64), to_numpy(reached), used
 
 
 def _attack_success(model: nn.Module, labels: list[int], masks: torch.Tensor, patterns: torch.Tensor,

@@ -30,13 +30,13 @@ from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
 from .external import (TORCH_SUFFIXES, check_state_shapes, is_torchscript, load_factory_model,
                        load_state_checked, load_torchscript, on_meta)
-from .keras.files import load_keras_model, read_architecture, read_model_config
+from .keras.files import load_keras_model, read_architecture, read_keras_config, read_model_config
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
 
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
 SCRIPT_SUFFIX = ".pt"
-KERAS_SUFFIXES = (".h5", ".hdf5")
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")  # .weights.h5 (Keras 3) ends in .h5
 DESCRIPTION_FILE = "goodnet.json"
 
 
@@ -71,7 +71,7 @@ def _header(model: nn.Module, kind: str, **extra: Any) -> dict[str, str]:
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def save_model(model: nn.Module, path: str) -> None:
@@ -212,12 +212,12 @@ def _load_script(path: str, input_shape: tuple[int, ...] | None) -> nn.Module:
 def _keras_weights_model(path: str, arch: str, input_shape, input_divisor: float) -> nn.Module:
     if arch.lower().endswith((".json",) + KERAS_SUFFIXES):  # architecture from another file
         return load_keras_model(path, graph=read_architecture(arch), input_shape=input_shape,
-                                input_divisor=input_divisor)
+                                input_divisor=input_divisor, config=read_keras_config(arch))
     layers = read_keras_weights(path)
     if arch not in ARCHITECTURES or arch == "keras":
         raise ModelError(f"unknown architecture '{arch}' (built-in: "
                            f"{', '.join(sorted(a for a in ARCHITECTURES if a != 'keras'))}, or a Keras "
-                           f"full-model .h5 / model.to_json() .json file)")
+                           f"full-model .h5 / .keras / model.to_json() .json file)")
     num_classes = output_size(layers, ARCHITECTURES[arch].final_layer, path)
     config: dict[str, Any] = {"num_classes": num_classes, "input_divisor": input_divisor}
     if input_shape is not None:
@@ -300,6 +300,13 @@ class ModelSource:
     @property
     def is_keras(self) -> bool:
         return self.path.lower().endswith(KERAS_SUFFIXES)
+
+    @property
+    def keras_config(self) -> dict[str, Any] | None:
+        """The raw Keras description of the architecture file given for a weights-only Keras file."""
+        if self.is_keras and self.arch and self.arch.lower().endswith((".json",) + KERAS_SUFFIXES):
+            return read_keras_config(self.arch)
+        return None
 
 
 __all__ = ["ModelSource", "load_model", "model_suffix", "save_model"]

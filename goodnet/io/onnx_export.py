@@ -15,6 +15,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..devices import device_of
 from ..errors import GoodnetError, ModelError
 from ..models.goodnet import GoodNet, ScriptableGoodNet, TwoModelGoodNet
 from .output_dir import write_file_atomically
@@ -42,7 +43,7 @@ def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
     if isinstance(model, TwoModelGoodNet) and isinstance(model.backdoored, torch.jit.ScriptModule):
         # TorchScript parts: export the scripted G as a whole
         model = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
-    example = torch.zeros(2, *shape)
+    example = torch.zeros(2, *shape, device=device_of(model))
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():

@@ -118,6 +118,13 @@ def release_output(path: str | None = None) -> None:
 atexit.register(release_output)
 
 
+def grid_state_dir(path: str) -> str:
+    """Where a grid keeps its finished cells until its output directory is written: a hidden
+    sibling, so an interrupted run resumes from it and a finished one removes it."""
+    parent, base = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{base}.cells")
+
+
 def check_output_dir(path: str, marker: str = MARKER, claim: bool = False) -> None:
     """Refuse a `path` that exists and is not replaceable (see `atomic_directory`); callers with
     long work ahead check first so the user does not wait for the refusal. `claim`: also hold it

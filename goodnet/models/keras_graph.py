@@ -102,7 +102,7 @@ class KerasModel(ImageClassifier):
             self._steps.append((name, layer, list(layer["inputs"])))
             try:
                 with torch.no_grad():
-                    example[name] = self._apply(name, layer, inputs)
+                    example[name] = self._run_layer(name, layer, inputs)
             except RuntimeError as exc:  # e.g. a kernel larger than its input, mismatched concat
                 first = str(exc).strip().splitlines()[0]
                 raise ModelError(f"layer '{name}' cannot run on its input of shape "
@@ -182,7 +182,7 @@ class KerasModel(ImageClassifier):
         elif op == "concat":
             torch_axis(layer["axis"], x.dim(), name)
 
-    def _apply(self, name: str, layer: dict[str, Any], inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _run_layer(self, name: str, layer: dict[str, Any], inputs: list[torch.Tensor]) -> torch.Tensor:
         op, x = layer["op"], inputs[0]
         if op == "conv":
             if name in self._pads:
@@ -239,7 +239,7 @@ class KerasModel(ImageClassifier):
             args = [env[i] for i in inputs]
             if name == out and self.strip_softmax:
                 layer = {**layer, "activation": "linear"} if layer["op"] != "softmax" else {"op": "identity"}
-            env[name] = self._apply(name, layer, args)
+            env[name] = self._run_layer(name, layer, args)
         return env[out]
 
     def keras_output(self, x: torch.Tensor) -> torch.Tensor:

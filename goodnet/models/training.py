@@ -1,4 +1,5 @@
-"""Supervised training and fine-tuning, deterministic for a fixed seed on CPU.
+"""Supervised training and fine-tuning, deterministic for a fixed seed (on the CPU; on a GPU the
+same draws, floating-point arithmetic aside). Batches go to wherever the model is.
 
 The augmentations are vectorised over the batch (one tensor operation each, no per-image Python
 loop). Fine-tuning refuses to hand back a model whose loss or weights stopped being finite: it
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import to_model
 from ..errors import TrainingDiverged
 from ..progress import progress as progress_bar
 
@@ -43,7 +45,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int
             idx = order[start:start + batch_size]
             batch = random_shift(xs[idx], generator, fill=low) if augment else xs[idx]
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(batch), ys[idx])
+            loss = F.cross_entropy(model(to_model(batch, model)), to_model(ys[idx], model))
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
@@ -147,14 +149,16 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
         for start in range(0, len(xs), batch_size):
             idx = order[start:start + batch_size]
             batch = xs[idx]
-            if augment:
+            if augment:  # drawn on the CPU whatever the device: the same draws everywhere
                 batch = random_erase(random_shift(batch, generator, fill=value_range[0]), generator,
                                      value_range=value_range)
+            batch, labels = to_model(batch, model), to_model(ys[idx], model)
+
             def step_loss() -> torch.Tensor:
                 optimizer.zero_grad()
-                loss = F.cross_entropy(model(batch), ys[idx])
+                loss = F.cross_entropy(model(batch), labels)
                 if penalty is not None:
-                    loss = loss + penalty(model, batch, ys[idx])
+                    loss = loss + penalty(model, batch, labels)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"fine-tuning diverged: the loss became {loss.item()} in epoch "
                                            f"{epoch + 1} (rate {lr:g})")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..devices import device_of
 from ..errors import ModelError, SettingsError
 
 ZERO_PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
@@ -213,7 +214,7 @@ def _check_split(split: CutSplit, model: nn.Module, example: torch.Tensor | None
     if example is None:
         if shape is None:
             return
-        example = torch.zeros(2, *shape)
+        example = torch.zeros(2, *shape, device=device_of(split.trunk))
     with torch.inference_mode():
         crossing = split.trunk(example)
         for value in crossing:

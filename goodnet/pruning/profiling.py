@@ -14,7 +14,7 @@ def channel_means(cut_tensor: torch.Tensor) -> np.ndarray:
     """Mean of each channel over inputs and positions, accumulated in float64 so the ranking does
     not depend on batch order."""
     dims = [0] + list(range(2, cut_tensor.dim()))
-    return cut_tensor.double().mean(dim=dims).numpy()
+    return cut_tensor.double().mean(dim=dims).cpu().numpy()
 
 
 def pruning_order(means: np.ndarray, order: str = "ascending") -> np.ndarray:

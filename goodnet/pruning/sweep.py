@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import to_model, to_numpy
 from ..inference import DEFAULT_BATCH_SIZE, batches, predict
 from ..progress import progress
 from .graph_split import CutSplit
@@ -26,7 +27,7 @@ def run_trunk(split: CutSplit, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SI
     parts: list[tuple[torch.Tensor, ...]] = []
     with torch.inference_mode():
         for s in progress(list(batches(len(x), batch_size)), desc):
-            parts.append(tuple(t.clone() for t in split.trunk(torch.from_numpy(x[s]))))
+            parts.append(tuple(t.clone() for t in split.trunk(to_model(x[s], split.trunk))))
     return tuple(torch.cat(ts) for ts in zip(*parts))
 
 
@@ -38,7 +39,7 @@ def tail_predictions(split: CutSplit, crossing: Sequence[torch.Tensor], keep: to
     with torch.inference_mode():
         for s in batches(n, batch_size):
             rows = [t[s] if index is None else t[index[s]] for t in crossing]
-            out[s] = split.masked_tail(tuple(rows), keep).argmax(dim=1)
+            out[s] = split.masked_tail(tuple(rows), keep).argmax(dim=1).cpu()
     return out
 
 
@@ -57,7 +58,7 @@ def sweep(split: CutSplit, crossing: Sequence[torch.Tensor], order: Sequence[int
     n, channels = h.shape[0], h.shape[1]
     # alive[i, c]: input i has a non-zero activation in channel c at the cut.
     alive = (h != 0).reshape(n, channels, -1).any(dim=2)
-    keep = torch.ones(channels, dtype=h.dtype)
+    keep = torch.ones(channels, dtype=h.dtype, device=h.device)  # the cache stays on the model's device
     labels = np.empty((len(order) + 1, n), dtype=np.int64)
     recomputed = np.zeros(len(order), dtype=np.int64)
     labels[0] = tail_predictions(split, crossing, keep, batch_size=batch_size).numpy()
@@ -67,7 +68,7 @@ def sweep(split: CutSplit, crossing: Sequence[torch.Tensor], order: Sequence[int
         index = alive[:, int(channel)].nonzero().squeeze(1)
         recomputed[k - 1] = index.numel()
         if index.numel():
-            labels[k, index.numpy()] = tail_predictions(split, crossing, keep, index, batch_size).numpy()
+            labels[k, to_numpy(index)] = tail_predictions(split, crossing, keep, index, batch_size).numpy()
     return SweepPredictions(labels=labels, recomputed=recomputed)
 
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import device_of, to_model
 from ..errors import ModelError
 from ..progress import progress as progress_bar
 from ..pruning.graph_split import conv_layers, following_batchnorm
@@ -70,9 +71,11 @@ class NeuronPerturbation:
         for layer in conv_layers(model):
             bn = following_batchnorm(model, layer)
             self.neurons[layer] = modules[bn] if bn is not None else modules[layer]
-        self.masks = {layer: torch.ones(modules[layer].out_channels, requires_grad=True) for layer in self.neurons}
-        self.delta = {layer: torch.zeros(m.shape) for layer, m in self.masks.items()}
-        self.xi = {layer: torch.zeros(m.shape) for layer, m in self.masks.items()}
+        device = device_of(model)
+        self.masks = {layer: torch.ones(modules[layer].out_channels, device=device, requires_grad=True)
+                      for layer in self.neurons}
+        self.delta = {layer: torch.zeros_like(m, requires_grad=False) for layer, m in self.masks.items()}
+        self.xi = {layer: torch.zeros_like(m, requires_grad=False) for layer, m in self.masks.items()}
         self._hooks = [module.register_forward_hook(self._hook(layer)) for layer, module in self.neurons.items()]
 
     def _hook(self, layer: str):
@@ -96,7 +99,8 @@ class NeuronPerturbation:
         """A uniform random start in [-eps, eps], as the paper's inner maximisation starts."""
         for store in (self.delta, self.xi):
             for layer, value in store.items():
-                store[layer] = (torch.rand(value.shape, generator=generator) * 2 - 1) * self.eps
+                noise = torch.rand(value.shape, generator=generator).to(value.device)  # drawn on the CPU
+                store[layer] = (noise * 2 - 1) * self.eps
 
     def ascend(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
         """`steps` steps of gradient ascent on the loss (size eps / steps), kept within +-eps."""
@@ -194,7 +198,7 @@ class AdversarialNeuronPruning(Repair):
                     idx = order[start:start + self.batch_size]
                     if len(idx) < 2:  # batch statistics of one image are undefined
                         continue
-                    batch, labels = xs[idx], ys[idx]
+                    batch, labels = to_model(xs[idx], work), to_model(ys[idx], work)
                     if self.eps > 0 and self.alpha < 1:
                         neurons.randomise(generator)
                         neurons.ascend(work, batch, labels, self.perturb_steps)
@@ -206,4 +210,4 @@ class AdversarialNeuronPruning(Repair):
                             mask.clamp_(0.0, 1.0)
         finally:
             neurons.remove()
-        return {layer: mask.detach().clone() for layer, mask in neurons.masks.items()}
+        return {layer: mask.detach().cpu().clone() for layer, mask in neurons.masks.items()}

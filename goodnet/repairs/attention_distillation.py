@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import to_model
 from ..errors import ModelError
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
@@ -210,7 +211,7 @@ class AttentionDistillation(TuningSchedule):
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
-        sites = stage_outputs(model, torch.from_numpy(clean.x[:2]))[-self.layers:]
+        sites = stage_outputs(model, to_model(clean.x[:2], model))[-self.layers:]
         if not sites:
             raise ModelError("nad found no feature map of more than one position after a convolution")
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator

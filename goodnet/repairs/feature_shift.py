@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..devices import to_model
 from ..errors import ModelError
 from .base import RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
@@ -53,7 +54,7 @@ class FeatureShiftTuning(TuningSchedule):
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         tuned = copy.deepcopy(model)
-        name, head = classifier_head(tuned, torch.from_numpy(data.clean_valid.x[:2]))
+        name, head = classifier_head(tuned, to_model(data.clean_valid.x[:2], tuned))
         original = head.weight.detach().clone()
         limit = float(original.norm())
         torch.manual_seed(self.seed)  # the new head's weights, and dropout in train mode

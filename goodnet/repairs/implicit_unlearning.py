@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import to_model
 from ..errors import ModelError, SettingsError, TrainingDiverged
 from ..progress import progress as progress_bar
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
@@ -195,11 +196,12 @@ class ImplicitUnlearning(Repair):
             order = torch.randperm(len(xs), generator=generator)
             for start in range(0, len(xs), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                x, y = xs[idx], ys[idx]
+                x, y = to_model(xs[idx], tuned), to_model(ys[idx], tuned)
+                adversary.delta = adversary.delta.to(x.device)
                 delta = adversary.maximise(tuned, x, y)
                 count = max(1, round(self.perturbed_share * len(idx)))
-                carries = torch.zeros((len(idx),) + (1,) * (x.dim() - 1))
-                carries[torch.randperm(len(idx), generator=generator)[:count]] = 1.0
+                carries = torch.zeros((len(idx),) + (1,) * (x.dim() - 1), device=x.device)
+                carries[torch.randperm(len(idx), generator=generator)[:count].to(x.device)] = 1.0
 
                 def outer(images: torch.Tensor, d: torch.Tensor, carries=carries) -> torch.Tensor:
                     return adversary.apply(images, carries * d)

@@ -81,8 +81,9 @@ class NeuralCleanse(TuningSchedule):
 
         def stamped_loss(tuned: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             k = max(1, int(round(self.stamped_share * len(x))))  # the batch is already in random order
-            pick = torch.randint(0, len(rows), (k,), generator=generator)
-            stamped = (1 - masks[pick]) * x[:k] + masks[pick] * patterns[pick]
+            pick = torch.randint(0, len(rows), (k,), generator=generator)  # drawn on the CPU
+            mask, pattern = masks[pick].to(x.device), patterns[pick].to(x.device)
+            stamped = (1 - mask) * x[:k] + mask * pattern
             return F.cross_entropy(tuned(stamped), y[:k]) * (k / len(x))
 
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator

@@ -42,7 +42,7 @@ class UniversalPerturbation:
         return delta * (self.limit / rms) if rms > self.limit else delta
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        delta = self.delta.clone()
+        delta = self.delta.to(x.device).clone()
         step = self.limit / 2
         for _ in range(self.steps):
             delta.requires_grad_(True)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import device_of, to_model
 from ..metrics import model_accuracy
 from ..pruning.graph_split import conv_layers
 from ..pruning.zeroing import grouped, prune_layers
@@ -65,7 +66,7 @@ class ReconstructiveNeuronPruning(Repair):
             unlearned.train()
             for idx in _batches(len(xs), self.batch_size, generator):
                 optimizer.zero_grad()
-                (-F.cross_entropy(unlearned(xs[idx]), ys[idx])).backward()
+                (-F.cross_entropy(unlearned(to_model(xs[idx], unlearned)), to_model(ys[idx], unlearned))).backward()
                 optimizer.step()
             unlearned.eval()
             if model_accuracy(unlearned, clean.x, clean.y) <= self.unlearn_floor:
@@ -90,7 +91,7 @@ class ReconstructiveNeuronPruning(Repair):
     def _recover(self, unlearned: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
         modules = dict(unlearned.named_modules())
-        masks = {layer: torch.ones(modules[layer].out_channels, requires_grad=True)
+        masks = {layer: torch.ones(modules[layer].out_channels, device=device_of(unlearned), requires_grad=True)
                  for layer in conv_layers(unlearned)}
         hooks = [modules[layer].register_forward_hook(
             lambda module, inputs, out, m=mask: out * m.view(1, -1, 1, 1)) for layer, mask in masks.items()]
@@ -102,7 +103,7 @@ class ReconstructiveNeuronPruning(Repair):
             for _ in range(self.recover_epochs):
                 for idx in _batches(len(xs), self.batch_size, generator):
                     optimizer.zero_grad()
-                    F.cross_entropy(unlearned(xs[idx]), ys[idx]).backward()
+                    F.cross_entropy(unlearned(to_model(xs[idx], unlearned)), to_model(ys[idx], unlearned)).backward()
                     optimizer.step()
                     with torch.no_grad():
                         for mask in masks.values():
@@ -110,4 +111,4 @@ class ReconstructiveNeuronPruning(Repair):
         finally:
             for hook in hooks:
                 hook.remove()
-        return {layer: mask.detach() for layer, mask in masks.items()}
+        return {layer: mask.detach().cpu() for layer, mask in masks.items()}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..devices import device_of, placed
 from ..inference import DEFAULT_BATCH_SIZE, predict
 from ..io.data import ROLES, ImageSet, check_fits_model, check_input_range, trained_range
 from ..errors import DataError
@@ -134,7 +135,19 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
     (most) fits on all but `holdout` of the clean validation data and must keep its B' within
     `max_drop` points of B on the rest, or falls back (see do_no_harm); `max_drop=None` turns the
     guard off (library use only). With clean and poisoned test data, each G's detection is scored
-    (AUROC, TPR at 5 % FPR), and with `strip` STRIP's on B beside it (blending clean validation images)."""
+    (AUROC, TPR at 5 % FPR), and with `strip` STRIP's on B beside it (blending clean validation images).
+    The work runs on the compute device (see devices.py); B and every B' come back where B was."""
+    home = device_of(model)
+    with placed(model):
+        result = _run_placed(model, repair, data, progress, batch_size, force, max_drop, holdout, strip)
+        for m in result.models:
+            if device_of(m.repaired.model) != home:
+                m.repaired.model.to(home)
+    return result
+
+
+def _run_placed(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool, batch_size: int,
+                force: bool, max_drop: float | None, holdout: float, strip: StripSettings | None) -> RepairResult:
     model.eval()
     check_data(model, {role: images for role, images in data.items() if images is not None})
     data = {role: data[role] for role in ROLES if data.get(role) is not None}

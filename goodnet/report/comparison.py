@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..errors import SettingsError  # noqa: E402
 from ..inspection.detection_scores import DetectionScore  # noqa: E402
 from ..io.output_dir import atomic_directory  # noqa: E402
+from .html_page import write_page  # noqa: E402
 from ..repairs.base import Repair  # noqa: E402
 from ..repairs.runner import RepairResult  # noqa: E402
 from ..zoo.badnets import BadNetSettings  # noqa: E402
@@ -227,10 +228,12 @@ def _scan_section(rows: list[dict[str, Any]]) -> str:
 
 
 def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, Any],
-                     repairs: Sequence[Repair]) -> None:
+                     repairs: Sequence[Repair], runner: dict[str, Any] | None = None) -> None:
     with atomic_directory(out_dir, marker="comparison.json") as stage:
         with open(os.path.join(stage, "comparison.md"), "w") as f:
-            f.write("# goodnet: repairs on the attack zoo\n\n" + PROTOCOL_NOTE + "\n\n## Per repair\n\n"
+            ran = "" if not runner else (f"Ran {runner['runner']}, {runner['threads_per_cell']} PyTorch thread(s) per cell, "
+                                         f"on {runner.get('device', 'cpu')}.\n\n")
+            f.write("# goodnet: repairs on the attack zoo\n\n" + PROTOCOL_NOTE + "\n\n" + ran + "## Per repair\n\n"
                     + summary_table(rows) + "\n\n## Detection: G against STRIP\n\n" + strip_table(rows) + "\n\n"
                     + DETECTION_TEXT + "\n\n" + _scan_section(rows) + "## Every BadNet\n\n" + markdown_table(rows) + "\n\n"
                     "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
@@ -243,10 +246,12 @@ def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, An
             for row in rows:
                 writer.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
         plot_comparison(rows, os.path.join(stage, "comparison.png"))
+        write_page(stage, "comparison.md", "comparison.html", "goodnet: repairs on the attack zoo")
         with open(os.path.join(stage, "comparison.json"), "w") as f:
             json.dump({"rows": rows, "summary": summary_rows(rows), "detection": strip_rows(rows), "zoo": zoo, "badnets": list(zoo),
                        "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
-                       "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP}}, f, indent=2)
+                       "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP},
+                       "runner": runner}, f, indent=2)
             f.write("\n")
 
 

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from ..io.output_dir import atomic_directory
+from .html_page import write_page
 from .plots import plot_mask_norms, plot_triggers
 
 SCAN_MARKER = "scan.json"
@@ -57,4 +58,5 @@ def write_scan(out_dir: str, scan, value_range: tuple[float, float], inputs: dic
             f.write("\n".join(["# goodnet: trigger scan", "",
                                "Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in inputs.items()), ""]
                               + scan_markdown({"B": scan}, figures)))
+        write_page(stage, "report.md", "report.html", "goodnet: trigger scan")
     return doc

@@ -1,6 +1,7 @@
 """The one writer: everything a repair's result leaves on disk, for every repair.
 
-results.json (the public schema, see results.py), metrics.csv, report.md, timings.json, sample
+results.json (the public schema, see results.py), metrics.csv, report.md (and the same as one
+self-contained report.html), timings.json, sample
 images, the models (B' and its G, in our format, plus Keras and ONNX when asked), and, when the
 repair selected from a pruning curve, curve.csv, curve.png, activations.png and the rules table.
 All of it is written into one directory atomically (see io/output_dir.py).
@@ -16,13 +17,14 @@ from typing import Any
 
 from torch import nn
 
-from ..io.keras.export import export_like
+from ..io.keras.export import export_like, keras_suffix
 from ..io.model_files import model_suffix, save_model
 from ..io.onnx_export import export_onnx, require_onnx
 from ..io.output_dir import atomic_directory
 from ..models.goodnet import build_goodnet, goodnet_labels
 from ..repairs.base import RepairedModel
 from ..repairs.runner import METRIC_KEYS, RepairResult
+from .html_page import write_page
 from .plots import plot_activations, plot_curve, plot_samples
 from .results import CURVE_COLUMNS, curve_rows, results_document
 from .scan_report import scan_figures, scan_markdown
@@ -32,11 +34,13 @@ from .tables import (DETECTION_NOTE, ORACLE_NOTE, SUMMARY_NOTE, detection_table,
 
 @dataclass(frozen=True)
 class ModelExports:
-    """Extra formats written next to our own files: B' as Keras HDF5 in the layout of `keras_like`
-    (the Keras file B came from), G and B' as ONNX."""
+    """Extra formats written next to our own files: B' as a Keras file in the layout (and format:
+    .h5, .weights.h5 or .keras) of `keras_like`, the Keras file B came from (`keras_config`: its
+    architecture's raw Keras description when B's file holds none), G and B' as ONNX."""
 
     keras_like: str | None = None
     onnx: bool = False
+    keras_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.onnx:
@@ -46,7 +50,7 @@ class ModelExports:
         names = {"repaired": f"models/repaired_{stem}{model_suffix(model)}",
                  "goodnet": f"models/goodnet_{stem}{model_suffix(model)}"}
         if self.keras_like:
-            names["repaired_keras"] = f"models/repaired_{stem}.h5"
+            names["repaired_keras"] = f"models/repaired_{stem}{keras_suffix(self.keras_like)}"
         if self.onnx:
             names["goodnet_onnx"] = f"models/goodnet_{stem}.onnx"
             names["repaired_onnx"] = f"models/repaired_{stem}.onnx"
@@ -59,7 +63,8 @@ class ModelExports:
         save_model(repaired.model, os.path.join(stage, names["repaired"]))
         save_model(goodnet, os.path.join(stage, names["goodnet"]))
         if self.keras_like:
-            export_like(repaired.model, self.keras_like, os.path.join(stage, names["repaired_keras"]))
+            export_like(repaired.model, self.keras_like, os.path.join(stage, names["repaired_keras"]),
+                        self.keras_config)
         if self.onnx:
             export_onnx(goodnet, os.path.join(stage, names["goodnet_onnx"]))
             export_onnx(repaired.model, os.path.join(stage, names["repaired_onnx"]))
@@ -110,6 +115,7 @@ def write_outputs(out_dir: str, result: RepairResult, model: nn.Module,
             scan_parts = scan_markdown(scans, scan_files)
         with open(os.path.join(stage, "report.md"), "w") as f:
             f.write(report_markdown(result, doc, figures, scan_parts))
+        write_page(stage, "report.md", "report.html", f"goodnet: repair {result.repair.name}")
         _json(os.path.join(stage, "timings.json"),
               {"repair": round(result.seconds, 4),
                **({k: round(v, 4) for k, v in result.curve.timings.items()} if result.curve else {})})

@@ -1,8 +1,9 @@
-"""Our models back into Keras HDF5 files that Keras (and the lab's `architecture.py`) can load.
+"""Our models back into Keras files that Keras (and the lab's `architecture.py`) can load.
 
 `export_like` keeps the layout of the file the model came from byte-for-byte except for the weight
-values: it copies that file (weights-only or full model) and overwrites each weight dataset in
-place, keeping its dtype, shape and attributes. `write_keras_weights` writes a fresh weights-only
+values: it copies that file (weights-only or full model, Keras 2 or 3 HDF5, a Keras 3 `.weights.h5`
+or `.keras` archive) and overwrites each weight dataset in place, keeping its dtype, shape and
+attributes. `write_keras_weights` writes a fresh weights-only
 file in the Keras 2.3.1 `save_weights` layout, for models that did not come from a Keras file.
 """
 
@@ -16,6 +17,8 @@ from torch import nn
 
 from ...errors import ModelError
 from ..output_dir import write_file_atomically
+from .native import (ARCHIVE_SUFFIX, WEIGHTS_SUFFIX, is_native_weights, variable_paths, write_archive_like,
+                     write_weights_like)
 from .weights import WEIGHTED_MODULES, _text, keras_array, keras_names, read_keras_weights
 
 KERAS_VERSION = "2.3.1"
@@ -25,10 +28,58 @@ def _weighted(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED_MODULES)}
 
 
-def export_like(model: nn.Module, source: str, out: str) -> None:
-    """Write `model`'s weights into a copy of the Keras file `source` (same layout, names, dtypes)."""
+def keras_suffix(source: str) -> str:
+    """The suffix a file written like `source` must keep for Keras to read it the same way."""
+    lower = source.lower()
+    for suffix in (ARCHIVE_SUFFIX, WEIGHTS_SUFFIX, ".hdf5"):
+        if lower.endswith(suffix):
+            return suffix
+    return ".h5"
+
+
+def _check_value(source: str, name: str, short: str, dataset, value: np.ndarray) -> None:
+    if dataset.shape != value.shape:
+        raise ModelError(f"{source}: layer '{name}' {short} has shape {dataset.shape}, the model's is {value.shape}")
+
+
+def _overwrite_native(model_modules: dict[str, nn.Module], source: str):
+    """A writer for Keras 3's layout: every weighted variable replaced by the model's value."""
+
+    def overwrite(f, config) -> None:
+        seen = set()
+        for name, short, dataset in variable_paths(f, source, config):
+            if name not in model_modules:
+                raise ModelError(f"{source}: layer '{name}' has no counterpart in the model")
+            seen.add(name)
+            value = keras_array(model_modules[name], short)
+            _check_value(source, name, short, dataset, value)
+            if _text(dataset.attrs.get("dtype", "")) == "bfloat16":  # round to bfloat16 bits
+                bits = value.astype(np.float32).view(np.uint32)
+                dataset[...] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16).view(dataset.dtype)
+            else:
+                dataset[...] = value.astype(dataset.dtype)
+        missing = sorted(set(model_modules) - seen)
+        if missing:
+            raise ModelError(f"{source}: has no weights for layer(s) {', '.join(missing)}")
+
+    return overwrite
+
+
+def export_like(model: nn.Module, source: str, out: str, config: dict | None = None) -> None:
+    """Write `model`'s weights into a copy of the Keras file `source` (same layout, names, dtypes),
+    in any layout goodnet reads: Keras 2/3 HDF5, Keras 3 `.weights.h5` and `.keras` (`config`: the
+    model's raw Keras description, for Keras 3 files that do not name their layers)."""
     modules = _weighted(model)
-    read_keras_weights(source)  # a clear error for a missing, damaged or non-Keras file
+    read_keras_weights(source, config)  # a clear error for a missing, damaged or non-Keras file
+    if source.lower().endswith(ARCHIVE_SUFFIX):
+        write_file_atomically(out, lambda tmp: write_archive_like(source, tmp, _overwrite_native(modules, source)))
+        return
+    with h5py.File(source, "r") as f:
+        native = is_native_weights(f)
+    if native:
+        write_file_atomically(out, lambda tmp: write_weights_like(source, tmp, _overwrite_native(modules, source),
+                                                                  config))
+        return
 
     def write(tmp: str) -> None:
         shutil.copyfile(source, tmp)
@@ -51,9 +102,7 @@ def export_like(model: nn.Module, source: str, out: str) -> None:
                         raise ModelError(f"{source}: layer '{name}' weight '{weight}' is not understood")
                     value = keras_array(modules[name], short)
                     dataset = group[weight]
-                    if dataset.shape != value.shape:
-                        raise ModelError(f"{source}: layer '{name}' {short} has shape {dataset.shape}, "
-                                           f"the model's is {value.shape}")
+                    _check_value(source, name, short, dataset, value)
                     dataset[...] = value.astype(dataset.dtype)
             missing = sorted(set(modules) - seen)
             if missing:

@@ -17,18 +17,27 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from .native import ARCHIVE_SUFFIX, is_native_weights, read_archive_weights, read_native_weights
 
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def read_keras_weights(path: str) -> dict[str, dict[str, np.ndarray]]:
-    """Return {layer name: {weight short name ('kernel', 'bias', ...): array}} in file order."""
+def read_keras_weights(path: str, config: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Return {layer name: {weight short name ('kernel', 'bias', ...): array}} in file order, from
+    any Keras layout: Keras 2's and Keras 3's legacy HDF5, Keras 3's `.weights.h5` and `.keras`
+    (see native.py; `config`, the model's raw Keras config, names layers there when the file does not)."""
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a directory, not a Keras file")
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file")
+    if path.lower().endswith(ARCHIVE_SUFFIX):
+        return read_archive_weights(path, config)
     try:
         with h5py.File(path, "r") as f:
+            if is_native_weights(f):
+                return read_native_weights(f, path, config)
             root = f["model_weights"] if "model_weights" in f else f
             if "layer_names" not in root.attrs:
                 raise ModelError(f"{path}: not a Keras weights file (no 'layer_names' attribute)")

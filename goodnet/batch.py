@@ -1,0 +1,150 @@
+"""Defend many models at once: `goodnet batch MANIFEST`, one defense per model listed, one table.
+
+The manifest is a CSV file with a header row: `model` (required), `name` (default: the model
+file's name), the data files `clean_valid`, `poisoned_valid`, `clean_test`, `poisoned_test`, and
+`arch`, `factory`, `input_scale` as `goodnet defend` takes them; relative paths are read from the
+manifest's folder, blank cells mean "not given", lines starting with # are comments. Every row is
+one grid cell (see grid.py): run in order, in a process pool or on Ray, written as it finishes,
+resumed after an interruption. A model that is refused (a damaged file, data that do not fit)
+becomes a row saying why; the other models go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .defend import defend_files
+from .errors import GoodnetError, SettingsError
+from .grid import GridCell, GridRunner, run_grid
+from .inspection.strip import StripSettings
+from .io.model_files import ModelSource
+from .repairs import Repair
+from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
+from .report.batch_report import batch_row, error_row
+
+DATA_COLUMNS = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+PATH_COLUMNS = ("model",) + DATA_COLUMNS
+COLUMNS = ("name",) + PATH_COLUMNS + ("arch", "factory", "input_scale")
+MAX_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One model of the manifest, with its paths resolved."""
+
+    name: str
+    model: str
+    data: dict[str, str | None] = field(default_factory=dict)
+    arch: str | None = None
+    factory: str | None = None
+    input_scale: float = 1.0
+
+
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("._") or "model"
+
+
+def _scale(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{where}: input_scale must be a positive number, not {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise SettingsError(f"{where}: input_scale must be a positive number, not {text!r}")
+    return value
+
+
+def read_manifest(path: str) -> list[BatchEntry]:
+    """The models a manifest lists; one line naming the problem for anything malformed."""
+    if os.path.isdir(path):
+        raise SettingsError(f"{path}: is a directory, not a manifest file")
+    if not os.path.isfile(path):
+        raise SettingsError(f"{path}: no such manifest file")
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not a text (UTF-8 CSV) manifest") from None
+    if not lines:
+        raise SettingsError(f"{path}: the manifest lists no models (a header row with 'model', then one row each)")
+    reader = csv.DictReader(lines)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    unknown = [h for h in header if h not in COLUMNS]
+    if unknown:
+        raise SettingsError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(COLUMNS)})")
+    if "model" not in header:
+        raise SettingsError(f"{path}: the header has no 'model' column (known: {', '.join(COLUMNS)})")
+    entries: list[BatchEntry] = []
+    names: set[str] = set()
+    for number, raw in enumerate(reader, start=2):
+        if number - 1 > MAX_ROWS:
+            raise SettingsError(f"{path}: more than {MAX_ROWS} models; split the manifest")
+        if None in raw:
+            raise SettingsError(f"{path}: row {number} has more cells than the header")
+        row = {k.strip(): (v or "").strip() for k, v in raw.items()}
+        where = f"{path}: row {number}"
+        if not row.get("model"):
+            raise SettingsError(f"{where}: no model file")
+
+        def resolved(value: str) -> str | None:
+            return None if not value else (value if os.path.isabs(value) else os.path.join(base, value))
+
+        model = resolved(row["model"])
+        name = _safe_name(row.get("name") or os.path.splitext(os.path.basename(row["model"]))[0])
+        if name in names:
+            raise SettingsError(f"{where}: the name '{name}' is used twice; give each row its own 'name'")
+        names.add(name)
+        arch = row.get("arch") or None
+        if arch and arch.lower().endswith((".json", ".h5", ".hdf5", ".keras")):
+            arch = resolved(arch)
+        entries.append(BatchEntry(name=name, model=model, data={r: resolved(row.get(r, "")) for r in DATA_COLUMNS},
+                                  arch=arch, factory=row.get("factory") or None,
+                                  input_scale=_scale(row["input_scale"], where) if row.get("input_scale") else 1.0))
+    if not entries:
+        raise SettingsError(f"{path}: the manifest lists no models")
+    return entries
+
+
+def defend_entry(entry: BatchEntry, repair: Repair, out_dir: str, max_drop: float = DEFAULT_MAX_DROP,
+                 holdout: float = DEFAULT_HOLDOUT, strip: bool = True, scan: bool = False,
+                 force: bool = False) -> dict[str, Any]:
+    """A grid cell: `goodnet defend` on one model into `out_dir`; its row (a refusal is a row too)."""
+    start = time.perf_counter()
+    try:
+        run = defend_files(ModelSource(entry.model, entry.arch, entry.factory), dict(entry.data), out_dir, repair,
+                           input_scale=entry.input_scale, progress=False, force=force,
+                           max_drop=max_drop, holdout=holdout,
+                           strip=StripSettings() if strip else None, scan=scan)
+    except GoodnetError as exc:
+        return error_row(entry.name, entry.model, str(exc))
+    return batch_row(entry.name, entry.model, run.document, time.perf_counter() - start)
+
+
+def _summary(row: dict[str, Any]) -> str:
+    if row["error"]:
+        return f"refused: {row['error']}"
+    parts = [f"{row['delivered']}"]
+    if row["clean_drop"] is not None:
+        parts.append(f"clean drop {row['clean_drop']:.2f}")
+    if row["asr"] is not None:
+        parts.append(f"ASR {row['b_asr']:.2f} -> {row['asr']:.2f}")
+    return ", ".join(parts)
+
+
+def batch(entries: Sequence[BatchEntry], repair: Repair, state_dir: str, runner: GridRunner = GridRunner(),
+          progress: bool = True, **defend: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Defend every entry (see `defend_entry` for `defend`'s options); (rows, {name: output folder})."""
+    outputs = {e.name: os.path.join(state_dir, "models", e.name) for e in entries}
+    os.makedirs(os.path.join(state_dir, "models"), exist_ok=True)
+    cells = [GridCell(e.name, defend_entry, {"entry": e, "repair": repair, "out_dir": outputs[e.name], **defend})
+             for e in entries]
+    rows = run_grid(cells, os.path.join(state_dir, "cells"), runner, "models" if progress else None, _summary)
+    return rows, outputs
+
+
+__all__ = ["BatchEntry", "batch", "defend_entry", "read_manifest"]

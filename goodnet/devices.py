@@ -1,0 +1,103 @@
+"""Where models run: `--device cpu|cuda|auto`, one rule for every command.
+
+A command picks the device once (`using_device`); each top-level step (a repair, a scan, STRIP,
+an evaluation) moves the models it was handed there for its duration (`placed`) and puts them
+back where they were, and every helper sends its batches to wherever the model it runs is
+(`device_of`), so nothing below the entry points needs to know the choice. Random numbers are
+always drawn on the CPU from seeded generators, then moved: a run on a GPU draws exactly the
+same shuffles, masks and noise as on the CPU, and differs only by floating-point arithmetic.
+Models handed back (B', G) are on the CPU, ready to save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SettingsError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+_CURRENT: contextvars.ContextVar[torch.device] = contextvars.ContextVar("goodnet_device",
+                                                                        default=torch.device("cpu"))
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto': the first CUDA GPU when PyTorch sees one, else the CPU; 'cuda' (or 'cuda:N') without
+    one is refused in one line rather than falling back silently."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise SettingsError(f"--device {text}: PyTorch sees no CUDA GPU (torch {torch.__version__}, {build}); "
+                                f"use --device cpu or auto")
+        index = text.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise SettingsError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(text)
+    raise SettingsError(f"--device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), not {name!r}")
+
+
+def compute_device() -> torch.device:
+    """The device the current command runs models on (the CPU unless `using_device` says otherwise)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def using_device(device: str | torch.device) -> Iterator[torch.device]:
+    """Run the enclosed work's models on `device` (resolved as `resolve_device` does)."""
+    token = _CURRENT.set(resolve_device(device))
+    try:
+        yield _CURRENT.get()
+    finally:
+        _CURRENT.reset(token)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model's tensors are (the CPU for a model without any)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def placed(*models: nn.Module) -> Iterator[torch.device]:
+    """Move `models` to the compute device for the enclosed work, then back to where each was."""
+    device = compute_device()
+    homes = [device_of(m) for m in models]
+    moved = [(m, home) for m, home in zip(models, homes) if home != device]
+    for m, _ in moved:
+        m.to(device)
+    try:
+        yield device
+    finally:
+        for m, home in moved:
+            m.to(home)
+
+
+def to_model(tensor: torch.Tensor | np.ndarray, model: nn.Module) -> torch.Tensor:
+    """A batch (tensor or array) on the model's device."""
+    if isinstance(tensor, np.ndarray):
+        tensor = torch.from_numpy(tensor)
+    return tensor.to(device_of(model))
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A result back on the CPU as an array, from any device."""
+    return tensor.detach().cpu().numpy()
+
+
+__all__ = ["DEVICE_CHOICES", "compute_device", "device_of", "placed", "resolve_device", "to_model", "to_numpy",
+           "using_device"]

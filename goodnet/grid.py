@@ -1,0 +1,256 @@
+"""Running a grid of independent cells: here in order, in a process pool, or as Ray tasks.
+
+`compare` (BadNet x repair) and `batch` (one defense per model) are grids. Each cell is a plain
+function of JSON-able arguments returning a JSON-able result; the runner writes every result to
+its own file the moment the cell finishes, so a grid that is interrupted (Ctrl-C, a lost node, a
+power cut) resumes where it stopped: a cell whose file exists, written for the same arguments, is
+not run again. Cells run with a fixed number of PyTorch threads (`threads`), whichever runner
+runs them, because PyTorch's CPU kernels add up in an order that depends on the thread count:
+with the same `threads`, sequential, pool and Ray runs give the same numbers to the last digit.
+Ray (an optional extra, `pip install goodnet[ray]`) is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any, Callable, Sequence
+
+from . import errors
+from .devices import compute_device, using_device
+from .errors import GoodnetError, SettingsError
+from .progress import eta, format_duration
+
+CELL_FORMAT = 1
+CELL_ERROR = "__goodnet_error__"
+
+
+def machine_cores() -> int:
+    """Cores this process may use (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One unit of a grid: `task(**arguments)` (a module-level function, so pool and Ray workers can
+    import it). `key` names the cell in progress lines and in its result file."""
+
+    key: str
+    task: Callable[..., dict[str, Any]]
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of what the cell computes: its task and its arguments."""
+        text = json.dumps({"task": f"{self.task.__module__}.{self.task.__qualname__}", "arguments": self.arguments,
+                           "format": CELL_FORMAT}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def filename(self) -> str:
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.key)[:80]
+        return f"{safe}-{self.fingerprint()}.json"
+
+
+@dataclass(frozen=True)
+class GridRunner:
+    """How a grid runs. workers: cells at once on this machine (1: in this process, in order; more:
+    a process pool); threads: PyTorch threads per cell (default: the machine's cores / workers, or 1
+    under Ray); ray: run the cells as Ray tasks, on the cluster at this address ('' or 'auto':
+    a local Ray, or the cluster `ray start` made on this machine); ray_init: extra ray.init arguments
+    (tests start a local Ray with num_cpus=2)."""
+
+    workers: int = 1
+    threads: int | None = None
+    ray: str | None = None
+    ray_init: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise SettingsError(f"--workers must be a whole number >= 1, not {self.workers!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            raise SettingsError(f"--threads must be a whole number >= 1, not {self.threads!r}")
+        if self.ray is not None and self.workers != 1:
+            raise SettingsError("--workers is for the local runner; with --ray, Ray decides how many cells run at once")
+
+    @property
+    def cell_threads(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        return 1 if self.ray is not None else max(1, machine_cores() // self.workers)
+
+    def describe(self) -> dict[str, Any]:
+        kind = "ray" if self.ray is not None else ("sequential" if self.workers == 1 else "process pool")
+        return {"runner": kind, "workers": self.workers if self.ray is None else None,
+                "threads_per_cell": self.cell_threads, "ray_address": self.ray or None,
+                "device": str(compute_device())}
+
+
+def run_cell(task: Callable[..., dict[str, Any]], arguments: dict[str, Any], threads: int,
+             device: str = "cpu") -> dict[str, Any]:
+    """Run one cell with `threads` PyTorch threads (restored afterwards, for in-process runs) on
+    `device`. A goodnet error comes back as a value (it is re-raised by the runner as the same
+    one-line error), so a worker never prints a traceback for a refusal."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with using_device(device):
+            return task(**arguments)
+    except GoodnetError as exc:
+        return {CELL_ERROR: {"type": type(exc).__name__, "message": str(exc)}}
+    finally:
+        torch.set_num_threads(before)
+
+
+def _raise_cell_error(cell: "GridCell", result: dict[str, Any]) -> None:
+    if isinstance(result, dict) and CELL_ERROR in result:
+        error = result[CELL_ERROR]
+        cls = getattr(errors, str(error.get("type")), None)
+        cls = cls if isinstance(cls, type) and issubclass(cls, GoodnetError) else GoodnetError
+        raise cls(f"{cell.key}: {error.get('message')}")
+
+
+def _write_json(path: str, value: Any) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _finished(state_dir: str, cell: GridCell) -> dict[str, Any] | None:
+    path = os.path.join(state_dir, cell.filename())
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("fingerprint") == cell.fingerprint() and stored.get("key") == cell.key:
+            return stored["result"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # missing or damaged: run it again
+    return None
+
+
+class _Progress:
+    """'[3/12 cells, 4 min 2 s, ETA 12 min 6 s] key: summary' on stderr, one line per finished cell
+    (the pace counts only the cells run now, not those resumed)."""
+
+    def __init__(self, label: str | None, total: int, resumed: int):
+        self.label, self.total, self.done, self.resumed = label, total, resumed, resumed
+        self.start = time.perf_counter()
+        if label and resumed:
+            print(f"{label}: resuming, {resumed} of {total} cells already done", file=sys.stderr, flush=True)
+
+    def finished(self, cell: GridCell, result: dict[str, Any], summary: Callable[[dict], str] | None) -> None:
+        self.done += 1
+        if not self.label:
+            return
+        elapsed = time.perf_counter() - self.start
+        left = eta(elapsed, self.done - self.resumed, self.total - self.resumed)
+        text = summary(result) if summary is not None else ""
+        print(f"[{self.done}/{self.total} cells, {format_duration(elapsed)}, {left}] {cell.key}"
+              f"{': ' + text if text else ''}", file=sys.stderr, flush=True)
+
+
+def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = GridRunner(),
+             label: str | None = None, summary: Callable[[dict], str] | None = None) -> list[dict[str, Any]]:
+    """Every cell's result, in the order of `cells`; finished cells are read back from `state_dir`,
+    the others run by `runner` and written there as each finishes. `label`: progress lines on
+    stderr (None: silent); `summary(result)`: the text after each cell's key."""
+    keys = [c.key for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ValueError("grid cells need distinct keys")
+    os.makedirs(state_dir, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        found = _finished(state_dir, cell)
+        if found is not None:
+            results[cell.key] = found
+    todo = [c for c in cells if c.key not in results]
+    progress = _Progress(label, len(cells), len(cells) - len(todo))
+
+    def record(cell: GridCell, result: dict[str, Any]) -> None:
+        _raise_cell_error(cell, result)  # nothing written: the cell runs again next time
+        _write_json(os.path.join(state_dir, cell.filename()),
+                    {"key": cell.key, "fingerprint": cell.fingerprint(),
+                     "arguments": json.loads(json.dumps(cell.arguments, default=str)),
+                     "runner": runner.describe(), "result": result})
+        results[cell.key] = result
+        progress.finished(cell, result, summary)
+
+    threads, device = runner.cell_threads, str(compute_device())
+    if not todo:
+        pass
+    elif runner.ray is not None:
+        _run_on_ray(todo, runner, threads, device, record)
+    elif runner.workers == 1:
+        for cell in todo:
+            record(cell, run_cell(cell.task, cell.arguments, threads, device))
+    else:
+        _run_in_pool(todo, runner.workers, threads, device, record)
+    return [results[c.key] for c in cells]
+
+
+def _run_in_pool(todo: Sequence[GridCell], workers: int, threads: int, device: str, record) -> None:
+    # spawn: a fresh interpreter per worker (forking a process that holds PyTorch's thread pools is unsafe)
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+        pending = {pool.submit(run_cell, c.task, c.arguments, threads, device): c for c in todo}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    record(pending.pop(future), future.result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def require_ray():
+    """The `ray` module, or a one-line error saying how to get it."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SettingsError("--ray needs Ray: pip install 'goodnet[ray]' (or pip install ray)") from None
+    return ray
+
+
+def _run_on_ray(todo: Sequence[GridCell], runner: GridRunner, threads: int, device: str, record) -> None:
+    ray = require_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, **runner.ray_init}
+        address = runner.ray or None
+        try:
+            ray.init(address=address, **options)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... name it in one line
+            raise SettingsError(f"--ray {runner.ray or '(local)'}: could not start or reach Ray "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    try:
+        gpus = 1 if device.startswith("cuda") else 0  # a cell on a GPU holds one
+        remote = ray.remote(run_cell).options(num_cpus=threads, num_gpus=gpus, max_retries=1)
+        pending = {remote.remote(c.task, c.arguments, threads, device): c for c in todo}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    record(pending.pop(ref), ray.get(ref))
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+__all__ = ["GridCell", "GridRunner", "machine_cores", "require_ray", "run_cell", "run_grid"]

@@ -1,0 +1,166 @@
+"""Grids (compare's cells, batch's models): the same numbers whichever runner runs them (in
+order, a process pool, Ray), every finished cell kept so an interrupted grid resumes, progress
+with an ETA, and `goodnet batch` over a manifest with one row per model."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from goodnet.errors import SettingsError
+from goodnet.grid import GridCell, GridRunner, run_grid
+
+from conftest import ZOO_CELL, assert_one_line_error, assert_self_contained_page, run_cli
+
+CALLS = []
+
+
+def square(x: int) -> dict:
+    """A module-level task (pool workers import it by name)."""
+    import torch
+
+    return {"x": x, "square": x * x, "threads": torch.get_num_threads()}
+
+
+def flaky(x: int, stop_at: int) -> dict:
+    CALLS.append(x)
+    if x == stop_at:
+        raise KeyboardInterrupt
+    return {"x": x}
+
+
+def test_runners_agree_and_threads_are_fixed(tmp_path):
+    cells = [GridCell(f"c{i}", square, {"x": i}) for i in range(4)]
+    sequential = run_grid(cells, str(tmp_path / "a"), GridRunner(threads=1))
+    pooled = run_grid(cells, str(tmp_path / "b"), GridRunner(workers=2, threads=1))
+    assert sequential == pooled == [{"x": i, "square": i * i, "threads": 1} for i in range(4)]
+    with pytest.raises(SettingsError, match="--workers"):
+        GridRunner(workers=0)
+    with pytest.raises(SettingsError, match="with --ray"):
+        GridRunner(workers=2, ray="")
+
+
+def test_an_interrupted_grid_resumes_where_it_stopped(tmp_path, capsys):
+    state = str(tmp_path / "state")
+    cells = [GridCell(f"c{i}", flaky, {"x": i, "stop_at": 2}) for i in range(4)]
+    CALLS.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(cells, state, GridRunner(threads=1), label="cells")
+    assert CALLS == [0, 1, 2] and len(os.listdir(state)) == 2  # two cells finished and kept
+    CALLS.clear()
+    resumed = [GridCell(f"c{i}", flaky, {"x": i, "stop_at": -1}) for i in range(4)]
+    # arguments changed for every cell (stop_at): nothing may be reused
+    run_grid(resumed, state, GridRunner(threads=1))
+    assert CALLS == [0, 1, 2, 3]
+    CALLS.clear()
+    assert run_grid(resumed, state, GridRunner(threads=1), label="cells") == [{"x": i} for i in range(4)]
+    assert CALLS == [] and "resuming, 4 of 4 cells already done" in capsys.readouterr().err
+
+
+def _compare(capsys, out, cache, *extra):
+    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "prune", "fine-tune", "--out", out,
+                                    "--cache-dir", cache, "--threads", "1", *extra])
+    assert code == 0, err
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows], err
+
+
+@pytest.mark.slow
+def test_ray_and_local_give_the_same_table(zoo_cache, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    local, err = _compare(capsys, tmp_path / "local", zoo_cache)
+    assert "[2/2 cells" in err and "ETA" in err  # progress: cells done / total, and the time left
+    assert not os.path.exists(tmp_path / ".local.cells")  # kept only until the output is written
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local Ray of 2 CPUs
+    try:
+        on_ray, _ = _compare(capsys, tmp_path / "ray", zoo_cache, "--ray")
+    finally:
+        ray.shutdown()
+    assert on_ray == local and len(local) == 2
+    runner = json.loads((tmp_path / "ray" / "comparison.json").read_text())["runner"]
+    assert runner["runner"] == "ray" and runner["threads_per_cell"] == 1
+    assert_self_contained_page(tmp_path / "ray", "comparison.md", "comparison.html")
+
+
+@pytest.mark.slow
+def test_interrupted_compare_resumes(zoo_cache, tmp_path, capsys, monkeypatch):
+    import goodnet.compare as compare_module
+
+    real, calls = compare_module.repair_badnet, []
+
+    def interrupted(settings, repair, prepared, scan=False):
+        calls.append(repair.name)
+        if repair.name == "fine-tune" and calls.count("fine-tune") == 1:
+            raise KeyboardInterrupt
+        return real(settings, repair, prepared, scan)
+
+    monkeypatch.setattr(compare_module, "repair_badnet", interrupted)
+    out = tmp_path / "cmp"
+    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "prune", "fine-tune", "--out", out,
+                                    "--cache-dir", zoo_cache, "--threads", "1"])
+    assert code == 130 and not out.exists() and os.path.isdir(tmp_path / ".cmp.cells")
+    rows, err = _compare(capsys, out, zoo_cache)
+    assert calls == ["prune", "fine-tune", "fine-tune"]  # prune was not run again
+    assert "resuming, 1 of 2 cells already done" in err
+    assert [r["repair"] for r in rows] == ["prune", "fine-tune"]
+
+
+def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--out", tmp_path / "x", "--ray"])
+    assert_one_line_error(code, err, "pip install 'goodnet[ray]'")
+    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--out", tmp_path / "x", "--workers", "0"])
+    assert_one_line_error(code, err, "--workers must be")
+    assert not (tmp_path / "x").exists()
+
+
+def _manifest(tmp_path, text):
+    path = tmp_path / "models.csv"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "lists no models"),
+    ("name,clean_valid\na,b.h5\n", "no 'model' column"),
+    ("model,colour\na.h5,red\n", "unknown column(s) 'colour'"),
+    ("model,name\na.h5,x\nb.h5,x\n", "the name 'x' is used twice"),
+    ("model,input_scale\na.h5,-3\n", "row 2: input_scale must be a positive number"),
+    ("model,clean_valid\n,v.h5\n", "row 2: no model file"),
+    ("model\na.h5,extra\n", "row 2 has more cells than the header"),
+])
+def test_bad_manifests_get_one_line(tmp_path, capsys, text, message):
+    code, _, err = run_cli(capsys, ["batch", _manifest(tmp_path, text), "--out", tmp_path / "o"])
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_batch_defends_every_model_and_lists_refusals(demo_run, tmp_path, capsys):
+    inputs = demo_run["inputs"]
+    data = ",".join(inputs[r] for r in ("clean_valid", "clean_test", "poisoned_test"))
+    path = _manifest(tmp_path, "# two copies of the demo's B and one file that is not a model\n"
+                               "name,model,clean_valid,clean_test,poisoned_test,input_scale\n"
+                               f"first,{demo_run['model']},{data},\n"
+                               f"second,{demo_run['model']},{data},1\n"
+                               f"broken,{path_of(tmp_path)},{data},\n")
+    code, out, err = run_cli(capsys, ["batch", path, "--repair", "fine-tune", "--epochs", "2", "--no-strip",
+                                      "--out", tmp_path / "b", "--threads", "1"])
+    assert code == 2 and "1 of 3 models were refused (first: broken" in err, err
+    doc = json.loads((tmp_path / "b" / "batch.json").read_text())
+    first, second, broken = doc["rows"]
+    assert first["status"] == "repaired" and first["measured_on"] == "test" and first["error"] is None
+    assert {k: v for k, v in first.items() if k not in ("name", "seconds")} == \
+        {k: v for k, v in second.items() if k not in ("name", "seconds")}  # the same model, the same numbers
+    assert broken["status"] == "refused" and "unknown model format" in broken["error"]
+    for name in ("first", "second"):
+        assert_self_contained_page(tmp_path / "b" / "models" / name)
+    page = assert_self_contained_page(tmp_path / "b", "batch.md", "batch.html")
+    assert "Refused" in page and "| first | repaired |" in (tmp_path / "b" / "batch.md").read_text()
+    assert not os.path.exists(tmp_path / ".b.cells")
+
+
+def path_of(tmp_path):
+    bad = tmp_path / "not_a_model.txt"
+    bad.write_text("hello")
+    return str(bad)
