@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from .defend import defend_files
 from .errors import GoodnetError, SettingsError
-from .grid import GridCell, GridRunner, run_grid
+from .grid import GridCell, GridRunner, finished, forget, run_grid
 from .inspection.strip import StripSettings
 from .io.model_files import ModelSource
 from .repairs import Repair
@@ -66,7 +66,7 @@ def read_manifest(path: str) -> list[BatchEntry]:
         raise SettingsError(f"{path}: no such manifest file")
     base = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark is fine
             lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
     except UnicodeDecodeError:
         raise SettingsError(f"{path}: not a text (UTF-8 CSV) manifest") from None
@@ -110,10 +110,24 @@ def read_manifest(path: str) -> list[BatchEntry]:
     return entries
 
 
+def _stamps(entry: BatchEntry) -> dict[str, list[int] | None]:
+    """Size and modification time of every input file: an edited file makes its cell run again."""
+    stamps = {}
+    for path in [entry.model, *entry.data.values()] + ([entry.arch] if entry.arch and os.sep in entry.arch else []):
+        if path:
+            try:
+                info = os.stat(path)
+                stamps[path] = [info.st_size, info.st_mtime_ns]
+            except OSError:
+                stamps[path] = None
+    return stamps
+
+
 def defend_entry(entry: BatchEntry, repair: Repair, out_dir: str, max_drop: float = DEFAULT_MAX_DROP,
                  holdout: float = DEFAULT_HOLDOUT, strip: bool = True, scan: bool = False,
-                 force: bool = False) -> dict[str, Any]:
-    """A grid cell: `goodnet defend` on one model into `out_dir`; its row (a refusal is a row too)."""
+                 force: bool = False, stamps: dict | None = None) -> dict[str, Any]:
+    """A grid cell: `goodnet defend` on one model into `out_dir`; its row (a refusal is a row too).
+    `stamps` only make the cell's fingerprint follow its input files."""
     start = time.perf_counter()
     try:
         run = defend_files(ModelSource(entry.model, entry.arch, entry.factory), dict(entry.data), out_dir, repair,
@@ -141,8 +155,13 @@ def batch(entries: Sequence[BatchEntry], repair: Repair, state_dir: str, runner:
     """Defend every entry (see `defend_entry` for `defend`'s options); (rows, {name: output folder})."""
     outputs = {e.name: os.path.join(state_dir, "models", e.name) for e in entries}
     os.makedirs(os.path.join(state_dir, "models"), exist_ok=True)
-    cells = [GridCell(e.name, defend_entry, {"entry": e, "repair": repair, "out_dir": outputs[e.name], **defend})
+    cells = [GridCell(e.name, defend_entry, {"entry": e, "repair": repair, "out_dir": outputs[e.name],
+                                             "stamps": _stamps(e), **defend})
              for e in entries]
+    for cell in cells:  # a defended model whose output folder is gone runs again
+        kept = finished(os.path.join(state_dir, "cells"), cell, runner)
+        if kept is not None and not kept.get("error") and not os.path.isdir(outputs[cell.key]):
+            forget(os.path.join(state_dir, "cells"), cell, runner)
     rows = run_grid(cells, os.path.join(state_dir, "cells"), runner, "models" if progress else None, _summary)
     return rows, outputs
 

@@ -22,7 +22,7 @@ from .io.data import load_sets
 from .io.model_files import load_model
 from .repairs import REPAIRS, Repair, build_repair, repair_names, run_repair
 from .report.comparison import comparison_row
-from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, zoo_badnet
+from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, clean_reference_scores, zoo_badnet
 from .zoo.catalog import part_of
 
 
@@ -94,11 +94,16 @@ def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_
     cell is kept in `state_dir` (a temporary folder when None), so a rerun with the same folder
     resumes. `scan`: also reverse triggers (Neural Cleanse, clean validation data only) of every B
     and every B', recording whether the scan names the true target and whether its index fell."""
+    sequential = runner.ray is None and runner.workers == 1
+    if not sequential:  # BadNets of one architecture share a clean reference: train each once, here
+        for settings in badnets:
+            clean_reference_scores(settings, cache_dir, progress)
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="goodnet-compare-"))
         prepared = run_grid([GridCell(f"badnet {s.label()}", prepare_badnet,
-                                      {"settings": s, "cache_dir": cache_dir, "scan": scan}) for s in badnets],
+                                      {"settings": s, "cache_dir": cache_dir, "scan": scan},
+                                      {"progress": progress and sequential}) for s in badnets],
                             os.path.join(state_dir, "badnets"), runner, "BadNets" if progress else None,
                             lambda p: "meets its bar" if p["zoo"]["meets_bar"] else "missed its bar")
         cells = [GridCell(f"{s.label()} {r.name}", repair_badnet,

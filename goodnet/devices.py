@@ -3,9 +3,11 @@
 A command picks the device once (`using_device`); each top-level step (a repair, a scan, STRIP,
 an evaluation) moves the models it was handed there for its duration (`placed`) and puts them
 back where they were, and every helper sends its batches to wherever the model it runs is
-(`device_of`), so nothing below the entry points needs to know the choice. Random numbers are
-always drawn on the CPU from seeded generators, then moved: a run on a GPU draws exactly the
-same shuffles, masks and noise as on the CPU, and differs only by floating-point arithmetic.
+(`device_of`), so nothing below the entry points needs to know the choice. The random numbers
+goodnet draws itself (shuffles, augmentations, masks, noise) come from seeded CPU generators and are
+then moved, so a GPU run draws them as a CPU run does; PyTorch's own draws (fst's re-initialised
+layer, dropout) come from the device's generator, and floating-point arithmetic differs, so GPU
+numbers are close to CPU numbers, not equal.
 Models handed back (B', G) are on the CPU, ready to save.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from typing import Iterator
 
 import numpy as np
@@ -36,13 +39,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if text == "cpu":
         return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
+    if re.fullmatch(r"cuda(:(0|[1-9][0-9]{0,3}))?", text):
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
             raise SettingsError(f"--device {text}: PyTorch sees no CUDA GPU (torch {torch.__version__}, {build}); "
                                 f"use --device cpu or auto")
         index = text.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        if index and int(index) >= torch.cuda.device_count():
             raise SettingsError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s)")
         return torch.device(text)
     raise SettingsError(f"--device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), not {name!r}")

@@ -47,16 +47,22 @@ class GridCell:
     key: str
     task: Callable[..., dict[str, Any]]
     arguments: dict[str, Any] = field(default_factory=dict)
+    presentation: dict[str, Any] = field(default_factory=dict)  # passed too, never fingerprinted (progress bars)
 
-    def fingerprint(self) -> str:
-        """A digest of what the cell computes: its task and its arguments."""
+    def call_arguments(self) -> dict[str, Any]:
+        return {**self.arguments, **self.presentation}
+
+    def fingerprint(self, context: dict[str, Any] | None = None) -> str:
+        """A digest of what the cell computes: its task, its arguments and how it runs (`context`:
+        threads per cell, device, goodnet's version), so a cell is reused only when it would give
+        the same numbers."""
         text = json.dumps({"task": f"{self.task.__module__}.{self.task.__qualname__}", "arguments": self.arguments,
-                           "format": CELL_FORMAT}, sort_keys=True, default=str)
+                           "context": context or {}, "format": CELL_FORMAT}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def filename(self) -> str:
+    def filename(self, context: dict[str, Any] | None = None) -> str:
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.key)[:80]
-        return f"{safe}-{self.fingerprint()}.json"
+        return f"{safe}-{self.fingerprint(context)}.json"
 
 
 @dataclass(frozen=True)
@@ -128,16 +134,34 @@ def _write_json(path: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _finished(state_dir: str, cell: GridCell) -> dict[str, Any] | None:
-    path = os.path.join(state_dir, cell.filename())
+def run_context(runner: "GridRunner") -> dict[str, Any]:
+    """What, besides its arguments, decides a cell's numbers."""
+    from . import __version__
+
+    device = compute_device()
+    return {"threads": runner.cell_threads, "device": device.type, "goodnet": __version__}
+
+
+def finished(state_dir: str, cell: GridCell, runner: "GridRunner") -> dict[str, Any] | None:
+    """The cell's kept result, if it finished before with the same arguments and context."""
+    context = run_context(runner)
+    path = os.path.join(state_dir, cell.filename(context))
     try:
         with open(path) as f:
             stored = json.load(f)
-        if stored.get("fingerprint") == cell.fingerprint() and stored.get("key") == cell.key:
+        if stored.get("fingerprint") == cell.fingerprint(context) and stored.get("key") == cell.key:
             return stored["result"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # missing or damaged: run it again
     return None
+
+
+def forget(state_dir: str, cell: GridCell, runner: "GridRunner") -> None:
+    """Drop a kept result, so the cell runs again (e.g. its output folder is gone)."""
+    try:
+        os.remove(os.path.join(state_dir, cell.filename(run_context(runner))))
+    except OSError:
+        pass
 
 
 class _Progress:
@@ -171,8 +195,9 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
         raise ValueError("grid cells need distinct keys")
     os.makedirs(state_dir, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
+    context = run_context(runner)
     for cell in cells:
-        found = _finished(state_dir, cell)
+        found = finished(state_dir, cell, runner)
         if found is not None:
             results[cell.key] = found
     todo = [c for c in cells if c.key not in results]
@@ -180,8 +205,8 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
 
     def record(cell: GridCell, result: dict[str, Any]) -> None:
         _raise_cell_error(cell, result)  # nothing written: the cell runs again next time
-        _write_json(os.path.join(state_dir, cell.filename()),
-                    {"key": cell.key, "fingerprint": cell.fingerprint(),
+        _write_json(os.path.join(state_dir, cell.filename(context)),
+                    {"key": cell.key, "fingerprint": cell.fingerprint(context), "context": context,
                      "arguments": json.loads(json.dumps(cell.arguments, default=str)),
                      "runner": runner.describe(), "result": result})
         results[cell.key] = result
@@ -194,7 +219,7 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
         _run_on_ray(todo, runner, threads, device, record)
     elif runner.workers == 1:
         for cell in todo:
-            record(cell, run_cell(cell.task, cell.arguments, threads, device))
+            record(cell, run_cell(cell.task, cell.call_arguments(), threads, device))
     else:
         _run_in_pool(todo, runner.workers, threads, device, record)
     return [results[c.key] for c in cells]
@@ -202,17 +227,24 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
 
 def _run_in_pool(todo: Sequence[GridCell], workers: int, threads: int, device: str, record) -> None:
     # spawn: a fresh interpreter per worker (forking a process that holds PyTorch's thread pools is unsafe)
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(run_cell, c.task, c.arguments, threads, device): c for c in todo}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    record(pending.pop(future), future.result())
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"))
+    pending = {pool.submit(run_cell, c.task, c.call_arguments(), threads, device): c for c in todo}
+    try:
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            failure = None
+            for future in done:  # keep every cell that finished, then raise the first failure
+                cell = pending.pop(future)
+                try:
+                    record(cell, future.result())
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # do not wait minutes for cells to be thrown away
+        raise
+    pool.shutdown(wait=True)
 
 
 def require_ray():
@@ -236,9 +268,10 @@ def _run_on_ray(todo: Sequence[GridCell], runner: GridRunner, threads: int, devi
             raise SettingsError(f"--ray {runner.ray or '(local)'}: could not start or reach Ray "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     try:
-        gpus = 1 if device.startswith("cuda") else 0  # a cell on a GPU holds one
+        gpus = 1 if device.startswith("cuda") else 0  # a cell on a GPU holds one, which Ray makes its "cuda"
+        task_device = "cuda" if gpus else device
         remote = ray.remote(run_cell).options(num_cpus=threads, num_gpus=gpus, max_retries=1)
-        pending = {remote.remote(c.task, c.arguments, threads, device): c for c in todo}
+        pending = {remote.remote(c.task, c.call_arguments(), threads, task_device): c for c in todo}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

@@ -139,7 +139,8 @@ def test_bad_manifests_get_one_line(tmp_path, capsys, text, message):
 def test_batch_defends_every_model_and_lists_refusals(demo_run, tmp_path, capsys):
     inputs = demo_run["inputs"]
     data = ",".join(inputs[r] for r in ("clean_valid", "clean_test", "poisoned_test"))
-    path = _manifest(tmp_path, "# two copies of the demo's B and one file that is not a model\n"
+    path = _manifest(tmp_path, "\ufeff# two copies of the demo's B and one file that is not a model (and the "
+                               "byte-order mark a spreadsheet writes)\n"
                                "name,model,clean_valid,clean_test,poisoned_test,input_scale\n"
                                f"first,{demo_run['model']},{data},\n"
                                f"second,{demo_run['model']},{data},1\n"

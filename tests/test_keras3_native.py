@@ -222,3 +222,40 @@ def test_bfloat16_variables_read_exactly_and_written_back(tmp_path):
     back = np.asarray(keras.saving.load_model(out).get_layer("conv_a").get_weights()[0], np.float32)
     assert not back[..., 1].any()
     np.testing.assert_array_equal(back[..., [0, 2, 3]], kernel[..., [0, 2, 3]])  # bfloat16 values kept exactly
+
+
+def test_goodnet_of_a_keras_model_follows_a_move(saved):
+    """torch.fx gives G's trunk and tail their own references to B's top-level buffers (the 'same'
+    average pooling's pixel counts here); a move (.to(device), .double()) must reach them too."""
+    from goodnet.models.goodnet import PrunedGoodNet
+
+    _, paths = saved
+    g = PrunedGoodNet(load_model(paths["keras"]), "conv_c", [0, 2])
+    x = torch.from_numpy(_images(np.random.default_rng(6), (13, 11, 3)).transpose(0, 3, 1, 2).copy())
+    before = g(x)
+    g.double()
+    assert torch.equal(g(x.double()), before)
+
+
+def test_values_stored_in_other_files_are_refused(saved, tmp_path, capsys):
+    """HDF5 can keep a dataset's values in another file (external storage) or link to one; goodnet
+    reads only what is inside the file it was given."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(3 * 3 * 3 * 6, dtype=np.float32).tobytes())
+    _, paths = saved
+    bad = str(tmp_path / "ext.weights.h5")
+    with open(paths["weights"], "rb") as f, open(bad, "wb") as g:
+        g.write(f.read())
+    with h5py.File(bad, "r+") as f:
+        group = f["layers/conv2d/vars"]
+        del group["0"]
+        group.create_dataset("0", shape=(3, 3, 3, 6), dtype="float32", external=[(str(secret), 0, 3 * 3 * 3 * 6 * 4)])
+    code, _, err = run_cli(capsys, ["export", bad, "--arch", paths["keras"], "--to", "keras", "--out",
+                                    str(tmp_path / "o.h5")])
+    assert_one_line_error(code, err, "stored in other files")
+    data = str(tmp_path / "data.h5")
+    with h5py.File(data, "w") as f:
+        f.create_dataset("data", shape=(2, 3, 3, 3), dtype="float32", external=[(str(secret), 0, 2 * 27 * 4)])
+        f["label"] = np.zeros(2, np.int64)
+    code, _, err = run_cli(capsys, ["eval", data, data, paths["keras"]])
+    assert_one_line_error(code, err, "stored in other files")

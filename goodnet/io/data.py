@@ -72,7 +72,17 @@ def check_declared_size(path: str, what: str, shape: tuple[int, ...]) -> None:
                         f"available")
 
 
+def refuse_outside_storage(dataset: "h5py.Dataset", where: str, error=None) -> None:
+    """Refuse an HDF5 dataset whose values live in other files (external storage, a virtual
+    dataset): reading it would pull in whatever files it names from this machine."""
+    if dataset.external or dataset.is_virtual:
+        raise (error or DataError)(f"{where}: its values are stored in other files "
+                                   f"({'a virtual dataset' if dataset.is_virtual else 'external storage'}); "
+                                   f"goodnet reads only what is inside the file")
+
+
 def _read_dataset(path: str, key: str, dataset: "h5py.Dataset") -> np.ndarray:
+    refuse_outside_storage(dataset, f"{path}: '{key}'")
     check_declared_size(path, key, dataset.shape)
     if dataset.dtype.kind not in "biuf" or dataset.ndim == 0 or dataset.shape[0] <= READ_CHUNK:
         return np.asarray(dataset[()])  # small, or not numbers (refused with its dtype by the caller)
@@ -88,11 +98,14 @@ def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             with h5py.File(path, "r") as f:
                 for key in ("data", "label"):
+                    if key in f and isinstance(f.get(key, getlink=True), h5py.ExternalLink):
+                        raise DataError(f"{path}: '{key}' is a link to another file; goodnet reads only what is "
+                                        f"inside the file")
                     if key not in f or not isinstance(f[key], h5py.Dataset):
                         raise DataError(f"{path}: HDF5 file has no '{key}' dataset "
                                            f"(found: {', '.join(sorted(f.keys())) or 'nothing'})")
                 return _read_dataset(path, "data", f["data"]), _read_dataset(path, "label", f["label"])
-        except OSError as exc:
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
     if lower.endswith(".npz"):
         with open(path, "rb") as f:

@@ -101,6 +101,13 @@ class PrunedGoodNet(GoodNet):
         keep[self.pruned] = 0
         self.register_buffer("keep", keep)
 
+    def _apply(self, fn, *args, **kwargs):
+        """After a move (`.to(device)`, `.double()`), split B again: torch.fx gives the trunk and tail
+        their own references to B's top-level buffers, which a move of B replaces."""
+        result = super()._apply(fn, *args, **kwargs)
+        object.__setattr__(self, "_split", split_at_conv(self.backdoored, self.layer))
+        return result
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.backdoored.input_shape

@@ -214,7 +214,9 @@ def _check_split(split: CutSplit, model: nn.Module, example: torch.Tensor | None
     if example is None:
         if shape is None:
             return
-        example = torch.zeros(2, *shape, device=device_of(split.trunk))
+        ref = next((p for p in split.trunk.parameters() if p.is_floating_point()), None)
+        example = torch.zeros(2, *shape, device=device_of(split.trunk),
+                              dtype=torch.float32 if ref is None else ref.dtype)
     with torch.inference_mode():
         crossing = split.trunk(example)
         for value in crossing:

@@ -87,12 +87,13 @@ def batch_markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 def write_batch(out_dir: str, rows: list[dict[str, Any]], outputs: dict[str, str],
                 settings: dict[str, Any]) -> None:
     """The batch directory, atomically: the table in four forms and every model's defend output
-    (moved from `outputs`, name -> the folder its cell wrote)."""
+    (copied from `outputs`, name -> the folder its cell wrote, which stay until the caller removes
+    them: a write that fails half-way loses nothing, and the next run resumes)."""
     with atomic_directory(out_dir, marker=BATCH_MARKER) as stage:
         os.makedirs(os.path.join(stage, "models"))
         for name, folder in outputs.items():
             if os.path.isdir(folder):
-                shutil.move(folder, os.path.join(stage, "models", name))
+                shutil.copytree(folder, os.path.join(stage, "models", name))
         with open(os.path.join(stage, "batch.md"), "w") as f:
             f.write(batch_markdown(rows, settings))
         with open(os.path.join(stage, "batch.csv"), "w", newline="") as f:

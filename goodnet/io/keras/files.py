@@ -44,7 +44,7 @@ def read_keras_config(path: str) -> dict[str, Any] | None:
     try:
         config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
     except (UnicodeDecodeError, ValueError):
-        raise ModelError(f"{path}: the model description is not JSON") from None
+        raise ModelError(f"{path}: model_config is not a Keras model description (not JSON)") from None
     if not isinstance(config, dict):
         raise ModelError(f"{path}: model_config is not a Keras model description")
     return config

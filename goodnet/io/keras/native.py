@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from ...errors import ModelError
+from ..data import refuse_outside_storage
 
 ARCHIVE_SUFFIX = ".keras"
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -105,9 +106,12 @@ def _variables(group: h5py.Group, where: str) -> list[np.ndarray]:
         raise ModelError(f"{where}: variables named {names[:6]}, expected 0, 1, ...")
     out = []
     for i in range(len(names)):
+        if not isinstance(group.get(str(i), getlink=True), h5py.HardLink):
+            raise ModelError(f"{where}/{i}: is a link to elsewhere; goodnet reads only what is inside the file")
         item = group[str(i)]
         if not isinstance(item, h5py.Dataset):
             raise ModelError(f"{where}/{i}: is not a dataset")
+        refuse_outside_storage(item, f"{where}/{i}", ModelError)
         out.append(_array(item, f"{where}/{i}"))
     return out
 
@@ -139,7 +143,10 @@ def read_native_weights(f: h5py.File, source: str, config: dict[str, Any] | None
     names layers for files that do not store names."""
     by_key = keys_to_layers(config)
     layers: dict[str, dict[str, np.ndarray]] = {}
-    for key, group in f["layers"].items():
+    for key in f["layers"]:
+        if not isinstance(f["layers"].get(key, getlink=True), h5py.HardLink):
+            raise ModelError(f"{source}: layers/{key} is a link to elsewhere; goodnet reads only what is inside the file")
+        group = f["layers"][key]
         where = f"{source}: layers/{key}"
         vars_group = group.get("vars") if isinstance(group, h5py.Group) else None
         if not isinstance(vars_group, h5py.Group):
@@ -176,7 +183,7 @@ def variable_paths(f: h5py.File, source: str, config: dict[str, Any] | None = No
     by_key = keys_to_layers(config)
     for key, group in f["layers"].items():
         vars_group = group["vars"]
-        name = _text(vars_group.attrs["name"]) if "name" in vars_group.attrs else by_key[key]["name"]
+        name = _text(vars_group.attrs["name"]) if "name" in vars_group.attrs else by_key.get(key, {}).get("name")
         for short, index in zip(names.get(name, {}), range(len(vars_group))):
             yield name, short, vars_group[str(index)]
 
@@ -248,7 +255,7 @@ def read_archive_weights(path: str, config: dict[str, Any] | None = None) -> dic
             if not is_native_weights(f):
                 raise ModelError(f"{path}: {WEIGHTS_MEMBER} is not in Keras 3's layout")
             return read_native_weights(f, f"{path}:{WEIGHTS_MEMBER}", config)
-    except OSError as exc:
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: {WEIGHTS_MEMBER} is not a readable HDF5 file ({exc})") from None
 
 

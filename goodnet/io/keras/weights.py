@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
+from ..data import refuse_outside_storage
 from .native import ARCHIVE_SUFFIX, is_native_weights, read_archive_weights, read_native_weights
 
 
@@ -53,10 +54,16 @@ def read_keras_weights(path: str, config: dict | None = None) -> dict[str, dict[
                     if weight not in group:
                         raise ModelError(f"{path}: layer '{name}' lacks its weight '{weight}'")
                     short = weight.rsplit("/", 1)[-1].split(":")[0]
+                    if isinstance(group.get(weight, getlink=True), (h5py.ExternalLink, h5py.SoftLink)):
+                        raise ModelError(f"{path}: layer '{name}' weight '{weight}' is a link to elsewhere; "
+                                         f"goodnet reads only what is inside the file")
+                    if not isinstance(group[weight], h5py.Dataset):
+                        raise ModelError(f"{path}: layer '{name}' weight '{weight}' is not a dataset")
+                    refuse_outside_storage(group[weight], f"{path}: layer '{name}' weight '{weight}'", ModelError)
                     weights[short] = np.asarray(group[weight][()])
                 layers[name] = weights
             return layers
-    except OSError as exc:
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: not a readable HDF5 file ({exc})") from None
 
 
