@@ -30,6 +30,21 @@ def flaky(x: int, stop_at: int) -> dict:
     return {"x": x}
 
 
+def refuse(x: int) -> dict:
+    if x == 1:
+        raise SettingsError(f"cell {x} does not fit")
+    return {"x": x}
+
+
+def test_a_refusal_in_a_worker_is_the_same_one_line_error(tmp_path):
+    cells = [GridCell(f"c{i}", refuse, {"x": i}) for i in range(3)]
+    for runner in (GridRunner(threads=1), GridRunner(workers=2, threads=1)):
+        state = str(tmp_path / str(runner.workers))
+        with pytest.raises(SettingsError, match="^c1: cell 1 does not fit$"):
+            run_grid(cells, state, runner)
+        assert not any(name.startswith("c1-") for name in os.listdir(state))  # a refused cell is not kept
+
+
 def test_runners_agree_and_threads_are_fixed(tmp_path):
     cells = [GridCell(f"c{i}", square, {"x": i}) for i in range(4)]
     sequential = run_grid(cells, str(tmp_path / "a"), GridRunner(threads=1))
