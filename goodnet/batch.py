@@ -30,6 +30,7 @@ DATA_COLUMNS = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
 PATH_COLUMNS = ("model",) + DATA_COLUMNS
 COLUMNS = ("name",) + PATH_COLUMNS + ("arch", "factory", "input_scale")
 MAX_ROWS = 100_000
+MAX_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,13 @@ def read_manifest(path: str) -> list[BatchEntry]:
     if not lines:
         raise SettingsError(f"{path}: the manifest lists no models (a header row with 'model', then one row each)")
     reader = csv.DictReader(lines)
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        rows = list(reader)
+    except csv.Error as exc:
+        raise SettingsError(f"{path}: not a readable CSV manifest ({exc})") from None
+    if len(set(header)) != len(header):
+        raise SettingsError(f"{path}: a column is named twice in the header")
     unknown = [h for h in header if h not in COLUMNS]
     if unknown:
         raise SettingsError(f"{path}: unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(COLUMNS)})")
@@ -81,7 +88,7 @@ def read_manifest(path: str) -> list[BatchEntry]:
         raise SettingsError(f"{path}: the header has no 'model' column (known: {', '.join(COLUMNS)})")
     entries: list[BatchEntry] = []
     names: set[str] = set()
-    for number, raw in enumerate(reader, start=2):
+    for number, raw in enumerate(rows, start=2):
         if number - 1 > MAX_ROWS:
             raise SettingsError(f"{path}: more than {MAX_ROWS} models; split the manifest")
         if None in raw:
@@ -96,9 +103,11 @@ def read_manifest(path: str) -> list[BatchEntry]:
 
         model = resolved(row["model"])
         name = _safe_name(row.get("name") or os.path.splitext(os.path.basename(row["model"]))[0])
-        if name in names:
+        if len(name) > MAX_NAME:
+            raise SettingsError(f"{where}: the name is longer than {MAX_NAME} characters")
+        if name.lower() in names:  # case-insensitive: the folders must differ on every file system
             raise SettingsError(f"{where}: the name '{name}' is used twice; give each row its own 'name'")
-        names.add(name)
+        names.add(name.lower())
         arch = row.get("arch") or None
         if arch and arch.lower().endswith((".json", ".h5", ".hdf5", ".keras")):
             arch = resolved(arch)
@@ -136,6 +145,8 @@ def defend_entry(entry: BatchEntry, repair: Repair, out_dir: str, max_drop: floa
                            strip=StripSettings() if strip else None, scan=scan)
     except GoodnetError as exc:
         return error_row(entry.name, entry.model, str(exc))
+    except Exception as exc:  # noqa: BLE001 - one model's unforeseen failure must not end a batch of many
+        return error_row(entry.name, entry.model, f"unexpected {type(exc).__name__}: {exc} (please report it)")
     return batch_row(entry.name, entry.model, run.document, time.perf_counter() - start)
 
 

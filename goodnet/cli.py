@@ -617,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         with using_device(getattr(args, "device", "cpu")):
-            COMMANDS[args.command](args)
+            try:
+                COMMANDS[args.command](args)
+            except SystemExit as exc:  # only code goodnet was told to run (a --factory) exits like this
+                raise SettingsError(f"code goodnet ran on your behalf (a --factory?) tried to end the program "
+                                    f"(exit status {exc.code!r})") from None
     except GoodnetError as exc:
         print(f"goodnet: error: {exc}", file=sys.stderr)
         return 2

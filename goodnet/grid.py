@@ -29,6 +29,8 @@ from .progress import eta, format_duration
 
 CELL_FORMAT = 1
 CELL_ERROR = "__goodnet_error__"
+MAX_THREADS = 1024
+RAY_CONNECT_SECONDS = 10.0
 
 
 def machine_cores() -> int:
@@ -82,8 +84,8 @@ class GridRunner:
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise SettingsError(f"--workers must be a whole number >= 1, not {self.workers!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
-                                         or self.threads < 1):
-            raise SettingsError(f"--threads must be a whole number >= 1, not {self.threads!r}")
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise SettingsError(f"--threads must be a whole number from 1 to {MAX_THREADS}, not {self.threads!r}")
         if self.ray is not None and self.workers != 1:
             raise SettingsError("--workers is for the local runner; with --ray, Ray decides how many cells run at once")
 
@@ -256,9 +258,30 @@ def require_ray():
     return ray
 
 
+def _check_reachable(address: str) -> None:
+    """A cluster address must answer within RAY_CONNECT_SECONDS: Ray itself retries for minutes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise SettingsError(f"--ray {address}: not an address (HOST:PORT, or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((host, port), timeout=RAY_CONNECT_SECONDS):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
 def _run_on_ray(todo: Sequence[GridCell], runner: GridRunner, threads: int, device: str, record) -> None:
     ray = require_ray()
     started_here = not ray.is_initialized()
+    if started_here and runner.ray not in ("", "auto", "local"):
+        _check_reachable(runner.ray)
     if started_here:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, **runner.ray_init}
         address = runner.ray or None

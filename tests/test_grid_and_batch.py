@@ -121,6 +121,17 @@ def test_interrupted_compare_resumes(zoo_cache, tmp_path, capsys, monkeypatch):
     assert [r["repair"] for r in rows] == ["prune", "fine-tune"]
 
 
+def test_unreachable_ray_and_an_exiting_factory_are_one_line(demo_run, tmp_path, capsys):
+    pytest.importorskip("ray")
+    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "prune", "--out", tmp_path / "x",
+                                    "--ray", "127.0.0.1:1"])
+    assert_one_line_error(code, err, "--ray 127.0.0.1:1: no Ray cluster answers there")
+    code, _, err = run_cli(capsys, ["eval", demo_run["inputs"]["clean_test"], demo_run["inputs"]["poisoned_test"],
+                                    demo_run["model"], "--factory", "sys:exit"])
+    assert code == 2 and "goodnet: error:" in err  # refused as a goodnet file, or stopped if the code ran
+    assert not (tmp_path / "x").exists()
+
+
 def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--out", tmp_path / "x", "--ray"])
@@ -144,6 +155,10 @@ def _manifest(tmp_path, text):
     ("model,input_scale\na.h5,-3\n", "row 2: input_scale must be a positive number"),
     ("model,clean_valid\n,v.h5\n", "row 2: no model file"),
     ("model\na.h5,extra\n", "row 2 has more cells than the header"),
+    ("name,model\na," + "x" * 200_000 + "\n", "not a readable CSV manifest"),
+    ("model,model\na.h5,b.h5\n", "a column is named twice"),
+    ("name,model\n" + "n" * 101 + ",a.h5\n", "longer than 100 characters"),
+    ("name,model\nx,a.h5\nX,b.h5\n", "the name 'X' is used twice"),
 ])
 def test_bad_manifests_get_one_line(tmp_path, capsys, text, message):
     code, _, err = run_cli(capsys, ["batch", _manifest(tmp_path, text), "--out", tmp_path / "o"])

@@ -200,6 +200,20 @@ def test_hostile_archives_get_one_line(saved, tmp_path, capsys):
         (_archive(tmp_path, {"config.json": config, "model.weights.h5": nested.getvalue()}, "g.keras"),
          "nested model"),
     ]
+    deep = b"[" * 200_000 + b"]" * 200_000
+    null_layer = json.loads(config)
+    null_layer["config"]["layers"][1]["config"] = None
+    with zipfile.ZipFile(tmp_path / "dup.keras", "w") as z:
+        z.writestr("config.json", config)
+        z.writestr("config.json", config)
+    cases += [
+        (_archive(tmp_path, {"config.json": deep, "model.weights.h5": weights}, "h.keras"), "nested too deeply"),
+        (_archive(tmp_path, {"config.json": json.dumps(null_layer).encode(), "model.weights.h5": weights},
+                  "i.keras"), "malformed model_config"),
+        (str(tmp_path / "dup.keras"), "two members of one name"),
+        (_archive(tmp_path, {"config.json": config, "model.weights.h5": weights, "../../evil": b"x"}, "j.keras"),
+         "points outside it"),
+    ]
     (tmp_path / "text.keras").write_text("hello")
     for path, message in cases:
         code, _, err = run_cli(capsys, ["export", path, "--to", "keras", "--out", str(tmp_path / "o.h5")])

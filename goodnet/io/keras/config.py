@@ -201,7 +201,7 @@ def parse_model_config(model_config: str | dict[str, Any], source: str = "model"
         config = json.loads(model_config) if isinstance(model_config, (str, bytes)) else model_config
         class_name = config["class_name"]
         body = config["config"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ModelError(f"{source}: model_config is not a Keras model description") from None
     try:
         if class_name == "Sequential":
@@ -210,7 +210,7 @@ def parse_model_config(model_config: str | dict[str, Any], source: str = "model"
             return _functional(body, source)
     except ModelError as exc:
         raise ModelError(f"{source}: {exc}") from None
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
         raise ModelError(f"{source}: malformed model_config ({type(exc).__name__}: {exc})") from None
     raise ModelError(f"{source}: model class {class_name} is not supported (Sequential or functional Model)")
 

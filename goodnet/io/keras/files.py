@@ -43,7 +43,7 @@ def read_keras_config(path: str) -> dict[str, Any] | None:
             return None
     try:
         config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ModelError(f"{path}: model_config is not a Keras model description (not JSON)") from None
     if not isinstance(config, dict):
         raise ModelError(f"{path}: model_config is not a Keras model description")

@@ -197,10 +197,21 @@ def _open_archive(path: str) -> zipfile.ZipFile:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ModelError(f"{path}: not a Keras .keras archive ({exc})") from None
-    names = set(archive.namelist())
+    listed = archive.namelist()
+    names = set(listed)
+    problem = None
     if CONFIG_MEMBER not in names:
+        problem = f"not a Keras .keras archive (no {CONFIG_MEMBER})"
+    elif len(names) != len(listed):
+        problem = "the archive holds two members of one name"
+    else:
+        odd = next((n for n in listed if n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/")
+                    or ":" in n), None)
+        if odd is not None:
+            problem = f"the archive holds a member named {odd!r}, which points outside it"
+    if problem is not None:
         archive.close()
-        raise ModelError(f"{path}: not a Keras .keras archive (no {CONFIG_MEMBER})")
+        raise ModelError(f"{path}: {problem}")
     return archive
 
 
@@ -229,8 +240,8 @@ def read_archive_config(path: str) -> dict[str, Any]:
         raw = _member(archive, CONFIG_MEMBER, path, MAX_CONFIG_BYTES)
     try:
         config = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ModelError(f"{path}: {CONFIG_MEMBER} is not JSON") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ModelError(f"{path}: {CONFIG_MEMBER} is not JSON (or nested too deeply to read)") from None
     if not isinstance(config, dict):
         raise ModelError(f"{path}: {CONFIG_MEMBER} is not a Keras model description")
     return config
