@@ -203,7 +203,7 @@ def test_hostile_archives_get_one_line(saved, tmp_path, capsys):
     deep = b"[" * 200_000 + b"]" * 200_000
     null_layer = json.loads(config)
     null_layer["config"]["layers"][1]["config"] = None
-    with zipfile.ZipFile(tmp_path / "dup.keras", "w") as z:
+    with zipfile.ZipFile(tmp_path / "dup.keras", "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
         z.writestr("config.json", config)
         z.writestr("config.json", config)
     cases += [
