@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from .defend import defend_files
 from .errors import GoodnetError, SettingsError
-from .grid import GridCell, GridRunner, finished, forget, run_grid
+from .grid import GridCell, GridRunner, finished, forget, run_context, run_grid
 from .inspection.strip import StripSettings
 from .io.model_files import ModelSource
 from .repairs import Repair
@@ -169,10 +169,11 @@ def batch(entries: Sequence[BatchEntry], repair: Repair, state_dir: str, runner:
     cells = [GridCell(e.name, defend_entry, {"entry": e, "repair": repair, "out_dir": outputs[e.name],
                                              "stamps": _stamps(e), **defend})
              for e in entries]
+    context = run_context(runner)
     for cell in cells:  # a defended model whose output folder is gone runs again
-        kept = finished(os.path.join(state_dir, "cells"), cell, runner)
+        kept = finished(os.path.join(state_dir, "cells"), cell, context)
         if kept is not None and not kept.get("error") and not os.path.isdir(outputs[cell.key]):
-            forget(os.path.join(state_dir, "cells"), cell, runner)
+            forget(os.path.join(state_dir, "cells"), cell, context)
     rows = run_grid(cells, os.path.join(state_dir, "cells"), runner, "models" if progress else None, _summary)
     return rows, outputs
 

@@ -50,6 +50,12 @@ def scan_fields(scan, target: int | None, prefix: str) -> dict[str, Any]:
     return fields
 
 
+def _zoo_files(directory: str):
+    """A cached zoo BadNet's data sets (by role) and its model B."""
+    return (load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()}),
+            load_model(os.path.join(directory, MODEL_FILE)))
+
+
 def prepare_badnet(settings: BadNetSettings, cache_dir: str, scan: bool = False,
                    progress: bool = False) -> dict[str, Any]:
     """A grid cell of the first stage: the zoo BadNet (trained if not cached), STRIP's detection on
@@ -58,8 +64,7 @@ def prepare_badnet(settings: BadNetSettings, cache_dir: str, scan: bool = False,
     zoo = {"directory": directory, "badnet": manifest["badnet"], "clean_reference": reference,
            "meets_bar": manifest["meets_bar"], "attack": manifest["attack"], "part": part_of(settings),
            "settings": manifest["settings"]}
-    sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
-    model = load_model(os.path.join(directory, MODEL_FILE))
+    sets, model = _zoo_files(directory)
     strip = StripSettings().detect(model, sets["clean_test"].x, sets["poisoned_test"].x, sets["clean_valid"].x)
     clean = sets["clean_valid"]
     target = single_target(sets["poisoned_test"].y)
@@ -70,9 +75,7 @@ def prepare_badnet(settings: BadNetSettings, cache_dir: str, scan: bool = False,
 def repair_badnet(settings: BadNetSettings, repair: Repair, prepared: dict[str, Any],
                   scan: bool = False) -> dict[str, Any]:
     """A grid cell of the second stage: `goodnet defend --repair R` on one zoo BadNet; its table row."""
-    directory = prepared["zoo"]["directory"]
-    sets = load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()})
-    model = load_model(os.path.join(directory, MODEL_FILE))
+    sets, model = _zoo_files(prepared["zoo"]["directory"])
     result = run_repair(model, repair, sets)
     row = comparison_row(settings, prepared["zoo"]["meets_bar"], result, DetectionScore(**prepared["strip"]))
     if scan:

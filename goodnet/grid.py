@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from . import errors
 from .devices import compute_device, using_device
 from .errors import GoodnetError, SettingsError
+from .io.output_dir import write_file_atomically
 from .progress import eta, format_duration
 
 CELL_FORMAT = 1
@@ -128,12 +129,10 @@ def _raise_cell_error(cell: "GridCell", result: dict[str, Any]) -> None:
         raise cls(f"{cell.key}: {error.get('message')}")
 
 
-def _write_json(path: str, value: Any) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+def _dump_json(path: str, value: Any) -> None:
+    with open(path, "w") as f:
         json.dump(value, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def run_context(runner: "GridRunner") -> dict[str, Any]:
@@ -144,9 +143,9 @@ def run_context(runner: "GridRunner") -> dict[str, Any]:
     return {"threads": runner.cell_threads, "device": device.type, "goodnet": __version__}
 
 
-def finished(state_dir: str, cell: GridCell, runner: "GridRunner") -> dict[str, Any] | None:
-    """The cell's kept result, if it finished before with the same arguments and context."""
-    context = run_context(runner)
+def finished(state_dir: str, cell: GridCell, context: dict[str, Any]) -> dict[str, Any] | None:
+    """The cell's kept result, if it finished before with the same arguments and `context`
+    (`run_context` of the runner)."""
     path = os.path.join(state_dir, cell.filename(context))
     try:
         with open(path) as f:
@@ -158,10 +157,10 @@ def finished(state_dir: str, cell: GridCell, runner: "GridRunner") -> dict[str, 
     return None
 
 
-def forget(state_dir: str, cell: GridCell, runner: "GridRunner") -> None:
+def forget(state_dir: str, cell: GridCell, context: dict[str, Any]) -> None:
     """Drop a kept result, so the cell runs again (e.g. its output folder is gone)."""
     try:
-        os.remove(os.path.join(state_dir, cell.filename(run_context(runner))))
+        os.remove(os.path.join(state_dir, cell.filename(context)))
     except OSError:
         pass
 
@@ -199,7 +198,7 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
     results: dict[str, dict[str, Any]] = {}
     context = run_context(runner)
     for cell in cells:
-        found = finished(state_dir, cell, runner)
+        found = finished(state_dir, cell, context)
         if found is not None:
             results[cell.key] = found
     todo = [c for c in cells if c.key not in results]
@@ -207,10 +206,11 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
 
     def record(cell: GridCell, result: dict[str, Any]) -> None:
         _raise_cell_error(cell, result)  # nothing written: the cell runs again next time
-        _write_json(os.path.join(state_dir, cell.filename(context)),
-                    {"key": cell.key, "fingerprint": cell.fingerprint(context), "context": context,
-                     "arguments": json.loads(json.dumps(cell.arguments, default=str)),
-                     "runner": runner.describe(), "result": result})
+        kept = {"key": cell.key, "fingerprint": cell.fingerprint(context), "context": context,
+                "arguments": json.loads(json.dumps(cell.arguments, default=str)),
+                "runner": runner.describe(), "result": result}
+        write_file_atomically(os.path.join(state_dir, cell.filename(context)),
+                              lambda tmp: _dump_json(tmp, kept))
         results[cell.key] = result
         progress.finished(cell, result, summary)
 

@@ -137,12 +137,11 @@ def _short_names(base: str, count: int, layer: dict[str, Any] | None, where: str
     return names[:count]
 
 
-def read_native_weights(f: h5py.File, source: str, config: dict[str, Any] | None = None
-                        ) -> dict[str, dict[str, np.ndarray]]:
-    """{layer name: {weight: array}} from Keras 3's layout; `config` (the model's Keras config)
-    names layers for files that do not store names."""
+def _native_layers(f: h5py.File, source: str, config: dict[str, Any] | None
+                   ) -> Iterator[tuple[str, str, dict[str, Any] | None, str | None, h5py.Group]]:
+    """(where, class key, the layer's config entry or None, its name or None, its `vars` group) for
+    every layer of Keras 3's layout, in file order; links and missing `vars` groups refused."""
     by_key = keys_to_layers(config)
-    layers: dict[str, dict[str, np.ndarray]] = {}
     for key in f["layers"]:
         if not isinstance(f["layers"].get(key, getlink=True), h5py.HardLink):
             raise ModelError(f"{source}: layers/{key} is a link to elsewhere; goodnet reads only what is inside the file")
@@ -153,39 +152,52 @@ def read_native_weights(f: h5py.File, source: str, config: dict[str, Any] | None
             if isinstance(group, h5py.Group) and "layers" in group:
                 raise ModelError(f"{where}: a nested model; flatten the model into one first")
             raise ModelError(f"{where}: no 'vars' group; not a Keras 3 weights file")
-        base = re.sub(r"_\d+$", "", key)
         layer = by_key.get(key)
         name = _text(vars_group.attrs["name"]) if "name" in vars_group.attrs else (layer or {}).get("name")
+        yield where, re.sub(r"_\d+$", "", key), layer, name, vars_group
+
+
+def _weight_names(where: str, base: str, layer: dict[str, Any] | None, name: str | None,
+                  count: int) -> tuple[str, ...]:
+    """Which weight each of a layer's `count` numbered variables is; refuses what cannot be placed."""
+    if name is None:
+        raise ModelError(f"{where}: the file does not name its layers (written by an older Keras 3); "
+                         f"give the architecture as a .keras or model.to_json() .json file")
+    if base not in VARIABLE_NAMES:
+        raise ModelError(f"{where}: layer '{name}' of kind '{base}' has weights goodnet cannot place "
+                         f"(supported: Conv2D, Dense, BatchNormalization)")
+    if count > len(VARIABLE_NAMES[base]):
+        raise ModelError(f"{where}: {count} variables, a {base} layer has at most {len(VARIABLE_NAMES[base])}")
+    return _short_names(base, count, layer, where)
+
+
+def read_native_weights(f: h5py.File, source: str, config: dict[str, Any] | None = None
+                        ) -> dict[str, dict[str, np.ndarray]]:
+    """{layer name: {weight: array}} from Keras 3's layout; `config` (the model's Keras config)
+    names layers for files that do not store names."""
+    layers: dict[str, dict[str, np.ndarray]] = {}
+    for where, base, layer, name, vars_group in _native_layers(f, source, config):
         values = _variables(vars_group, f"{where}/vars")
         if not values:
             if name is not None:
                 layers[name] = {}
             continue
-        if name is None:
-            raise ModelError(f"{where}: the file does not name its layers (written by an older Keras 3); "
-                             f"give the architecture as a .keras or model.to_json() .json file")
-        if base not in VARIABLE_NAMES:
-            raise ModelError(f"{where}: layer '{name}' of kind '{base}' has weights goodnet cannot place "
-                             f"(supported: Conv2D, Dense, BatchNormalization)")
-        if len(values) > len(VARIABLE_NAMES[base]):
-            raise ModelError(f"{where}: {len(values)} variables, a {base} layer has at most "
-                             f"{len(VARIABLE_NAMES[base])}")
+        shorts = _weight_names(where, base, layer, name, len(values))
         if name in layers:
             raise ModelError(f"{where}: a second layer named '{name}'")
-        layers[name] = dict(zip(_short_names(base, len(values), layer, where), values))
+        layers[name] = dict(zip(shorts, values))
     return layers
 
 
 def variable_paths(f: h5py.File, source: str, config: dict[str, Any] | None = None
                    ) -> Iterator[tuple[str, str, h5py.Dataset]]:
-    """(layer name, weight name, dataset) for every weighted variable, for writing in place."""
-    names = read_native_weights(f, source, config)  # validates and names every layer
-    by_key = keys_to_layers(config)
-    for key, group in f["layers"].items():
-        vars_group = group["vars"]
-        name = _text(vars_group.attrs["name"]) if "name" in vars_group.attrs else by_key.get(key, {}).get("name")
-        for short, index in zip(names.get(name, {}), range(len(vars_group))):
-            yield name, short, vars_group[str(index)]
+    """(layer name, weight name, dataset) for every weighted variable, for writing in place into a
+    copy of a file `read_native_weights` accepted (no value is read here)."""
+    for where, base, layer, name, vars_group in _native_layers(f, source, config):
+        count = len(vars_group)
+        if count:
+            for index, short in enumerate(_weight_names(where, base, layer, name, count)):
+                yield name, short, vars_group[str(index)]
 
 
 # ----- the .keras archive -----
