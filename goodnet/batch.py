@@ -134,7 +134,7 @@ def _stamps(entry: BatchEntry) -> dict[str, list[int] | None]:
 
 def defend_entry(entry: BatchEntry, repair: Repair, out_dir: str, max_drop: float = DEFAULT_MAX_DROP,
                  holdout: float = DEFAULT_HOLDOUT, strip: bool = True, scan: bool = False,
-                 force: bool = False, stamps: dict | None = None) -> dict[str, Any]:
+                 force: bool = False, stamps: dict | None = None, scan_schedule: str = "reference") -> dict[str, Any]:
     """A grid cell: `goodnet defend` on one model into `out_dir`; its row (a refusal is a row too).
     `stamps` only make the cell's fingerprint follow its input files."""
     start = time.perf_counter()
@@ -142,7 +142,7 @@ def defend_entry(entry: BatchEntry, repair: Repair, out_dir: str, max_drop: floa
         run = defend_files(ModelSource(entry.model, entry.arch, entry.factory), dict(entry.data), out_dir, repair,
                            input_scale=entry.input_scale, progress=False, force=force,
                            max_drop=max_drop, holdout=holdout,
-                           strip=StripSettings() if strip else None, scan=scan)
+                           strip=StripSettings() if strip else None, scan=scan, scan_schedule=scan_schedule)
     except GoodnetError as exc:
         return error_row(entry.name, entry.model, str(exc))
     except Exception as exc:  # noqa: BLE001 - one model's unforeseen failure must not end a batch of many

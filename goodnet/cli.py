@@ -111,6 +111,17 @@ def _add_setting_options(p: argparse.ArgumentParser, repairs: list[str]) -> None
             group.add_argument(option, metavar=spec.kind.upper(), **kwargs)
 
 
+def _scan_schedule(args: argparse.Namespace, given: dict[str, Any], repair_name: str) -> str:
+    """defend and batch: `--scan-schedule` is nc's setting and also the schedule of `--scan`'s scans;
+    with `--scan` it is taken here for those (and left to the repair only when it takes it)."""
+    from .repairs.registry import repair_class
+
+    schedule = given.get("scan_schedule", "reference")
+    if args.scan and "scan_schedule" not in {s.name for s in repair_class(repair_name).setting_specs()}:
+        given.pop("scan_schedule", None)
+    return schedule
+
+
 def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line, converted to their types (one-line errors)."""
     from .repairs.registry import all_settings
@@ -334,10 +345,20 @@ def _add_compare(sub) -> None:
                    help="also scan every B and every B' for a backdoor without poisoned data (Neural Cleanse): "
                         "the table says whether the scan named the true target and whether its anomaly index "
                         "fell below 2 after each repair")
+    _add_scan_schedule(p)
     p.add_argument("--out", default="goodnet-compare", help="output directory (default: goodnet-compare)")
     p.add_argument("--cache-dir", default=None, help="where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
     _add_grid_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+SCAN_SCHEDULES = ("reference", "goodnet")
+
+
+def _add_scan_schedule(p) -> None:
+    p.add_argument("--scan-schedule", choices=SCAN_SCHEDULES, default="reference",
+                   help="the trigger scan's cost schedule and flagging: reference (Neural Cleanse's authors' "
+                        "code, the default) or goodnet (a faster schedule that stops earlier; see docs/conformance.md)")
 
 
 def _add_scan(sub) -> None:
@@ -355,6 +376,7 @@ def _add_scan(sub) -> None:
     p.add_argument("--input-scale", type=_positive_float, default=1.0,
                    help="divide every pixel value by this before the model sees it (default: 1, raw)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scan's random choices (default: 0)")
+    _add_scan_schedule(p)
     p.add_argument("--out", default="goodnet-scan", help="output directory (default: goodnet-scan)")
     p.add_argument("--force", action="store_true",
                    help="scan even when B is not clearly better than chance on the clean data")
@@ -404,6 +426,8 @@ def _print_run(run, out: str) -> None:
 
         print("trigger scan (no poisoned data; anomaly index > 2 flags a suspected target):")
         print(scan_table(run.scans))
+    if run.result.notice:
+        print(f"goodnet: {run.result.notice}", file=sys.stderr)
     harm = run.result.harm
     if harm is not None and harm.fell_back:
         print(f"goodnet: {harm.line(run.result.repair)}", file=sys.stderr)
@@ -418,6 +442,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
 
     given = _given_settings(args)
     name = args.repair or ("channels" if "channels" in given else "prune")
+    scan_schedule = _scan_schedule(args, given, name)
     repair = build_repair(name, given)
     guard = {"--max-drop": args.max_drop, "--holdout": args.holdout}
     unused = [option for option, value in guard.items() if value is not None]
@@ -430,7 +455,8 @@ def cmd_defend(args: argparse.Namespace) -> None:
                        onnx=args.onnx, progress=not args.quiet, force=args.force,
                        max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
                        holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout,
-                       strip=None if args.no_strip else StripSettings(), scan=args.scan)
+                       strip=None if args.no_strip else StripSettings(), scan=args.scan,
+                       scan_schedule=scan_schedule)
     _print_run(run, args.out)
 
 
@@ -522,7 +548,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     check_output_dir(args.out, marker="comparison.json", claim=True)  # before any training, not after
     state = grid_state_dir(args.out)
     rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet,
-                        scan=args.scan, runner=runner, state_dir=state)
+                        scan=args.scan, runner=runner, state_dir=state, scan_schedule=args.scan_schedule)
     write_comparison(args.out, rows, zoo, repairs, runner.describe())
     shutil.rmtree(state, ignore_errors=True)  # every cell is in the output now
     print(markdown_table(rows))
@@ -538,7 +564,9 @@ def cmd_batch(args: argparse.Namespace) -> None:
     from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
     from .report.batch_report import BATCH_MARKER, batch_table, write_batch
 
-    repair = build_repair(args.repair, _given_settings(args))
+    given = _given_settings(args)
+    scan_schedule = _scan_schedule(args, given, args.repair)
+    repair = build_repair(args.repair, given)
     unused = [o for o, v in {"--max-drop": args.max_drop, "--holdout": args.holdout}.items() if v is not None]
     if unused and not repair.guarded:
         raise SettingsError(f"{' and '.join(unused)} set the do-no-harm guard, which the {repair.name} repair does "
@@ -550,7 +578,8 @@ def cmd_batch(args: argparse.Namespace) -> None:
     rows, outputs = batch(entries, repair, state, runner, progress=not args.quiet,
                           max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
                           holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout,
-                          strip=not args.no_strip, scan=args.scan, force=args.force)
+                          strip=not args.no_strip, scan=args.scan, force=args.force,
+                          scan_schedule=scan_schedule)
     write_batch(args.out, rows, outputs, {"repair": repair.name, "repair_settings": repair.settings(),
                                           "manifest": os.path.abspath(args.manifest), "runner": runner.describe()})
     shutil.rmtree(state, ignore_errors=True)
@@ -567,7 +596,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
     from .scan import scan_files
 
     run = scan_files(_source(args, args.model), args.clean_valid, args.out, input_scale=args.input_scale,
-                     progress=not args.quiet, force=args.force, seed=args.seed)
+                     progress=not args.quiet, force=args.force, seed=args.seed,
+                     schedule=args.scan_schedule)
     print(scan_table({"B": run.scan}))
     print(f"\nwrote {os.path.abspath(args.out)}/ (report.html, report.md, scan.json, b_triggers.png, b_norms.png)")
 

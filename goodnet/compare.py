@@ -57,7 +57,7 @@ def _zoo_files(directory: str):
 
 
 def prepare_badnet(settings: BadNetSettings, cache_dir: str, scan: bool = False,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, scan_schedule: str = "reference") -> dict[str, Any]:
     """A grid cell of the first stage: the zoo BadNet (trained if not cached), STRIP's detection on
     B, and (`scan`) the trigger scan of B, all shared by every repair of that BadNet."""
     directory, manifest, reference = zoo_badnet(settings, cache_dir, progress)
@@ -68,19 +68,20 @@ def prepare_badnet(settings: BadNetSettings, cache_dir: str, scan: bool = False,
     strip = StripSettings().detect(model, sets["clean_test"].x, sets["poisoned_test"].x, sets["clean_valid"].x)
     clean = sets["clean_valid"]
     target = single_target(sets["poisoned_test"].y)
-    before = scan_fields(reverse_triggers(model, clean, clean.value_range), target, "scan_b") if scan else {}
+    before = scan_fields(reverse_triggers(model, clean, clean.value_range, schedule=scan_schedule), target,
+                         "scan_b") if scan else {}
     return {"label": settings.label(), "zoo": zoo, "strip": asdict(strip), "target": target, "scan_before": before}
 
 
 def repair_badnet(settings: BadNetSettings, repair: Repair, prepared: dict[str, Any],
-                  scan: bool = False) -> dict[str, Any]:
+                  scan: bool = False, scan_schedule: str = "reference") -> dict[str, Any]:
     """A grid cell of the second stage: `goodnet defend --repair R` on one zoo BadNet; its table row."""
     sets, model = _zoo_files(prepared["zoo"]["directory"])
     result = run_repair(model, repair, sets)
     row = comparison_row(settings, prepared["zoo"]["meets_bar"], result, DetectionScore(**prepared["strip"]))
     if scan:
         clean = sets["clean_valid"]
-        after = reverse_triggers(result.models[0].repaired.model, clean, clean.value_range)
+        after = reverse_triggers(result.models[0].repaired.model, clean, clean.value_range, schedule=scan_schedule)
         row.update(prepared["scan_before"], **scan_fields(after, prepared["target"], "scan_after"))
     return row
 
@@ -90,8 +91,8 @@ def _row_summary(row: dict[str, Any]) -> str:
 
 
 def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_dir: str, progress: bool = True,
-            scan: bool = False, runner: GridRunner = GridRunner(), state_dir: str | None = None
-            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            scan: bool = False, runner: GridRunner = GridRunner(), state_dir: str | None = None,
+            scan_schedule: str = "reference") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description).
     A grid of two stages (each BadNet, then each BadNet x repair), run by `runner`; every finished
     cell is kept in `state_dir` (a temporary folder when None), so a rerun with the same folder
@@ -105,12 +106,14 @@ def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="goodnet-compare-"))
         prepared = run_grid([GridCell(f"badnet {s.label()}", prepare_badnet,
-                                      {"settings": s, "cache_dir": cache_dir, "scan": scan},
+                                      {"settings": s, "cache_dir": cache_dir, "scan": scan,
+                                       "scan_schedule": scan_schedule},
                                       {"progress": progress and sequential}) for s in badnets],
                             os.path.join(state_dir, "badnets"), runner, "BadNets" if progress else None,
                             lambda p: "meets its bar" if p["zoo"]["meets_bar"] else "missed its bar")
         cells = [GridCell(f"{s.label()} {r.name}", repair_badnet,
-                          {"settings": s, "repair": r, "prepared": p, "scan": scan})
+                          {"settings": s, "repair": r, "prepared": p, "scan": scan,
+                           "scan_schedule": scan_schedule})
                  for s, p in zip(badnets, prepared) for r in repairs]
         rows = run_grid(cells, os.path.join(state_dir, "repairs"), runner, "repairs" if progress else None,
                         _row_summary)

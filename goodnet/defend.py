@@ -31,11 +31,12 @@ def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], o
                  input_scale: float = 1.0, onnx: bool = False, progress: bool = True,
                  force: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
                  holdout: float = DEFAULT_HOLDOUT, strip: StripSettings | None = StripSettings(),
-                 scan: bool = False) -> DefenseRun:
+                 scan: bool = False, scan_schedule: str = "reference") -> DefenseRun:
     """Load B and the data, repair, measure, write `out_dir`. Every input is checked before work.
     With clean and poisoned test data, G's detection is scored beside STRIP's (`strip=None`: not STRIP).
     `scan`: reverse triggers (Neural Cleanse) of B and of every B' on the clean validation data, so a
-    user without poisoned data sees whether the anomaly index fell."""
+    user without poisoned data sees whether the anomaly index fell; `scan_schedule`: the scan's
+    cost schedule ("reference", the authors', or "goodnet", faster)."""
     source = ModelSource(source) if isinstance(source, str) else source
     check_output_dir(out_dir, claim=True)  # before any work, not after it
     exports = ModelExports(keras_like=source.path if source.is_keras else None, onnx=onnx,
@@ -51,9 +52,11 @@ def defend_files(source: ModelSource | str, data_paths: dict[str, str | None], o
         clean = sets.get("clean_valid")
         if clean is None:
             raise SettingsError("--scan reverses triggers on clean validation data: give --clean-valid")
-        scans = {"B": reverse_triggers(model, clean, clean.value_range, progress=progress and "scanning B")}
+        scans = {"B": reverse_triggers(model, clean, clean.value_range, progress=progress and "scanning B",
+                                       schedule=scan_schedule)}
         for m in result.models:
             scans[f"B' {m.name}"] = reverse_triggers(m.repaired.model, clean, clean.value_range,
-                                                     progress=progress and f"scanning B' {m.name}")
+                                                     progress=progress and f"scanning B' {m.name}",
+                                                     schedule=scan_schedule)
     return DefenseRun(result=result, document=write_outputs(out_dir, result, model, exports, scans), model=model,
                       scans=scans)

@@ -118,7 +118,14 @@ def test_fine_pruning_uses_clean_data_only_and_keeps_pruned_channels(demo_run):
     assert len(by_fraction.details["pruned"]["conv_3"]) == 32 and by_fraction.details["chosen"] == "fraction=0.5"
     rnp = ReconstructiveNeuronPruning(unlearn_epochs=2, recover_epochs=2).run(
         model, RepairData(sets["clean_valid"], trap))
-    assert score(model, sets["clean_valid"]) - score(rnp.models[0].model, sets["clean_valid"]) < 2.0
+    # no BatchNorm in the demo CNN: RNP masks and prunes conv kernels, keeping their biases
+    assert rnp.details["masked"] == "conv"
+    expected = {layer: [c for c, v in enumerate(m) if v <= 0.2] for layer, m in rnp.details["masks"].items()}
+    assert rnp.details["pruned"] == {layer: c for layer, c in expected.items() if c}
+    repaired = dict(rnp.models[0].model.named_modules())
+    for layer, channels in rnp.details["pruned"].items():
+        assert not repaired[layer].weight[channels].any()
+        assert torch.equal(repaired[layer].bias, dict(model.named_modules())[layer].bias)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Two pruning defenses from the literature: ANP (adversarial neuron pruning) and CLP (channel
 Lipschitzness-based pruning, data-free)."""
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,6 @@ from goodnet.errors import ModelError
 from goodnet.io.data import ImageSet, load_images
 from goodnet.io.model_files import load_model
 from goodnet.metrics import model_accuracy
-from goodnet.pruning.zeroing import prune_layers
 from goodnet.repairs import RepairData, build_repair, repair_names
 from goodnet.repairs.adversarial_neuron_pruning import _MASK_CACHE, AdversarialNeuronPruning, NeuronPerturbation
 from goodnet.repairs.channel_lipschitz import ChannelLipschitzPruning, channel_lipschitz_bounds
@@ -47,7 +47,7 @@ def test_clp_prunes_the_channel_with_the_huge_kernel_batchnorm_scale_included():
         bn.weight[9] = 1.0 / 50.0
         bn.running_var[11] = 1e-4  # an ordinary kernel that BatchNorm blows up (|gamma| / sqrt(var) = 100)
     bounds = channel_lipschitz_bounds(model)["0"]
-    scale = bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)
+    scale = bn.weight.detach().abs() / torch.sqrt(bn.running_var)  # the reference's sigma: no eps
     expected = torch.stack([torch.linalg.svdvals(conv.weight[c].detach().reshape(2, 9))[0] * scale[c]
                             for c in range(16)])
     assert torch.allclose(bounds, expected, rtol=1e-5)
@@ -71,7 +71,7 @@ def test_clp_refuses_a_model_without_conv_layers():
 
 
 @pytest.mark.parametrize("bn", [True, False])
-def test_a_zero_anp_mask_is_exactly_goodnets_pruning(bn):
+def test_a_zero_anp_mask_is_the_references_pruning(bn):
     torch.manual_seed(0)
     model = _conv_bn(bn=bn)
     if bn:
@@ -79,16 +79,20 @@ def test_a_zero_anp_mask_is_exactly_goodnets_pruning(bn):
             model[1].running_mean.uniform_(-1, 1), model[1].running_var.uniform_(0.5, 2)
             model[1].weight.uniform_(0.5, 2), model[1].bias.uniform_(-1, 1)
     x = torch.randn(4, 2, 6, 6)
-    expected = prune_layers(model, [("0", 2), ("0", 7)])(x)
-    neurons = NeuronPerturbation(model, eps=0.4)
-    assert neurons.neurons["0"] is (model[1] if bn else model[0])  # BatchNorm's channel where there is one
+    pruned = copy.deepcopy(model)  # the reference zeroes the masked weight: gamma (else the conv kernel)
     with torch.no_grad():
-        neurons.masks["0"][[2, 7]] = 0.0
+        pruned[1 if bn else 0].weight[[2, 7]] = 0.0
+    expected = pruned(x)
+    neurons = NeuronPerturbation(model, eps=0.4)
+    name = "1" if bn else "0"
+    assert neurons.neurons == {name: model[1] if bn else model[0]}  # BatchNorm's channel where there is one
+    with torch.no_grad():
+        neurons.masks[name][[2, 7]] = 0.0
         assert torch.allclose(model(x), expected, atol=1e-5)
     neurons.remove()
 
 
-def test_anp_perturbation_stays_within_eps_and_raises_the_loss():
+def test_anp_perturbation_stays_within_twice_eps_and_raises_the_loss():
     torch.manual_seed(0)
     model = _conv_bn()
     for p in model.parameters():
@@ -97,10 +101,10 @@ def test_anp_perturbation_stays_within_eps_and_raises_the_loss():
     neurons = NeuronPerturbation(model, eps=0.3)
     neurons.randomise(torch.Generator().manual_seed(0))  # the random start ...
     before = neurons.loss(model, x, y, alpha=0.0).item()
-    neurons.ascend(model, x, y, steps=5)  # ... then gradient ascent from it
+    neurons.ascend(model, x, y, steps=5)  # ... then sign-gradient ascent from it (unclipped, as the reference)
     for store in (neurons.delta, neurons.xi):
-        assert float(store["0"].abs().max()) <= 0.3 + 1e-6
-        assert float(store["0"].abs().max()) > 0
+        assert float(store["1"].abs().max()) <= 2 * 0.3 + 1e-6
+        assert float(store["1"].abs().max()) > 0
     assert neurons.loss(model, x, y, alpha=0.0).item() > before  # the ascent found a worse neuron setting
     neurons.remove()
     assert not model[1]._forward_hooks  # hooks removed: B's copy runs as before
@@ -111,16 +115,16 @@ def test_anp_masks_stay_in_the_unit_interval_and_are_deterministic():
     model = _conv_bn()
     x = np.random.default_rng(0).normal(size=(64, 2, 6, 6)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 3, 64)
-    repair = AdversarialNeuronPruning(epochs=5, batch_size=16, mask_lr=2.0)
-    masks = repair.optimise_masks(model, x, y)["0"]
+    repair = AdversarialNeuronPruning(iterations=20, batch_size=16, mask_lr=2.0)
+    masks = repair.optimise_masks(model, x, y)["1"]  # keyed by the BatchNorm whose gamma is masked
     assert masks.min() >= 0 and masks.max() <= 1 and masks.min() < 1  # they moved, within [0, 1]
-    assert torch.equal(masks, repair.optimise_masks(model, x, y)["0"])
-    assert not torch.equal(masks, AdversarialNeuronPruning(epochs=5, batch_size=16, mask_lr=2.0, seed=1)
-                           .optimise_masks(model, x, y)["0"])
+    assert torch.equal(masks, repair.optimise_masks(model, x, y)["1"])
+    assert not torch.equal(masks, AdversarialNeuronPruning(iterations=20, batch_size=16, mask_lr=2.0, seed=1)
+                           .optimise_masks(model, x, y)["1"])
     _MASK_CACHE.clear()
     outcome = repair.repair(model, RepairData(ImageSet(x, y, "clean")))
-    pruned = [c for c in range(16) if float(masks[c]) < repair.threshold]
-    assert outcome.models[0].pruned == ({"0": pruned} if pruned else {})
+    pruned = [c for c in range(16) if round(float(masks[c]), 4) <= repair.threshold]
+    assert outcome.models[0].pruned == ({"1": pruned} if pruned else {})
     milder = repair.milder()[0].repair(model, RepairData(ImageSet(x, y, "clean")))
     assert milder.details["masks_reused"] and not outcome.details["masks_reused"]
 
@@ -145,26 +149,29 @@ _SEEN = []
 
 
 def test_anp_on_the_demo_badnet_keeps_the_budget_and_never_sees_poisoned_data(demo_run):
-    # Measured, not hoped for: on this BN-free small CNN (and on the development zoo's), ANP with
-    # the paper's settings prunes a few channels but leaves the backdoor in place (ASR stays > 90 %),
-    # so this test checks the contract and the budget, not an ASR drop.
+    # This test checks the contract and the budget, not an ASR drop (fewer iterations than the
+    # reference's 2000, to stay quick).
     model, (clean, poisoned_valid, clean_test, poisoned_test) = _demo(
         demo_run, "clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
     _SEEN.clear()
     _MASK_CACHE.clear()
-    result = run_repair(model, _SpyANP(epochs=20), {"clean_valid": clean, "poisoned_valid": poisoned_valid,
-                                                   "clean_test": clean_test, "poisoned_test": poisoned_test})
+    result = run_repair(model, _SpyANP(iterations=40), {"clean_valid": clean, "poisoned_valid": poisoned_valid,
+                                                        "clean_test": clean_test, "poisoned_test": poisoned_test})
     assert _SEEN and all(d.poisoned_valid is None and d.held_out is not None for d in _SEEN)
     assert all(len(d.clean_valid) < len(clean) for d in _SEEN)  # fitted on the guard's share only
     repaired = result.models[0].repaired
     harm = result.harm
-    assert harm is not None and harm.attempts[-1].status == "within budget"
+    # the reference's sign-step ANP may cost this BN-free CNN too much; the guard then hands back B
+    assert harm is not None and (harm.attempts[-1].status == "within budget" or harm.delivered == "B unchanged")
     assert model_accuracy(model, clean_test.x, clean_test.y) - model_accuracy(repaired.model, clean_test.x,
                                                                               clean_test.y) < 3
-    assert not repaired.weights_changed  # B with channels zeroed, nothing else
+    assert repaired.weights_changed == bool(repaired.pruned)  # kernels zeroed, their biases kept (the reference's)
+    if harm.delivered == "B unchanged":
+        assert repaired.pruned == {}
+        return
     masks = result.details["masks"]
     assert all(0.0 <= v <= 1.0 for m in masks.values() for v in m)
-    expected = {layer: [c for c, v in enumerate(m) if v < result.delivered.threshold] for layer, m in masks.items()}
+    expected = {layer: [c for c, v in enumerate(m) if v <= result.delivered.threshold] for layer, m in masks.items()}
     assert repaired.pruned == {layer: c for layer, c in expected.items() if c}
 
 

@@ -15,8 +15,7 @@ from goodnet.io.model_files import load_model
 from goodnet.metrics import model_accuracy
 from goodnet.models.training import fine_tune
 from goodnet.repairs import RepairData, build_repair, repair_names
-from goodnet.repairs.attention_distillation import (AttentionDistillation, FeatureTap, distillation_loss,
-                                                    stage_outputs)
+from goodnet.repairs.attention_distillation import AttentionDistillation, distillation_loss, stage_outputs, tapped
 from goodnet.repairs.runner import run_repair
 from goodnet.repairs.sharpness_aware import SharpnessAwareTuning
 
@@ -27,16 +26,16 @@ def _demo(demo_run, *roles):
 
 def test_both_are_registered_built_by_name_and_milder_goes_down():
     assert {"nad", "ft-sam"} <= set(repair_names())
-    nad = build_repair("nad", {"beta": 100.0, "layers": 2})
+    nad = build_repair("nad", {"betas": (100.0, 200.0)})
     sam = build_repair("ft-sam", {"rho": 0.5})
-    assert isinstance(nad, AttentionDistillation) and nad.guarded and (nad.beta, nad.layers) == (100.0, 2)
+    assert isinstance(nad, AttentionDistillation) and nad.guarded and nad.betas == (100.0, 200.0)
     assert isinstance(sam, SharpnessAwareTuning) and sam.guarded and sam.adaptive and sam.rho == 0.5
     for repair in (nad, sam):
         milder = repair.milder()
         assert [m.lr for m in milder] == sorted((m.lr for m in milder), reverse=True) and milder[0].lr < repair.lr
         assert [m.epochs for m in milder] == sorted((m.epochs for m in milder), reverse=True)
     assert all(m.rho < sam.rho for m in sam.milder())
-    for name, bad in (("ft-sam", {"rho": 0.0}), ("nad", {"layers": 0}), ("nad", {"beta": -1.0})):
+    for name, bad in (("ft-sam", {"rho": 0.0}), ("nad", {"betas": ()}), ("nad", {"betas": (-1.0,)})):
         with pytest.raises(SettingsError):
             build_repair(name, bad)
     with pytest.raises(ModelError, match="Conv2d"):
@@ -79,43 +78,43 @@ class _TinyCNN(nn.Module):  # one conv used twice (two calls of one module)
         return self.head(self.pool(F.relu(self.conv(x))).flatten(1))
 
 
-def test_the_distilled_layers_are_the_stage_outputs_found_by_running_the_model():
+def test_the_distilled_layers_are_the_stage_outputs_found_on_the_traced_graph():
     torch.manual_seed(0)
     x = torch.rand(2, 1, 16, 16)
-    # a ResNet: the outputs of its residual groups (after the addition), in run order; the 1x1 map
-    # after global pooling is left out
-    sites = stage_outputs(_TinyResNet(), x)
-    assert [(s.module, s.kind, s.shape) for s in sites] == [("group_a", "output", (8, 16, 16)),
-                                                            ("group_b", "output", (8, 8, 8))]
-    # a plain CNN: the map each pooling layer receives (after a functional ReLU), and the last one;
-    # the second call of the shared conv is told apart from the first
+    # a ResNet: the outputs of its residual groups (the ReLU after the addition), in run order, whatever
+    # order the groups are registered in; the 1x1 map after global pooling is left out
+    model = _TinyResNet()
+    sites = stage_outputs(model, x)
+    assert [(s.module, s.shape) for s in sites] == [("group_a", (8, 16, 16)), ("group_b", (8, 8, 8))]
+    with torch.no_grad():
+        _, maps = tapped(model, sites)(x)
+        a = model.group_a(F.relu(model.stem(x)))
+        assert torch.equal(maps[0], a) and torch.equal(maps[1], model.group_b(a))
+    # a plain CNN: the map each pooling layer receives (after a functional ReLU), and the last pooled
+    # one; the second call of the shared conv is told apart from the first
     model = _TinyCNN()
     sites = stage_outputs(model, x)
-    assert [(s.module, s.kind, s.call, s.shape) for s in sites] == [
-        ("pool", "input", 0, (1, 16, 16)), ("pool", "input", 1, (1, 8, 8)), ("pool", "output", 1, (1, 4, 4))]
-    tap = FeatureTap(model, sites)
-    model(x)
-    first = F.relu(model.conv(x))
-    assert torch.equal(tap.maps[sites[0]], first) and (tap.maps[sites[0]] >= 0).all()
-    assert torch.equal(tap.maps[sites[1]], F.relu(model.conv(model.pool(first))))
-    tap.remove()
-    model(x)
+    assert [s.shape for s in sites] == [(1, 16, 16), (1, 8, 8), (1, 4, 4)]
+    graph = tapped(model, sites)
+    with torch.no_grad():
+        _, maps = graph(x)
+        first = F.relu(model.conv(x))
+        assert torch.equal(maps[0], first) and (maps[0] >= 0).all()
+        assert torch.equal(maps[1], F.relu(model.conv(model.pool(first))))
+    assert graph.conv is model.conv  # the traced graph trains the model's own layers
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def test_the_distillation_loss_is_the_papers_and_keeps_its_scale_at_any_map_size():
+def test_the_distillation_loss_is_the_reference_codes():
     torch.manual_seed(0)
     student, teacher = torch.rand(4, 6, 8, 8), torch.rand(4, 6, 8, 8)
     assert float(distillation_loss(student, student)) == 0.0
-    a_s, a_t = (f.pow(2).mean(1).flatten(1) for f in (student, teacher))
-    a_s, a_t = a_s / a_s.norm(dim=1, keepdim=True), a_t / a_t.norm(dim=1, keepdim=True)
-    # on the paper's 8 x 8 maps it is the paper's code's loss: the mean over positions of (a_s - a_t)^2
+    a_s, a_t = (f.pow(2).sum(1).flatten(1) for f in (student, teacher))
+    a_s, a_t = a_s / (a_s.norm(dim=1, keepdim=True) + 1e-6), a_t / (a_t.norm(dim=1, keepdim=True) + 1e-6)
+    # the mean over images and positions of (a_s - a_t)^2, as the authors' at.py computes it
     assert float(distillation_loss(student, teacher)) == pytest.approx(float((a_s - a_t).pow(2).mean()), rel=1e-5)
     assert float(distillation_loss(3 * student, teacher)) == pytest.approx(float(distillation_loss(student, teacher)),
-                                                                           rel=1e-5)  # normalised: scale-free
-    # the same maps at twice the resolution weigh the same (an unscaled mean would fall 4 times)
-    up = [F.interpolate(f, scale_factor=2, mode="nearest") for f in (student, teacher)]
-    assert float(distillation_loss(*up)) == pytest.approx(float(distillation_loss(student, teacher)), rel=1e-5)
+                                                                           rel=1e-4)  # normalised: scale-free
 
 
 def _bn_net():
@@ -164,11 +163,12 @@ class _SpyNAD(AttentionDistillation):
 _SEEN = []
 
 
-# Measured on this demo BadNet (guarded, so fitted on 80 % of the clean data): plain fine-tuning
-# for 10 epochs leaves 24 % ASR; FT-SAM for 15 epochs 4 %; NAD (10 teacher + 10 student epochs)
+# Measured on this demo BadNet (guarded, so fitted on 80 % of the clean data), with goodnet's
+# schedule (variant goodnet, rate 0.05; the reference defaults run 100 epochs, too long for this
+# test): plain fine-tuning for 10 epochs leaves 24 % ASR; FT-SAM for 15 epochs 4 %; NAD (10 teacher + 10 student epochs)
 # 57 %: on this BN-free small CNN the attention term holds the student near B's maps, and NAD only
 # beats fine-tuning on the development zoo's BatchNorm ResNets (see its module docstring).
-@pytest.mark.parametrize("repair,most", [(_SpySAM(epochs=15), 10), (_SpyNAD(epochs=10, teacher_epochs=10), 75)],
+@pytest.mark.parametrize("repair,most", [(_SpySAM(epochs=15, lr=0.05, variant="goodnet"), 10), (_SpyNAD(epochs=10, teacher_epochs=10, variant="goodnet", lr=0.05), 75)],
                          ids=["ft-sam", "nad"])
 def test_each_lowers_the_demo_asr_within_budget_and_never_sees_poisoned_data(demo_run, repair, most):
     model, (clean, poisoned_valid, clean_test, poisoned_test) = _demo(
@@ -189,9 +189,12 @@ def test_each_lowers_the_demo_asr_within_budget_and_never_sees_poisoned_data(dem
 def test_nad_pulls_the_students_attention_to_the_teachers_and_is_deterministic(demo_run):
     model, (clean,) = _demo(demo_run, "clean_valid")
     short = ImageSet(clean.x[:256], clean.y[:256], "clean")
-    distilled = AttentionDistillation(epochs=2, teacher_epochs=1)
+    # goodnet's fine-tune loop: on this raw-pixel CNN the reference loop's rate 0.1 silences the deepest
+    # maps within two epochs (a silent map has no attention to compare)
+    distilled = AttentionDistillation(epochs=2, teacher_epochs=1, variant="goodnet", lr=0.05)
     first = distilled.repair(model, RepairData(short))
-    free = AttentionDistillation(epochs=2, teacher_epochs=1, beta=0.0).repair(model, RepairData(short))
+    free = AttentionDistillation(epochs=2, teacher_epochs=1, variant="goodnet", lr=0.05,
+                                 betas=(0.0,) * 3).repair(model, RepairData(short))
     assert len(first.details["distilled"]) == 3
     # the distance on the last batch, per distilled layer: far smaller when it is penalised
     for layer, distance in first.details["last_batch_distance"].items():

@@ -80,7 +80,9 @@ def test_a_scan_without_an_outlier_says_so():
     assert flagged.suspects == [0] and flagged.verdict.startswith("label 0 is a suspected target (anomaly index")
     unreached = TriggerScan(flagged.labels, flagged.norms, flagged.success, np.array([False] + [True] * 5),
                             flagged.masks, flagged.patterns, flagged.anomaly)
-    assert unreached.suspects == []  # a trigger that never worked is no evidence
+    assert unreached.suspects == [0]  # the reference flags a label by its last mask's norm even so
+    unreached.only_reached = True  # the goodnet schedule's rule: a trigger that never worked is no evidence
+    assert unreached.suspects == []
     doc = flagged.to_json()
     assert json.loads(json.dumps(doc))["suspects"] == [0]
     assert all(np.ndim(v) <= 1 for v in doc.values() if not isinstance(v, dict))  # no images in it
@@ -117,6 +119,7 @@ def test_the_scan_is_deterministic_and_reads_the_label_count_from_the_model():
 def test_nothing_flagged_hands_b_back_unchanged():
     model, images = Grid(backdoor=False), grid_images()
     outcome = NeuralCleanse(epochs=1, scan_steps=300, scan_batch=8).repair(model, RepairData(images))
+    assert outcome.notice.startswith("nc: the trigger scan flagged no label")
     (only,) = outcome.models
     assert only.model is model and not only.weights_changed
     assert "flagged no label" in outcome.details["unchanged"]
@@ -151,9 +154,10 @@ def test_the_demo_target_is_flagged_and_unlearnt_with_clean_data_only(demo_run, 
 
     monkeypatch.setattr(nc_module, "reverse_triggers", spy)
     nc_module._last_scan.clear()
-    # guarded: fitted on 80 % of clean_valid; the default scan (200 steps leave the demo target at
-    # anomaly index 1.9, 400 at 2.3), a shorter fine-tuning than the default, for time
-    result = run_repair(model, NeuralCleanse(epochs=10), sets)
+    # guarded: fitted on 80 % of clean_valid; the package's faster scan schedule (the reference's
+    # scan leaves the demo target just under the threshold), a shorter fine-tuning, for time
+    result = run_repair(model, NeuralCleanse(epochs=10, scan_schedule="goodnet", scan_steps=400, scan_batch=16),
+                        sets)
     clean = sets["clean_valid"]
     (scanned,) = seen  # milder retries, if any, reuse the scan
     rows = {row.tobytes() for row in clean.x}

@@ -50,10 +50,11 @@ def test_feature_shift_tuning_pushes_the_head_away_from_b(demo_run):
     outcome = FeatureShiftTuning(epochs=2).repair(model, RepairData(clean))
     unpushed = FeatureShiftTuning(epochs=2, alpha=0.0).repair(model, RepairData(clean))
     # re-initialised, the head drifts back towards B's under the clean loss; the penalty holds it off
-    assert outcome.details["head_cosine_to_b"] < unpushed.details["head_cosine_to_b"] - 0.1
+    assert outcome.details["head_cosine_to_b"] < unpushed.details["head_cosine_to_b"] - 0.05
     _, head = classifier_head(outcome.models[0].model, torch.from_numpy(clean.x[:2]))
     _, original = classifier_head(model, torch.from_numpy(clean.x[:2]))
-    assert float(head.weight.detach().norm()) <= float(original.weight.detach().norm()) + 1e-4  # capped at B's
+    norm, b_norm = float(head.weight.detach().norm()), float(original.weight.detach().norm())
+    assert abs(norm - b_norm) <= 1e-5 * b_norm  # held at exactly B's
 
 
 @pytest.mark.parametrize("value_range", [(0.0, 255.0), (0.0, 1.0), (-1.0, 1.0)])

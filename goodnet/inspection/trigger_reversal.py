@@ -1,38 +1,35 @@
-"""Neural Cleanse's trigger reversal (Wang et al., IEEE S&P 2019), from the paper's description.
+"""Neural Cleanse's trigger reversal (Wang et al., IEEE S&P 2019), as the authors' code does it.
 
 Why it works: a backdoor is a shortcut. To send any image to the attacker's target, the small
 trigger is enough; to send it to an honest label, the change must be about as large as that
 label's own features. So for every label t we look for the smallest mask m (H x W, in [0, 1]) and
 a pattern p (C x H x W, in the data's own value range) such that (1 - m) * x + m * p is classified
-as t for clean images x, minimising cross-entropy + lambda_t * |m|_1. The target's mask norm is an
+as t for clean images x, minimising cross-entropy + lambda * |m|_1. The target's mask norm is an
 outlier below the others. The anomaly index measures that in median absolute deviations (MAD x
 1.4826, a consistent estimate of the standard deviation) below the median; labels above 2 are
-suspected targets. Labels whose norm lies above the median are never suspects (a large trigger is
-no sign of a backdoor), and the stamped image is a convex mix of an image and a pattern that both lie
-in the data's range, so it does too, whatever the range.
+suspected targets, and labels above the median never are (a large trigger is no sign of a backdoor).
 
-From the paper and its authors' implementation: mask and pattern through tanh (so they stay in
-[0, 1] and in the value range without clipping), Adam at rate 0.1 with betas (0.5, 0.9), random
-initial mask and pattern, lambda starting at 1e-3 and changed per label after `patience` checks in a
-row: raised x1.5 while the attack succeeds on >= 99 % of the batch images, lowered by 1.5^1.5 while it
-does not; the recorded trigger is the one with the smallest mask norm among those seen while the
-attack succeeded (the threshold reached), and the optimisation of a label stops early once that norm
-has not improved by 1 % for `early_stop_patience` checks after lambda went both up and down.
+As in the authors' reference (github.com/bolunwang/backdoor, visualizer.py and its GTSRB example):
+mask = tanh(a) / 2 + 0.5 and pattern = low + (high - low) * (tanh(b) / 2 + 0.5) (no clipping
+needed), random uniform start, Adam at rate 0.1 with betas (0.5, 0.9), 32 images per step, attack
+success threshold 99 % of the check's images. Lambda starts at 0 and is set to 1e-3 once the attack
+has succeeded for `patience` (5) checks in a row; from then on it is doubled after 5 successful
+checks in a row and divided by 2^1.5 after 5 failed ones. The recorded trigger is the one after
+the check with the smallest mean mask norm among succeeding checks; a label stops once lambda has
+gone both up and down and that norm has not improved for 25 checks. A label whose attack never
+reached the threshold keeps its last trigger, and its norm counts like any other.
 
-What differs, for CPU cost: the paper optimises each label alone for up to thousands of epochs of
-32 images; here `group` labels are optimised at once (their masks and patterns are independent, so
-this is the same optimisation, G labels x b images in one forward pass, sharing the batch images),
-for at most `steps` (400) steps of `batch_size` (16) images per label, and a "check" (the paper's
-epoch) is `check_every` (10) steps, with a patience of 3 checks (the paper's 5 epochs). Chosen on the
-development zoo (seed 0): 200 steps flagged the target of 3 of its 7 single-target BadNets, 400
-steps 5 (blended at anomaly index 2.05 and sunglasses at 2.86 crossed the threshold; 8 images per
-step instead of 16 lost both again); WaNet's warp and SIG's full-image sinusoid are missed either
-way (index 1.1 and 1.2), as the literature reports for Neural Cleanse. The cost is labels x steps x
-batch forward and backward passes: grouping batches them, it does not remove them, so a model with
-a thousand labels needs a smaller per-label budget (`steps`, `batch_size`) to finish on a CPU.
-A label that never reached the threshold keeps its final trigger, is marked `reached=False` and is
-never a suspect: its norm (the final mask's, which did not work) says little about what it needs.
-The label count is read from the model's output, never assumed.
+Departures, for CPU cost (each is a keyword of reverse_triggers):
+- a check (the reference's "step", 31 batches of 32 images) is `check_every` = 10 steps;
+- at most `steps` = 1000 Adam steps per label (the reference allows 1000 checks);
+- `group` labels are optimised in one batched forward pass on the same images (their masks and
+  patterns are independent, so the optimisation is the same);
+- when more than half the norms are equal (MAD 0), the spread is the mean absolute deviation x 1.2533
+  instead (the reference divides by zero).
+`schedule="goodnet"` gives this package's own faster variant (lambda from 1e-3, patience 3, x1.5,
+early stop after 10 checks without a 1 % better norm, only labels whose attack succeeded flagged).
+The cost is labels x steps x batch forward and backward passes; the label count is read from the
+model's output, never assumed.
 """
 
 from __future__ import annotations
@@ -57,6 +54,14 @@ MAD_CONSISTENCY = 1.4826  # MAD x this estimates the standard deviation of norma
 MEAN_AD_CONSISTENCY = math.sqrt(math.pi / 2)  # the same for the mean absolute deviation (1.2533)
 _TANH_EPS = 1e-6  # keeps tanh's inverse finite at the initial draw
 
+# the lambda schedule and flagging rule: the authors' ("reference") and this package's faster one
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "reference": {"start_cost_at_zero": True, "patience": 5, "cost_multiplier": 2.0, "early_stop_threshold": 1.0,
+                  "early_stop_patience": 25, "only_reached": False},
+    "goodnet": {"start_cost_at_zero": False, "patience": 3, "cost_multiplier": 1.5, "early_stop_threshold": 0.99,
+                "early_stop_patience": 10, "only_reached": True},
+}
+
 
 def anomaly_indices(norms) -> np.ndarray:
     """Per label, how many consistent median absolute deviations (x 1.4826) its mask norm lies
@@ -77,32 +82,93 @@ def anomaly_indices(norms) -> np.ndarray:
 
 
 @dataclass
+class CostSchedule:
+    """One label's lambda (the weight of the mask norm in the loss), its record and its early stop,
+    updated once per check as the authors' visualizer does: `check(success, norm)` with the share of
+    the check's images sent to the label and the check's mean mask norm; it returns (record the
+    trigger as the best so far, stop this label)."""
+
+    init_cost: float = 1e-3
+    success_threshold: float = 0.99
+    patience: int = 5
+    cost_multiplier: float = 2.0  # lambda is multiplied by it going up, divided by it^1.5 going down
+    early_stop_threshold: float = 1.0
+    early_stop_patience: int = 25
+    start_cost_at_zero: bool = True
+    cost: float = field(init=False)
+    best: float = field(init=False, default=math.inf)  # smallest mean norm of a succeeding check
+    went_up: bool = field(init=False, default=False)
+    went_down: bool = field(init=False, default=False)
+    _set: int = field(init=False, default=0)
+    _up: int = field(init=False, default=0)
+    _down: int = field(init=False, default=0)
+    _stale: int = field(init=False, default=0)
+    _stop_best: float = field(init=False, default=math.inf)
+
+    def __post_init__(self) -> None:
+        self.cost = 0.0 if self.start_cost_at_zero else float(self.init_cost)
+
+    def check(self, success: float, norm: float) -> tuple[bool, bool]:
+        ok = success >= self.success_threshold
+        record = ok and norm < self.best
+        if record:
+            self.best = norm
+        if math.isfinite(self.best):  # early stop counts only once a working trigger exists
+            self._stale = self._stale + 1 if self.best >= self.early_stop_threshold * self._stop_best else 0
+        self._stop_best = min(self._stop_best, self.best)
+        if self.went_up and self.went_down and self._stale >= self.early_stop_patience:
+            return record, True
+        if self.cost == 0 and ok:  # lambda 0: the attack alone first; set lambda once it works
+            self._set += 1
+            if self._set >= self.patience:
+                self.cost = float(self.init_cost)
+                self._up = self._down = 0
+                self.went_up = self.went_down = False
+        else:
+            self._set = 0
+        self._up, self._down = (self._up + 1, 0) if ok else (0, self._down + 1)
+        if self._up >= self.patience:
+            self._up = 0
+            self.cost *= self.cost_multiplier
+            self.went_up = True
+        elif self._down >= self.patience:
+            self._down = 0
+            self.cost /= self.cost_multiplier ** 1.5
+            self.went_down = True
+        return record, False
+
+
+@dataclass
 class TriggerScan:
     """Every label's reversed trigger and the verdict drawn from their mask norms."""
 
     labels: list[int]
-    norms: np.ndarray  # L1 norm of each label's mask (in pixels): the smallest seen at the threshold
+    norms: np.ndarray  # L1 norm of each label's recorded mask (in pixels)
     success: np.ndarray  # % of clean images of OTHER labels that the recorded trigger sends to the label
-    reached: np.ndarray  # bool: the success threshold was reached (else norm and trigger are the final ones)
+    reached: np.ndarray  # bool: some check reached the success threshold (else the trigger is the last one)
     masks: np.ndarray  # (L, H, W) in [0, 1]
     patterns: np.ndarray  # (L, C, H, W) in the data's value range
     anomaly: np.ndarray  # anomaly index per label (see anomaly_indices)
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    only_reached: bool = False  # True: a label whose attack never succeeded is never flagged
+
+    def _eligible(self) -> np.ndarray:
+        eligible = np.ones(len(self.labels), dtype=bool)
+        return eligible & np.asarray(self.reached, dtype=bool) if self.only_reached else eligible
 
     @property
     def suspects(self) -> list[int]:
-        """Labels with an anomaly index above 2 whose trigger reached the success threshold, most
-        anomalous first."""
+        """Labels with an anomaly index above 2, most anomalous first."""
         order = np.argsort(-np.asarray(self.anomaly), kind="stable")
-        return [int(self.labels[i]) for i in order
-                if self.anomaly[i] > ANOMALY_THRESHOLD and bool(self.reached[i])]
+        eligible = self._eligible()
+        return [int(self.labels[i]) for i in order if self.anomaly[i] > ANOMALY_THRESHOLD and eligible[i]]
 
     @property
     def max_anomaly(self) -> float:
-        """The largest anomaly index among labels whose trigger reached the threshold (0 if none)."""
-        eligible = np.asarray(self.anomaly)[np.asarray(self.reached, dtype=bool)]
-        return float(eligible.max()) if eligible.size else 0.0
+        """The largest anomaly index among the labels that may be flagged (0 if none)."""
+        values = np.asarray(self.anomaly)[self._eligible()]
+        return float(values.max()) if values.size else 0.0
 
     @property
     def verdict(self) -> str:
@@ -132,45 +198,74 @@ class TriggerScan:
 
 
 def _atanh(values: torch.Tensor) -> torch.Tensor:
-    """The tanh parameter whose squashed value (tanh(p) + 1) / 2 is `values` in [0, 1]."""
+    """The tanh parameter whose squashed value tanh(a) / 2 + 0.5 is `values` in [0, 1]."""
     return torch.atanh((values * 2 - 1).clamp(-1 + _TANH_EPS, 1 - _TANH_EPS))
 
 
 def _squash(params: torch.Tensor) -> torch.Tensor:
-    return (torch.tanh(params) + 1) / 2
+    """The reference's parametrisation: tanh(a) / 2 + 0.5, in [0, 1] whatever a."""
+    return torch.tanh(params) / 2 + 0.5
+
+
+def trigger_from_parameters(mask_params: torch.Tensor, pattern_params: torch.Tensor,
+                            value_range: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask in [0, 1], pattern in the value range) from their unconstrained parameters."""
+    low, high = value_range
+    return _squash(mask_params), (low + (high - low) * _squash(pattern_params)).clamp(low, high)
+
+
+def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Images `x` with the trigger: (1 - mask) * x + mask * pattern."""
+    return (1 - mask) * x + mask * pattern
 
 
 def reverse_triggers(model: nn.Module, images: ImageSet, value_range: tuple[float, float], *, seed: int = 0,
-                     progress: bool | str = False, steps: int = 400, batch_size: int = 16, group: int = 10,
+                     progress: bool | str = False, steps: int = 1000, batch_size: int = 32, group: int = 10,
                      lr: float = 0.1, init_cost: float = 1e-3, success_threshold: float = 0.99,
-                     check_every: int = 10, patience: int = 3, cost_multiplier: float = 1.5,
-                     early_stop_patience: int = 10, eval_images: int = 500) -> TriggerScan:
+                     check_every: int = 10, schedule: str = "reference", patience: int | None = None,
+                     cost_multiplier: float | None = None, early_stop_patience: int | None = None,
+                     early_stop_threshold: float | None = None, start_cost_at_zero: bool | None = None,
+                     only_reached: bool | None = None, eval_images: int = 500) -> TriggerScan:
     """Reverse a trigger for every label of `model` (their count is its output width) on the clean
     `images`, in `value_range`, `group` labels per batched forward pass; see the module docstring.
 
-    steps: most Adam steps per label; batch_size: images per label and step (the paper's 32);
-    lr, init_cost, success_threshold, cost_multiplier: the paper's 0.1, 1e-3, 0.99 and 1.5 (lambda
-    goes up by it, down by it^1.5); check_every: steps per check (the paper checks once per epoch);
-    patience: checks in a row above (below) the threshold before lambda goes up (down);
-    early_stop_patience: checks without a 1 % better norm before a label stops; eval_images: at most
-    this many clean images of other labels measure each final trigger's attack success."""
-    _check_settings(steps, batch_size, group, lr, init_cost, success_threshold, check_every, patience,
-                    cost_multiplier, early_stop_patience, eval_images)
+    steps: most Adam steps per label; batch_size: images per label and step (the reference's 32);
+    lr, init_cost, success_threshold: the reference's 0.1, 1e-3 and 0.99; check_every: steps per
+    check (the reference checks once per 31 batches); schedule: "reference" or "goodnet", whose
+    patience, cost_multiplier, early_stop_patience, early_stop_threshold, start_cost_at_zero and
+    only_reached (see SCHEDULES) each keyword may override; eval_images: at most this many clean
+    images of other labels measure each recorded trigger's attack success (reported, not used)."""
+    if schedule not in SCHEDULES:
+        raise SettingsError(f"trigger scan: schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    given = {"patience": patience, "cost_multiplier": cost_multiplier, "early_stop_patience": early_stop_patience,
+             "early_stop_threshold": early_stop_threshold, "start_cost_at_zero": start_cost_at_zero,
+             "only_reached": only_reached}
+    plan = {k: (SCHEDULES[schedule][k] if v is None else v) for k, v in given.items()}
+    _check_settings(steps, batch_size, group, lr, init_cost, success_threshold, check_every, plan["patience"],
+                    plan["cost_multiplier"], plan["early_stop_patience"], plan["early_stop_threshold"], eval_images)
     if len(images) == 0:
         raise DataError("a trigger scan needs clean images; got none")
     low, high = float(value_range[0]), float(value_range[1])
     if not (math.isfinite(low) and math.isfinite(high) and high >= low):
         raise DataError(f"a trigger scan needs a finite value range, not {value_range!r}")
     start = time.perf_counter()
+
+    def new_schedule() -> CostSchedule:
+        return CostSchedule(init_cost, success_threshold, plan["patience"], plan["cost_multiplier"],
+                            plan["early_stop_threshold"], plan["early_stop_patience"], plan["start_cost_at_zero"])
+
     with placed(model) as device:
-        return _reverse_all(model, images, (low, high), device, seed, progress, steps, batch_size, group, lr,
-                            init_cost, success_threshold, check_every, patience, cost_multiplier,
-                            early_stop_patience, eval_images, start)
+        scan = _reverse_all(model, images, (low, high), device, seed, progress, steps, batch_size, group, lr,
+                            check_every, new_schedule, eval_images)
+    scan.only_reached = bool(plan["only_reached"])
+    scan.settings.update({"lr": lr, "init_cost": init_cost, "success_threshold": success_threshold,
+                          "schedule": schedule, **plan})
+    scan.seconds = time.perf_counter() - start
+    return scan
 
 
-def _reverse_all(model, images, value_range, device, seed, progress, steps, batch_size, group, lr, init_cost,
-                 success_threshold, check_every, patience, cost_multiplier, early_stop_patience, eval_images,
-                 start) -> TriggerScan:
+def _reverse_all(model, images, value_range, device, seed, progress, steps, batch_size, group, lr, check_every,
+                 new_schedule, eval_images) -> TriggerScan:
     """reverse_triggers' work, with the model already on `device`."""
     low, high = value_range
     xs = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)).to(device)
@@ -192,35 +287,33 @@ def _reverse_all(model, images, value_range, device, seed, progress, steps, batc
         p.requires_grad_(False)
     try:
         for labels in progress_bar(groups, label):
-            mask, pattern, norms, reached, used = _reverse_group(
-                model, labels, xs, ys, (low, high), generator, steps, batch_size, lr, init_cost, success_threshold,
-                check_every, patience, cost_multiplier, early_stop_patience)
+            mask, pattern, reached, used = _reverse_group(model, labels, xs, (low, high), generator, steps,
+                                                          batch_size, lr, check_every, new_schedule)
             success = _attack_success(model, labels, mask, pattern, xs, ys, evaluation_order, eval_images)
             for k, t in enumerate(labels):
-                result["norms"][t], result["reached"][t], result["steps"][t] = norms[k], reached[k], used
+                result["norms"][t] = float(mask[k].double().sum())
+                result["reached"][t], result["steps"][t] = reached[k], used[k]
                 result["masks"][t], result["patterns"][t] = to_numpy(mask[k]), to_numpy(pattern[k])
                 result["success"][t] = success[k]
     finally:
         for p, g in zip(model.parameters(), grads):
             p.requires_grad_(g)
         model.train(was_training)
-    settings = {"steps": steps, "batch_size": batch_size, "group": group, "lr": lr, "init_cost": init_cost,
-                "success_threshold": success_threshold, "check_every": check_every, "patience": patience,
-                "cost_multiplier": cost_multiplier, "early_stop_patience": early_stop_patience,
-                "eval_images": eval_images, "seed": seed, "images": len(images), "value_range": [low, high],
+    settings = {"steps": steps, "batch_size": batch_size, "group": group, "check_every": check_every,
+                "eval_images": eval_images, "seed": int(seed), "images": len(images), "value_range": [low, high],
                 "steps_used": int(result["steps"].max()) if n else 0}
     return TriggerScan(list(range(n)), result["norms"], result["success"], result["reached"], result["masks"],
-                       result["patterns"], anomaly_indices(result["norms"]), settings, time.perf_counter() - start)
+                       result["patterns"], anomaly_indices(result["norms"]), settings)
 
 
 def _check_settings(steps, batch_size, group, lr, init_cost, success_threshold, check_every, patience,
-                    cost_multiplier, early_stop_patience, eval_images) -> None:
+                    cost_multiplier, early_stop_patience, early_stop_threshold, eval_images) -> None:
     for name, value in (("steps", steps), ("batch_size", batch_size), ("group", group),
                         ("check_every", check_every), ("patience", patience),
                         ("early_stop_patience", early_stop_patience), ("eval_images", eval_images)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise SettingsError(f"trigger scan: {name.replace('_', '-')} must be a whole number >= 1, not {value!r}")
-    for name, value in (("lr", lr), ("init_cost", init_cost)):
+    for name, value in (("lr", lr), ("init_cost", init_cost), ("early_stop_threshold", early_stop_threshold)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise SettingsError(f"trigger scan: {name.replace('_', '-')} must be a positive number, not {value!r}")
     if not (isinstance(success_threshold, (int, float)) and 0 < success_threshold <= 1):
@@ -229,77 +322,69 @@ def _check_settings(steps, batch_size, group, lr, init_cost, success_threshold, 
         raise SettingsError(f"trigger scan: cost-multiplier must be a number above 1, not {cost_multiplier!r}")
 
 
-def _reverse_group(model: nn.Module, labels: list[int], xs: torch.Tensor, ys: torch.Tensor,
-                   value_range: tuple[float, float], generator: torch.Generator, steps: int, batch_size: int,
-                   lr: float, init_cost: float, success_threshold: float, check_every: int, patience: int,
-                   cost_multiplier: float, early_stop_patience: int):
-    """Optimise the triggers of `labels` together; returns (masks (G, H, W), patterns (G, C, H, W),
-    norms, reached, steps used)."""
-    low, high = value_range
+def _reverse_group(model: nn.Module, labels: list[int], xs: torch.Tensor, value_range: tuple[float, float],
+                   generator: torch.Generator, steps: int, batch_size: int, lr: float, check_every: int,
+                   new_schedule):
+    """Optimise the triggers of `labels` together, each with its own CostSchedule; returns (masks
+    (G, H, W), patterns (G, C, H, W), reached, steps used per label)."""
     g = len(labels)
     _, c, h, w = xs.shape
     dev = xs.device  # every draw on the CPU (the same on any device), then moved
     targets = torch.tensor(labels, dtype=torch.long, device=dev)
-    # the paper's random start: mask and pattern uniform in their ranges, through tanh's inverse
+    # the reference's random start: mask and pattern uniform in their ranges, through tanh's inverse
     mask_params = _atanh(torch.rand(g, 1, h, w, generator=generator).to(dev)).requires_grad_(True)
     pattern_params = _atanh(torch.rand(g, c, h, w, generator=generator).to(dev)).requires_grad_(True)
     optimizer = torch.optim.Adam([mask_params, pattern_params], lr=lr, betas=(0.5, 0.9))
-
-    def trigger() -> tuple[torch.Tensor, torch.Tensor]:
-        return _squash(mask_params), (low + (high - low) * _squash(pattern_params)).clamp(low, high)
-
-    cost = torch.full((g,), float(init_cost), device=dev)
-    best = torch.full((g,), math.inf, device=dev)
+    schedules = [new_schedule() for _ in range(g)]
     best_mask, best_pattern = torch.zeros(g, 1, h, w, device=dev), torch.zeros(g, c, h, w, device=dev)
-    up, down = torch.zeros(g, dtype=torch.long, device=dev), torch.zeros(g, dtype=torch.long, device=dev)
-    went_up, went_down = torch.zeros(g, dtype=torch.bool, device=dev), torch.zeros(g, dtype=torch.bool, device=dev)
-    stale = torch.zeros(g, dtype=torch.long, device=dev)  # checks since the best norm last improved by 1 %
-    hits, seen = torch.zeros(g, device=dev), torch.zeros(g, device=dev)
-    used = 0
-    for used in range(1, steps + 1):
+    last_mask, last_pattern = torch.zeros(g, 1, h, w, device=dev), torch.zeros(g, c, h, w, device=dev)
+    active = list(range(g))
+    used = [0] * g
+    hits, norm_sum = torch.zeros(g, device=dev), torch.zeros(g, device=dev)
+    for step in range(1, steps + 1):
+        rows = torch.tensor(active, dtype=torch.long, device=dev)
+        a = len(active)
         idx = torch.randint(0, len(xs), (batch_size,), generator=generator).to(dev)
         x = xs[idx]  # the same images for every label of the group
-        mask, pattern = trigger()
-        stamped = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # (G, b, C, H, W)
-        logits = model(stamped.reshape(g * batch_size, c, h, w)).reshape(g, batch_size, -1)
-        ce = F.cross_entropy(logits.reshape(g * batch_size, -1), targets.repeat_interleave(batch_size),
-                             reduction="none").reshape(g, batch_size).mean(dim=1)
-        l1 = mask.reshape(g, -1).sum(dim=1)
+        mask, pattern = trigger_from_parameters(mask_params[rows], pattern_params[rows], value_range)
+        stamped = stamp(x[None], mask[:, None], pattern[:, None])  # (A, b, C, H, W)
+        logits = model(stamped.reshape(a * batch_size, c, h, w)).reshape(a, batch_size, -1)
+        ce = F.cross_entropy(logits.reshape(a * batch_size, -1), targets[rows].repeat_interleave(batch_size),
+                             reduction="none").reshape(a, batch_size).mean(dim=1)
+        l1 = mask.reshape(a, -1).sum(dim=1)
+        costs = torch.tensor([schedules[k].cost for k in active], dtype=l1.dtype, device=dev)
         optimizer.zero_grad()
-        (ce + cost * l1).sum().backward()
+        (ce + costs * l1).sum().backward()
         optimizer.step()
-        with torch.no_grad():
-            other = ys[idx][None, :] != targets[:, None]  # success counts images of other labels only
-            hits += ((logits.argmax(dim=2) == targets[:, None]) & other).sum(dim=1)
-            seen += other.sum(dim=1)
-            if used % check_every:
+        with torch.no_grad():  # success over ALL the check's images (the reference's accuracy), norms before the step
+            hits[rows] += (logits.argmax(dim=2) == targets[rows][:, None]).float().mean(dim=1)
+            norm_sum[rows] += l1
+            if step % check_every:
                 continue
-            ok = (seen > 0) & (hits >= success_threshold * seen)
-            hits.zero_(), seen.zero_()
-            mask, pattern = trigger()  # after the step: the trigger the window's success vouches for
-            norm = mask.reshape(g, -1).sum(dim=1)
-            improved = ok & (norm < best)
-            stale = torch.where(ok & (norm < 0.99 * best), torch.zeros_like(stale), stale + 1)
-            best = torch.where(improved, norm, best)
-            best_mask[improved], best_pattern[improved] = mask[improved], pattern[improved]
-            up = torch.where(ok, up + 1, torch.zeros_like(up))
-            down = torch.where(ok, torch.zeros_like(down), down + 1)
-            raise_, lower = up >= patience, down >= patience
-            cost = torch.where(raise_, cost * cost_multiplier, cost)
-            cost = torch.where(lower, cost / cost_multiplier ** 1.5, cost)
-            went_up |= raise_
-            went_down |= lower
-            up[raise_], down[lower] = 0, 0
-            done = torch.isfinite(best) & went_up & went_down & (stale >= early_stop_patience)
-            if bool(done.all()):
+            mask, pattern = trigger_from_parameters(mask_params[rows], pattern_params[rows], value_range)
+            still = []
+            for j, k in enumerate(active):
+                used[k] = step
+                record, stop = schedules[k].check(float(hits[k]) / check_every, float(norm_sum[k]) / check_every)
+                if record:  # the trigger after the check, as the reference saves it
+                    best_mask[k], best_pattern[k] = mask[j], pattern[j]
+                last_mask[k], last_pattern[k] = mask[j], pattern[j]
+                if not stop:
+                    still.append(k)
+            hits.zero_(), norm_sum.zero_()
+            active = still
+            if not active:
                 break
     with torch.no_grad():
-        final_mask, final_pattern = trigger()
-        reached = torch.isfinite(best)
-        mask = torch.where(reached[:, None, None, None], best_mask, final_mask)
-        pattern = torch.where(reached[:, None, None, None], best_pattern, final_pattern)
-        norms = mask.reshape(g, -1).sum(dim=1)
-    return mask[:, 0], pattern, to_numpy(norms).astype(np.float64), to_numpy(reached), used
+        if active and steps % check_every:  # the last, unfinished check: its trigger is the last one
+            rows = torch.tensor(active, dtype=torch.long, device=dev)
+            mask, pattern = trigger_from_parameters(mask_params[rows], pattern_params[rows], value_range)
+            for j, k in enumerate(active):
+                last_mask[k], last_pattern[k], used[k] = mask[j], pattern[j], steps
+        reached = torch.tensor([math.isfinite(s.best) for s in schedules], device=dev)
+        mask = torch.where(reached[:, None, None, None], best_mask, last_mask)
+        pattern = torch.where(reached[:, None, None, None], best_pattern, last_pattern)
+    return mask[:, 0], pattern, to_numpy(reached), used
 
 
 def _attack_success(model: nn.Module, labels: list[int], masks: torch.Tensor, patterns: torch.Tensor,
@@ -317,7 +402,6 @@ def _attack_success(model: nn.Module, labels: list[int], masks: torch.Tensor, pa
             hits = 0
             for s in range(0, len(pick), chunk):
                 x = xs[pick[s:s + chunk]]
-                stamped = (1 - masks[k]) * x + masks[k] * patterns[k]
-                hits += int((model(stamped).argmax(dim=-1) == t).sum())
+                hits += int((model(stamp(x, masks[k], patterns[k])).argmax(dim=-1) == t).sum())
             rates.append(100.0 * hits / len(pick))
     return rates

@@ -92,14 +92,19 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, value_range: tuple
     return torch.where(inside[:, None], fill.to(x.dtype), x)
 
 
+SHARPNESS_EPS = 1e-12  # added to the gradient norm of the sharpness-aware step, as SAM/ASAM implementations do
+
+
 def _sharpness_shifts(model: nn.Module, radius: float, adaptive: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Move every weight with a gradient to the worst point within `radius` (first order), in place;
-    return (weight, shift) pairs to undo it. Adaptive: the shift of each weight scales with |w|^2,
-    so large weights (where FT-SAM finds the backdoor's neurons) move most."""
+    return (weight, shift) pairs to undo it: e = radius * g / (||g|| + eps), or adaptive (ASAM,
+    Kwon et al. 2021, without its eta, as BackdoorBench's FT-SAM): e = radius * |w|^2 * g /
+    (||(|w| * g)|| + eps), the norm taken over every parameter with a gradient at once, so large
+    weights (where FT-SAM finds the backdoor's neurons) move most."""
     params = [p for p in model.parameters() if p.grad is not None]
     with torch.no_grad():
         scaled = [(p.abs() * p.grad if adaptive else p.grad) for p in params]
-        norm = torch.sqrt(sum((s ** 2).sum() for s in scaled)).clamp_min(1e-12)
+        norm = torch.sqrt(sum((s ** 2).sum() for s in scaled)) + SHARPNESS_EPS
         shifts = []
         for p, s in zip(params, scaled):
             shift = radius * (p.abs() * s if adaptive else s) / norm
@@ -127,36 +132,66 @@ def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
+AUGMENTATIONS = ("shift-erase", "crop", "none")
+CROP_PADDING = 4  # BackdoorBench's (and FST's) RandomCrop padding, whatever the image size
+ANNEALING = ("step", "epoch")
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy against targets of 1 - smoothing on the label and smoothing / (classes - 1) on
+    every other class (the form SAM's and BackdoorBench's FT-SAM code use; torch's own label_smoothing
+    spreads smoothing / classes over all classes instead)."""
+    if smoothing == 0.0:
+        return F.cross_entropy(logits, labels)
+    n = logits.shape[1]
+    target = torch.full_like(logits, smoothing / (n - 1)).scatter_(1, labels[:, None], 1.0 - smoothing)
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
 def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, *,
               value_range: tuple[float, float], lr: float = 0.05, momentum: float = 0.9,
               weight_decay: float = 5e-4, batch_size: int = 64, augment: bool = True, after_step=None,
               penalty=None, max_grad_norm: float | None = 5.0, sharpness: float | None = None, adaptive: bool = True,
-              progress: str | None = None) -> nn.Module:
-    """SGD with momentum and a cosine schedule, with shift + random-erasing augmentation (fill
-    values drawn from `value_range`, the data's own range); `penalty(model, batch, labels)`, a scalar
-    tensor, is added to every batch's loss; `after_step(model)` runs after every update (e.g. to keep pruned
-    channels at zero). `sharpness`: each step is sharpness-aware (SAM, Foret et al. 2021): the gradient is
-    taken at the weights moved up the loss by that radius (`adaptive`: ASAM's radius, relative to each
-    weight's size, Kwon et al. 2021). Raises TrainingDiverged when the loss or the weights stop being finite."""
+              progress: str | None = None, augmentation: str = "shift-erase", anneal: str = "step",
+              label_smoothing: float = 0.0) -> nn.Module:
+    """SGD with momentum and a cosine schedule, with augmentation; `penalty(model, batch, labels)`, a
+    scalar tensor, is added to every batch's loss; `after_step(model)` runs after every update (e.g. to
+    keep pruned channels at zero). `sharpness`: each step is sharpness-aware (SAM, Foret et al. 2021): the
+    gradient is taken at the weights moved up the loss by that radius (`adaptive`: ASAM's radius, relative
+    to each weight's size, Kwon et al. 2021). Raises TrainingDiverged when the loss or the weights stop
+    being finite.
+
+    `augmentation`: "shift-erase" (shifts of up to 2 pixels, then random erasing; fill values drawn from
+    `value_range`, the data's own range), "crop" (BackdoorBench's RandomCrop: pad 4 pixels with the bottom
+    of the range, crop back at a random offset) or "none" (also when `augment` is False). `anneal`: the
+    cosine schedule decays per batch over the whole run ("step") or once per epoch with T_max = epochs
+    ("epoch", as BackdoorBench and FST step theirs). `label_smoothing`: see smoothed_cross_entropy."""
+    if augmentation not in AUGMENTATIONS or anneal not in ANNEALING:
+        raise ValueError(f"unknown augmentation '{augmentation}' or annealing '{anneal}'")
+    if not augment:
+        augmentation = "none"
     generator = torch.Generator().manual_seed(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = epochs * ((len(xs) + batch_size - 1) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps if anneal == "step" else epochs, 1))
     model.train()
     for epoch in progress_bar(range(epochs), progress):
         order = torch.randperm(len(xs), generator=generator)
         for start in range(0, len(xs), batch_size):
             idx = order[start:start + batch_size]
             batch = xs[idx]
-            if augment:  # drawn on the CPU whatever the device: the same draws everywhere
+            # drawn on the CPU whatever the device: the same draws everywhere
+            if augmentation == "shift-erase":
                 batch = random_erase(random_shift(batch, generator, fill=value_range[0]), generator,
                                      value_range=value_range)
+            elif augmentation == "crop":
+                batch = random_shift(batch, generator, pixels=CROP_PADDING, fill=value_range[0])
             batch, labels = to_model(batch, model), to_model(ys[idx], model)
 
             def step_loss() -> torch.Tensor:
                 optimizer.zero_grad()
-                loss = F.cross_entropy(model(batch), labels)
+                loss = smoothed_cross_entropy(model(batch), labels, label_smoothing)
                 if penalty is not None:
                     loss = loss + penalty(model, batch, labels)
                 if not torch.isfinite(loss):
@@ -176,9 +211,12 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
             if max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)  # a high rate must not diverge
             optimizer.step()
-            schedule.step()
+            if anneal == "step":
+                schedule.step()
             if after_step is not None:
                 after_step(model)
+        if anneal == "epoch":
+            schedule.step()
     if not _finite(model):
         raise TrainingDiverged(f"fine-tuning diverged: weights are no longer finite (rate {lr:g})")
     return model.eval()

@@ -1,12 +1,11 @@
-"""Attack-aware pruning, an ORACLE (from one of the lab's reports): it looks at poisoned validation
-data, which the lab forbids for design, so every output labels it as such. It bounds what pruning
-alone could do if the defender knew the trigger.
+"""Attack-aware pruning, an ORACLE (the lab's): it looks at poisoned validation data, which the
+lab forbids for design, so every output labels it as such. It bounds what pruning alone could do if
+the defender knew the trigger.
 
 Over the last three conv layers, each channel (in increasing mean clean activation, channel 0
 included) is pruned on trial and kept pruned only if the poisoned validation ASR goes down while
-the clean validation drop stays strictly below the budget X; otherwise it is restored. The public
-version overspent its budget by 8 points and skipped channel 0; here the budget is checked before
-a pruning is kept, so it cannot be exceeded.
+the clean validation drop stays strictly below the budget X; otherwise it is restored. The budget
+is checked before a pruning is kept, so it is never exceeded.
 """
 
 from __future__ import annotations

@@ -1,188 +1,230 @@
 """Neural Attention Distillation, NAD (Li et al., ICLR 2021), clean data only.
 
-Why it works: a few epochs of fine-tuning on clean data give a teacher whose intermediate
-attention (where in a feature map the activation mass sits) has partly let go of the trigger
-while it still recognises clean images. B is then fine-tuned again, as the student, with the
-cross-entropy plus the distance between its attention maps and the teacher's at several depths.
-Plain fine-tuning only moves what the clean loss needs; the attention term also pulls the
-student's feature maps, position by position, towards maps that do not light up where the
-trigger's neurons fire, and it does so at every distilled depth, not only through the head.
+A teacher is B fine-tuned for a few epochs on the clean data; B is then fine-tuned again, as the
+student, with the cross-entropy plus, at the output of each residual group, the distance between
+its attention map and the teacher's. Fine-tuning alone only moves what the clean loss needs; the
+attention term also pulls the student's feature maps, position by position, towards maps that do
+not light up where the trigger's neurons fire.
 
-The attention map of a feature map F (channels x H x W) is the mean over channels of |F|^p (p = 2),
-flattened and L2-normalised, as in the paper; the loss of one layer is beta times the squared L2
-distance between the student's and the teacher's normalised maps. The teacher runs in evaluation
-mode on the same augmented batch as the student.
+As the authors' code (bboylyg/NAD: at.py, main.py, config.py) computes it: the attention map of a
+feature map F (N x C x H x W) is the sum over channels of |F|^p (p = 2), divided by its L2 norm
+over the H x W positions (+ 1e-6); a layer's loss is the mean squared difference of the student's
+and the teacher's maps (mean over images and positions), times that layer's beta (500, 1000, 1000
+from the shallowest distilled group to the deepest). The teacher runs in evaluation mode on the
+student's batch. Student: 20 epochs of SGD with Nesterov momentum 0.9, weight decay 1e-4, batch 64,
+rate 0.1 for 2 epochs then 0.01; augmentation: shifts of up to 4 pixels (a padded random crop),
+horizontal flips and one small cut-out. Teacher: the same training without the attention term,
+for 10 epochs (the authors fine-tune 5-10).
 
-Which layers, without names: the paper distils the outputs of a ResNet's residual groups, i.e. the
-last feature map of each stage of the network (a stage: the layers that run at one spatial size).
-We find them by running the model once with hooks on the inputs and outputs of all its modules:
-in the order the feature maps appear (from the first convolution on), a stage ends where the
-spatial size changes, and its last map is the stage's output. On a ResNet these are exactly its
-residual groups' outputs (after the residual addition); on a plain CNN the activation each pooling
-layer receives (after the ReLU, even a functional one) and the last pooled map. Maps of a single
-position (after global pooling) are left out: their attention is the constant 1. The deepest
-`layers` (3) stage outputs are distilled, like the paper's three groups of WRN-16-1.
+Which layers: the outputs of the residual groups, found on the traced graph (torch.fx), not by
+name. A stage is everything that runs at one spatial size; its output is the last residual
+addition at that size, followed through an activation that is its only use (a post-activation
+ResNet's final ReLU; a pre-activation ResNet's groups end at the addition, before the next
+BatchNorm). A stage without residual additions (a plain CNN) ends at its last map, i.e. the
+activation its pooling layer or strided convolution receives. Maps of one position are left out.
+The deepest len(betas) stages are distilled (WRN-16-1's three groups; a ResNet-18's last three).
 
-beta: in the paper's code the loss of a layer is the mean of the squared differences over the
-map's H x W positions, so its size falls as 1/(H W), and the paper's beta (5000, on the last
-residual group of WRN-16-1, 8 x 8 on CIFAR-10) only means something for that map size. Here the
-squared distance is divided by the paper's 64 positions whatever the map's own size, so `beta`
-keeps the paper's units and weight at every layer of every model (an unscaled mean would weigh a
-28 x 28 map 12 times less than a 7 x 7 one).
-
-From the paper: p = 2, beta = 5000, the same beta at every distilled layer (the paper's text; its
-code weighs only the last group by default), and a teacher fine-tuned for a few (5-10) epochs on
-the same clean data: 10 here. What is ours: both use fine-tune's schedule and augmentation (SGD at
-0.05 with cosine decay, shifts and random erasing; the student gets fine-tune's 40 epochs where the
-paper runs 20 at 0.1 with step decay), so the `fine-tune` and `nad` rows differ only by the
-distillation. The teacher's rate is the student's: at 0.01 (as BackdoorBench runs NAD) the
-10-epoch teacher kept the backdoor and the student with it (40 % ASR on the development zoo's
-patch/small_cnn/0-255 BadNet, against 10 % at 0.05). Settings checked on the development zoo (seed
-0; fine-tune's ASR in brackets): 10.4 % on patch/small_cnn (2.1 %), 9.9 % on blended/resnet8
-(28.6 %), 0.6 % on sig/resnet8 (11.6 %), clean accuracy never lower. beta = 500 did better on the
-small CNN (4.4 %) but left blended/resnet8 where fine-tuning does (30.4 %), and distilling only the
-last stage (the code's default) gave 3.1 % and 12.3 %: the paper's values stay. Cost: the teacher's
-epochs plus one teacher forward pass per student batch, about 1.6-2 times plain fine-tuning.
+Departures: the data are whatever the user gives (no dataset-specific normalisation); the
+rate after 2 epochs is the rate / 10 (the code's 0.01 at its 0.1), so milder rates keep the step;
+`flip` can turn flips off for data where a mirrored image means something else (text, signs);
+`variant="goodnet"` trains teacher and student with goodnet's fine-tune schedule and augmentation
+instead (with its `--lr 0.05 --epochs 40 --weight-decay 5e-4`, the `fine-tune` and `nad` rows of a
+comparison then differ only by the distillation).
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from ..devices import to_model
-from ..errors import ModelError
+from ..errors import ModelError, TrainingDiverged
+from ..models.training import random_shift
+from ..progress import progress as progress_bar
+from ..pruning.graph_split import trace
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import TuningSchedule
 
-PAPER_POSITIONS = 64  # the paper's beta was set for 8 x 8 maps (WRN-16-1's last group on CIFAR-10)
-
-
-@dataclass(frozen=True)
-class FeatureSite:
-    """Where a feature map passes during a forward pass: the input or output of the `call`-th call
-    of a module (by its name in named_modules)."""
-
-    module: str
-    kind: str  # "input" or "output"
-    call: int
-    shape: tuple[int, ...]  # (channels, height, width)
-
-    def label(self) -> str:
-        return f"{self.module}:{self.kind}" + (f"#{self.call}" if self.call else "") + \
-            f" {'x'.join(map(str, self.shape))}"
-
-
-def _first_tensor(value) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    return None
-
-
-def stage_outputs(model: nn.Module, sample: torch.Tensor) -> list[FeatureSite]:
-    """The last feature map of each stage (run of one spatial size), in run order, found by running
-    `model` on `sample` with hooks on the inputs and outputs of all its modules. Only maps from the
-    first convolution on count (not the image), and maps of more than one position."""
-    seen: list[tuple[torch.Tensor, FeatureSite]] = []  # keeps the tensors alive: ids stay unique
-    ids: set[int] = set()
-    calls: dict[str, int] = {}
-    started = [False]
-
-    def record(name: str, kind: str, value) -> None:
-        tensor = _first_tensor(value)
-        if not started[0] or tensor is None or tensor.dim() != 4 or id(tensor) in ids:
-            return
-        ids.add(id(tensor))
-        seen.append((tensor, FeatureSite(name, kind, calls[name], tuple(tensor.shape[1:]))))
-
-    def before(name):
-        def hook(_module, args):
-            calls[name] = calls.get(name, -1) + 1
-            record(name, "input", args)
-        return hook
-
-    def after(name, is_conv):
-        def hook(_module, _args, output):
-            started[0] = started[0] or is_conv
-            record(name, "output", output)
-        return hook
-
-    hooks = []
-    for name, module in model.named_modules():
-        if module is model:
-            continue
-        hooks.append(module.register_forward_pre_hook(before(name)))
-        hooks.append(module.register_forward_hook(after(name, isinstance(module, nn.Conv2d))))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(sample)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    ends = [site for i, (_t, site) in enumerate(seen)
-            if i + 1 == len(seen) or seen[i + 1][1].shape[1:] != site.shape[1:]]
-    return [site for site in ends if site.shape[1] * site.shape[2] > 1]
-
-
-class FeatureTap:
-    """Keeps the feature maps at some sites from the latest forward pass of a model."""
-
-    def __init__(self, model: nn.Module, sites: list[FeatureSite]):
-        modules = dict(model.named_modules())
-        self.maps: dict[FeatureSite, torch.Tensor] = {}
-        self.calls: dict[str, int] = {}
-
-        def reset(_module, _args):
-            self.maps.clear()
-            self.calls.clear()
-
-        self.hooks = [model.register_forward_pre_hook(reset)]
-        for name in sorted({s.module for s in sites}):
-            mine = [s for s in sites if s.module == name]
-            self.hooks.append(modules[name].register_forward_pre_hook(self._before(name, mine)))
-            self.hooks.append(modules[name].register_forward_hook(self._after(name, mine)))
-
-    def _before(self, name: str, sites: list[FeatureSite]):
-        def hook(_module, args):
-            self.calls[name] = self.calls.get(name, -1) + 1
-            self._keep(sites, "input", self.calls[name], args)
-        return hook
-
-    def _after(self, name: str, sites: list[FeatureSite]):
-        def hook(_module, _args, output):
-            self._keep(sites, "output", self.calls.get(name, 0), output)
-        return hook
-
-    def _keep(self, sites: list[FeatureSite], kind: str, call: int, value) -> None:
-        for site in sites:
-            if site.kind == kind and site.call == call:
-                self.maps[site] = _first_tensor(value)
-
-    def remove(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
+EPS = 1e-6  # the reference's guard against a zero norm
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardtanh, nn.Tanh,
+                      nn.Sigmoid, nn.Hardswish, nn.Mish, nn.PReLU)
+ACTIVATION_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu,
+                        F.silu, F.hardtanh, torch.tanh, torch.sigmoid, F.hardswish, F.mish}
+ACTIVATION_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+CONV_FUNCTIONS = {F.conv2d}
 
 
 def attention(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """The paper's attention map of a batch of feature maps (N x C x H x W): the mean over channels
-    of |F|^p, flattened and L2-normalised (N x H*W)."""
-    return F.normalize(feature.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+    """NAD's attention map of a batch of feature maps (N x C x H x W): the sum over channels of
+    |F|^p, divided by its L2 norm over the positions (+ 1e-6); N x 1 x H x W."""
+    a = feature.abs().pow(p).sum(dim=1, keepdim=True)
+    return a / (torch.linalg.vector_norm(a, dim=(2, 3), keepdim=True) + EPS)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """Squared L2 distance between the normalised attention maps, over the paper's 64 positions (so
-    beta keeps its meaning whatever the map size); mean over the batch."""
-    return (attention(student, p) - attention(teacher, p)).pow(2).sum(dim=1).mean() / PAPER_POSITIONS
+    """NAD's loss of one layer, before its beta: the mean over images and positions of the squared
+    difference of the two attention maps."""
+    return F.mse_loss(attention(student, p), attention(teacher, p))
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """The output of one stage: a node of the model's traced graph, and its map's shape."""
+
+    node: str
+    module: str  # the innermost module the node runs in ("" for the model itself)
+    shape: tuple[int, ...]  # (channels, height, width)
+
+    def label(self) -> str:
+        return f"{self.module or '<model>'}:{self.node} {'x'.join(map(str, self.shape))}"
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None and len(shape) == 4 else None
+
+
+def _is_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.Conv2d)
+    return node.op == "call_function" and node.target in CONV_FUNCTIONS
+
+
+def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], ACTIVATION_MODULES)
+    if node.op == "call_function":
+        return node.target in ACTIVATION_FUNCTIONS
+    return node.op == "call_method" and node.target in ACTIVATION_METHODS
+
+
+def _is_residual_add(node: fx.Node) -> bool:
+    """An addition of two feature maps of the node's own shape (not a bias or a constant)."""
+    if not ((node.op == "call_function" and node.target in ADD_FUNCTIONS)
+            or (node.op == "call_method" and node.target in ("add", "add_", "__add__", "__iadd__"))):
+        return False
+    maps = [a for a in node.args[:2] if isinstance(a, fx.Node) and _shape(a) is not None]
+    return len(maps) == 2 and all(_shape(a) == _shape(node) for a in maps)
+
+
+def _rearranges(node: fx.Node) -> bool:
+    """An op after which the axes may no longer be N x C x H x W."""
+    names = ("permute", "transpose", "view", "reshape", "flatten", "movedim", "swapaxes", "unflatten")
+    if node.op == "call_method":
+        return node.target in names
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", "") in names
+    return False
+
+
+def _traced(model: nn.Module, sample: torch.Tensor) -> fx.GraphModule:
+    gm = trace(model)
+    was_training = model.training
+    try:
+        gm.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(sample)
+    except Exception as exc:  # shape propagation runs the model's own code
+        raise ModelError(f"nad could not run the traced {type(model).__name__} ({exc})") from None
+    finally:
+        model.train(was_training)
+    return gm
+
+
+def stage_outputs(model: nn.Module, sample: torch.Tensor) -> list[StageOutput]:
+    """The output of every stage of `model` (maps of more than one position, from the first
+    convolution on), shallowest first, found on its torch.fx graph run on `sample`."""
+    gm = _traced(model, sample)
+    modules = dict(gm.named_modules())
+    nodes = list(gm.graph.nodes)
+    first_conv = next((i for i, n in enumerate(nodes) if _is_conv(n, modules)), None)
+    if first_conv is None:
+        return []
+    stages: dict[tuple[int, int], list[fx.Node]] = {}  # spatial size -> its nodes, in run order
+    rearranged: set[fx.Node] = set()  # N x C x H x W no more (e.g. permuted to N x H x W x C for a head)
+    for node in nodes[first_conv:]:
+        if _rearranges(node) or any(a in rearranged for a in node.all_input_nodes):
+            rearranged.add(node)
+            continue
+        shape = _shape(node)
+        if shape is not None and node.op != "output":
+            stages.setdefault(shape[2:], []).append(node)
+    found = []
+    for size, members in stages.items():
+        if size[0] * size[1] <= 1:
+            continue
+        adds = [n for n in members if _is_residual_add(n)]
+        end = adds[-1] if adds else members[-1]
+        while adds and len(end.users) == 1:  # a ResNet's ReLU after the addition belongs to the group
+            (user,) = end.users
+            if not (_is_activation(user, modules) and _shape(user) == _shape(end)):
+                break
+            end = user
+        stack = list(end.meta.get("nn_module_stack", {}))
+        module = end.target if end.op == "call_module" else (stack[-1] if stack else "")
+        found.append(StageOutput(end.name, module, _shape(end)[1:]))
+    order = {n.name: i for i, n in enumerate(nodes)}
+    return sorted(found, key=lambda s: order[s.node])
+
+
+def tapped(model: nn.Module, stages: list[StageOutput]) -> fx.GraphModule:
+    """`model` traced, returning (its output, the stage outputs' maps); it shares `model`'s
+    modules and parameters, so training it trains `model`."""
+    gm = trace(model)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    missing = [s.node for s in stages if s.node not in by_name]
+    if missing:
+        raise ModelError(f"nad: the traced graph changed between two traces (no node {missing[0]})")
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    out.args = ((out.args[0], tuple(by_name[s.node] for s in stages)),)
+    gm.recompile()
+    return gm
+
+
+class _WithMaps(nn.Module):
+    """Runs a tapped graph: returns the logits, keeps the stage maps of the latest pass."""
+
+    def __init__(self, graph: fx.GraphModule):
+        super().__init__()
+        self.graph_module = graph
+        self.maps: tuple[torch.Tensor, ...] = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, self.maps = self.graph_module(x)
+        return logits
+
+
+def reference_augment(x: torch.Tensor, generator: torch.Generator, low: float, flip: bool) -> torch.Tensor:
+    """The authors' training augmentation on a batch: a random crop of the image padded by 4
+    pixels (a shift of up to 4, filled with the bottom of the range), a horizontal flip with
+    probability 1/2 (`flip`), and one cut-out: a hole of side 3 // 2 * 2 = 2 at a random centre,
+    clipped at the borders, set to the bottom of the range."""
+    x = random_shift(x, generator, pixels=4, fill=low)
+    n, _c, h, w = x.shape
+    if flip:
+        mirrored = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(mirrored[:, None, None, None], x.flip(3), x)
+    cy = torch.randint(0, h, (n,), generator=generator)
+    cx = torch.randint(0, w, (n,), generator=generator)
+    r, q = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    hole = ((r >= (cy - 1).clamp(0, h)[:, None, None]) & (r < (cy + 1).clamp(0, h)[:, None, None])
+            & (q >= (cx - 1).clamp(0, w)[:, None, None]) & (q < (cx + 1).clamp(0, w)[:, None, None]))
+    return torch.where(hole[:, None], torch.tensor(low, dtype=x.dtype), x)
+
+
+def reference_rate(lr: float, epoch: int) -> float:
+    """The authors' step schedule: the rate for the first 2 epochs, a tenth of it after."""
+    return lr if epoch < 2 else lr / 10
 
 
 @register_repair
@@ -190,51 +232,102 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2
 class AttentionDistillation(TuningSchedule):
     name = "nad"
     description = ("Neural Attention Distillation (Li et al. 2021): fine-tune a teacher on clean data, then "
-                   "fine-tune B to match the teacher's attention maps at the outputs of its deepest stages")
+                   "fine-tune B to match the teacher's attention maps at the outputs of its residual groups")
 
-    beta: float = setting(5000.0, "weight of each layer's attention-distillation loss (the paper's units: "
-                                  "squared distance of the normalised maps over 64 positions)", low=0.0)
-    layers: int = setting(3, "distil the outputs of this many of the deepest stages (one per spatial size)",
-                          low=1)
-    power: float = setting(2.0, "attention map: mean over channels of |activation|^power", low=0.0,
+    epochs: int = setting(20, "the student's training epochs", low=1)
+    lr: float = setting(0.1, "the student's and teacher's rate (SGD; a tenth of it after 2 epochs)", low=0.0,
+                        low_open=True)
+    weight_decay: float = setting(1e-4, "SGD weight decay", low=0.0)
+    betas: tuple[float, ...] = setting((500.0, 1000.0, 1000.0),
+                                       "attention-loss weights, shallowest to deepest: the deepest stages get "
+                                       "the last ones, one stage each", low=0.0, nonempty=True)
+    power: float = setting(2.0, "attention map: sum over channels of |activation|^power", low=0.0,
                            low_open=True)
-    teacher_epochs: int = setting(10, "fine-tuning epochs of the teacher (at the same rate)", low=1)
+    teacher_epochs: int = setting(10, "training epochs of the teacher (its rate: the student's)", low=1)
+    flip: bool = setting(True, "augment with horizontal flips (off for data a mirror changes)")
+    variant: Literal["reference", "goodnet"] = setting(
+        "reference", "reference: the authors' SGD step schedule and augmentation; goodnet: teacher and "
+                     "student trained with goodnet's fine-tune schedule and augmentation")
+
+    BATCH = 64
+    NESTEROV = True
 
     def milder(self) -> list[Repair]:
-        """The student's rate, then also its epochs, lower (the teacher is a mild fine-tune already)."""
+        """The student's (and teacher's) rate, then also the student's epochs, lower."""
         return [self.slower(k, e) for k, e in self.RATE_STEPS]
 
     def check_model(self, model: nn.Module) -> None:
         if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise ModelError("nad distils the attention of convolutional feature maps, and the model has no "
                              "Conv2d layer")
+        trace(model)  # refuses, in one line, a model torch.fx cannot trace
+
+    def _train(self, net: _WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
+        """The authors' loop: SGD (Nesterov) with the step schedule and their augmentation; `distil`
+        (student maps -> loss) is added to the cross-entropy."""
+        generator = torch.Generator().manual_seed(self.seed)
+        xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+        optimizer = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay, nesterov=self.NESTEROV)
+        net.train()
+        for epoch in progress_bar(range(epochs), progress):
+            for group in optimizer.param_groups:
+                group["lr"] = reference_rate(self.lr, epoch)
+            order = torch.randperm(len(xs), generator=generator)
+            for start in range(0, len(xs), self.BATCH):
+                idx = order[start:start + self.BATCH]
+                batch = reference_augment(xs[idx], generator, value_range[0], self.flip)
+                batch, labels = to_model(batch, net), to_model(ys[idx], net)
+                loss = F.cross_entropy(net(batch), labels)
+                if distil is not None:
+                    loss = loss + distil(net, batch, labels)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"nad diverged: the loss became {loss.item()} in epoch {epoch + 1} "
+                                           f"(rate {self.lr:g})")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        if not all(torch.isfinite(p).all() for p in net.parameters()):
+            raise TrainingDiverged(f"nad diverged: weights are no longer finite (rate {self.lr:g})")
+        return net.eval()
+
+    def _run(self, net: _WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
+        if self.variant == "reference":
+            return self._train(net, x, y, value_range, epochs, progress, distil)
+        return TuningSchedule.tune(replace(self, epochs=epochs), net, x, y, value_range, progress,
+                                   **({"penalty": distil} if distil is not None else {}))
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
-        sites = stage_outputs(model, to_model(clean.x[:2], model))[-self.layers:]
-        if not sites:
+        stages = stage_outputs(model, to_model(clean.x[:2], model))
+        if not stages:
             raise ModelError("nad found no feature map of more than one position after a convolution")
+        stages = stages[-len(self.betas):]
+        betas = self.betas[-len(stages):]  # a model with fewer stages gets the deepest stages' weights
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
-        teacher = replace(self, epochs=self.teacher_epochs).tune(
-            copy.deepcopy(model), clean.x, clean.y, data.value_range, "fine-tuning the teacher" if progress else None)
-        student = copy.deepcopy(model)
-        teacher_tap, student_tap = FeatureTap(teacher.eval(), sites), FeatureTap(student, sites)
+        teacher = _WithMaps(tapped(copy.deepcopy(model), stages))
+        self._run(teacher, clean.x, clean.y, data.value_range, self.teacher_epochs,
+                  "training the teacher" if progress else None)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        student_model = copy.deepcopy(model)
+        student = _WithMaps(tapped(student_model, stages))
         last: dict[str, float] = {}
 
-        def penalty(_student: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():  # the student's forward on x has just run: its tap holds this batch
+        def distil(net: _WithMaps, x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
                 teacher(x)
-            losses = [distillation_loss(student_tap.maps[s], teacher_tap.maps[s], self.power) for s in sites]
-            last.update({s.label(): float(v.detach()) for s, v in zip(sites, losses)})
-            return self.beta * sum(losses)
+            losses = [distillation_loss(s, t, self.power) for s, t in zip(net.maps, teacher.maps)]
+            last.update({st.label(): float(v.detach()) for st, v in zip(stages, losses)})
+            return sum(b * v for b, v in zip(betas, losses))
 
-        try:
-            torch.manual_seed(self.seed)
-            student = self.tune(student, clean.x, clean.y, data.value_range,
-                                "attention distillation" if progress else None, penalty=penalty)
-        finally:
-            teacher_tap.remove()
-            student_tap.remove()
-        return RepairOutcome([RepairedModel(self.name, student, {}, weights_changed=True)],
-                             {"fitted_on": len(clean), "distilled": [s.label() for s in sites],
-                              "last_batch_distance": {k: round(v * PAPER_POSITIONS, 6) for k, v in last.items()}})
+        torch.manual_seed(self.seed)
+        self._run(student, clean.x, clean.y, data.value_range, self.epochs,
+                  "attention distillation" if progress else None, distil)
+        student_model.eval()
+        return RepairOutcome([RepairedModel(self.name, student_model, {}, weights_changed=True)],
+                             {"fitted_on": len(clean), "distilled": [s.label() for s in stages],
+                              "betas": list(betas),
+                              "last_batch_distance": {k: round(v, 8) for k, v in last.items()}})
+

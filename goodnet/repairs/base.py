@@ -118,6 +118,10 @@ class RepairOutcome:
     models: list[RepairedModel]  # may be empty (e.g. no budget was ever reached)
     details: dict[str, Any] = field(default_factory=dict)  # JSON-ready: what was pruned, chosen, ...
     curve: PruningCurve | None = None  # every step of a pruning sweep, when the repair has one
+    # one line when the repair could not act on this model and hands B back unchanged (or nearly),
+    # e.g. "clp: no channel of conv_2 (8 channels) can exceed u=3; model unchanged": the report and
+    # the CLI print it, so an unchanged B' is never silent
+    notice: str | None = None
 
 
 class FitMemo:

@@ -1,31 +1,32 @@
-"""Channel Lipschitzness-based Pruning, CLP (Zheng et al., ECCV 2022), from the paper's description; data-free.
+"""Channel Lipschitzness-based Pruning, CLP (Zheng et al., ECCV 2022); data-free.
 
 Why it works: a trigger is a small input pattern that must move some channels a lot, so the
 channels that carry a backdoor are unusually *sensitive* to their input: their Lipschitz constant
-(how much the channel's output can change per unit change of its input) is large compared with
-the other channels of their layer. An upper bound of that constant (UCLC) needs only the weights:
-the spectral norm (largest singular value) of the channel's kernel reshaped to an
-(input channels) x (kernel height * width) matrix, times the scale |gamma| / sqrt(running var + eps)
-of the BatchNorm that follows the conv, when there is one (found in the traced graph by
-`following_batchnorm`, never by name). Within each conv layer, the channels whose UCLC exceeds
-mean + u * std of that layer's UCLCs are outliers and are pruned (conv kernel, bias and the
-following BatchNorm's scale and shift zeroed, as goodnet prunes). No data is used at all.
+is large compared with the other channels of their layer. An upper bound of it (UCLC) needs only
+the weights: the largest singular value of the channel's kernel reshaped to an (input channels) x
+(kernel height * width) matrix, times |gamma| / sigma of the BatchNorm that follows the conv
+(sigma = sqrt(running var), found in the traced graph). Within each layer, channels whose UCLC
+exceeds mean + u * std of the layer's UCLCs (std with Bessel's correction) are pruned; u = 3.
 
-From the paper: UCLC, the per-layer mean + u * std rule with the paper's default u = 3, every conv
-layer (shortcut projections and the stem included). What differs: nothing in the method; the
-guard is ours: CLP needs no data, but when the user gives clean validation data the do-no-harm
-guard judges its B' on the held-out part and, past the budget, tries larger u (fewer channels
-pruned: u + 1, then u + 2) before handing B back unchanged. A BatchNorm that keeps no running
-statistics contributes only |gamma| (its variance is unknown without data).
-
-On the development zoo (seed 0, unguarded, test data) u = 3 left every BadNet's ASR above 88 %; no
-u did better without ruining clean accuracy (u = 1: 5-84 points lost on five of eight; ASR down
-only on DeepID, to 10 %, and SIG/ResNet-8, to 0 %, at 6 and 68 points), so the paper's u is kept.
+As in the authors' reference (github.com/rkteddy/channel-Lipschitzness-based-pruning, defense.py,
+CLP): the bound, sigma without BatchNorm's eps, the unbiased std, u = 3, every conv with a
+BatchNorm. Departures:
+- a conv with no BatchNorm after it is scored by its kernel alone (the paper's bound with no BN to
+  fold in); the reference code assumes conv + BN and never prunes such a layer (`no_batchnorm="skip"`);
+- a pruned channel's conv kernel and bias are zeroed along with the BatchNorm's scale and shift
+  (the reference zeroes the BatchNorm only: the channel's output is 0 either way);
+- the do-no-harm guard (only when clean data is given) may raise u (u + 1, u + 2) when B' costs too
+  much clean accuracy.
+A layer of n channels can only have an outlier when (n - 1) / sqrt(n) > u (the largest standardised
+value n numbers can reach): with u = 3, 11 channels or more. When no channel passes, B comes back
+unchanged with a notice that says why.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -37,32 +38,47 @@ from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 
 
-def channel_lipschitz_bounds(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per conv layer (in definition order): the UCLC of each output channel (see module doc)."""
+def channel_lipschitz_bounds(model: nn.Module, no_batchnorm: str = "kernel") -> dict[str, torch.Tensor]:
+    """Per conv layer (in definition order): the UCLC of each output channel (see module doc).
+    `no_batchnorm="skip"` leaves out convs with no BatchNorm after them, as the reference does."""
     modules = dict(model.named_modules())
     bounds: dict[str, torch.Tensor] = {}
     for layer in conv_layers(model):
         weight = modules[layer].weight.detach().double()
         out_channels = weight.shape[0]
         bn_name = following_batchnorm(model, layer)
+        if bn_name is None and no_batchnorm == "skip":
+            continue
         if bn_name is not None:
             bn = modules[bn_name]
-            scale = bn.weight.detach().double().abs()
+            scale = bn.weight.detach().double().abs() if bn.weight is not None \
+                else torch.ones(out_channels, dtype=torch.float64)
             if getattr(bn, "running_var", None) is not None:
-                scale = scale / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+                scale = scale / torch.sqrt(bn.running_var.detach().double())
             weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
         matrices = weight.reshape(out_channels, weight.shape[1], -1)  # (out, in, kh * kw)
         bounds[layer] = torch.linalg.matrix_norm(matrices, ord=2).float()  # largest singular value
     return bounds
 
 
+def can_have_outlier(channels: int, u: float) -> bool:
+    """Whether some channel of a layer of `channels` can exceed mean + u * std (unbiased): the
+    largest standardised value of n numbers is (n - 1) / sqrt(n)."""
+    return channels >= 2 and (channels - 1) / math.sqrt(channels) > u
+
+
 def outlier_channels(bounds: torch.Tensor, u: float) -> tuple[list[int], float | None]:
-    """Channels whose bound exceeds mean + u * std of the layer (std with Bessel's correction, as
-    torch's default), and that threshold; none (and no threshold) in a layer of one channel."""
+    """Channels whose bound exceeds mean + u * std of the layer (std with Bessel's correction), and
+    that threshold; none (and no threshold) in a layer of one channel."""
     if bounds.numel() < 2:
         return [], None
     threshold = float(bounds.mean() + u * bounds.std())
     return [int(c) for c in torch.nonzero(bounds > threshold).flatten()], threshold
+
+
+def _names(layers: list[str], limit: int = 4) -> str:
+    shown = ", ".join(layers[:limit])
+    return shown + (f" and {len(layers) - limit} more" if len(layers) > limit else "")
 
 
 @register_repair
@@ -76,6 +92,9 @@ class ChannelLipschitzPruning(Repair):
 
     u: float = setting(3.0, "prune channels whose Lipschitz upper bound exceeds mean + u * std of their layer",
                        low=0.0)
+    no_batchnorm: Literal["kernel", "skip"] = setting(
+        "kernel", "a conv with no BatchNorm after it: scored by its kernel alone (kernel) or left alone, as the "
+                  "reference code does (skip)")
 
     MILDER_STEPS = (1.0, 2.0)  # milder: u raised by these (fewer channels pruned)
 
@@ -88,14 +107,27 @@ class ChannelLipschitzPruning(Repair):
             raise ModelError("the clp repair prunes conv channels, and the model has no Conv2d layer")
 
     def repair(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
-        bounds = channel_lipschitz_bounds(model)
+        bounds = channel_lipschitz_bounds(model, self.no_batchnorm)
         chosen: list[tuple[str, int]] = []
         thresholds: dict[str, float | None] = {}
         for layer, values in bounds.items():
             channels, thresholds[layer] = outlier_channels(values, self.u)
             chosen += [(layer, c) for c in channels]
         pruned = grouped(chosen)
-        return RepairOutcome([RepairedModel(self.name, prune_layers(model, chosen), pruned)], {
-            "pruned": pruned, "channels_pruned": len(chosen), "u": self.u,
-            "thresholds": {layer: None if t is None else round(t, 6) for layer, t in thresholds.items()},
-            "largest_bound": {layer: round(float(v.max()), 6) for layer, v in bounds.items()}})
+        narrow = [f"{layer} ({v.numel()} channels)" for layer, v in bounds.items()
+                  if not can_have_outlier(v.numel(), self.u)]
+        details = {"pruned": pruned, "channels_pruned": len(chosen), "u": self.u,
+                   "thresholds": {layer: None if t is None else round(t, 6) for layer, t in thresholds.items()},
+                   "largest_bound": {layer: round(float(v.max()), 6) for layer, v in bounds.items()},
+                   "too_narrow": narrow}
+        notice = None
+        if not chosen:
+            if not bounds:
+                notice = "clp: no conv layer has a BatchNorm after it (no-batchnorm=skip); model unchanged"
+            elif len(narrow) == len(bounds):
+                notice = (f"clp: no channel of {_names(narrow)} can exceed u={self.u:g} (a layer of n channels "
+                          f"needs (n-1)/sqrt(n) > u); model unchanged")
+            else:
+                notice = (f"clp: no channel exceeded mean + u*std of its layer (u={self.u:g}); model unchanged")
+            return RepairOutcome([RepairedModel(self.name, model, {})], details, notice=notice)
+        return RepairOutcome([RepairedModel(self.name, prune_layers(model, chosen), pruned)], details)

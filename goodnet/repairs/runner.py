@@ -95,6 +95,7 @@ class RepairResult:
     delivered: Repair | None = None  # the settings whose B' was delivered (milder ones after a fallback)
     strip: DetectionScore | None = None  # STRIP on B, the input-level baseline for G's detection
     strip_settings: StripSettings | None = None
+    notice: str | None = None  # the repair's one line when it could not act on B (B' is B, or nearly)
 
     @property
     def extra_class(self) -> int:
@@ -203,7 +204,7 @@ def _run_placed(model: nn.Module, repair: Repair, data: dict[str, ImageSet], pro
     return RepairResult(repair=repair, details=outcome.details, seconds=seconds, num_classes=int(model.num_classes),
                         data=data, backdoored=backdoored, models=measured, curve=curve, sanity=sanity,
                         harm=harm, delivered=delivered, strip=strip_score,
-                        strip_settings=strip if strip_score is not None else None)
+                        strip_settings=strip if strip_score is not None else None, notice=outcome.notice)
 
 
 def goodnet_detection(repaired: nn.Module, data: dict[str, ImageSet], backdoored: dict[str, np.ndarray],

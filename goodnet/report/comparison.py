@@ -36,11 +36,13 @@ HEADERS = ["BadNet (attack/arch/range/poison/seed)", "repair", "uses poisoned da
            "G AUROC", "G TPR at 5 % FPR", "delivered", "time (s)", "ASR <= 2 and drop <= 2"]
 EXTRA = ["attack", "arch", "scale", "poison_rate", "seed", "part", "badnet_meets_bar", "requested_within_budget",
          "strip_auroc", "strip_tpr", "scan_b_anomaly", "scan_b_suspect", "scan_target", "scan_hit",
-         "scan_after_anomaly", "scan_after_suspect"]
+         "scan_after_anomaly", "scan_after_suspect", "notice"]
 
 
-PROTOCOL_NOTE = ("Settings of every repair were chosen on the development part of the zoo (seed 0) and frozen "
-                 "in code; scores on the evaluation part (seed 1) choose nothing. Per zoo part and repair: BadNets (among those "
+PROTOCOL_NOTE = ("Each defense named after a paper runs at its paper's and reference code's settings (see the "
+                 "conformance page); goodnet's own repairs' settings were chosen on the development part of the zoo "
+                 "(seed 0), on clean validation data, and frozen in code; scores on the evaluation part (seed 1) "
+                 "choose nothing. Per zoo part and repair: BadNets (among those "
                  "that met their own bar) repaired to the bar, test ASR and clean test drop (median, worst), how "
                  "often the do-no-harm guard fell back, and the total repair time.")
 
@@ -76,7 +78,7 @@ def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: Repai
             "strip_auroc": None if strip is None else strip.auroc, "strip_tpr": None if strip is None else strip.tpr,
             "delivered": "–" if harm is None else harm.delivered,
             "requested_within_budget": None if harm is None else harm.requested_within_budget,
-            "seconds": result.seconds, "meets_bar": bool(meets)}
+            "seconds": result.seconds, "meets_bar": bool(meets), "notice": result.notice}
 
 
 def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -161,6 +163,11 @@ def _cell(value: Any, column: str) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def notice_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per cell whose repair said it could not act on the BadNet (B' is B, or nearly)."""
+    return [f"- {r['badnet']}: {r['notice']}" for r in rows if r.get("notice")]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in rows:
@@ -239,7 +246,9 @@ def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, An
                     "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
                     "(detection: share of poisoned test inputs flagged; false alarms: share of clean "
                     "test inputs flagged). Oracle repairs use poisoned validation data.\n\n"
-                    "![comparison](comparison.png)\n")
+                    + ("Repairs that could not act:\n\n" + "\n".join(notice_lines(rows)) + "\n\n"
+                       if notice_lines(rows) else "")
+                    + "![comparison](comparison.png)\n")
         with open(os.path.join(stage, "comparison.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS + EXTRA)
             writer.writeheader()

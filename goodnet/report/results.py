@@ -63,7 +63,7 @@ def results_document(result: RepairResult, files: dict[str, dict[str, str]]) -> 
     repair = result.repair
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "mode": "repair", "repair": repair.name, "oracle": repair.oracle,
-        "settings": repair.settings(), "details": result.details,
+        "settings": repair.settings(), "details": result.details, "notice": result.notice,
         "num_classes": result.num_classes, "extra_class": result.extra_class, "inputs": result.inputs,
         "sizes": {role: len(images) for role, images in result.data.items()},
         "value_range": {role: [float(images.x.min()), float(images.x.max())] for role, images in result.data.items()},

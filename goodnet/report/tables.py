@@ -95,7 +95,7 @@ def pruned_summary(result: RepairResult) -> str:
     parts = []
     for m in result.models:
         layers = ", ".join(f"{len(c)} of {layer}" for layer, c in m.repaired.pruned.items()) or "no channels"
-        parts.append(f"{m.name}: {layers}" + (", weights fine-tuned" if m.repaired.weights_changed else ""))
+        parts.append(f"{m.name}: {layers}" + (", weights changed" if m.repaired.weights_changed else ""))
     return "; ".join(parts) or "no B' (no budget was reached)"
 
 

@@ -158,6 +158,8 @@ def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str
                   f"percentage points of clean validation accuracy.", ""]
     else:
         parts += [f"Pruned: {pruned_summary(result)}. Took {result.seconds:.1f} s.", ""]
+    if result.notice:
+        parts += [f"**{result.notice}**", ""]
     if result.harm is not None:
         line = result.harm.line(result.repair)
         parts += [f"**{line}**" if result.harm.fell_back else line[:1].upper() + line[1:] + ".", ""]
