@@ -5,9 +5,9 @@ an evaluation) moves the models it was handed there for its duration (`placed`) 
 back where they were, and every helper sends its batches to wherever the model it runs is
 (`device_of`), so nothing below the entry points needs to know the choice. The random numbers
 goodnet draws itself (shuffles, augmentations, masks, noise) come from seeded CPU generators and are
-then moved, so a GPU run draws them as a CPU run does; PyTorch's own draws (fst's re-initialised
-layer, dropout) come from the device's generator, and floating-point arithmetic differs, so GPU
-numbers are close to CPU numbers, not equal.
+then moved, so a GPU run draws them as a CPU run does; PyTorch's own draws (dropout) come from the
+device's generator, and floating-point arithmetic differs, so GPU numbers are close to CPU numbers,
+not equal.
 Models handed back (B', G) are on the CPU, ready to save.
 """
 

@@ -72,3 +72,13 @@ def test_clp_skip_leaves_convs_without_batchnorm_alone_as_the_reference_code():
     assert ChannelLipschitzPruning().repair(model, None).models[0].pruned == {"0": [2]}
     skipped = ChannelLipschitzPruning(no_batchnorm="skip").repair(model, None)
     assert skipped.models[0].pruned == {} and "no conv layer has a BatchNorm" in skipped.notice
+
+
+def test_clp_leaves_channels_of_zero_variance_out_of_the_statistics_and_still_prunes_the_outlier():
+    model = _net(16, seed=1)
+    with torch.no_grad():
+        model[0].weight[4] *= 30.0
+        model[1].running_var[7] = 0.0  # a dead channel: its bound is infinite
+    outcome = ChannelLipschitzPruning().repair(model, None)
+    assert outcome.details["pruned"] == {"0": [4]} and outcome.details["infinite_bounds"] == {"0": [7]}
+    assert math.isfinite(outcome.details["thresholds"]["0"]) and math.isfinite(outcome.details["largest_bound"]["0"])

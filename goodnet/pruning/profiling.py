@@ -43,8 +43,8 @@ def activation_order(model: nn.Module, x: np.ndarray, layer: str, order: str = "
 # (ResNet blocks activate after adding the shortcut), channel-wise pooling and identities.
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Hardtanh,
                        nn.Sigmoid, nn.PReLU, nn.Mish, nn.Hardswish)
-_ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.tanh,
-                         torch.sigmoid, F.hardtanh, F.mish, F.hardswish}
+_ACTIVATION_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
+                         torch.tanh, torch.sigmoid, F.hardtanh, F.mish, F.hardswish}
 _ACTIVATION_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
 _PASS_MODULES = (nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                  nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -99,6 +99,7 @@ def post_activation_means(model: nn.Module, x: np.ndarray, layer: str, batch_siz
     head = fx.GraphModule(gm, graph, class_name="PostActivation")
     head.graph.eliminate_dead_code()
     head.recompile()
+    head.eval()  # running statistics, no dropout: the profile of the model as it answers
     total, count = None, 0
     with torch.inference_mode():
         for s in batches(len(x), batch_size):

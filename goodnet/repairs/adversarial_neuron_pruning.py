@@ -187,6 +187,8 @@ class AdversarialNeuronPruning(Repair):
 
     def milder(self) -> list[Repair]:
         """A lower threshold: fewer neurons pruned (the masks are reused, see module doc)."""
+        if self.threshold == 0:  # nothing milder than pruning nothing
+            return []
         return [replace(self, threshold=self.threshold * k) for k in self.MILDER_THRESHOLDS]
 
     def check_model(self, model: nn.Module) -> None:
@@ -198,9 +200,11 @@ class AdversarialNeuronPruning(Repair):
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
-        settings = {k: v for k, v in self.settings().items() if k not in ("threshold", "prune_zeroes")}
+        fill = data.value_range[0]  # crop padding: the bottom of the data's range, as every repair pads
+        settings = {**{k: v for k, v in self.settings().items() if k not in ("threshold", "prune_zeroes")},
+                    "fill": fill}
         masks, reused = _MASK_CACHE.get(model, clean.x, clean.y, settings,
-                                        lambda: self.optimise_masks(model, clean.x, clean.y, progress))
+                                        lambda: self.optimise_masks(model, clean.x, clean.y, progress, fill=fill))
         chosen = [(name, int(c)) for name, m in masks.items()
                   for c in torch.nonzero(prunable(m, self.threshold)).flatten()]
         repaired, pruned, changed = self.prune(model, chosen)

@@ -28,8 +28,8 @@ Departures: the data are whatever the user gives (no dataset-specific normalisat
 rate after 2 epochs is the rate / 10 (the code's 0.01 at its 0.1), so milder rates keep the step;
 `flip` can turn flips off for data where a mirrored image means something else (text, signs);
 `variant="goodnet"` trains teacher and student with goodnet's fine-tune schedule and augmentation
-instead (with its `--lr 0.05 --epochs 40 --weight-decay 5e-4`, the `fine-tune` and `nad` rows of a
-comparison then differ only by the distillation).
+instead (with `--lr 0.05 --epochs 40 --weight-decay 5e-4`, a `nad` row then differs from a
+`fine-tune --variant goodnet --lr 0.05 --epochs 40` row only by the distillation).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def channel_lipschitz_bounds(model: nn.Module, no_batchnorm: str = "kernel") -> 
         if bn_name is not None:
             bn = modules[bn_name]
             scale = bn.weight.detach().double().abs() if bn.weight is not None \
-                else torch.ones(out_channels, dtype=torch.float64)
+                else torch.ones(out_channels, dtype=torch.float64, device=weight.device)
             if getattr(bn, "running_var", None) is not None:
                 scale = scale / torch.sqrt(bn.running_var.detach().double())
             weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
@@ -69,11 +69,15 @@ def can_have_outlier(channels: int, u: float) -> bool:
 
 def outlier_channels(bounds: torch.Tensor, u: float) -> tuple[list[int], float | None]:
     """Channels whose bound exceeds mean + u * std of the layer (std with Bessel's correction), and
-    that threshold; none (and no threshold) in a layer of one channel."""
-    if bounds.numel() < 2:
+    that threshold; none (and no threshold) in a layer of one channel. A channel whose BatchNorm
+    variance is 0 (dead, or pruned before) has an infinite bound; the reference's statistics then
+    become NaN and prune nothing in that layer silently: here such channels are left out of the
+    statistics and not pruned (the details list them)."""
+    finite = torch.isfinite(bounds)
+    if int(finite.sum()) < 2:
         return [], None
-    threshold = float(bounds.mean() + u * bounds.std())
-    return [int(c) for c in torch.nonzero(bounds > threshold).flatten()], threshold
+    threshold = float(bounds[finite].mean() + u * bounds[finite].std())
+    return [int(c) for c in torch.nonzero(finite & (bounds > threshold)).flatten()], threshold
 
 
 def _names(layers: list[str], limit: int = 4) -> str:
@@ -118,7 +122,10 @@ class ChannelLipschitzPruning(Repair):
                   if not can_have_outlier(v.numel(), self.u)]
         details = {"pruned": pruned, "channels_pruned": len(chosen), "u": self.u,
                    "thresholds": {layer: None if t is None else round(t, 6) for layer, t in thresholds.items()},
-                   "largest_bound": {layer: round(float(v.max()), 6) for layer, v in bounds.items()},
+                   "largest_bound": {layer: round(float(v[torch.isfinite(v)].max()), 6) if torch.isfinite(v).any()
+                                     else None for layer, v in bounds.items()},
+                   "infinite_bounds": {layer: [int(c) for c in torch.nonzero(~torch.isfinite(v)).flatten()]
+                                       for layer, v in bounds.items() if not torch.isfinite(v).all()},
                    "too_narrow": narrow}
         notice = None
         if not chosen:

@@ -20,7 +20,7 @@ residual addition, at the first activation function. Departures:
 - `auto` takes the lab's `conv_3` on models that have one (the authors' own code prunes conv3 of
   DeepID, ranked after its pooling), else the last conv layer with a kernel over 1x1;
 - no horizontal flips in fine-tuning (BackdoorBench flips CIFAR-10 only).
-goodnet's older variant is still available: --ranking cut (the lab's profile at the pruning cut),
+goodnet's own variant is still available: --ranking cut (the lab's profile at the pruning cut),
 --stop crossing (the first pruning at or past the budget), --no-relative with budgets in points,
 --variant goodnet (goodnet's schedule). Several budgets or fractions make several candidates, and a
 held-out share of the clean data picks one by clean accuracy alone.

@@ -131,6 +131,8 @@ class ReconstructiveNeuronPruning(Repair):
         """A lower mask threshold (or a smaller budget), on the same masks."""
         if self.pruning_by == "budget":
             return [replace(self, budget=self.budget / k) for k in (2, 4)]
+        if self.threshold == 0:  # nothing milder than pruning nothing
+            return []
         return [replace(self, threshold=self.threshold / k) for k in (2, 4)]
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
@@ -202,10 +204,12 @@ class ReconstructiveNeuronPruning(Repair):
                 correct += int((logits.argmax(dim=1) == labels).sum())
                 seen += len(idx)
                 (-loss).backward()
-                before = copy.deepcopy(unlearned.state_dict())
+                before = [p.detach().clone() for p in unlearned.parameters()]
                 optimizer.step()
                 if not all(torch.isfinite(p).all() for p in unlearned.parameters()):
-                    unlearned.load_state_dict(before)  # keep the last finite weights
+                    with torch.no_grad():  # keep the last finite weights
+                        for p, kept in zip(unlearned.parameters(), before):
+                            p.copy_(kept)
                     diverged = True
                     break
             schedule.step()
@@ -231,7 +235,7 @@ class ReconstructiveNeuronPruning(Repair):
                     optimizer.zero_grad()
                     loss = F.cross_entropy(unlearned(to_model(xs[idx], unlearned)), to_model(ys[idx], unlearned))
                     (self.recover_alpha * loss).backward()
-                    if not all(torch.isfinite(m.grad).all() for m in masks.values()):
+                    if not all(m.grad is None or torch.isfinite(m.grad).all() for m in masks.values()):
                         continue  # an overflowing unlearned model gives no direction: no step
                     optimizer.step()
                     with torch.no_grad():
