@@ -8,25 +8,15 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from goodnet.io.data import ImageSet
 from goodnet.repairs import FeatureShiftTuning, RepairData
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.head = nn.Linear(4 * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.conv(x)).flatten(1))
+from user_models import TinyConvHead
 
 
 def _tiny_case(n=8):
     torch.manual_seed(0)
-    model = Tiny().eval()
+    model = TinyConvHead().eval()
     with torch.no_grad():
         model.head.weight.mul_(3.0)  # a trained head is larger than a fresh one
     # constant images: random crops (and any shift) leave them unchanged, so the steps can be replayed

@@ -13,21 +13,12 @@ from goodnet.io.data import ImageSet
 from goodnet.models.training import _sharpness_shifts
 from goodnet.repairs import RepairData
 from goodnet.repairs.sharpness_aware import SharpnessAwareTuning
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.head = nn.Linear(4 * 4 * 4, 3)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.conv(x)).flatten(1))
+from user_models import TinyConvHead
 
 
 def _case(n=8):
     torch.manual_seed(0)
-    model = Tiny().eval()
+    model = TinyConvHead().eval()
     x = torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(1))
     y = torch.arange(n) % 3
     return model, x, y

@@ -2,7 +2,6 @@
 mad_outlier_detection.py) and BackdoorBench's unlearning (defense/nc.py): each defining computation
 on a tiny case, against numbers worked out by hand."""
 
-import math
 
 import numpy as np
 import pytest

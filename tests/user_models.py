@@ -1,4 +1,5 @@
-"""A PyTorch model goodnet did not define, loaded by tests as `user_models:tiny_resnet`."""
+"""PyTorch models goodnet did not define: loaded by tests as `user_models:tiny_resnet`, and the tiny
+conv net the conformance tests replay training steps on."""
 
 import torch
 import torch.nn.functional as F
@@ -39,3 +40,15 @@ def tiny_resnet():
             m.running_mean.normal_(0, 0.3)
             m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+class TinyConvHead(nn.Module):
+    """One 3x3 conv (1 -> 4 channels) on 6x6 images, ReLU, one linear head to 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
