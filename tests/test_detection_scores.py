@@ -99,7 +99,7 @@ def test_a_repair_that_removed_the_backdoor_gives_g_a_high_auroc(demo_run):
 
     model = load_model(demo_run["model"])
     sets = {role: load_images(path) for role, path in demo_run["inputs"].items()}
-    result = run_repair(model, FineTuning(epochs=15), sets, max_drop=None)
+    result = run_repair(model, FineTuning(variant="goodnet", lr=0.05, epochs=15), sets, max_drop=None)
     metrics = result.metrics(result.models[0].labels)
     assert metrics["poisoned_test"]["repaired"] < 10  # the backdoor is (mostly) gone ...
     assert result.models[0].detection.auroc > 90  # ... so B' doubts B on poisoned inputs, not clean ones

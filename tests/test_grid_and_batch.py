@@ -104,11 +104,11 @@ def test_interrupted_compare_resumes(zoo_cache, tmp_path, capsys, monkeypatch):
 
     real, calls = compare_module.repair_badnet, []
 
-    def interrupted(settings, repair, prepared, scan=False):
+    def interrupted(settings, repair, prepared, **kwargs):
         calls.append(repair.name)
         if repair.name == "fine-tune" and calls.count("fine-tune") == 1:
             raise KeyboardInterrupt
-        return real(settings, repair, prepared, scan)
+        return real(settings, repair, prepared, **kwargs)
 
     monkeypatch.setattr(compare_module, "repair_badnet", interrupted)
     out = tmp_path / "cmp"
