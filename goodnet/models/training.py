@@ -114,18 +114,26 @@ def _sharpness_shifts(model: nn.Module, radius: float, adaptive: bool) -> list[t
 
 
 @contextlib.contextmanager
-def _frozen_running_stats(model: nn.Module):
-    """BatchNorm layers still normalise with the batch's statistics (train mode) but do not fold
-    them into their running statistics: the pass at sharpness-perturbed weights must not move the
-    statistics the model is evaluated with."""
-    norms = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, _ in norms:
+def running_stats_kept(model: nn.Module):
+    """BatchNorm layers still normalise with the batch's statistics (training mode), but their
+    running statistics and batch count are left as they were (momentum 0 for the duration: their
+    buffers are not written from outside, which backward would refuse). For passes that must not
+    move the statistics the model is evaluated with: at sharpness-perturbed weights, on perturbed
+    images."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+             and m.track_running_stats and m.running_mean is not None]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
+    for m in norms:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum in norms:
-            m.momentum = momentum
+        with torch.no_grad():
+            for m, (momentum, count) in zip(norms, saved):
+                m.momentum = momentum
+                if count is not None:
+                    m.num_batches_tracked.copy_(count)
 
 
 def _finite(model: nn.Module) -> bool:
@@ -203,7 +211,7 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
             step_loss()
             if sharpness is not None:  # the gradient at the worst weights within the radius, then back
                 shifts = _sharpness_shifts(model, sharpness, adaptive)
-                with _frozen_running_stats(model):  # running statistics: from the real weights only
+                with running_stats_kept(model):  # running statistics: from the real weights only
                     step_loss()
                 with torch.no_grad():
                     for p, shift in shifts:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.training import running_stats_kept
 from .base import RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import TuningSchedule
@@ -49,27 +50,6 @@ def evaluation_mode(model: nn.Module):
     finally:
         for m, training in modes:
             m.training = training
-
-
-@contextlib.contextmanager
-def running_stats_kept(model: nn.Module):
-    """BatchNorm layers still normalise with the batch's statistics (training mode), but their
-    running statistics and batch count are left as they were (momentum 0 for the duration: their
-    buffers are not written from outside, which backward would refuse)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-             and m.track_running_stats and m.running_mean is not None]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, (momentum, count) in zip(norms, saved):
-                m.momentum = momentum
-                if count is not None:
-                    m.num_batches_tracked.copy_(count)
 
 
 class UniversalPerturbation:
