@@ -5,6 +5,11 @@ pick and run a repair (`build_repair`, `repair_names`, `run_repair`), write ever
 (`write_outputs`) or do all of it from files (`defend_files`), and write your own repair
 (`Repair`, `setting`, `register_repair`). Names are imported on first use, so `goodnet --help`
 does not pay for plotting or training code.
+
+Paths may be given as str or os.PathLike (e.g. pathlib.Path); a repair as a `Repair` or a
+registered repair's name. A bad argument is refused before any work with a `GoodnetError` subclass
+and a one-line message (the CLI's wording where the CLI has the same check), as the CLI refuses bad
+input.
 """
 
 from __future__ import annotations

@@ -4,19 +4,28 @@ reversed triggers."""
 
 from __future__ import annotations
 
+import inspect
+import numbers
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from .errors import DataError
+from .errors import DataError, OutputError, SettingsError
+from .evaluation import model_source
 from .inference import predict
 from .inspection.trigger_reversal import reverse_triggers
-from .io.data import check_fits_model, check_input_range, load_images, trained_range
+from .io import output_dir
+from .io.data import as_path, check_fits_model, check_input_range, checked_scale, load_images, shown, trained_range
 from .io.model_files import ModelSource
-from .io.output_dir import check_output_dir
-from .repairs.runner import SanityCheck
+from .io.output_dir import check_output_dir, release_output
+from .repairs.runner import MAX_SEED, SanityCheck
 from .report.scan_report import SCAN_MARKER, write_scan
+
+# what `**settings` may name: reverse_triggers' own keywords, less those scan_files sets itself
+SCAN_SETTINGS = tuple(name for name, p in inspect.signature(reverse_triggers).parameters.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("seed", "progress"))
 
 
 @dataclass
@@ -26,18 +35,38 @@ class ScanRun:
     model: nn.Module
 
 
-def scan_files(source: ModelSource | str, clean_path: str, out_dir: str, input_scale: float = 1.0,
-               progress: bool = True, force: bool = False, seed: int = 0, **settings) -> ScanRun:
-    """Scan B (`source`) with the clean images of `clean_path`; write `out_dir`."""
-    source = ModelSource(source) if isinstance(source, str) else source
-    check_output_dir(out_dir, marker=SCAN_MARKER, claim=True)
-    clean = load_images(clean_path, input_scale)
-    model = source.load_backdoored(clean.image_shape)
-    check_fits_model(clean, model.input_shape, model.num_classes, "clean-valid")
-    check_input_range(clean, trained_range(model), "clean-valid")
-    sanity = SanityCheck.of(predict(model, clean.x), clean, int(model.num_classes), force)
-    if not sanity.above_chance and not force:
-        raise DataError(sanity.refusal(clean.value_range))
-    scan = reverse_triggers(model, clean, clean.value_range, seed=seed, progress=progress, **settings)
-    inputs = {"model": source.path, "clean_valid": clean_path, "input_scale": float(input_scale)}
-    return ScanRun(scan, write_scan(out_dir, scan, clean.value_range, inputs), model)
+def scan_files(source: ModelSource | str | os.PathLike, clean_path: str | os.PathLike, out_dir: str | os.PathLike,
+               input_scale: float = 1.0, progress: bool = True, force: bool = False, seed: int = 0,
+               **settings) -> ScanRun:
+    """Scan B (`source`) with the clean images of `clean_path`; write `out_dir`. Paths may be str or
+    os.PathLike; `settings` are reverse_triggers' (schedule, steps, ...). A refused call leaves
+    `out_dir` free for the next one."""
+    source = model_source(source)
+    clean_path = as_path(clean_path, "clean_path")
+    out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
+    input_scale = checked_scale(input_scale)
+    for name, value in (("progress", progress), ("force", force)):
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be True or False, not {shown(value)}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise SettingsError(f"seed must be an integer from 0 to {MAX_SEED}, not {shown(seed)}")
+    unknown = sorted(set(settings) - set(SCAN_SETTINGS))
+    if unknown:
+        raise SettingsError(f"trigger scan: unknown setting(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(SCAN_SETTINGS)})")
+    claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS  # a caller's claim stays the caller's
+    check_output_dir(out_dir, marker=SCAN_MARKER, claim=True, inputs=source.input_files() + [clean_path])
+    try:
+        clean = load_images(clean_path, input_scale)
+        model = source.load_backdoored(clean.image_shape)
+        check_fits_model(clean, model.input_shape, model.num_classes, "clean-valid")
+        check_input_range(clean, trained_range(model), "clean-valid")
+        sanity = SanityCheck.of(predict(model, clean.x), clean, int(model.num_classes), force)
+        if not sanity.above_chance and not force:
+            raise DataError(sanity.refusal(clean.value_range))
+        scan = reverse_triggers(model, clean, clean.value_range, seed=int(seed), progress=progress, **settings)
+        inputs = {"model": source.path, "clean_valid": clean_path, "input_scale": float(input_scale)}
+        return ScanRun(scan, write_scan(out_dir, scan, clean.value_range, inputs), model)
+    finally:  # written, refused or interrupted: the output is free again
+        if not claimed_before:
+            release_output(out_dir)

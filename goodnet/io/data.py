@@ -7,6 +7,7 @@ stored (the lab's model takes raw 0..255 pixels) unless an explicit divisor is g
 
 from __future__ import annotations
 
+import numbers
 import os
 import zipfile
 import zlib
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, OutputError, SettingsError
+from .file_checks import check_input_file, check_validation_classes
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
 # The data sets a defense can be given, by role. Only clean validation data may decide anything.
@@ -127,40 +129,85 @@ def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"{path}: unknown data format (expected .h5/.hdf5 with data/label or .npz with x/y)")
 
 
-def load_images(path: str, input_scale: float = 1.0, name: str | None = None) -> ImageSet:
-    """Read and check a labelled image file; divide pixel values by `input_scale`."""
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, not a data file")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
-    if not (np.isfinite(input_scale) and input_scale > 0):
-        raise DataError(f"input scale must be a positive number, got {input_scale}")
-    x, y = _read_arrays(path)
+def shown(value) -> str:
+    """`value` as one short line for a message: its repr when short, else what type it is."""
+    text = repr(value)
+    return text if len(text) <= 60 and "\n" not in text else f"a {type(value).__name__}"
+
+
+def as_path(value, what: str, error: type = DataError, expected: str = "a file path (str or os.PathLike)") -> str:
+    """`value` (a str or an os.PathLike such as pathlib.Path) as a str path; anything else is
+    refused with `error`, naming the argument `what`."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise error(f"{what} must be {expected}, not {shown(value)}")
+    if not value:
+        raise error(f"{what} must be {expected}, not an empty string")
+    return value
+
+
+def checked_scale(input_scale) -> float:
+    """The divisor of pixel values: a positive finite number (the CLI's --input-scale)."""
+    if isinstance(input_scale, (bool, np.bool_)) or not isinstance(input_scale, numbers.Real) \
+            or not (np.isfinite(input_scale) and input_scale > 0):
+        raise DataError(f"input scale must be a positive number, got {shown(input_scale)}")
+    return float(input_scale)
+
+
+def check_arrays(x, y, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checks every labelled image set passes, read from a file or given in memory: `x` as
+    float32 (N, C, H, W), finite; `y` as int64 (N,) whole, non-negative class indices. `where`
+    starts each message (the file, or the role and name of a set given in memory)."""
+    try:
+        x, y = np.asarray(x), np.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: images and labels must be arrays of numbers ({exc})") from None
     if x.ndim != 4:
-        raise DataError(f"{path}: images have shape {x.shape}, expected 4 dimensions (N, C, H, W)")
+        raise DataError(f"{where}: images have shape {x.shape}, expected 4 dimensions (N, C, H, W)")
     if y.ndim != 1:
-        raise DataError(f"{path}: labels have shape {y.shape}, expected (N,)")
+        raise DataError(f"{where}: labels have shape {y.shape}, expected (N,)")
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"{path}: {x.shape[0]} images but {y.shape[0]} labels")
+        raise DataError(f"{where}: {x.shape[0]} images but {y.shape[0]} labels")
     if x.shape[0] == 0:
-        raise DataError(f"{path}: contains no images")
-    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
-        raise DataError(f"{path}: images have dtype {x.dtype}, expected real numbers")
-    if not np.issubdtype(y.dtype, np.number):
-        raise DataError(f"{path}: labels have dtype {y.dtype}, expected integers")
+        raise DataError(f"{where}: contains no images")
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{where}: images have dtype {x.dtype}, expected real numbers")
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{where}: labels have dtype {y.dtype}, expected integers")
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=(1, 2, 3)).sum())
-        raise DataError(f"{path}: {bad} image(s) contain NaN or infinite values")
-    if y.dtype.kind == "b":
-        raise DataError(f"{path}: labels are booleans, expected class indices")
+        raise DataError(f"{where}: {bad} image(s) contain NaN or infinite values")
     if not np.isfinite(y).all() or np.any(y != np.round(y)):
-        raise DataError(f"{path}: labels must be whole numbers")
+        raise DataError(f"{where}: labels must be whole numbers")
     if y.min() < 0:
-        raise DataError(f"{path}: negative label {y.min():g}")
+        raise DataError(f"{where}: negative label {y.min():g}")
     if y.max() > np.iinfo(np.int32).max:  # checked before the cast, which would wrap it round
-        raise DataError(f"{path}: label {y.max():g} is too large to be a class index")
-    y = y.astype(np.int64)
+        raise DataError(f"{where}: label {y.max():g} is too large to be a class index")
+    return x, y.astype(np.int64, copy=False)
+
+
+def check_images(images, where: str) -> ImageSet:
+    """An ImageSet given in memory, held to the checks of a file's (see check_arrays); returned
+    with float32 contiguous images and int64 labels."""
+    if not isinstance(images, ImageSet):
+        raise DataError(f"{where} must be an ImageSet (images x, labels y), not {shown(images)}")
+    name = images.name if isinstance(images.name, str) else "data"
+    x, y = check_arrays(images.x, images.y, f"{where} ({name})")
+    if x is images.x and y is images.y and x.flags.c_contiguous and name is images.name:
+        return images
+    return ImageSet(x=np.ascontiguousarray(x), y=y, name=name)
+
+
+def load_images(path: str | os.PathLike, input_scale: float = 1.0, name: str | None = None) -> ImageSet:
+    """Read and check a labelled image file; divide pixel values by `input_scale`."""
+    path = as_path(path, "path")
+    input_scale = checked_scale(input_scale)
+    if name is not None and not isinstance(name, str):
+        raise DataError(f"name must be text or None, not {shown(name)}")
+    check_input_file(path, "a data file", DataError)  # missing, a directory, a pipe or device, a broken link
+    x, y = check_arrays(*_read_arrays(path), path)
     return ImageSet(x=np.ascontiguousarray(_divided(x, input_scale, path)), y=y, name=name or os.path.basename(path))
 
 
@@ -181,7 +228,7 @@ def load_sets(paths: dict[str, str | None], input_scale: float = 1.0) -> dict[st
     """Read the data files given per role (None: not given); all must hold images of one size."""
     unknown = set(paths) - set(ROLES)
     if unknown:
-        raise ValueError(f"unknown data roles {sorted(unknown)} (known: {', '.join(ROLES)})")
+        raise SettingsError(f"unknown data roles {sorted(map(str, unknown))} (known: {', '.join(ROLES)})")
     sets = {role: load_images(path, input_scale, name=path) for role, path in paths.items() if path}
     shapes = {s.image_shape for s in sets.values()}
     if len(shapes) > 1:
@@ -233,6 +280,7 @@ def check_input_range(images: ImageSet, expected: tuple[float, float] | None, ro
     but every answer it gives is meaningless. Data may lie anywhere inside the trained range and a
     little past it; values beyond it by more than half its width, or (for 100 images or more) a
     spread under 1/16 of its width, are refused."""
+    check_validation_classes(images, role)  # first: clean validation data of one class look like a range problem
     if expected is None or len(images) == 0:
         return
     low, high = expected
@@ -250,11 +298,16 @@ def check_input_range(images: ImageSet, expected: tuple[float, float] | None, ro
                         f"{low:g}..{high:g} (recorded in its file){hint}")
 
 
-def save_images(path: str, images: ImageSet) -> None:
-    """Write the lab's HDF5 layout (`data` N x C x H x W, `label` N)."""
-    with h5py.File(path, "w") as f:
-        f.create_dataset("data", data=images.x, compression="gzip", compression_opts=4)
-        f.create_dataset("label", data=images.y.astype(np.float64))
+def save_images(path: str | os.PathLike, images: ImageSet) -> None:
+    """Write the lab's HDF5 layout (`data` N x C x H x W, `label` N); only what load_images reads back."""
+    path = as_path(path, "path", OutputError)
+    images = check_images(images, "images")
+    try:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("data", data=images.x, compression="gzip", compression_opts=4)
+            f.create_dataset("label", data=images.y.astype(np.float64))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc})") from None
 
 
 IMAGE_MODES = {"L": 1, "RGB": 3}
@@ -264,8 +317,7 @@ def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
     """A PNG/JPEG as a float32 C x H x W array of pixel values divided by `input_scale`."""
     from PIL import Image, UnidentifiedImageError
 
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, not an image")
+    check_input_file(path, "an image", DataError)  # missing, a directory, a pipe or device, a broken link
     try:
         with Image.open(path) as image:
             image.load()

@@ -4,7 +4,9 @@ lab's sweep included, so every result has one type and one writer (goodnet.repor
 
 from __future__ import annotations
 
+import numbers
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,15 +14,17 @@ import numpy as np
 from torch import nn
 
 from ..devices import device_of, placed
+from ..evaluation import checked_batch_size
 from ..inference import DEFAULT_BATCH_SIZE, predict
-from ..io.data import ROLES, ImageSet, check_fits_model, check_input_range, trained_range
-from ..errors import DataError
+from ..io.data import ROLES, ImageSet, check_fits_model, check_images, check_input_range, shown, trained_range
+from ..errors import DataError, ModelError, SettingsError
 from ..metrics import accuracy, binomial_tail, flag_rate
 from ..inspection.detection_scores import DetectionScore, disagreement_scores
 from ..inspection.strip import StripSettings
-from ..models.goodnet import goodnet_labels
+from ..models.goodnet import GoodNet, goodnet_labels
 from ..pruning.curve import PruningCurve
 from .base import Repair, RepairData, RepairedModel
+from .registry import build_repair, repair_names
 from .do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP, HarmCheck, guarded_repair
 
 METRIC_KEYS = ("backdoored", "repaired", "goodnet", "flagged")
@@ -96,6 +100,7 @@ class RepairResult:
     strip: DetectionScore | None = None  # STRIP on B, the input-level baseline for G's detection
     strip_settings: StripSettings | None = None
     notice: str | None = None  # the repair's one line when it could not act on B (B' is B, or nearly)
+    warnings: list[str] = field(default_factory=list)  # what is doubtful about the inputs (io.role_checks)
 
     @property
     def extra_class(self) -> int:
@@ -117,17 +122,70 @@ class RepairResult:
         return {role: self.curve.labels[role].labels[steps] for role in self.data}
 
 
-def check_data(model: nn.Module, data: dict[str, ImageSet]) -> None:
-    """Refuse unknown roles and data the model cannot take, before any work."""
+def check_data(model: nn.Module, data: dict[str, ImageSet | None]) -> dict[str, ImageSet]:
+    """Refuse unknown roles, anything but ImageSets, images and labels a data file could not hold
+    (see io.data.check_arrays) and data the model cannot take, before any work; return the sets
+    given (float32 images, int64 labels) in role order."""
+    if not isinstance(data, Mapping):
+        raise DataError(f"data must be a dict of role -> ImageSet (roles: {', '.join(ROLES)}), not {shown(data)}")
     unknown = set(data) - set(ROLES)
     if unknown:
-        raise ValueError(f"unknown data roles {sorted(unknown)} (known: {', '.join(ROLES)})")
-    for role, images in data.items():
+        raise SettingsError(f"unknown data roles {sorted(map(str, unknown))} (known: {', '.join(ROLES)})")
+    checked = {role: check_images(data[role], role.replace("_", "-")) for role in ROLES if data.get(role) is not None}
+    for role, images in checked.items():
         check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
         check_input_range(images, trained_range(model), role.replace("_", "-"))
+    return checked
 
 
-def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool = False,
+MAX_SEED = 2 ** 63 - 1  # the largest seed every random generator used takes (numpy's, torch's)
+
+
+def checked_model(model: Any) -> nn.Module:
+    """B as run_repair takes it: a model that says its input shape and number of classes."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module (e.g. from goodnet.load_model), not {shown(model)}")
+    if isinstance(model, GoodNet):
+        raise ModelError("model is a GoodNet; this needs the backdoored model B")
+    if getattr(model, "input_shape", None) is None or getattr(model, "num_classes", None) is None:
+        raise ModelError(f"model ({type(model).__name__}) does not say its input_shape and num_classes; load it "
+                         f"with goodnet.load_model (a class of your own: factory=...) or build it with "
+                         f"goodnet.build_model")
+    return model
+
+
+def checked_repair(repair: Any) -> Repair:
+    """A Repair; a registered repair's name (or a Repair class) is built with its default settings."""
+    if isinstance(repair, str):
+        repair = build_repair(repair)  # an unknown name: SettingsError listing the known ones
+    elif isinstance(repair, type) and issubclass(repair, Repair) and repair is not Repair:
+        repair = repair()
+    if not isinstance(repair, Repair):
+        raise SettingsError(f"repair must be a Repair or a repair name ({', '.join(repair_names())}), "
+                            f"not {shown(repair)}")
+    seed = getattr(repair, "seed", None)  # one meaning across repairs: a seed of numpy's and torch's generators
+    if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+        raise SettingsError(f"{repair.name}: seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
+    return repair
+
+
+def check_options(progress: Any = False, batch_size: Any = DEFAULT_BATCH_SIZE, force: Any = False,
+                  max_drop: Any = DEFAULT_MAX_DROP, holdout: Any = DEFAULT_HOLDOUT, strip: Any = None) -> None:
+    """Refuse run_repair's options outside their ranges (the CLI's --max-drop, --holdout, ...)."""
+    for name, value in (("progress", progress), ("force", force)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise SettingsError(f"{name} must be True or False, not {shown(value)}")
+    checked_batch_size(batch_size)
+    if max_drop is not None and (isinstance(max_drop, (bool, np.bool_)) or not isinstance(max_drop, numbers.Real)
+                                 or not 0 <= max_drop <= 100):
+        raise SettingsError(f"max_drop must be between 0 and 100 points (or None: no guard), not {shown(max_drop)}")
+    if isinstance(holdout, (bool, np.bool_)) or not isinstance(holdout, numbers.Real) or not 0 < holdout < 1:
+        raise SettingsError(f"holdout must be a share between 0 and 1 (both excluded), not {shown(holdout)}")
+    if strip is not None and not isinstance(strip, StripSettings):
+        raise SettingsError(f"strip must be a StripSettings or None, not {shown(strip)}")
+
+
+def run_repair(model: nn.Module, repair: Repair | str, data: dict[str, ImageSet], progress: bool = False,
                batch_size: int = DEFAULT_BATCH_SIZE, force: bool = False, max_drop: float | None = DEFAULT_MAX_DROP,
                holdout: float = DEFAULT_HOLDOUT, strip: StripSettings | None = None) -> RepairResult:
     """Repair B (`model`) with `repair`, which sees only the validation data its contract allows,
@@ -137,7 +195,11 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
     `max_drop` points of B on the rest, or falls back (see do_no_harm); `max_drop=None` turns the
     guard off (library use only). With clean and poisoned test data, each G's detection is scored
     (AUROC, TPR at 5 % FPR), and with `strip` STRIP's on B beside it (blending clean validation images).
-    The work runs on the compute device (see devices.py); B and every B' come back where B was."""
+    The work runs on the compute device (see devices.py); B and every B' come back where B was.
+    `repair` may also be a registered repair's name (its default settings). Every argument is
+    checked before any work; a problem is a GoodnetError subclass with a one-line message."""
+    model, repair = checked_model(model), checked_repair(repair)
+    check_options(progress, batch_size, force, max_drop, holdout, strip)
     home = device_of(model)
     with placed(model):
         result = _run_placed(model, repair, data, progress, batch_size, force, max_drop, holdout, strip)
@@ -150,8 +212,7 @@ def run_repair(model: nn.Module, repair: Repair, data: dict[str, ImageSet], prog
 def _run_placed(model: nn.Module, repair: Repair, data: dict[str, ImageSet], progress: bool, batch_size: int,
                 force: bool, max_drop: float | None, holdout: float, strip: StripSettings | None) -> RepairResult:
     model.eval()
-    check_data(model, {role: images for role, images in data.items() if images is not None})
-    data = {role: data[role] for role in ROLES if data.get(role) is not None}
+    data = check_data(model, data)
     given = RepairData(data["clean_valid"], data.get("poisoned_valid")) if "clean_valid" in data else None
     repair.check_model(model)
     backdoored: dict[str, np.ndarray] = {}  # B's predictions, each computed once
