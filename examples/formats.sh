@@ -45,7 +45,7 @@ PYTHONPATH=../examples $G defend --model tiny_resnet.pt --factory user_model:tin
 
 echo "== TorchScript: rebuild resnet-out's B' at X=10 from its channel list (--channels)"
 CHANNELS=$($PY -c "import json; t = [t for t in json.load(open('resnet-out/results.json'))['thresholds'] if t['x'] == 10][0]; print(','.join(map(str, t['pruned'])))")
-$G defend --model tiny_resnet_scripted.pt --layer block.conv1 --channels $CHANNELS --clean-test $D/clean_test.h5 --poisoned-test $D/poisoned_test.h5 --out ts-out
+$G defend --model tiny_resnet_scripted.pt --trust-model-code --layer block.conv1 --channels $CHANNELS --clean-test $D/clean_test.h5 --poisoned-test $D/poisoned_test.h5 --out ts-out
 
 echo "== ONNX: G as one graph, served by onnxruntime"
 $G export ../goodnet-demo/models/goodnet_x4_crossing.safetensors --to onnx --out g.onnx

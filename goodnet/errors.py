@@ -18,6 +18,10 @@ class ModelError(GoodnetError):
     """A model file cannot be read or written, or the model cannot be run, traced or split."""
 
 
+class NonFiniteOutputs(ModelError):
+    """A model's outputs are NaN or infinite: no label or score drawn from them means anything."""
+
+
 class SettingsError(GoodnetError):
     """An option or a repair setting is invalid, or names something the model does not have."""
 
@@ -26,8 +30,14 @@ class OutputError(GoodnetError):
     """The output directory or file cannot be written."""
 
 
+class GoodnetWarning(UserWarning):
+    """Something doubtful about the input that does not stop the run (e.g. test data that is not
+    held out); the CLI prints it as one `goodnet: warning:` line."""
+
+
 class TrainingDiverged(GoodnetError):
     """Training went wrong (a loss or weight that is not finite); the do-no-harm guard retries milder."""
 
 
-__all__ = ["DataError", "GoodnetError", "ModelError", "OutputError", "SettingsError", "TrainingDiverged"]
+__all__ = ["DataError", "GoodnetError", "GoodnetWarning", "ModelError", "NonFiniteOutputs", "OutputError", "SettingsError",
+           "TrainingDiverged"]

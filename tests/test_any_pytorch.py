@@ -134,22 +134,23 @@ def test_torchscript_model(tmp_path, mnist, capsys):
     torch.jit.save(torch.jit.script(model), str(tmp_path / "b.pt"))
     data = _user_data(tmp_path, mnist)
     code, _, err = run_cli(capsys, ["defend", "--model", tmp_path / "b.pt", "--layer", "block.conv1",
-                                    "--clean-valid", data, "--out", tmp_path / "x", "--force"])
+                                    "--clean-valid", data, "--out", tmp_path / "x", "--force", "--trust-model-code"])
     assert_one_line_error(code, err, "TorchScript model cannot be profiled")
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, ["defend", "--model", tmp_path / "b.pt", "--layer", "block.conv1",
-                                    "--channels", "1,4", "--clean-test", data, "--out", out, "--onnx"])
+                                    "--channels", "1,4", "--clean-test", data, "--out", out, "--onnx",
+                                    "--trust-model-code"])
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     expected = pruned_copy(model, "block.conv1", [1, 4])
-    b_prime = load_model(str(out / doc["files"]["repaired"]))
+    b_prime = load_model(str(out / doc["files"]["repaired"]), trust_code=True)
     x = torch.from_numpy(mnist[0][:64])
     assert torch.allclose(b_prime(x), expected(x), atol=1e-5)
-    code, stdout, err = run_cli(capsys, ["eval", data, data, out / doc["files"]["goodnet"]])
+    code, stdout, err = run_cli(capsys, ["eval", data, data, out / doc["files"]["goodnet"], "--trust-model-code"])
     assert code == 0, err
     assert abs(float(stdout.splitlines()[0].split(":")[1]) - doc["metrics"]["clean_test"]["goodnet"]) < 1e-3
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(out / doc["files"]["goodnet_onnx"]), providers=["CPUExecutionProvider"])
     images = mnist[0][:200]
     np.testing.assert_array_equal(session.run(["label"], {"image": images})[0],
-                                  predict(load_model(str(out / doc["files"]["goodnet"])), images))
+                                  predict(load_model(str(out / doc["files"]["goodnet"]), trust_code=True), images))

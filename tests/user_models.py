@@ -52,3 +52,17 @@ class TinyConvHead(nn.Module):
 
     def forward(self, x):
         return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+class FileWritingNet(nn.Module):
+    """A model whose forward creates a file (`probe`): what a TorchScript file's code can do when
+    it runs. goodnet must never run it unless told the file is trusted."""
+
+    def __init__(self, probe: str):
+        super().__init__()
+        self.probe = probe
+        self.head = nn.Linear(28 * 28, 10)
+
+    def forward(self, x):
+        mark = torch.from_file(self.probe, shared=True, size=1)
+        return self.head(x.flatten(1)) + mark.sum() * 0

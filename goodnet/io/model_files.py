@@ -28,8 +28,10 @@ from torch import nn
 from ..errors import ModelError
 from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
+from .data import as_path
 from .external import (TORCH_SUFFIXES, check_state_shapes, is_torchscript, load_factory_model,
                        load_state_checked, load_torchscript, on_meta)
+from .file_checks import check_model_file
 from .keras.files import load_keras_model, read_architecture, read_keras_config, read_model_config
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
 
@@ -228,7 +230,7 @@ def _keras_weights_model(path: str, arch: str, input_shape, input_divisor: float
 
 
 def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
-               input_divisor: float = 1.0, factory: str | None = None) -> nn.Module:
+               input_divisor: float = 1.0, factory: str | None = None, trust_code: bool = False) -> nn.Module:
     """Load B, B' or G in eval mode, from any supported file.
 
     - goodnet .safetensors: describes itself (a user's class also needs `factory`);
@@ -236,12 +238,34 @@ def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, 
     - Keras weights-only .h5: `arch` is a built-in name (default deepid) or a file holding the
       architecture; the input shape comes from the data (`input_shape`);
     - `factory` ("package.module:function") plus a .safetensors/.pt state dict;
-    - TorchScript .pt (input shape from the data unless goodnet wrote the file).
+    - TorchScript .pt (input shape from the data unless goodnet wrote the file): a TorchScript file
+      is a program, and loading and running it runs its author's code, so it is refused unless
+      `trust_code` is True (CLI `--trust-model-code`). Nothing else a model file holds is ever run.
     """
-    if os.path.isdir(path):
-        raise ModelError(f"{path}: is a directory, not a model file")
-    if not os.path.isfile(path):
-        raise ModelError(f"{path}: no such file")
+    path = as_path(path, "the model path", ModelError)
+    if not isinstance(trust_code, bool):
+        raise ModelError(f"trust_code must be True or False, not {trust_code!r}")
+    model = _load_model(path, arch, input_shape, input_divisor, factory, trust_code)
+    check_model_values(model, path)
+    return model
+
+
+def check_model_values(model: nn.Module, path: str) -> None:
+    """Refuse weights or statistics no trained model has: NaN or infinite values, and a BatchNorm
+    running variance below 0 (its square root is NaN: every output would be)."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if not tensor.is_floating_point():
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{path}: '{name}' holds NaN or infinite values")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise ModelError(f"{path}: '{name}' holds a negative variance ({float(tensor.min()):g}), which no "
+                             f"data can have: the model's statistics are broken")
+
+
+def _load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
+               input_divisor: float = 1.0, factory: str | None = None, trust_code: bool = False) -> nn.Module:
+    check_model_file(path)  # a missing path, a directory, a pipe or device, a broken link, an ONNX file
     lower = path.lower()
     unused_arch = ModelError(f"--arch goes with a Keras weights-only .h5; {path} holds its own architecture")
     if lower.endswith(MODEL_SUFFIX):
@@ -268,6 +292,10 @@ def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, 
         if arch is not None:
             raise unused_arch
         if is_torchscript(path):
+            if not trust_code:
+                raise ModelError(f"{path}: a TorchScript file is a program, and loading it runs its author's code; "
+                                 f"goodnet refuses it unless you trust the file: pass --trust-model-code "
+                                 f"(library: trust_code=True)")
             if factory is not None:
                 raise ModelError(f"{path}: a TorchScript file holds its own code; drop --factory")
             return _load_script(path, input_shape)
@@ -286,16 +314,24 @@ class ModelSource:
     path: str
     arch: str | None = None  # Keras weights-only files: built-in name or architecture file
     factory: str | None = None  # a user's PyTorch class, "package.module:function"
+    trust_code: bool = False  # run the code a TorchScript file holds (see load_model)
 
     def load(self, input_shape: tuple[int, ...] | None = None, input_divisor: float = 1.0) -> nn.Module:
         return load_model(self.path, arch=self.arch, input_shape=input_shape, input_divisor=input_divisor,
-                          factory=self.factory)
+                          factory=self.factory, trust_code=self.trust_code)
 
     def load_backdoored(self, input_shape: tuple[int, ...] | None = None) -> nn.Module:
         model = self.load(input_shape)
         if isinstance(model, GoodNet):
             raise ModelError(f"{self.path}: is a GoodNet; this needs the backdoored model B")
         return model
+
+    def input_files(self) -> list[str]:
+        """The files this source reads: the model file, and an architecture file when one is named."""
+        files = [self.path]
+        if self.arch and os.path.isfile(self.arch):
+            files.append(self.arch)
+        return files
 
     @property
     def is_keras(self) -> bool:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import warnings
 
 import torch
 from torch import nn
 
 from ..devices import device_of
-from ..errors import GoodnetError, ModelError
+from ..errors import GoodnetError, ModelError, OutputError
 from ..models.goodnet import GoodNet, ScriptableGoodNet, TwoModelGoodNet
-from .output_dir import write_file_atomically
+from .output_dir import shown_path, write_file_atomically
 
 OPSET = 17
 # The TorchScript-based exporter handles our models (fx graph modules, scripted parts); recent torch
@@ -33,7 +34,11 @@ def require_onnx() -> None:
 
 
 def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
-    """Write `model` (a classifier or a GoodNet) as ONNX, with a variable batch size."""
+    """Write `model` (a classifier or a GoodNet) as ONNX, with a variable batch size; `path` ends in .onnx."""
+    if os.path.isdir(path):
+        raise OutputError(f"{shown_path(path)}: is a directory; name the file to write")
+    if not str(path).lower().endswith(".onnx"):
+        raise OutputError(f"{shown_path(path)}: an ONNX file is named .onnx")
     require_onnx()
     shape = getattr(model, "input_shape", None)
     if shape is None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import OutputError
 
@@ -26,6 +27,7 @@ except ImportError:  # not POSIX: no lock, the rest works
     fcntl = None
 
 MARKER = "results.json"
+OWNED_LIST = ".goodnet-files.json"  # in every output directory: the files goodnet wrote there
 _CLAIMS: dict[str, tuple[int, str]] = {}  # output path -> (lock file descriptor, lock file path)
 LEGACY_STALE_SECONDS = 3600.0  # staging without a process id (older versions) counts as stale after this
 
@@ -81,36 +83,71 @@ def remove_stale_staging(path: str) -> list[str]:
 
 def claim_output(path: str) -> None:
     """Hold `path` for this process until `release_output(path)` (or exit): a second run that
-    claims it meanwhile is refused with one line instead of silently overwriting."""
+    claims it meanwhile is refused with one line, naming the process that holds it, instead of
+    silently overwriting. The claim is an flock on a lock file beside `path`, holding the claimer's
+    process id: it ends with the process that took it (the kernel drops it when the process dies,
+    however it dies), so a lock left by a killed run is simply taken over. The lock's descriptor
+    is never handed to programs this process starts, and a forked child lets go of its copy at
+    once (the lock belongs to the open file, which a child's copy would keep alive)."""
     path = os.path.abspath(path)
     if path in _CLAIMS or fcntl is None:
         return
+    if hasattr(os, "register_at_fork") and not getattr(claim_output, "fork_hook", False):
+        os.register_at_fork(after_in_child=lambda: release_output(inherited=True))
+        claim_output.fork_hook = True
     parent, base = os.path.split(path)
     lock_path = os.path.join(parent, f".{base}.lock")
-    try:
-        os.makedirs(parent, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create output directory ({exc.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(10):  # the holder may remove the file between our open and our lock: take the new one
+        try:
+            os.makedirs(parent, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create output directory ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            os.close(fd)
+            if holder > 0 and not _alive(holder):
+                raise OutputError(f"{path}: another goodnet run is writing this output right now: process {holder} "
+                                  f"took its lock {lock_path} and has ended, but a process it started still holds "
+                                  f"it; end that process or choose another --out") from None
+            held_by = f" (process {holder})" if holder > 0 else ""
+            raise OutputError(f"{path}: another goodnet run is writing this output right now{held_by}; wait for it "
+                              f"to finish or choose another --out") from None
+        try:
+            mine, current = os.fstat(fd), os.stat(lock_path)
+            same = (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
+        except OSError:
+            same = False
+        if same:
+            break
         os.close(fd)
-        raise OutputError(f"{path}: another goodnet run is writing this output right now; wait for it to "
-                          f"finish or choose another --out") from None
+    else:
+        raise OutputError(f"{path}: its lock file {lock_path} keeps changing; is another goodnet run starting "
+                          f"and stopping? choose another --out") from None
+    with contextlib.suppress(OSError):  # the holder's process id, for the refusal above; the lock works without it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     _CLAIMS[path] = (fd, lock_path)
 
 
-def release_output(path: str | None = None) -> None:
-    """Give up the claim on `path` (every claim of this process when None), lock file removed."""
+def release_output(path: str | None = None, inherited: bool = False) -> None:
+    """Give up the claim on `path` (every claim of this process when None), lock file removed.
+    `inherited`: this process is a fork of the claimer, whose claims it copied: close the copies
+    only, leaving the lock and its file to the claimer."""
     paths = list(_CLAIMS) if path is None else [os.path.abspath(path)]
     for p in paths:
         held = _CLAIMS.pop(p, None)
         if held is None:
             continue
         fd, lock_path = held
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
+        if not inherited:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
         with contextlib.suppress(OSError):
             os.close(fd)
 
@@ -125,29 +162,110 @@ def grid_state_dir(path: str) -> str:
     return os.path.join(parent, f".{base}.cells")
 
 
-def check_output_dir(path: str, marker: str = MARKER, claim: bool = False) -> None:
-    """Refuse a `path` that exists and is not replaceable (see `atomic_directory`); callers with
-    long work ahead check first so the user does not wait for the refusal. `claim`: also hold it
-    (see claim_output) until it is written, so a second run is refused now, not after its work."""
+def shown_path(path: str | os.PathLike) -> str:
+    """A path for a one-line message: quoted, control characters escaped."""
+    text = os.fspath(path)
+    return repr(text) if not text.isprintable() or "'" in text else f"'{text}'"
+
+
+def _inside(inner: str, outer: str) -> bool:
+    """Is `inner` `outer` itself or somewhere below it (both real paths)?"""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def check_not_an_input(path: str, inputs: Iterable[str | os.PathLike | None], option: str = "--out") -> None:
+    """Refuse an output `path` that is an input, holds one, or sits inside one (links resolved), so
+    writing or replacing the output can never touch what the run reads."""
+    out = os.path.realpath(path)
+    for given in inputs:
+        if given is None or given == "":
+            continue
+        source = os.path.realpath(os.fspath(given))
+        same = os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source)
+        if same or _inside(source, out) or _inside(out, source):
+            where = "is" if same or source == out else ("holds" if _inside(source, out) else "is inside")
+            raise OutputError(f"{shown_path(path)}: {option} {where} the input {shown_path(os.fspath(given))}; goodnet never "
+                              f"writes over what it reads: choose another {option}")
+
+
+def _owned_files(path: str) -> dict[str, list[int]] | None:
+    try:
+        with open(os.path.join(path, OWNED_LIST)) as f:
+            owned = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return owned if isinstance(owned, dict) else None
+
+
+def _stamp(path: str) -> list[int]:
+    info = os.stat(path, follow_symlinks=False)
+    return [int(info.st_size), int(info.st_mtime_ns)]
+
+
+def _foreign_entry(path: str, owned: dict[str, list[int]]) -> str | None:
+    """The first entry under `path` that goodnet did not write there (or that changed since)."""
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            full = os.path.join(root, name)
+            relative = os.path.relpath(full, path)
+            if relative == OWNED_LIST:
+                continue
+            if os.path.islink(full) or owned.get(relative) != _stamp(full):
+                return relative
+    return None
+
+
+def record_owned_files(path: str) -> None:
+    """List every file under `path` (size and modification time) in its OWNED_LIST: what goodnet
+    wrote there, and so what a later run may replace."""
+    owned = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            owned[os.path.relpath(full, path)] = _stamp(full)
+    with open(os.path.join(path, OWNED_LIST), "w") as f:
+        json.dump(owned, f, sort_keys=True)
+
+
+def check_output_dir(path: str, marker: str = MARKER, claim: bool = False,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+    """Refuse a `path` that exists and is not replaceable (see `atomic_directory`), or that is, holds
+    or sits inside one of `inputs`; callers with long work ahead check first so the user does not
+    wait for the refusal. `claim`: also hold it (see claim_output) until it is written, so a second
+    run is refused now, not after its work."""
+    check_not_an_input(path, inputs)
     path = os.path.abspath(path)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise OutputError(f"{path}: exists and is not a directory")
-        if os.listdir(path) and not os.path.exists(os.path.join(path, marker)):
-            raise OutputError(f"{path}: exists and is not a goodnet output directory; choose another --out")
+    if os.path.lexists(path):
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise OutputError(f"{shown_path(path)}: exists and is not a directory")
+        if os.listdir(path):
+            owned = _owned_files(path) if os.path.exists(os.path.join(path, marker)) else None
+            if owned is None:
+                raise OutputError(f"{shown_path(path)}: exists and is not a goodnet output directory; choose another "
+                                  f"--out")
+            foreign = _foreign_entry(path, owned)
+            if foreign is not None:
+                raise OutputError(f"{shown_path(path)}: holds {shown_path(foreign)}, which goodnet did not write there (or "
+                                  f"which changed since); goodnet replaces only its own files: move it or "
+                                  f"choose another --out")
     if claim:
         claim_output(path)
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True) -> Iterator[str]:
+def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[str]:
     """Yield a staging directory that becomes `path` only if the block succeeds.
 
-    An existing `path` is replaced only if it is empty or holds `marker` (an earlier goodnet
-    result), so a typo cannot wipe an unrelated directory. `exclusive`: refuse while another run
-    writes `path` (caches pass False: two runs building the same entry write the same thing)."""
+    An existing `path` is replaced only if it is empty, or holds `marker` (an earlier goodnet
+    result) and nothing but the files goodnet listed writing there, unchanged: a typo cannot wipe
+    an unrelated directory, and a file a user put into an earlier result is never deleted. An
+    output that is, holds or sits inside one of `inputs` is refused. `exclusive`: refuse while
+    another run writes `path` (caches pass False: two runs building the same entry write the same
+    thing)."""
     path = os.path.abspath(path)
-    check_output_dir(path, marker, claim=exclusive)
+    check_output_dir(path, marker, claim=exclusive, inputs=inputs)
     parent, base = os.path.split(path)
     remove_stale_staging(path)
     try:
@@ -159,7 +277,9 @@ def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True) ->
     try:
         respect_umask(staging, directory=True)
         yield staging
+        record_owned_files(staging)
         if os.path.exists(path):
+            check_output_dir(path, marker)  # nothing foreign arrived while the work ran
             old = tempfile.mkdtemp(prefix=f".{base}.old-{os.getpid()}-", dir=parent)
             os.rename(path, os.path.join(old, "previous"))
             os.rename(staging, path)

@@ -23,6 +23,17 @@ class Selection:
     channels_pruned: int | None  # None: the crossing never happens
     reached: bool                # whether some step's drop is >= x
 
+    @property
+    def name(self) -> str:
+        """The B' file stem and table label, e.g. "x2_crossing"; distinct budgets get distinct names."""
+        return f"x{budget_text(self.x)}_{self.rule}"
+
+
+def budget_text(x: float) -> str:
+    """X as short text that still names exactly this X: 2 -> "2", 0.5000001 -> "0.5000001"."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
 
 def drop_reaches(base_correct: int, correct: int, total: int, x: float, drop: str) -> bool:
     """Is the clean-accuracy drop from `base_correct` to `correct` (of `total`) at least x?"""

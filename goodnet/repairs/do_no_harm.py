@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..errors import DataError, TrainingDiverged
+from ..errors import DataError, NonFiniteOutputs, TrainingDiverged
 from ..inference import DEFAULT_BATCH_SIZE, predict
 from ..io.data import holdout_mask, split_by_mask
 from ..metrics import accuracy
@@ -124,11 +124,11 @@ def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoore
         start = time.perf_counter()
         try:
             outcome = attempt.run(model, guarded_data, progress)
-        except TrainingDiverged as exc:
+            accuracies = [accuracy(predict(m.model, held_set.x, batch_size), held_set.y) for m in outcome.models]
+        except (TrainingDiverged, NonFiniteOutputs) as exc:  # a B' with NaN outputs diverged too
             check.attempts.append(Attempt(repair.changed_settings(attempt), None, None, f"diverged: {exc}",
                                           time.perf_counter() - start))
             continue
-        accuracies = [accuracy(predict(m.model, held_set.x, batch_size), held_set.y) for m in outcome.models]
         worst = min(accuracies, default=check.backdoored_accuracy)
         drop = check.backdoored_accuracy - worst
         ok = drop <= max_drop + 1e-9

@@ -71,6 +71,11 @@ class LabPruning(Repair):
         "crossing", "which B' is kept per X: 'crossing' (the lab's: first model with drop >= X), 'within' "
         "(the one before it, drop < X) or both")
 
+    def check(self) -> None:
+        repeated = sorted({x for x in self.thresholds if self.thresholds.count(x) > 1})
+        if repeated:
+            raise SettingsError(f"{self.name}: thresholds lists {repeated[0]:g} twice; give each budget once")
+
     @property
     def saved_rules(self) -> tuple[str, ...]:
         return RULES if self.rule == "both" else (self.rule,)
@@ -87,7 +92,7 @@ class LabPruning(Repair):
             if sel.rule in self.saved_rules and sel.channels_pruned is not None:
                 channels = curve.pruned_channels(sel.channels_pruned)
                 models.append(RepairedModel(
-                    f"x{sel.x:g}_{sel.rule}", pruned_copy(model, layer, channels), {layer: channels},
+                    sel.name, pruned_copy(model, layer, channels), {layer: channels},
                     curve_step=sel.channels_pruned, details={"x": sel.x, "rule": sel.rule}))
         dead = int(np.sum(curve.mean_activation == 0))
         return RepairOutcome(models, {"layer": layer, "cut": curve.cut, "dead_channels": dead,

@@ -64,6 +64,7 @@ def results_document(result: RepairResult, files: dict[str, dict[str, str]]) -> 
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "mode": "repair", "repair": repair.name, "oracle": repair.oracle,
         "settings": repair.settings(), "details": result.details, "notice": result.notice,
+        "warnings": list(result.warnings),
         "num_classes": result.num_classes, "extra_class": result.extra_class, "inputs": result.inputs,
         "sizes": {role: len(images) for role, images in result.data.items()},
         "value_range": {role: [float(images.x.min()), float(images.x.max())] for role, images in result.data.items()},
@@ -103,7 +104,7 @@ def _curve_fields(result: RepairResult, files: dict[str, dict[str, str]]) -> dic
             entry.update(pruned=curve.pruned_channels(k), valid_drop=rounded(valid_drop(result, k)),
                          repaired=_rounded(model_scores(result, labels)),
                          goodnet=_rounded(goodnet_scores(result, labels, "test")),
-                         files=files.get(f"x{sel.x:g}_{sel.rule}"))
+                         files=files.get(sel.name))
         thresholds.append(entry)
     means = curve.mean_activation
     return {"layer": curve.layer, "cut": curve.cut, "order": curve.order_name, "drop": curve.drop,

@@ -36,7 +36,7 @@ def summary_table(result: RepairResult) -> str:
     names = [m.name for m in result.models]
     saved = result.details.get("saved_rules")
     if result.curve is not None and saved is not None:  # in selection order, with budgets never reached
-        names = [f"x{s.x:g}_{s.rule}" for s in result.curve.selections if s.rule in saved]
+        names = [s.name for s in result.curve.selections if s.rule in saved]
     for name in names:
         m = by_name.get(name)
         if m is None:

@@ -160,6 +160,7 @@ def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str
         parts += [f"Pruned: {pruned_summary(result)}. Took {result.seconds:.1f} s.", ""]
     if result.notice:
         parts += [f"**{result.notice}**", ""]
+    parts += [f"**Warning: {line}.**\n" for line in result.warnings]
     if result.harm is not None:
         line = result.harm.line(result.repair)
         parts += [f"**{line}**" if result.harm.fell_back else line[:1].upper() + line[1:] + ".", ""]

@@ -9,14 +9,15 @@ file in the Keras 2.3.1 `save_weights` layout, for models that did not come from
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import h5py
 import numpy as np
 from torch import nn
 
-from ...errors import ModelError
-from ..output_dir import write_file_atomically
+from ...errors import ModelError, OutputError
+from ..output_dir import check_not_an_input, shown_path, write_file_atomically
 from .native import (ARCHIVE_SUFFIX, WEIGHTS_SUFFIX, is_native_weights, variable_paths, write_archive_like,
                      write_weights_like)
 from .weights import WEIGHTED_MODULES, _text, keras_array, keras_names, read_keras_weights
@@ -69,6 +70,12 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
     """Write `model`'s weights into a copy of the Keras file `source` (same layout, names, dtypes),
     in any layout goodnet reads: Keras 2/3 HDF5, Keras 3 `.weights.h5` and `.keras` (`config`: the
     model's raw Keras description, for Keras 3 files that do not name their layers)."""
+    check_not_an_input(out, [source], option="the output")
+    if os.path.isdir(out):
+        raise OutputError(f"{shown_path(out)}: is a directory; name the file to write")
+    if keras_suffix(source) != keras_suffix(out):
+        raise OutputError(f"{shown_path(out)}: must end in {keras_suffix(source)}, like the Keras file it copies "
+                          f"(Keras reads a file by its suffix)")
     modules = _weighted(model)
     read_keras_weights(source, config)  # a clear error for a missing, damaged or non-Keras file
     if source.lower().endswith(ARCHIVE_SUFFIX):
@@ -112,7 +119,13 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
 
 
 def write_keras_weights(model: nn.Module, out: str) -> None:
-    """A fresh Keras 2.3.1-style `save_weights` file holding every weighted layer of `model`."""
+    """A fresh Keras 2.3.1-style `save_weights` file holding every weighted layer of `model`; `out`
+    ends in .h5 or .hdf5 (Keras 3 reads .weights.h5 and .keras as its own layouts)."""
+    if os.path.isdir(out):
+        raise OutputError(f"{shown_path(out)}: is a directory; name the file to write")
+    if keras_suffix(out) not in (".h5", ".hdf5") or not out.lower().endswith((".h5", ".hdf5")):
+        raise OutputError(f"{shown_path(out)}: a Keras 2 weights file is named .h5 or .hdf5, not "
+                          f"'{os.path.splitext(out)[1] or 'without a suffix'}'")
     modules = _weighted(model)
     bad = [name for name in modules if "." in name or "/" in name]
     if bad:
