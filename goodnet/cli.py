@@ -7,28 +7,86 @@ names a repair's settings.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
 import sys
 import textwrap
+import warnings
 from typing import Any
 
 import numpy as np
 
 from .devices import using_device
-from .errors import GoodnetError, ModelError, SettingsError
+from .errors import GoodnetError, GoodnetWarning, ModelError, SettingsError, shown_path
 from .zoo.attacks import KINDS as ATTACK_KINDS
 
 
-def _positive_float(text: str) -> float:
+MAX_INTEGER = 2 ** 63 - 1  # the largest whole number an option takes: every library goodnet hands one to takes it
+MAX_SEED = 2 ** 63 - 1  # as goodnet.repairs.runner.MAX_SEED: numpy's and torch's generators take every seed up to it
+MAX_SIDE = 65536  # the largest channel count, height or width --input-shape takes
+MAX_INPUT_VALUES = 2 ** 27  # the most values (C*H*W) of one image --input-shape takes: 512 MiB as float32
+
+
+def _given(text: str) -> str:
+    """An option's value as a message shows it: quoted, escaped, and cut short when long."""
+    shown = repr(text)
+    return shown if len(shown) <= 42 else shown[:30] + "..." + shown[-9:]
+
+
+def _integer(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`, refused in one line otherwise."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not a whole number, or too many digits to read
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, not {_given(text)}")
+        return value
+
+    return integer
+
+
+def _float(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {_given(text)}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
     if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {_given(text)}")
     return value
+
+
+_seed = _integer(0, MAX_SEED)  # every --seed
+
+
+def _cores(text: str) -> int:
+    """--workers and --threads: from 1 to the grid's MAX_THREADS."""
+    from .grid import MAX_THREADS
+
+    return _integer(1, MAX_THREADS)(text)
+
+
+def _input_shape(text: str) -> str:
+    """--input-shape C,H,W: three whole numbers from 1 to MAX_SIDE, at most MAX_INPUT_VALUES in all;
+    returned as text, which cmd_export reads."""
+    parts = text.split(",")
+    try:
+        shape = [int(v) for v in parts]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or not all(1 <= v <= MAX_SIDE for v in shape):
+        raise argparse.ArgumentTypeError(f"must be C,H,W: three integers from 1 to {MAX_SIDE}, not {_given(text)}")
+    if shape[0] * shape[1] * shape[2] > MAX_INPUT_VALUES:
+        raise argparse.ArgumentTypeError(f"{'x'.join(map(str, shape))} is {shape[0] * shape[1] * shape[2]} values "
+                                         f"per image, more than the {MAX_INPUT_VALUES} goodnet takes")
+    return ",".join(map(str, shape))
 
 
 MODEL_HELP = ("a goodnet .safetensors file, a Keras file (.h5 full model or weights only; Keras 3 .keras or "
@@ -44,10 +102,10 @@ def _add_device_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_grid_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=_cores, default=1, metavar="N",
                    help="cells run at once on this machine: 1 (default) runs them in order in this process, more "
                         "runs a process pool")
-    p.add_argument("--threads", type=int, default=None, metavar="T",
+    p.add_argument("--threads", type=_cores, default=None, metavar="T",
                    help="PyTorch threads per cell (default: this machine's cores / --workers; 1 under --ray). The "
                         "numbers depend on T (PyTorch adds up in a thread-dependent order), never on the runner")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -71,12 +129,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factory", default=None, metavar="PACKAGE.MODULE:FUNCTION",
                    help="your PyTorch class: a function (or class) returning the nn.Module that the "
                         "weights file belongs to")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="load a TorchScript model file: it is a program, and loading and running it runs "
+                        "whatever its author wrote (files written, network used). Refused by default; give "
+                        "this only for a file from a source you trust. No other model format holds code")
 
 
 def _source(args: argparse.Namespace, path: str):
     from .io.model_files import ModelSource
 
-    return ModelSource(path, arch=args.arch, factory=args.factory)
+    return ModelSource(path, arch=args.arch, factory=args.factory, trust_code=args.trust_model_code)
 
 
 def _shown(value: Any) -> str:
@@ -144,10 +206,22 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _number(text: str, kind: str, option: str) -> int | float:
+    """A repair setting's number as given: whole numbers up to MAX_INTEGER in size and finite numbers
+    only (each repair then holds it to its own range)."""
+    digits = text.strip().lstrip("+-").lstrip("0")
+    if kind == "int" and digits.isdecimal() and len(digits) > len(str(MAX_INTEGER)):  # too many to read
+        raise SettingsError(f"{option}: {_given(text)} is too large (at most {MAX_INTEGER} in size)")
     try:
-        return int(text) if kind == "int" else float(text)
+        value = int(text) if kind == "int" else float(text)
     except ValueError:
-        raise SettingsError(f"{option}: not {'an integer' if kind == 'int' else 'a number'}: {text!r}") from None
+        value = None
+    if value is None:
+        raise SettingsError(f"{option}: not {'an integer' if kind == 'int' else 'a number'}: {_given(text)}")
+    if kind == "int" and abs(value) > MAX_INTEGER:
+        raise SettingsError(f"{option}: {_given(text)} is too large (at most {MAX_INTEGER} in size)")
+    if not math.isfinite(value):
+        raise SettingsError(f"{option}: must be a finite number, not {_given(text)}")
+    return value
 
 
 def _repair_epilog() -> str:
@@ -164,19 +238,17 @@ def _repair_epilog() -> str:
 
 
 def _budget(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _float(text)
     if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 100 points, not {text}")
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100 points, not {_given(text)}")
     return value
 
 
 def _share(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, not {text}")
+    """A share strictly between 0 and 1 (--holdout, --poison-rate)."""
+    value = _float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1 (both excluded), not {_given(text)}")
     return value
 
 
@@ -247,6 +319,9 @@ def _add_batch(sub) -> None:
     p.add_argument("--max-drop", type=_budget, default=None, help="as for defend (default 2)")
     p.add_argument("--holdout", type=_share, default=None, help="as for defend (default 0.2)")
     p.add_argument("--scan", action="store_true", help="as for defend: scan B and B' (costly: minutes per model)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="as for defend: load the TorchScript files the manifest lists (they are programs; "
+                        "refused by default)")
     p.add_argument("--no-strip", action="store_true", help="as for defend: skip STRIP")
     p.add_argument("--force", action="store_true", help="as for defend")
     _add_grid_options(p)
@@ -288,7 +363,7 @@ def _add_export(sub) -> None:
     p.add_argument("--like", default=None, help="Keras file whose layout to copy (.h5 weights only or full "
                                                 "model, Keras 3 .keras or .weights.h5); its weights are replaced "
                                                 "by the model's, and --out keeps its suffix")
-    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+    p.add_argument("--input-shape", type=_input_shape, default=None, metavar="C,H,W",
                    help="image size, for model files that do not state it (Keras weights-only, --factory)")
     _add_model_options(p)
 
@@ -311,10 +386,12 @@ def _add_attack(sub) -> None:
                    help="the data's top value: 255 (raw pixels) or 1 (default 255)")
     p.add_argument("--augment", action="store_true", help="train with random shifts of up to 2 pixels, as the "
                                                           "zoo's BadNets are")
-    p.add_argument("--target", type=int, default=0, help="target class of one-target attacks (default 0)")
-    p.add_argument("--poison-rate", type=float, default=0.1, help="share of training images poisoned (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default 0)")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    p.add_argument("--target", type=_integer(0, 9), default=0,
+                   help="target class of one-target attacks: a digit from 0 to 9 (default 0)")
+    p.add_argument("--poison-rate", type=_share, default=0.1,
+                   help="share of training images poisoned, between 0 and 1 (default 0.1)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for the split, poisoning and training (default 0)")
+    p.add_argument("--epochs", type=_integer(1, MAX_INTEGER), default=20, help="training epochs (default 20)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--cache-dir", default=None, help="where the clean reference model is kept "
                                                      "(default: $XDG_CACHE_HOME/goodnet/zoo)")
@@ -375,7 +452,7 @@ def _add_scan(sub) -> None:
                                                         ".npz x/y); no poisoned data is needed")
     p.add_argument("--input-scale", type=_positive_float, default=1.0,
                    help="divide every pixel value by this before the model sees it (default: 1, raw)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the scan's random choices (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the scan's random choices (default: 0)")
     _add_scan_schedule(p)
     p.add_argument("--out", default="goodnet-scan", help="output directory (default: goodnet-scan)")
     p.add_argument("--force", action="store_true",
@@ -390,7 +467,7 @@ def _add_demo(sub) -> None:
                                    "repair) on them.")
     _add_device_option(p)
     p.add_argument("--out", default="goodnet-demo", help="output directory (default: goodnet-demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split, poisoning and training (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for the split, poisoning and training (default: 0)")
     p.add_argument("--cache-dir", default=None, help="where the trained BadNet is kept "
                                                      "(default: $XDG_CACHE_HOME/goodnet/demo)")
     p.add_argument("--retrain", action="store_true", help="ignore the cache and the shipped weights: train the "
@@ -428,6 +505,8 @@ def _print_run(run, out: str) -> None:
         print(scan_table(run.scans))
     if run.result.notice:
         print(f"goodnet: {run.result.notice}", file=sys.stderr)
+    for line in run.result.warnings:
+        print(f"goodnet: warning: {line}", file=sys.stderr)
     harm = run.result.harm
     if harm is not None and harm.fell_back:
         print(f"goodnet: {harm.line(run.result.repair)}", file=sys.stderr)
@@ -463,7 +542,13 @@ def cmd_defend(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_files
 
-    clean, asr = evaluate_files(args.clean, args.poisoned, _source(args, args.model), input_scale=args.input_scale)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GoodnetWarning)
+        clean, asr = evaluate_files(args.clean, args.poisoned, _source(args, args.model),
+                                    input_scale=args.input_scale)
+    for warning in caught:
+        if issubclass(warning.category, GoodnetWarning):
+            print(f"goodnet: warning: {warning.message}", file=sys.stderr)
     print("Clean Classification accuracy:", clean)
     print("Attack Success Rate:", asr)
 
@@ -492,14 +577,22 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .io.onnx_export import export_onnx
     from .models.goodnet import GoodNet
 
-    model = _source(args, args.model).load(_shape(args.input_shape))
+    from .io.output_dir import check_not_an_input
+
+    check_not_an_input(args.out, [args.model, args.like, args.arch], option="export --out")
+    shape = _shape(args.input_shape)
+    model = _source(args, args.model).load(shape)
+    recorded = getattr(model, "input_shape", None)
+    if shape is not None and recorded is not None and tuple(recorded) != shape:
+        raise SettingsError(f"--input-shape {','.join(map(str, shape))} contradicts the model's own input shape "
+                            f"{','.join(map(str, recorded))}, which its file records; drop --input-shape")
     if args.to == "onnx":
         if args.like:
             raise SettingsError("--like only applies to --to keras")
         export_onnx(model, args.out)
     else:
         if isinstance(model, GoodNet):
-            raise ModelError(f"{args.model}: a GoodNet has no Keras form (it is two models); export B' "
+            raise ModelError(f"{shown_path(args.model)}: a GoodNet has no Keras form (it is two models); export B' "
                                f"to Keras, or G to ONNX")
         if args.like:
             if keras_suffix(args.like) != keras_suffix(args.out):
@@ -523,7 +616,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
     settings.attack.target_labels(np.zeros(1, dtype=np.int64), 10)  # a one-line error for a bad target
     if not 0 < args.poison_rate < 1:
         raise SettingsError(f"--poison-rate must be in (0, 1), not {args.poison_rate}")
-    check_output_dir(args.out, marker=MANIFEST, claim=True)  # before training, not after
+    check_output_dir(args.out, marker=MANIFEST, claim=True,  # before training, not after
+                     inputs=[args.cache_dir or default_cache_dir("zoo")])
     reference = clean_reference_scores(settings, args.cache_dir or default_cache_dir("zoo"), not args.quiet)
     manifest = build_badnet(settings, args.out, progress=not args.quiet, reference=reference)
     b = manifest["badnet"]
@@ -545,7 +639,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     repairs = comparison_roster(args.repairs)
     badnets = select_badnets(args.part, args.only)
     runner = _grid_runner(args)
-    check_output_dir(args.out, marker="comparison.json", claim=True)  # before any training, not after
+    check_output_dir(args.out, marker="comparison.json", claim=True,  # before any training, not after
+                     inputs=[args.cache_dir or default_cache_dir("zoo")])
     state = grid_state_dir(args.out)
     rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet,
                         scan=args.scan, runner=runner, state_dir=state, scan_schedule=args.scan_schedule)
@@ -573,13 +668,15 @@ def cmd_batch(args: argparse.Namespace) -> None:
                             f"not use; drop {' and '.join(unused)}")
     entries = read_manifest(args.manifest)
     runner = _grid_runner(args)
-    check_output_dir(args.out, marker=BATCH_MARKER, claim=True)
+    check_output_dir(args.out, marker=BATCH_MARKER, claim=True,
+                     inputs=[args.manifest] + [path for e in entries for path in
+                                               (e.model, e.arch, *e.data.values())])
     state = grid_state_dir(args.out)
     rows, outputs = batch(entries, repair, state, runner, progress=not args.quiet,
                           max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
                           holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout,
                           strip=not args.no_strip, scan=args.scan, force=args.force,
-                          scan_schedule=scan_schedule)
+                          scan_schedule=scan_schedule, trust_code=args.trust_model_code)
     write_batch(args.out, rows, outputs, {"repair": repair.name, "repair_settings": repair.settings(),
                                           "manifest": os.path.abspath(args.manifest), "runner": runner.describe()})
     shutil.rmtree(state, ignore_errors=True)
@@ -605,11 +702,13 @@ def cmd_scan(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .defend import defend_files
     from .repairs import build_repair
+    from .io.output_dir import check_not_an_input
     from .zoo.badnets import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
 
     repair = build_repair("prune", _given_settings(args))
     settings = DemoSettings(seed=args.seed)
     cache_dir = args.cache_dir or default_cache_dir()
+    check_not_an_input(args.out, [cache_dir])  # before building anything into the cache
     directory, manifest, reused = cached_badnet(settings, cache_dir, retrain=args.retrain,
                                                 progress=not args.quiet)
     b = manifest["badnet"]
@@ -637,6 +736,10 @@ class Terminated(BaseException):
 
 
 def _terminate(signum, frame):
+    """Raise Terminated where the program is; a repeated SIGTERM while goodnet stops (finished grid
+    cells kept, pool workers ended, staging removed: seconds) is ignored, so it cannot cut that
+    short or print a second message."""
+    _install(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 
@@ -665,8 +768,8 @@ def main(argv: list[str] | None = None) -> int:
         print("goodnet: terminated", file=sys.stderr)
         return 143
     finally:
+        _install(signal.SIGTERM, previous)  # first: a late SIGTERM ends the program as it would without goodnet
         release_output()
-        _install(signal.SIGTERM, previous)
     return 0
 
 

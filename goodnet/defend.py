@@ -13,10 +13,9 @@ from torch import nn
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import SCHEDULES, reverse_triggers
 from .errors import DataError, OutputError, SettingsError
-from .evaluation import model_source
 from .io import output_dir
 from .io.data import ROLES, as_path, checked_scale, load_sets, shown
-from .io.model_files import ModelSource
+from .io.model_files import ModelSource, model_source
 from .io.output_dir import check_output_dir, release_output
 from .io.role_checks import label_warnings, role_warnings
 from .repairs import Repair, RepairResult, run_repair

@@ -6,8 +6,25 @@ Catch `GoodnetError` for all of them, or one subclass for one kind of input.
 """
 
 
+import os
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """A path for a one-line message: quoted, control characters escaped."""
+    text = os.fspath(path)
+    return repr(text) if not text.isprintable() or "'" in text else f"'{text}'"
+
+
+def one_line(message: str) -> str:
+    """`message` with every control character escaped, so it prints as exactly one line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(message))
+
+
 class GoodnetError(Exception):
-    """A problem with the user's input, explained in one line."""
+    """A problem with the user's input, explained in one line (control characters escaped)."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(str(message)), *args)
 
 
 class DataError(GoodnetError):
@@ -39,5 +56,5 @@ class TrainingDiverged(GoodnetError):
     """Training went wrong (a loss or weight that is not finite); the do-no-harm guard retries milder."""
 
 
-__all__ = ["DataError", "GoodnetError", "GoodnetWarning", "ModelError", "NonFiniteOutputs", "OutputError", "SettingsError",
+__all__ = ["DataError", "GoodnetError", "one_line", "shown_path", "GoodnetWarning", "ModelError", "NonFiniteOutputs", "OutputError", "SettingsError",
            "TrainingDiverged"]

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
 import os
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .errors import DataError, GoodnetWarning, ModelError, SettingsError
+from .errors import DataError, GoodnetWarning, shown_path
 from .devices import placed
-from .inference import DEFAULT_BATCH_SIZE, predict
+from .inference import DEFAULT_BATCH_SIZE, checked_batch_size, predict
 from .io.data import (ImageSet, as_path, check_fits_model, check_input_range, checked_scale, load_images, read_image,
-                      shown, trained_range)
-from .io.model_files import ModelSource
+                      trained_range)
+from .io.model_files import ModelSource, model_source
 from .io.role_checks import label_warnings, role_warnings
 from .models.goodnet import GoodNet
 from .metrics import accuracy
-
-
-def model_source(source: Any) -> ModelSource:
-    """Where B comes from, as a public function takes it: a ModelSource, or a model file path
-    (str or os.PathLike such as pathlib.Path); paths inside a ModelSource may be os.PathLike too."""
-    if isinstance(source, ModelSource):
-        path = as_path(source.path, "source.path", ModelError)
-        arch = os.fspath(source.arch) if isinstance(source.arch, os.PathLike) else source.arch
-        if arch is not None and not isinstance(arch, str):
-            raise ModelError(f"source.arch must be an architecture name or file, not {shown(arch)}")
-        if source.factory is not None and not isinstance(source.factory, str):
-            raise ModelError(f"source.factory must be 'package.module:function', not {shown(source.factory)}")
-        return source if (path, arch) == (source.path, source.arch) else dataclasses.replace(source, path=path,
-                                                                                            arch=arch)
-    return ModelSource(as_path(source, "source", ModelError, "a model file path (str or os.PathLike) or a ModelSource"))
-
-
-def checked_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise SettingsError(f"batch_size must be a positive integer, not {shown(batch_size)}")
-    return int(batch_size)
 
 
 def evaluate_files(clean_path: str | os.PathLike, poisoned_path: str | os.PathLike, source: ModelSource | str,
@@ -73,7 +50,7 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
     expected = tuple(model.input_shape)
     for path, image in zip(image_paths, images):
         if image.shape != expected:
-            raise DataError(f"{path}: image is {'x'.join(map(str, image.shape))} (C x H x W) but the "
+            raise DataError(f"{shown_path(path)}: image is {'x'.join(map(str, image.shape))} (C x H x W) but the "
                               f"model takes {'x'.join(map(str, expected))}")
     stacked = np.stack(images)
     check_input_range(ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), trained_range(model),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch import nn
 
 from .devices import to_model, to_numpy
-from .errors import NonFiniteOutputs
+from .errors import NonFiniteOutputs, SettingsError
 
 DEFAULT_BATCH_SIZE = 512
 
@@ -45,3 +47,9 @@ def check_finite_scores(scores: torch.Tensor, first: int = 0, total: int | None 
         raise NonFiniteOutputs(f"the model's outputs are NaN or infinite (image {index}{of}, and "
                                f"{int(bad.sum())} of this batch of {len(bad)}): its weights or statistics are "
                                f"broken, and no label or score drawn from them means anything")
+
+
+def checked_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise SettingsError(f"batch_size must be a positive integer, not {repr(batch_size)}")
+    return int(batch_size)

@@ -13,12 +13,11 @@ from typing import Any
 from torch import nn
 
 from .errors import DataError, OutputError, SettingsError
-from .evaluation import model_source
 from .inference import predict
 from .inspection.trigger_reversal import reverse_triggers
 from .io import output_dir
 from .io.data import as_path, check_fits_model, check_input_range, checked_scale, load_images, shown, trained_range
-from .io.model_files import ModelSource
+from .io.model_files import ModelSource, model_source
 from .io.output_dir import check_output_dir, release_output
 from .repairs.runner import MAX_SEED, SanityCheck
 from .report.scan_report import SCAN_MARKER, write_scan

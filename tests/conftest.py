@@ -52,7 +52,10 @@ def run_cli(capsys, argv):
     """Run the CLI in-process; return (exit code, stdout, stderr)."""
     from goodnet.cli import main
 
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own refusals (usage errors, out-of-range numbers)
+        code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

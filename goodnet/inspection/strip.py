@@ -12,6 +12,7 @@ seeded sample, recorded) so a large test set costs seconds, not minutes.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..devices import placed, to_model, to_numpy
+from ..errors import SettingsError
 from ..inference import DEFAULT_BATCH_SIZE, batches
 from .detection_scores import DEFAULT_FPR, DetectionScore, as_probabilities
 
@@ -61,8 +63,11 @@ class StripSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.overlays < 1 or self.max_images < 1:
-            raise ValueError("STRIP needs at least one overlay and one image")
+        for name in ("overlays", "max_images", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (0 if name == "seed" else 1):
+                raise SettingsError(f"STRIP: {name} must be an integer of at least {0 if name == 'seed' else 1}, "
+                                    f"not {value!r}")
 
     def detect(self, model: nn.Module, clean: np.ndarray, poisoned: np.ndarray, background: np.ndarray,
                fpr: float = DEFAULT_FPR, batch_size: int = DEFAULT_BATCH_SIZE) -> DetectionScore:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from ..errors import DataError, OutputError, SettingsError
+from ..errors import DataError, OutputError, SettingsError, shown_path
 from .file_checks import check_input_file, check_validation_classes
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
@@ -69,7 +69,7 @@ def check_declared_size(path: str, what: str, shape: tuple[int, ...]) -> None:
     need = 4 * int(np.prod([int(d) for d in shape], dtype=np.float64))
     free = available_memory()
     if free is not None and need > free:
-        raise DataError(f"{path}: the '{what}' array declares shape {tuple(int(d) for d in shape)}, "
+        raise DataError(f"{shown_path(path)}: the '{what}' array declares shape {tuple(int(d) for d in shape)}, "
                         f"{need / 2**30:.1f} GiB as float32, more than the {free / 2**30:.1f} GiB of memory "
                         f"available")
 
@@ -84,7 +84,7 @@ def refuse_outside_storage(dataset: "h5py.Dataset", where: str, error=None) -> N
 
 
 def _read_dataset(path: str, key: str, dataset: "h5py.Dataset") -> np.ndarray:
-    refuse_outside_storage(dataset, f"{path}: '{key}'")
+    refuse_outside_storage(dataset, f"{shown_path(path)}: '{key}'")
     check_declared_size(path, key, dataset.shape)
     if dataset.dtype.kind not in "biuf" or dataset.ndim == 0 or dataset.shape[0] <= READ_CHUNK:
         return np.asarray(dataset[()])  # small, or not numbers (refused with its dtype by the caller)
@@ -101,32 +101,32 @@ def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
             with h5py.File(path, "r") as f:
                 for key in ("data", "label"):
                     if key in f and isinstance(f.get(key, getlink=True), h5py.ExternalLink):
-                        raise DataError(f"{path}: '{key}' is a link to another file; goodnet reads only what is "
+                        raise DataError(f"{shown_path(path)}: '{key}' is a link to another file; goodnet reads only what is "
                                         f"inside the file")
                     if key not in f or not isinstance(f[key], h5py.Dataset):
-                        raise DataError(f"{path}: HDF5 file has no '{key}' dataset "
+                        raise DataError(f"{shown_path(path)}: HDF5 file has no '{key}' dataset "
                                            f"(found: {', '.join(sorted(f.keys())) or 'nothing'})")
                 return _read_dataset(path, "data", f["data"]), _read_dataset(path, "label", f["label"])
         except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+            raise DataError(f"{shown_path(path)}: not a readable HDF5 file ({exc})") from None
     if lower.endswith(".npz"):
         with open(path, "rb") as f:
             if f.read(4) != b"PK\x03\x04":  # np.load takes anything else for a pickle
-                raise DataError(f"{path}: not a .npz file (not a zip archive of arrays)")
+                raise DataError(f"{shown_path(path)}: not a .npz file (not a zip archive of arrays)")
         try:
             with np.load(path, allow_pickle=False) as f:
                 for key in ("x", "y"):
                     if key not in f.files:
-                        raise DataError(f"{path}: .npz file has no '{key}' array "
+                        raise DataError(f"{shown_path(path)}: .npz file has no '{key}' array "
                                            f"(found: {', '.join(f.files) or 'nothing'})")
                 return f["x"], f["y"]
         except ValueError as exc:  # object arrays need pickle, which we refuse; or a damaged array header
             if "pickle" in str(exc):
-                raise DataError(f"{path}: cannot read .npz without pickle ({exc})") from None
-            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+                raise DataError(f"{shown_path(path)}: cannot read .npz without pickle ({exc})") from None
+            raise DataError(f"{shown_path(path)}: not a readable .npz file ({exc})") from None
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    raise DataError(f"{path}: unknown data format (expected .h5/.hdf5 with data/label or .npz with x/y)")
+            raise DataError(f"{shown_path(path)}: not a readable .npz file ({exc})") from None
+    raise DataError(f"{shown_path(path)}: unknown data format (expected .h5/.hdf5 with data/label or .npz with x/y)")
 
 
 def shown(value) -> str:
@@ -207,7 +207,7 @@ def load_images(path: str | os.PathLike, input_scale: float = 1.0, name: str | N
     if name is not None and not isinstance(name, str):
         raise DataError(f"name must be text or None, not {shown(name)}")
     check_input_file(path, "a data file", DataError)  # missing, a directory, a pipe or device, a broken link
-    x, y = check_arrays(*_read_arrays(path), path)
+    x, y = check_arrays(*_read_arrays(path), shown_path(path))
     return ImageSet(x=np.ascontiguousarray(_divided(x, input_scale, path)), y=y, name=name or os.path.basename(path))
 
 
@@ -219,7 +219,7 @@ def _divided(x: np.ndarray, input_scale: float, path: str) -> np.ndarray:
     with np.errstate(over="ignore"):  # caught just below, in one line
         x = x / np.float32(input_scale)
     if not np.isfinite(x).all():
-        raise DataError(f"{path}: dividing by the input scale {input_scale:g} makes values overflow "
+        raise DataError(f"{shown_path(path)}: dividing by the input scale {input_scale:g} makes values overflow "
                         f"float32; give a scale near the data's range (e.g. 255)")
     return x
 
@@ -307,7 +307,7 @@ def save_images(path: str | os.PathLike, images: ImageSet) -> None:
             f.create_dataset("data", data=images.x, compression="gzip", compression_opts=4)
             f.create_dataset("label", data=images.y.astype(np.float64))
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc})") from None
+        raise OutputError(f"{shown_path(path)}: cannot write ({exc})") from None
 
 
 IMAGE_MODES = {"L": 1, "RGB": 3}
@@ -329,13 +329,13 @@ def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
                 elif image.mode == "P":
                     image = image.convert("RGB")
                 if image.mode not in IMAGE_MODES:
-                    raise DataError(f"{path}: image mode {image.mode} cannot be read faithfully (8-bit grey or "
+                    raise DataError(f"{shown_path(path)}: image mode {image.mode} cannot be read faithfully (8-bit grey or "
                                     f"RGB, or 16-bit grey, are read)")
                 array = np.asarray(image, dtype=np.float32)
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise DataError(f"{shown_path(path)}: no such file") from None
     except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image is too large to read safely ({exc})") from None
+        raise DataError(f"{shown_path(path)}: image is too large to read safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+        raise DataError(f"{shown_path(path)}: not a readable image ({exc})") from None
     return _divided(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), input_scale, path)

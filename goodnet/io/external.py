@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, shown_path
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ts", ".zip")
 
@@ -55,34 +55,34 @@ def is_torchscript(path: str) -> bool:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: safetensors, or a torch.save'd state dict read without pickle code."""
     if not os.path.isfile(path):
-        raise ModelError(f"{path}: no such file")
+        raise ModelError(f"{shown_path(path)}: no such file")
     if path.lower().endswith(".safetensors"):
         try:
             state = load_file(path)
         except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+            raise ModelError(f"{shown_path(path)}: not a readable safetensors file ({exc})") from None
     else:
         if is_torchscript(path):
-            raise ModelError(f"{path}: a TorchScript file; load it without --factory")
+            raise ModelError(f"{shown_path(path)}: a TorchScript file; load it without --factory")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle errors come in many types; never pass on advice to unpickle
             text = str(exc).strip()
             if "weights only load failed" in text.lower() or "weights_only" in text:
-                raise ModelError(f"{path}: holds pickled Python objects, not only tensors, and goodnet never "
+                raise ModelError(f"{shown_path(path)}: holds pickled Python objects, not only tensors, and goodnet never "
                                  f"unpickles code; save the weights with torch.save(model.state_dict(), ...) or "
                                  f"as .safetensors") from None
             first = text.splitlines()[0] if text else type(exc).__name__
-            raise ModelError(f"{path}: not a readable PyTorch weights file ({first})") from None
+            raise ModelError(f"{shown_path(path)}: not a readable PyTorch weights file ({first})") from None
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path}: expected a dictionary of tensors (a state dict)")
+        raise ModelError(f"{shown_path(path)}: expected a dictionary of tensors (a state dict)")
     for name, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ModelError(f"{path}: tensor '{name}' contains NaN or infinite values")
+            raise ModelError(f"{shown_path(path)}: tensor '{name}' contains NaN or infinite values")
     return state
 
 
@@ -117,7 +117,7 @@ def refuse_oversized(build, source: str) -> None:
     need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
     free = available_memory()
     if free is not None and need > free:
-        raise ModelError(f"{source}: the architecture declares {need / 2**30:.1f} GiB of weights, more than the "
+        raise ModelError(f"{shown_path(source)}: the architecture declares {need / 2**30:.1f} GiB of weights, more than the "
                          f"{free / 2**30:.1f} GiB of memory available")
 
 
@@ -128,11 +128,11 @@ def check_state_shapes(model: nn.Module, state: dict[str, torch.Tensor], source:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ModelError(f"{source}: weights do not match {owner} (missing: {', '.join(missing[:5]) or '-'}; "
+        raise ModelError(f"{shown_path(source)}: weights do not match {owner} (missing: {', '.join(missing[:5]) or '-'}; "
                            f"unexpected: {', '.join(unexpected[:5]) or '-'})")
     for name, value in state.items():
         if value.shape != expected[name].shape:
-            raise ModelError(f"{source}: '{name}' has shape {tuple(value.shape)}, {owner} expects "
+            raise ModelError(f"{shown_path(source)}: '{name}' has shape {tuple(value.shape)}, {owner} expects "
                                f"{tuple(expected[name].shape)}")
 
 
@@ -143,10 +143,10 @@ def describe(model: nn.Module, input_shape: tuple[int, ...], source: str) -> nn.
         with torch.no_grad():
             out = model(torch.zeros(2, *input_shape))
     except Exception as exc:  # the user's forward can raise anything
-        raise ModelError(f"{source}: the model cannot run on {tuple(input_shape)} (C, H, W) inputs "
+        raise ModelError(f"{shown_path(source)}: the model cannot run on {tuple(input_shape)} (C, H, W) inputs "
                            f"({type(exc).__name__}: {exc})") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
-        raise ModelError(f"{source}: the model must return one (batch, classes) tensor of scores")
+        raise ModelError(f"{shown_path(source)}: the model must return one (batch, classes) tensor of scores")
     model.input_shape = tuple(int(d) for d in input_shape)
     model.num_classes = int(out.shape[1])
     return model
@@ -176,7 +176,7 @@ def load_torchscript(path: str, input_shape: tuple[int, ...] | None) -> nn.Modul
         model = torch.jit.load(path, map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError and others for damaged archives
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a readable TorchScript file ({first})") from None
+        raise ModelError(f"{shown_path(path)}: not a readable TorchScript file ({first})") from None
     if input_shape is None:
-        raise ModelError(f"{path}: the input shape of a TorchScript model is unknown (give data or images)")
+        raise ModelError(f"{shown_path(path)}: the input shape of a TorchScript model is unknown (give data or images)")
     return describe(model, input_shape, path)

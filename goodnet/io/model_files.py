@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, shown_path
 from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
-from .data import as_path
+from .data import as_path, shown
 from .external import (TORCH_SUFFIXES, check_state_shapes, is_torchscript, load_factory_model,
                        load_state_checked, load_torchscript, on_meta)
 from .file_checks import check_model_file
@@ -101,15 +102,15 @@ def _read_ours(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         with safe_open(path, framework="pt") as f:
             meta = (f.metadata() or {}).get("goodnet")
             if meta is None:
-                raise ModelError(f"{path}: a safetensors file without a goodnet header (architecture "
+                raise ModelError(f"{shown_path(path)}: a safetensors file without a goodnet header (architecture "
                                    f"unknown); for your own PyTorch class pass --factory package.module:function")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise ModelError(f"{shown_path(path)}: not a readable safetensors file ({exc})") from None
     header = _parse_header(meta, path)
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ModelError(f"{path}: tensor '{name}' contains NaN or infinite values")
+            raise ModelError(f"{shown_path(path)}: tensor '{name}' contains NaN or infinite values")
     return header, tensors
 
 
@@ -121,9 +122,9 @@ def _parse_header(meta: str, path: str) -> dict[str, Any]:
     if not isinstance(header, dict) or not all(k in header for k in ("arch", "config", "kind")) \
             or not isinstance(header["config"], dict) or not isinstance(header["arch"], str) \
             or not isinstance(header["kind"], str):
-        raise ModelError(f"{path}: malformed goodnet header")
+        raise ModelError(f"{shown_path(path)}: malformed goodnet header")
     if header["kind"] not in ("classifier", "goodnet"):
-        raise ModelError(f"{path}: unknown model kind '{header['kind']}'")
+        raise ModelError(f"{shown_path(path)}: unknown model kind '{header['kind']}'")
     return header
 
 
@@ -146,18 +147,18 @@ def _load_ours(path: str, factory: str | None) -> nn.Module:
     pruned, layer = header.get("pruned", []), header.get("layer")
     if not isinstance(pruned, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in pruned) \
             or not isinstance(layer, str):
-        raise ModelError(f"{path}: malformed GoodNet header (layer and pruned channels)")
+        raise ModelError(f"{shown_path(path)}: malformed GoodNet header (layer and pruned channels)")
     module = dict(model.named_modules()).get(layer) if layer else None
     width = getattr(module, "out_channels", None)
     if width is None:
-        raise ModelError(f"{path}: the GoodNet header prunes layer '{layer}', which is not a conv layer of "
+        raise ModelError(f"{shown_path(path)}: the GoodNet header prunes layer '{layer}', which is not a conv layer of "
                          f"the model")
     bad = sorted({c for c in pruned if not 0 <= c < width})
     if bad:
-        raise ModelError(f"{path}: the GoodNet header prunes channel {bad[0]} of '{layer}', which has "
+        raise ModelError(f"{shown_path(path)}: the GoodNet header prunes channel {bad[0]} of '{layer}', which has "
                          f"{width} (0..{width - 1})")
     if len(set(pruned)) != len(pruned):
-        raise ModelError(f"{path}: the GoodNet header lists a pruned channel twice")
+        raise ModelError(f"{shown_path(path)}: the GoodNet header lists a pruned channel twice")
     return PrunedGoodNet(model, layer, pruned).eval()
 
 
@@ -165,13 +166,13 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
     if header["arch"] == "factory":
         named = header.get("factory")
         if factory is None:
-            raise ModelError(f"{path}: holds weights of the PyTorch class built by '{named}'; pass "
+            raise ModelError(f"{shown_path(path)}: holds weights of the PyTorch class built by '{named}'; pass "
                                f"--factory {named} to load it (goodnet never imports code a file names)")
         config = header["config"]
         model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
     else:
         if factory is not None:
-            raise ModelError(f"{path}: --factory goes with weights of a class of your own; this goodnet file names "
+            raise ModelError(f"{shown_path(path)}: --factory goes with weights of a class of your own; this goodnet file names "
                              f"its architecture ('{header['arch']}'); drop --factory")
         owner = f"the '{header['arch']}' architecture"
         # sizes come from the header: check them against the file's tensors on the meta device
@@ -190,7 +191,7 @@ def _input_range(value: Any, path: str) -> tuple[float, float]:
     ok = isinstance(value, list) and len(value) == 2 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     if not ok or value[0] > value[1]:
-        raise ModelError(f"{path}: malformed input_range in the goodnet header: {value!r}")
+        raise ModelError(f"{shown_path(path)}: malformed input_range in the goodnet header: {value!r}")
     return float(value[0]), float(value[1])
 
 
@@ -257,9 +258,9 @@ def check_model_values(model: nn.Module, path: str) -> None:
         if not tensor.is_floating_point():
             continue
         if not bool(torch.isfinite(tensor).all()):
-            raise ModelError(f"{path}: '{name}' holds NaN or infinite values")
+            raise ModelError(f"{shown_path(path)}: '{name}' holds NaN or infinite values")
         if name.endswith("running_var") and bool((tensor < 0).any()):
-            raise ModelError(f"{path}: '{name}' holds a negative variance ({float(tensor.min()):g}), which no "
+            raise ModelError(f"{shown_path(path)}: '{name}' holds a negative variance ({float(tensor.min()):g}), which no "
                              f"data can have: the model's statistics are broken")
 
 
@@ -276,7 +277,7 @@ def _load_model(path: str, arch: str | None = None, input_shape: tuple[int, int,
             with safe_open(path, framework="pt") as f:
                 with_header = "goodnet" in (f.metadata() or {})
         except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+            raise ModelError(f"{shown_path(path)}: not a readable safetensors file ({exc})") from None
         if with_header or factory is None:
             return _load_ours(path, factory)
         return load_factory_model(factory, path, input_shape)
@@ -293,17 +294,17 @@ def _load_model(path: str, arch: str | None = None, input_shape: tuple[int, int,
             raise unused_arch
         if is_torchscript(path):
             if not trust_code:
-                raise ModelError(f"{path}: a TorchScript file is a program, and loading it runs its author's code; "
+                raise ModelError(f"{shown_path(path)}: a TorchScript file is a program, and loading it runs its author's code; "
                                  f"goodnet refuses it unless you trust the file: pass --trust-model-code "
                                  f"(library: trust_code=True)")
             if factory is not None:
-                raise ModelError(f"{path}: a TorchScript file holds its own code; drop --factory")
+                raise ModelError(f"{shown_path(path)}: a TorchScript file holds its own code; drop --factory")
             return _load_script(path, input_shape)
         if factory is None:
-            raise ModelError(f"{path}: a PyTorch weights file; pass --factory package.module:function "
+            raise ModelError(f"{shown_path(path)}: a PyTorch weights file; pass --factory package.module:function "
                                f"to say which class it belongs to")
         return load_factory_model(factory, path, input_shape)
-    raise ModelError(f"{path}: unknown model format (expected {MODEL_SUFFIX}, Keras .h5, or a PyTorch "
+    raise ModelError(f"{shown_path(path)}: unknown model format (expected {MODEL_SUFFIX}, Keras .h5, or a PyTorch "
                        f".pt/.pth file)")
 
 
@@ -323,7 +324,7 @@ class ModelSource:
     def load_backdoored(self, input_shape: tuple[int, ...] | None = None) -> nn.Module:
         model = self.load(input_shape)
         if isinstance(model, GoodNet):
-            raise ModelError(f"{self.path}: is a GoodNet; this needs the backdoored model B")
+            raise ModelError(f"{shown_path(self.path)}: is a GoodNet; this needs the backdoored model B")
         return model
 
     def input_files(self) -> list[str]:
@@ -345,4 +346,19 @@ class ModelSource:
         return None
 
 
-__all__ = ["ModelSource", "load_model", "model_suffix", "save_model"]
+def model_source(source: Any) -> ModelSource:
+    """Where B comes from, as a public function takes it: a ModelSource, or a model file path
+    (str or os.PathLike such as pathlib.Path); paths inside a ModelSource may be os.PathLike too."""
+    if isinstance(source, ModelSource):
+        path = as_path(source.path, "source.path", ModelError)
+        arch = os.fspath(source.arch) if isinstance(source.arch, os.PathLike) else source.arch
+        if arch is not None and not isinstance(arch, str):
+            raise ModelError(f"source.arch must be an architecture name or file, not {shown(arch)}")
+        if source.factory is not None and not isinstance(source.factory, str):
+            raise ModelError(f"source.factory must be 'package.module:function', not {shown(source.factory)}")
+        return source if (path, arch) == (source.path, source.arch) else dataclasses.replace(source, path=path,
+                                                                                            arch=arch)
+    return ModelSource(as_path(source, "source", ModelError, "a model file path (str or os.PathLike) or a ModelSource"))
+
+
+__all__ = ["ModelSource", "load_model", "model_source", "model_suffix", "save_model"]

@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Iterable, Iterator
 
-from ..errors import OutputError
+from ..errors import OutputError, shown_path
 
 try:
     import fcntl
@@ -102,7 +102,7 @@ def claim_output(path: str) -> None:
             os.makedirs(parent, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
-            raise OutputError(f"{path}: cannot create output directory ({exc.strerror})") from None
+            raise OutputError(f"{shown_path(path)}: cannot create output directory ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -112,11 +112,11 @@ def claim_output(path: str) -> None:
                 holder = 0
             os.close(fd)
             if holder > 0 and not _alive(holder):
-                raise OutputError(f"{path}: another goodnet run is writing this output right now: process {holder} "
+                raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now: process {holder} "
                                   f"took its lock {lock_path} and has ended, but a process it started still holds "
                                   f"it; end that process or choose another --out") from None
             held_by = f" (process {holder})" if holder > 0 else ""
-            raise OutputError(f"{path}: another goodnet run is writing this output right now{held_by}; wait for it "
+            raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now{held_by}; wait for it "
                               f"to finish or choose another --out") from None
         try:
             mine, current = os.fstat(fd), os.stat(lock_path)
@@ -127,7 +127,7 @@ def claim_output(path: str) -> None:
             break
         os.close(fd)
     else:
-        raise OutputError(f"{path}: its lock file {lock_path} keeps changing; is another goodnet run starting "
+        raise OutputError(f"{shown_path(path)}: its lock file {lock_path} keeps changing; is another goodnet run starting "
                           f"and stopping? choose another --out") from None
     with contextlib.suppress(OSError):  # the holder's process id, for the refusal above; the lock works without it
         os.ftruncate(fd, 0)
@@ -160,12 +160,6 @@ def grid_state_dir(path: str) -> str:
     sibling, so an interrupted run resumes from it and a finished one removes it."""
     parent, base = os.path.split(os.path.abspath(path))
     return os.path.join(parent, f".{base}.cells")
-
-
-def shown_path(path: str | os.PathLike) -> str:
-    """A path for a one-line message: quoted, control characters escaped."""
-    text = os.fspath(path)
-    return repr(text) if not text.isprintable() or "'" in text else f"'{text}'"
 
 
 def _inside(inner: str, outer: str) -> bool:
@@ -273,7 +267,7 @@ def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
         staging = tempfile.mkdtemp(prefix=f".{base}.partial-{os.getpid()}-", dir=parent)
     except OSError as exc:
         release_output(path)
-        raise OutputError(f"{path}: cannot create output directory ({exc.strerror})") from None
+        raise OutputError(f"{shown_path(path)}: cannot create output directory ({exc.strerror})") from None
     try:
         respect_umask(staging, directory=True)
         yield staging
@@ -288,7 +282,7 @@ def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
             os.rename(staging, path)
     except OSError as exc:  # a full disk, a read-only mount, a quota: one line, nothing left behind
         shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"{path}: cannot write the output ({exc.strerror or exc})") from None
+        raise OutputError(f"{shown_path(path)}: cannot write the output ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -302,20 +296,20 @@ def write_file_atomically(path: str, write) -> None:
     failure nothing is left behind and an existing `path` is untouched."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise OutputError(f"{path}: is a directory; name the file to write")
+        raise OutputError(f"{shown_path(path)}: is a directory; name the file to write")
     if not os.path.isdir(directory):
-        raise OutputError(f"{path}: the folder {directory} does not exist")
+        raise OutputError(f"{shown_path(path)}: the folder {directory} does not exist")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".goodnet-", suffix=os.path.splitext(path)[1], dir=directory)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror})") from None
+        raise OutputError(f"{shown_path(path)}: cannot write ({exc.strerror})") from None
     os.close(fd)
     try:
         write(tmp)
         respect_umask(tmp)
         os.replace(tmp, path)
     except OSError as exc:  # a full disk, a read-only mount: one line, nothing left behind
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise OutputError(f"{shown_path(path)}: cannot write ({exc.strerror or exc})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -247,8 +247,10 @@ class Repair:
         low, high, low_open = spec.low, spec.high, spec.low_open
         if not math.isfinite(number) or (low is not None and (number <= low if low_open else number < low)) \
                 or (high is not None and number > high):
-            bounds = f"{'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, " \
-                     f"{'inf' if high is None else f'{high:g}'}{']' if high is not None else ')'}"
+            def bound(v: float) -> str:
+                return str(int(v)) if float(v).is_integer() and abs(v) < 2 ** 63 else f"{v:g}"
+            bounds = f"{'(' if low_open else '['}{'-inf' if low is None else bound(low)}, " \
+                     f"{'inf' if high is None else bound(high)}{']' if high is not None else ')'}"
             raise SettingsError(f"{option} must be in {bounds}, not {value!r}")
         return number
 

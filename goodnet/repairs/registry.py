@@ -12,6 +12,7 @@ both are code the user chose to install or name, never something a model or data
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 import os
 from importlib.metadata import entry_points
 
@@ -108,6 +109,9 @@ def build_repair(name: str, given: dict | None = None, comparison: bool = False)
     """The repair `name` with the settings `given` (the rest at their defaults; `comparison`:
     at the settings `goodnet compare` uses). A setting the repair does not take is refused."""
     cls = repair_class(name)
+    if given is not None and not isinstance(given, Mapping):
+        raise SettingsError(f"the settings of the {name} repair must be a dict of setting -> value, not "
+                            f"{type(given).__name__}")
     given = dict(given or {})
     takes = {s.name for s in cls.setting_specs()}
     foreign = sorted(set(given) - takes)

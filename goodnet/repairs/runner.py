@@ -14,8 +14,7 @@ import numpy as np
 from torch import nn
 
 from ..devices import device_of, placed
-from ..evaluation import checked_batch_size
-from ..inference import DEFAULT_BATCH_SIZE, predict
+from ..inference import DEFAULT_BATCH_SIZE, checked_batch_size, predict
 from ..io.data import ROLES, ImageSet, check_fits_model, check_images, check_input_range, shown, trained_range
 from ..errors import DataError, ModelError, SettingsError
 from ..metrics import accuracy, binomial_tail, flag_rate

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError, SettingsError
+from ..errors import ModelError, SettingsError, shown_path
 from ..inference import predict
 from ..io.data import ImageSet, save_images
 from ..io.model_files import load_model, save_model
@@ -161,7 +161,7 @@ def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True
     if weights is not None:
         model = load_model(weights)
         if not isinstance(model, type(settings.build_model())):
-            raise ModelError(f"{weights}: not a {settings.arch} model")
+            raise ModelError(f"{shown_path(weights)}: not a {settings.arch} model")
     else:
         train_classifier(model, train_x, train_y, epochs=settings.epochs, seed=settings.seed,
                          augment=settings.augment, progress=f"training {settings.label()}" if progress else None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...errors import ModelError
+from ...errors import ModelError, shown_path
 
 ACTIVATIONS = ("linear", "relu", "softmax", "sigmoid", "tanh")
 CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
@@ -202,17 +202,17 @@ def parse_model_config(model_config: str | dict[str, Any], source: str = "model"
         class_name = config["class_name"]
         body = config["config"]
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        raise ModelError(f"{source}: model_config is not a Keras model description") from None
+        raise ModelError(f"{shown_path(source)}: model_config is not a Keras model description") from None
     try:
         if class_name == "Sequential":
             return _sequential(body if isinstance(body, dict) else {"layers": body}, source)
         if class_name in ("Model", "Functional"):
             return _functional(body, source)
     except ModelError as exc:
-        raise ModelError(f"{source}: {exc}") from None
+        raise ModelError(f"{shown_path(source)}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
-        raise ModelError(f"{source}: malformed model_config ({type(exc).__name__}: {exc})") from None
-    raise ModelError(f"{source}: model class {class_name} is not supported (Sequential or functional Model)")
+        raise ModelError(f"{shown_path(source)}: malformed model_config ({type(exc).__name__}: {exc})") from None
+    raise ModelError(f"{shown_path(source)}: model class {class_name} is not supported (Sequential or functional Model)")
 
 
 def _sequential(body: dict[str, Any], source: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def keras_suffix(source: str) -> str:
 
 def _check_value(source: str, name: str, short: str, dataset, value: np.ndarray) -> None:
     if dataset.shape != value.shape:
-        raise ModelError(f"{source}: layer '{name}' {short} has shape {dataset.shape}, the model's is {value.shape}")
+        raise ModelError(f"{shown_path(source)}: layer '{name}' {short} has shape {dataset.shape}, the model's is {value.shape}")
 
 
 def _overwrite_native(model_modules: dict[str, nn.Module], source: str):
@@ -50,7 +50,7 @@ def _overwrite_native(model_modules: dict[str, nn.Module], source: str):
         seen = set()
         for name, short, dataset in variable_paths(f, source, config):
             if name not in model_modules:
-                raise ModelError(f"{source}: layer '{name}' has no counterpart in the model")
+                raise ModelError(f"{shown_path(source)}: layer '{name}' has no counterpart in the model")
             seen.add(name)
             value = keras_array(model_modules[name], short)
             _check_value(source, name, short, dataset, value)
@@ -61,7 +61,7 @@ def _overwrite_native(model_modules: dict[str, nn.Module], source: str):
                 dataset[...] = value.astype(dataset.dtype)
         missing = sorted(set(model_modules) - seen)
         if missing:
-            raise ModelError(f"{source}: has no weights for layer(s) {', '.join(missing)}")
+            raise ModelError(f"{shown_path(source)}: has no weights for layer(s) {', '.join(missing)}")
 
     return overwrite
 
@@ -100,20 +100,20 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
                 if not weight_names:
                     continue
                 if name not in modules:
-                    raise ModelError(f"{source}: layer '{name}' has no counterpart in the model")
+                    raise ModelError(f"{shown_path(source)}: layer '{name}' has no counterpart in the model")
                 seen.add(name)
                 known = {short for short, _ in keras_names(modules[name])}
                 for weight in weight_names:
                     short = weight.rsplit("/", 1)[-1].split(":")[0]
                     if short not in known:
-                        raise ModelError(f"{source}: layer '{name}' weight '{weight}' is not understood")
+                        raise ModelError(f"{shown_path(source)}: layer '{name}' weight '{weight}' is not understood")
                     value = keras_array(modules[name], short)
                     dataset = group[weight]
                     _check_value(source, name, short, dataset, value)
                     dataset[...] = value.astype(dataset.dtype)
             missing = sorted(set(modules) - seen)
             if missing:
-                raise ModelError(f"{source}: has no weights for layer(s) {', '.join(missing)}")
+                raise ModelError(f"{shown_path(source)}: has no weights for layer(s) {', '.join(missing)}")
 
     write_file_atomically(out, write)
 

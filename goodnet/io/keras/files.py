@@ -10,7 +10,7 @@ from typing import Any
 
 import h5py
 
-from ...errors import ModelError
+from ...errors import ModelError, shown_path
 from .config import parse_model_config
 from .native import ARCHIVE_SUFFIX, MAX_CONFIG_BYTES, read_archive_config
 from ...models.keras_graph import KerasModel
@@ -22,9 +22,9 @@ def read_keras_config(path: str) -> dict[str, Any] | None:
     """The raw Keras model description of a full-model file (.h5 `model_config`, a `.keras`
     archive's config.json, a `model.to_json()` .json file), or None for a weights-only file."""
     if os.path.isdir(path):
-        raise ModelError(f"{path}: is a directory, not a Keras file")
+        raise ModelError(f"{shown_path(path)}: is a directory, not a Keras file")
     if not os.path.isfile(path):
-        raise ModelError(f"{path}: no such file")
+        raise ModelError(f"{shown_path(path)}: no such file")
     lower = path.lower()
     if lower.endswith(ARCHIVE_SUFFIX):
         return read_archive_config(path)
@@ -32,21 +32,21 @@ def read_keras_config(path: str) -> dict[str, Any] | None:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
-            raise ModelError(f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a model description")
+            raise ModelError(f"{shown_path(path)}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a model description")
     else:
         try:
             with h5py.File(path, "r") as f:
                 raw = f.attrs.get("model_config")
         except OSError as exc:
-            raise ModelError(f"{path}: not a readable HDF5 file ({exc})") from None
+            raise ModelError(f"{shown_path(path)}: not a readable HDF5 file ({exc})") from None
         if raw is None:
             return None
     try:
         config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ModelError(f"{path}: model_config is not a Keras model description (not JSON)") from None
+        raise ModelError(f"{shown_path(path)}: model_config is not a Keras model description (not JSON)") from None
     if not isinstance(config, dict):
-        raise ModelError(f"{path}: model_config is not a Keras model description")
+        raise ModelError(f"{shown_path(path)}: model_config is not a Keras model description")
     return config
 
 
@@ -60,7 +60,7 @@ def read_architecture(path: str) -> dict[str, Any]:
     """A graph from a full-model .h5 or .keras file or from a JSON file written by `model.to_json()`."""
     graph = read_model_config(path)
     if graph is None:
-        raise ModelError(f"{path}: a weights-only Keras file; it holds no architecture")
+        raise ModelError(f"{shown_path(path)}: a weights-only Keras file; it holds no architecture")
     return graph
 
 
@@ -72,11 +72,11 @@ def load_keras_model(path: str, graph: dict[str, Any] | None = None,
     if graph is None:
         config = read_keras_config(path)
         if config is None:
-            raise ModelError(f"{path}: a weights-only Keras file; it holds no architecture")
+            raise ModelError(f"{shown_path(path)}: a weights-only Keras file; it holds no architecture")
         graph = parse_model_config(config, path)
     shape = graph.get("input_shape")
     if input_shape is not None and shape is not None and None not in shape and tuple(shape) != tuple(input_shape):
-        raise ModelError(f"{path}: the model takes {tuple(shape)} (C, H, W) images, the data has "
+        raise ModelError(f"{shown_path(path)}: the model takes {tuple(shape)} (C, H, W) images, the data has "
                            f"{tuple(input_shape)}")
     fixed = None if shape is not None and None not in shape else input_shape
     refuse_oversized(lambda: KerasModel(graph, input_shape=fixed, input_divisor=input_divisor), path)

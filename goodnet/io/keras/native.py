@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from ...errors import ModelError
+from ...errors import ModelError, shown_path
 from ..data import refuse_outside_storage
 
 ARCHIVE_SUFFIX = ".keras"
@@ -144,9 +144,9 @@ def _native_layers(f: h5py.File, source: str, config: dict[str, Any] | None
     by_key = keys_to_layers(config)
     for key in f["layers"]:
         if not isinstance(f["layers"].get(key, getlink=True), h5py.HardLink):
-            raise ModelError(f"{source}: layers/{key} is a link to elsewhere; goodnet reads only what is inside the file")
+            raise ModelError(f"{shown_path(source)}: layers/{key} is a link to elsewhere; goodnet reads only what is inside the file")
         group = f["layers"][key]
-        where = f"{source}: layers/{key}"
+        where = f"{shown_path(source)}: layers/{key}"
         vars_group = group.get("vars") if isinstance(group, h5py.Group) else None
         if not isinstance(vars_group, h5py.Group):
             if isinstance(group, h5py.Group) and "layers" in group:
@@ -204,11 +204,11 @@ def variable_paths(f: h5py.File, source: str, config: dict[str, Any] | None = No
 
 def _open_archive(path: str) -> zipfile.ZipFile:
     if not os.path.isfile(path):
-        raise ModelError(f"{path}: no such file")
+        raise ModelError(f"{shown_path(path)}: no such file")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"{path}: not a Keras .keras archive ({exc})") from None
+        raise ModelError(f"{shown_path(path)}: not a Keras .keras archive ({exc})") from None
     listed = archive.namelist()
     names = set(listed)
     problem = None
@@ -223,7 +223,7 @@ def _open_archive(path: str) -> zipfile.ZipFile:
             problem = f"the archive holds a member named {odd!r}, which points outside it"
     if problem is not None:
         archive.close()
-        raise ModelError(f"{path}: {problem}")
+        raise ModelError(f"{shown_path(path)}: {problem}")
     return archive
 
 
@@ -234,15 +234,15 @@ def _member(archive: zipfile.ZipFile, name: str, path: str, limit: int | None) -
     info = archive.getinfo(name)
     cap = limit if limit is not None else available_memory()
     if cap is not None and info.file_size > cap:
-        raise ModelError(f"{path}: {name} declares {info.file_size / 2**20:.0f} MiB, more than "
+        raise ModelError(f"{shown_path(path)}: {name} declares {info.file_size / 2**20:.0f} MiB, more than "
                          f"{cap / 2**20:.0f} MiB {'allowed' if limit is not None else 'of memory available'}")
     try:
         with archive.open(info) as member:
             data = member.read(info.file_size + 1)
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-        raise ModelError(f"{path}: cannot read {name} ({exc})") from None
+        raise ModelError(f"{shown_path(path)}: cannot read {name} ({exc})") from None
     if len(data) != info.file_size:
-        raise ModelError(f"{path}: {name} does not hold the {info.file_size} bytes it declares")
+        raise ModelError(f"{shown_path(path)}: {name} does not hold the {info.file_size} bytes it declares")
     return data
 
 
@@ -253,9 +253,9 @@ def read_archive_config(path: str) -> dict[str, Any]:
     try:
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ModelError(f"{path}: {CONFIG_MEMBER} is not JSON (or nested too deeply to read)") from None
+        raise ModelError(f"{shown_path(path)}: {CONFIG_MEMBER} is not JSON (or nested too deeply to read)") from None
     if not isinstance(config, dict):
-        raise ModelError(f"{path}: {CONFIG_MEMBER} is not a Keras model description")
+        raise ModelError(f"{shown_path(path)}: {CONFIG_MEMBER} is not a Keras model description")
     return config
 
 
@@ -263,7 +263,7 @@ def _archive_weights(archive: zipfile.ZipFile, path: str) -> bytes:
     names = set(archive.namelist())
     if WEIGHTS_MEMBER not in names:
         sharded = any(n.startswith("model.weights") for n in names)
-        raise ModelError(f"{path}: no {WEIGHTS_MEMBER} in the archive" +
+        raise ModelError(f"{shown_path(path)}: no {WEIGHTS_MEMBER} in the archive" +
                          (" (sharded weights are not supported; save without max_shard_size)" if sharded else ""))
     return _member(archive, WEIGHTS_MEMBER, path, None)
 
@@ -276,10 +276,10 @@ def read_archive_weights(path: str, config: dict[str, Any] | None = None) -> dic
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
             if not is_native_weights(f):
-                raise ModelError(f"{path}: {WEIGHTS_MEMBER} is not in Keras 3's layout")
+                raise ModelError(f"{shown_path(path)}: {WEIGHTS_MEMBER} is not in Keras 3's layout")
             return read_native_weights(f, f"{path}:{WEIGHTS_MEMBER}", config)
     except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: {WEIGHTS_MEMBER} is not a readable HDF5 file ({exc})") from None
+        raise ModelError(f"{shown_path(path)}: {WEIGHTS_MEMBER} is not a readable HDF5 file ({exc})") from None
 
 
 def write_archive_like(source: str, tmp: str, overwrite) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import ModelError
+from ...errors import ModelError, shown_path
 from ..data import refuse_outside_storage
 from .native import ARCHIVE_SUFFIX, is_native_weights, read_archive_weights, read_native_weights
 
@@ -30,9 +30,9 @@ def read_keras_weights(path: str, config: dict | None = None) -> dict[str, dict[
     any Keras layout: Keras 2's and Keras 3's legacy HDF5, Keras 3's `.weights.h5` and `.keras`
     (see native.py; `config`, the model's raw Keras config, names layers there when the file does not)."""
     if os.path.isdir(path):
-        raise ModelError(f"{path}: is a directory, not a Keras file")
+        raise ModelError(f"{shown_path(path)}: is a directory, not a Keras file")
     if not os.path.isfile(path):
-        raise ModelError(f"{path}: no such file")
+        raise ModelError(f"{shown_path(path)}: no such file")
     if path.lower().endswith(ARCHIVE_SUFFIX):
         return read_archive_weights(path, config)
     try:
@@ -41,30 +41,30 @@ def read_keras_weights(path: str, config: dict | None = None) -> dict[str, dict[
                 return read_native_weights(f, path, config)
             root = f["model_weights"] if "model_weights" in f else f
             if "layer_names" not in root.attrs:
-                raise ModelError(f"{path}: not a Keras weights file (no 'layer_names' attribute)")
+                raise ModelError(f"{shown_path(path)}: not a Keras weights file (no 'layer_names' attribute)")
             layers: dict[str, dict[str, np.ndarray]] = {}
             for raw_name in root.attrs["layer_names"]:
                 name = _text(raw_name)
                 if name not in root:
-                    raise ModelError(f"{path}: layer '{name}' is listed but has no group")
+                    raise ModelError(f"{shown_path(path)}: layer '{name}' is listed but has no group")
                 group = root[name]
                 weights = {}
                 for raw_weight in group.attrs.get("weight_names", []):
                     weight = _text(raw_weight)
                     if weight not in group:
-                        raise ModelError(f"{path}: layer '{name}' lacks its weight '{weight}'")
+                        raise ModelError(f"{shown_path(path)}: layer '{name}' lacks its weight '{weight}'")
                     short = weight.rsplit("/", 1)[-1].split(":")[0]
                     if isinstance(group.get(weight, getlink=True), (h5py.ExternalLink, h5py.SoftLink)):
-                        raise ModelError(f"{path}: layer '{name}' weight '{weight}' is a link to elsewhere; "
+                        raise ModelError(f"{shown_path(path)}: layer '{name}' weight '{weight}' is a link to elsewhere; "
                                          f"goodnet reads only what is inside the file")
                     if not isinstance(group[weight], h5py.Dataset):
-                        raise ModelError(f"{path}: layer '{name}' weight '{weight}' is not a dataset")
-                    refuse_outside_storage(group[weight], f"{path}: layer '{name}' weight '{weight}'", ModelError)
+                        raise ModelError(f"{shown_path(path)}: layer '{name}' weight '{weight}' is not a dataset")
+                    refuse_outside_storage(group[weight], f"{shown_path(path)}: layer '{name}' weight '{weight}'", ModelError)
                     weights[short] = np.asarray(group[weight][()])
                 layers[name] = weights
             return layers
     except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable HDF5 file ({exc})") from None
+        raise ModelError(f"{shown_path(path)}: not a readable HDF5 file ({exc})") from None
 
 
 WEIGHTED_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -92,10 +92,10 @@ def load_keras_weights(model: nn.Module, layers: dict[str, dict[str, np.ndarray]
     with_weights = {name for name, w in layers.items() if w}
     missing = sorted(set(targets) - with_weights)
     if missing:
-        raise ModelError(f"{source}: no weights for layer(s) {', '.join(missing)}")
+        raise ModelError(f"{shown_path(source)}: no weights for layer(s) {', '.join(missing)}")
     extra = sorted(with_weights - set(targets))
     if extra:
-        raise ModelError(f"{source}: layer(s) {', '.join(extra)} do not exist in the "
+        raise ModelError(f"{shown_path(source)}: layer(s) {', '.join(extra)} do not exist in the "
                            f"{type(model).__name__} architecture")
     with torch.no_grad():
         for name, module in targets.items():
@@ -108,19 +108,19 @@ def load_keras_weights(model: nn.Module, layers: dict[str, dict[str, np.ndarray]
                     param.fill_(1.0 if short == "gamma" else 0.0)  # scale / center switched off
                     continue
                 if short not in weights:
-                    raise ModelError(f"{source}: layer '{name}' has no {short}")
+                    raise ModelError(f"{shown_path(source)}: layer '{name}' has no {short}")
                 stored = weights.pop(short)
                 if not np.isfinite(stored).all():
-                    raise ModelError(f"{source}: layer '{name}' {short} contains NaN or infinite values")
+                    raise ModelError(f"{shown_path(source)}: layer '{name}' {short} contains NaN or infinite values")
                 value = _torch_layout(module, short, stored)
                 if tuple(value.shape) != tuple(param.shape):
                     expected = _keras_shape(module, short, tuple(param.shape))
-                    raise ModelError(f"{source}: layer '{name}' {short} has shape {tuple(stored.shape)} "
+                    raise ModelError(f"{shown_path(source)}: layer '{name}' {short} has shape {tuple(stored.shape)} "
                                        f"but the model expects {expected}; is the input size or "
                                        f"architecture right?")
                 param.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
             if weights:
-                raise ModelError(f"{source}: layer '{name}' has unexpected weights {', '.join(weights)}")
+                raise ModelError(f"{shown_path(source)}: layer '{name}' has unexpected weights {', '.join(weights)}")
 
 
 def _keras_shape(module: nn.Module, short: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -136,7 +136,7 @@ def output_size(layers: dict[str, dict[str, np.ndarray]], final_layer: str, sour
     """Number of classes, read off the final dense layer's kernel."""
     kernel = layers.get(final_layer, {}).get("kernel")
     if kernel is None or kernel.ndim != 2:
-        raise ModelError(f"{source}: no dense layer named '{final_layer}' to read the number of classes from")
+        raise ModelError(f"{shown_path(source)}: no dense layer named '{final_layer}' to read the number of classes from")
     return int(kernel.shape[1])
 
 
