@@ -6,7 +6,8 @@ file's name), the data files `clean_valid`, `poisoned_valid`, `clean_test`, `poi
 manifest's folder, blank cells mean "not given", lines starting with # are comments. Every row is
 one grid cell (see grid.py): run in order, in a process pool or on Ray, written as it finishes,
 resumed after an interruption. A model that is refused (a damaged file, data that do not fit)
-becomes a row saying why; the other models go on.
+becomes a row saying why; the other models go on. Only defended models are kept for a rerun (a
+refused one is tried again), and a model whose files changed (their content) is defended again.
 """
 
 from __future__ import annotations
@@ -119,27 +120,27 @@ def read_manifest(path: str) -> list[BatchEntry]:
     return entries
 
 
-def _stamps(entry: BatchEntry) -> dict[str, list[int] | None]:
-    """Size and modification time of every input file: an edited file makes its cell run again."""
-    stamps = {}
-    for path in [entry.model, *entry.data.values()] + ([entry.arch] if entry.arch and os.sep in entry.arch else []):
-        if path:
-            try:
-                info = os.stat(path)
-                stamps[path] = [info.st_size, info.st_mtime_ns]
-            except OSError:
-                stamps[path] = None
-    return stamps
+def input_files(entry: BatchEntry) -> tuple[str, ...]:
+    """The files a model's cell reads (model, data, an architecture file): their content is part of
+    the cell's fingerprint, so a file rebuilt or edited in place makes the cell run again."""
+    arch = [entry.arch] if entry.arch and os.sep in entry.arch else []
+    return tuple(dict.fromkeys(path for path in [entry.model, *entry.data.values(), *arch] if path))
+
+
+def _defended(row: dict[str, Any]) -> bool:
+    """Only a defended model's row is kept for a rerun: a refusal (a full disk, a file being
+    replaced) may not happen again, so its model runs again next time."""
+    return not row.get("error")
 
 
 def defend_entry(entry: BatchEntry, repair: Repair, out_dir: str, max_drop: float = DEFAULT_MAX_DROP,
                  holdout: float = DEFAULT_HOLDOUT, strip: bool = True, scan: bool = False,
-                 force: bool = False, stamps: dict | None = None, scan_schedule: str = "reference") -> dict[str, Any]:
-    """A grid cell: `goodnet defend` on one model into `out_dir`; its row (a refusal is a row too).
-    `stamps` only make the cell's fingerprint follow its input files."""
+                 force: bool = False, scan_schedule: str = "reference",
+                 trust_code: bool = False) -> dict[str, Any]:
+    """A grid cell: `goodnet defend` on one model into `out_dir`; its row (a refusal is a row too)."""
     start = time.perf_counter()
     try:
-        run = defend_files(ModelSource(entry.model, entry.arch, entry.factory), dict(entry.data), out_dir, repair,
+        run = defend_files(ModelSource(entry.model, entry.arch, entry.factory, trust_code), dict(entry.data), out_dir, repair,
                            input_scale=entry.input_scale, progress=False, force=force,
                            max_drop=max_drop, holdout=holdout,
                            strip=StripSettings() if strip else None, scan=scan, scan_schedule=scan_schedule)
@@ -166,15 +167,16 @@ def batch(entries: Sequence[BatchEntry], repair: Repair, state_dir: str, runner:
     """Defend every entry (see `defend_entry` for `defend`'s options); (rows, {name: output folder})."""
     outputs = {e.name: os.path.join(state_dir, "models", e.name) for e in entries}
     os.makedirs(os.path.join(state_dir, "models"), exist_ok=True)
-    cells = [GridCell(e.name, defend_entry, {"entry": e, "repair": repair, "out_dir": outputs[e.name],
-                                             "stamps": _stamps(e), **defend})
+    cells = [GridCell(e.name, defend_entry, {"entry": e, "repair": repair, "out_dir": outputs[e.name], **defend},
+                      inputs=input_files(e))
              for e in entries]
     context = run_context(runner)
-    for cell in cells:  # a defended model whose output folder is gone runs again
+    for cell in cells:  # a defended model whose output folder is gone runs again, and so does a refusal
         kept = finished(os.path.join(state_dir, "cells"), cell, context)
-        if kept is not None and not kept.get("error") and not os.path.isdir(outputs[cell.key]):
+        if kept is not None and (not _defended(kept) or not os.path.isdir(outputs[cell.key])):
             forget(os.path.join(state_dir, "cells"), cell, context)
-    rows = run_grid(cells, os.path.join(state_dir, "cells"), runner, "models" if progress else None, _summary)
+    rows = run_grid(cells, os.path.join(state_dir, "cells"), runner, "models" if progress else None, _summary,
+                    keep=_defended)
     return rows, outputs
 
 

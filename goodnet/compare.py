@@ -3,7 +3,9 @@
 Each cell is exactly `goodnet defend --repair R` (at the settings the repair declares for
 comparison, with the default do-no-harm budget) on the zoo BadNet's files, so any cell can be
 re-run on its own and must give the same numbers (a test does). The roster is the registry: a
-repair registered anywhere, a plugin's included, appears here without this file changing.
+repair registered anywhere, a plugin's included, appears here without this file changing. A cell
+counts the zoo files it reads by their content, so a zoo cache deleted and rebuilt (or edited)
+since a cell finished makes that cell run again instead of reusing numbers of other models.
 """
 
 from __future__ import annotations
@@ -48,6 +50,23 @@ def scan_fields(scan, target: int | None, prefix: str) -> dict[str, Any]:
         fields["scan_target"] = target
         fields["scan_hit"] = None if target is None else top == target
     return fields
+
+
+def zoo_directory(settings: BadNetSettings, cache_dir: str) -> str:
+    """Where the zoo cache keeps this BadNet's files (cached_badnet's folder for `settings`)."""
+    return os.path.join(cache_dir, f"seed{settings.seed}-{settings.fingerprint()}")
+
+
+def zoo_inputs(directory: str) -> tuple[str, ...]:
+    """The files of a cached zoo BadNet a cell reads: its model B and its data sets."""
+    return (os.path.join(directory, MODEL_FILE), *(os.path.join(directory, name) for name in DATA_FILES.values()))
+
+
+def _prepare_inputs(settings: BadNetSettings, cache_dir: str) -> tuple[str, ...]:
+    """What a first-stage cell reads: B and its data, and the clean model its bar is measured
+    against (missing before the cell trains them: the files it leaves count)."""
+    clean = os.path.join(zoo_directory(settings.clean_reference(), cache_dir), MODEL_FILE)
+    return zoo_inputs(zoo_directory(settings, cache_dir)) + (clean,)
 
 
 def _zoo_files(directory: str):
@@ -108,16 +127,17 @@ def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_
         prepared = run_grid([GridCell(f"badnet {s.label()}", prepare_badnet,
                                       {"settings": s, "cache_dir": cache_dir, "scan": scan,
                                        "scan_schedule": scan_schedule},
-                                      {"progress": progress and sequential}) for s in badnets],
+                                      {"progress": progress and sequential}, inputs=_prepare_inputs(s, cache_dir))
+                             for s in badnets],
                             os.path.join(state_dir, "badnets"), runner, "BadNets" if progress else None,
                             lambda p: "meets its bar" if p["zoo"]["meets_bar"] else "missed its bar")
         cells = [GridCell(f"{s.label()} {r.name}", repair_badnet,
                           {"settings": s, "repair": r, "prepared": p, "scan": scan,
-                           "scan_schedule": scan_schedule})
+                           "scan_schedule": scan_schedule}, inputs=zoo_inputs(p["zoo"]["directory"]))
                  for s, p in zip(badnets, prepared) for r in repairs]
         rows = run_grid(cells, os.path.join(state_dir, "repairs"), runner, "repairs" if progress else None,
                         _row_summary)
     return rows, {p["label"]: p["zoo"] for p in prepared}
 
 
-__all__ = ["compare", "comparison_roster", "prepare_badnet", "repair_badnet"]
+__all__ = ["compare", "comparison_roster", "prepare_badnet", "repair_badnet", "zoo_directory", "zoo_inputs"]

@@ -4,20 +4,29 @@
 function of JSON-able arguments returning a JSON-able result; the runner writes every result to
 its own file the moment the cell finishes, so a grid that is interrupted (Ctrl-C, a lost node, a
 power cut) resumes where it stopped: a cell whose file exists, written for the same arguments, is
-not run again. Cells run with a fixed number of PyTorch threads (`threads`), whichever runner
-runs them, because PyTorch's CPU kernels add up in an order that depends on the thread count:
-with the same `threads`, sequential, pool and Ray runs give the same numbers to the last digit.
+not run again. A cell's files (`GridCell.inputs`) count by content: one whose bytes changed runs
+again. Only results are kept, never refusals, so a cell refused for a passing reason (a full
+disk) runs again next time. Pool workers die with the process that started them (a killed grid
+leaves none behind), and an interrupted grid (Ctrl-C, SIGTERM) keeps every finished cell and
+kills its running ones at once instead of waiting for them. Cells run with a fixed number of
+PyTorch threads (`threads`), whichever runner runs them, because PyTorch's CPU kernels add up in
+an order that depends on the thread count: with the same `threads`, sequential, pool and Ray runs
+give the same numbers to the last digit.
 Ray (an optional extra, `pip install goodnet[ray]`) is imported only when asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Sequence
@@ -25,13 +34,17 @@ from typing import Any, Callable, Sequence
 from . import errors
 from .devices import compute_device, using_device
 from .errors import GoodnetError, SettingsError
-from .io.output_dir import write_file_atomically
+from .io.output_dir import release_output, write_file_atomically
 from .progress import eta, format_duration
 
 CELL_FORMAT = 1
 CELL_ERROR = "__goodnet_error__"
 MAX_THREADS = 1024
 RAY_CONNECT_SECONDS = 10.0
+POOL_STOP_SECONDS = 10.0  # at most this long for a stopped pool to let go of its queues
+PARENT_POLL_SECONDS = 1.0  # how often a pool worker checks that the process that started it still runs
+HASH_CHUNK = 1 << 20
+_IDENTITIES: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> content digest
 
 
 def machine_cores() -> int:
@@ -42,30 +55,65 @@ def machine_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def file_identity(path: str) -> str | None:
+    """The sha256 of a file's bytes (None: no readable file), so a cell follows what its files
+    hold, not their names or dates: a file rebuilt or edited in place, even to the same size and
+    modification time, counts as new. Digests are remembered for the file's (path, inode, size,
+    modification and change times), so asking again about an unchanged file costs one stat."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    key = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    known = _IDENTITIES.get(key)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+                digest.update(chunk)
+    except (OSError, ValueError):
+        return None
+    _IDENTITIES[key] = identity = f"sha256:{digest.hexdigest()}"
+    return identity
+
+
 @dataclass(frozen=True)
 class GridCell:
     """One unit of a grid: `task(**arguments)` (a module-level function, so pool and Ray workers can
-    import it). `key` names the cell in progress lines and in its result file."""
+    import it). `key` names the cell in progress lines and in its result file. `inputs`: the files
+    the cell reads, whose content (not name or date) is part of its fingerprint, so a cell whose
+    files changed runs again."""
 
     key: str
     task: Callable[..., dict[str, Any]]
     arguments: dict[str, Any] = field(default_factory=dict)
     presentation: dict[str, Any] = field(default_factory=dict)  # passed too, never fingerprinted (progress bars)
+    inputs: tuple[str, ...] = ()
 
     def call_arguments(self) -> dict[str, Any]:
         return {**self.arguments, **self.presentation}
 
-    def fingerprint(self, context: dict[str, Any] | None = None) -> str:
-        """A digest of what the cell computes: its task, its arguments and how it runs (`context`:
-        threads per cell, device, goodnet's version), so a cell is reused only when it would give
-        the same numbers."""
-        text = json.dumps({"task": f"{self.task.__module__}.{self.task.__qualname__}", "arguments": self.arguments,
-                           "context": context or {}, "format": CELL_FORMAT}, sort_keys=True, default=str)
+    def identities(self) -> dict[str, str | None]:
+        """Each input file's content digest now (None: missing)."""
+        return {path: file_identity(path) for path in self.inputs}
+
+    def fingerprint(self, context: dict[str, Any] | None = None,
+                    identities: dict[str, str | None] | None = None) -> str:
+        """A digest of what the cell computes: its task, its arguments, the content of its input
+        files (`identities`, else read now) and how it runs (`context`: threads per cell, device,
+        goodnet's version), so a cell is reused only when it would give the same numbers."""
+        described = {"task": f"{self.task.__module__}.{self.task.__qualname__}", "arguments": self.arguments,
+                     "context": context or {}, "format": CELL_FORMAT}
+        if self.inputs:
+            described["inputs"] = self.identities() if identities is None else identities
+        text = json.dumps(described, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def filename(self, context: dict[str, Any] | None = None) -> str:
+    def filename(self, context: dict[str, Any] | None = None, identities: dict[str, str | None] | None = None) -> str:
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.key)[:80]
-        return f"{safe}-{self.fingerprint(context)}.json"
+        return f"{safe}-{self.fingerprint(context, identities)}.json"
 
 
 @dataclass(frozen=True)
@@ -187,10 +235,14 @@ class _Progress:
 
 
 def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = GridRunner(),
-             label: str | None = None, summary: Callable[[dict], str] | None = None) -> list[dict[str, Any]]:
+             label: str | None = None, summary: Callable[[dict], str] | None = None,
+             keep: Callable[[dict], bool] | None = None) -> list[dict[str, Any]]:
     """Every cell's result, in the order of `cells`; finished cells are read back from `state_dir`,
     the others run by `runner` and written there as each finishes. `label`: progress lines on
-    stderr (None: silent); `summary(result)`: the text after each cell's key."""
+    stderr (None: silent); `summary(result)`: the text after each cell's key; `keep(result)`:
+    whether a result is kept for the next run (None: all), so a refusal a task returns as a value
+    is returned but not remembered, and its cell runs again next time. A cell whose input files
+    changed while it ran is not kept either: what it read is not known."""
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ValueError("grid cells need distinct keys")
@@ -202,15 +254,19 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
         if found is not None:
             results[cell.key] = found
     todo = [c for c in cells if c.key not in results]
+    planned = {c.key: c.identities() for c in todo}  # the input files as the cells start
     progress = _Progress(label, len(cells), len(cells) - len(todo))
 
     def record(cell: GridCell, result: dict[str, Any]) -> None:
         _raise_cell_error(cell, result)  # nothing written: the cell runs again next time
-        kept = {"key": cell.key, "fingerprint": cell.fingerprint(context), "context": context,
-                "arguments": json.loads(json.dumps(cell.arguments, default=str)),
-                "runner": runner.describe(), "result": result}
-        write_file_atomically(os.path.join(state_dir, cell.filename(context)),
-                              lambda tmp: _dump_json(tmp, kept))
+        identities = cell.identities()
+        unchanged = all(planned[cell.key].get(path) in (None, now) for path, now in identities.items())
+        if unchanged and (keep is None or keep(result)):  # a missing file the cell made counts as it is now
+            kept = {"key": cell.key, "fingerprint": cell.fingerprint(context, identities), "context": context,
+                    "arguments": json.loads(json.dumps(cell.arguments, default=str)), "inputs": identities,
+                    "runner": runner.describe(), "result": result}
+            write_file_atomically(os.path.join(state_dir, cell.filename(context, identities)),
+                                  lambda tmp: _dump_json(tmp, kept))
         results[cell.key] = result
         progress.finished(cell, result, summary)
 
@@ -227,24 +283,93 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
     return [results[c.key] for c in cells]
 
 
+def _die_with(parent: int) -> None:
+    """End this process as soon as `parent` is gone: on Linux the kernel kills it (the parent-death
+    signal), everywhere a thread checks every PARENT_POLL_SECONDS whether this process was handed
+    to another parent. A worker left behind would hold memory, the output folders of its cell, and
+    compute a result nobody reads."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc prctl (e.g. a static build): the thread still watches
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(PARENT_POLL_SECONDS)
+
+    if os.getppid() != parent:  # gone before the signal was set
+        os._exit(1)
+    threading.Thread(target=watch, name="goodnet-parent-watch", daemon=True).start()
+
+
+def _start_worker(parent: int) -> None:
+    """A pool worker's first step: die with `parent`, let go of any output lock a fork handed down
+    (the lock must end with the run that took it), and leave Ctrl-C to the parent, which stops the
+    pool itself (the terminal sends it to every process of the group). Progress bars (off in
+    workers) get a plain thread lock: tqdm's default is a named semaphore, which a worker killed
+    by its stopping grid would leave to multiprocessing's tracker, and its warning to the user."""
+    release_output(inherited=True)
+    _die_with(parent)
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(ImportError):
+        import tqdm
+
+        tqdm.tqdm.set_lock(threading.RLock())
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop `pool` now: queued cells are cancelled and the workers killed with the cells they run
+    (an interrupted grid keeps only finished cells, so waiting for the running ones would only
+    delay the stop by as long as a cell takes)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:  # it notices the workers gone, fails their cells and lets go of the pool's queues
+        manager.join(timeout=POOL_STOP_SECONDS)
+
+
+def _keep_finished(pending: dict, record) -> None:
+    """Record every cell whose result already came back, before the pool is stopped."""
+    for future, cell in list(pending.items()):
+        if future.done() and not future.cancelled():
+            with contextlib.suppress(BaseException):  # a refused cell or a repeated interrupt: go on stopping
+                record(cell, future.result())
+
+
 def _run_in_pool(todo: Sequence[GridCell], workers: int, threads: int, device: str, record) -> None:
     # spawn: a fresh interpreter per worker (forking a process that holds PyTorch's thread pools is unsafe)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"))
-    pending = {pool.submit(run_cell, c.task, c.call_arguments(), threads, device): c for c in todo}
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
+                               initializer=_start_worker, initargs=(os.getpid(),))
+    pending: dict = {}
     try:
+        for c in todo:
+            pending[pool.submit(run_cell, c.task, c.call_arguments(), threads, device)] = c
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             failure = None
             for future in done:  # keep every cell that finished, then raise the first failure
-                cell = pending.pop(future)
                 try:
-                    record(cell, future.result())
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    record(pending[future], future.result())
+                except BrokenProcessPool:  # a worker was killed from outside (the out-of-memory killer?)
+                    failure = failure or GoodnetError(
+                        f"{pending[future].key}: a worker process ended abruptly (killed, or out of memory?); "
+                        f"the finished cells are kept: run again to go on, with fewer --workers if memory ran short")
+                except Exception as exc:  # noqa: BLE001 - re-raised below
                     failure = failure or exc
+                del pending[future]  # not reached on an interrupt: _keep_finished records it
             if failure is not None:
                 raise failure
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)  # do not wait minutes for cells to be thrown away
+        _keep_finished(pending, record)
+        _stop_pool(pool)
         raise
     pool.shutdown(wait=True)
 
@@ -301,6 +426,12 @@ def _run_on_ray(todo: Sequence[GridCell], runner: GridRunner, threads: int, devi
                 for ref in done:
                     record(pending.pop(ref), ray.get(ref))
         except BaseException:
+            ready = []
+            with contextlib.suppress(Exception):
+                ready = ray.wait(list(pending), num_returns=len(pending), timeout=0)[0] if pending else []
+            for ref in ready:  # cells that finished while the grid stopped are kept too
+                with contextlib.suppress(BaseException):
+                    record(pending[ref], ray.get(ref))
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise

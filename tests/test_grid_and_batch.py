@@ -137,7 +137,7 @@ def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--out", tmp_path / "x", "--ray"])
     assert_one_line_error(code, err, "pip install 'goodnet[ray]'")
     code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--out", tmp_path / "x", "--workers", "0"])
-    assert_one_line_error(code, err, "--workers must be")
+    assert_one_line_error(code, err, "argument --workers: must be an integer from 1 to")
     assert not (tmp_path / "x").exists()
 
 

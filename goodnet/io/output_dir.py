@@ -29,6 +29,7 @@ except ImportError:  # not POSIX: no lock, the rest works
 MARKER = "results.json"
 OWNED_LIST = ".goodnet-files.json"  # in every output directory: the files goodnet wrote there
 _CLAIMS: dict[str, tuple[int, str]] = {}  # output path -> (lock file descriptor, lock file path)
+_CREATED: dict[str, list[str]] = {}  # output path -> the parent folders its claim created, deepest first
 LEGACY_STALE_SECONDS = 3600.0  # staging without a process id (older versions) counts as stale after this
 
 
@@ -97,11 +98,13 @@ def claim_output(path: str) -> None:
         claim_output.fork_hook = True
     parent, base = os.path.split(path)
     lock_path = os.path.join(parent, f".{base}.lock")
+    created = _missing_folders(parent)  # removed again on release when still empty: a refusal leaves nothing
     for _ in range(10):  # the holder may remove the file between our open and our lock: take the new one
         try:
             os.makedirs(parent, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
+            _remove_empty(created)
             raise OutputError(f"{shown_path(path)}: cannot create output directory ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -112,12 +115,13 @@ def claim_output(path: str) -> None:
                 holder = 0
             os.close(fd)
             if holder > 0 and not _alive(holder):
-                raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now: process {holder} "
-                                  f"took its lock {lock_path} and has ended, but a process it started still holds "
-                                  f"it; end that process or choose another --out") from None
+                raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now: "
+                                  f"process {holder} took its lock {shown_path(lock_path)} and has ended, but a "
+                                  f"process it started still holds it; end that process or choose another --out"
+                                  ) from None
             held_by = f" (process {holder})" if holder > 0 else ""
-            raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now{held_by}; wait for it "
-                              f"to finish or choose another --out") from None
+            raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now{held_by}; "
+                              f"wait for it to finish or choose another --out") from None
         try:
             mine, current = os.fstat(fd), os.stat(lock_path)
             same = (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
@@ -127,12 +131,35 @@ def claim_output(path: str) -> None:
             break
         os.close(fd)
     else:
-        raise OutputError(f"{shown_path(path)}: its lock file {lock_path} keeps changing; is another goodnet run starting "
-                          f"and stopping? choose another --out") from None
+        raise OutputError(f"{shown_path(path)}: its lock file {shown_path(lock_path)} keeps changing (other goodnet "
+                          f"runs starting and stopping?); choose another --out") from None
     with contextlib.suppress(OSError):  # the holder's process id, for the refusal above; the lock works without it
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     _CLAIMS[path] = (fd, lock_path)
+    _CREATED[path] = created
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """The folders `os.makedirs(folder)` would create, deepest first."""
+    missing = []
+    while folder and not os.path.lexists(folder):
+        missing.append(folder)
+        up = os.path.dirname(folder)
+        if up == folder:
+            break
+        folder = up
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove `folders` (deepest first) while they are empty: the parents a claim created for an
+    output that was never written."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def release_output(path: str | None = None, inherited: bool = False) -> None:
@@ -145,11 +172,14 @@ def release_output(path: str | None = None, inherited: bool = False) -> None:
         if held is None:
             continue
         fd, lock_path = held
+        created = _CREATED.pop(p, [])
         if not inherited:
             with contextlib.suppress(OSError):
                 os.unlink(lock_path)
         with contextlib.suppress(OSError):
             os.close(fd)
+        if not inherited:
+            _remove_empty(created)
 
 
 atexit.register(release_output)
