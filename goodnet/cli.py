@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .devices import using_device
-from .errors import GoodnetError, GoodnetWarning, ModelError, SettingsError, shown_path
+from .errors import GoodnetError, GoodnetWarning, ModelError, SettingsError, one_line, shown_path
 from .zoo.attacks import KINDS as ATTACK_KINDS
 
 
@@ -506,7 +506,7 @@ def _print_run(run, out: str) -> None:
     if run.result.notice:
         print(f"goodnet: {run.result.notice}", file=sys.stderr)
     for line in run.result.warnings:
-        print(f"goodnet: warning: {line}", file=sys.stderr)
+        print(f"goodnet: warning: {one_line(line)}", file=sys.stderr)
     harm = run.result.harm
     if harm is not None and harm.fell_back:
         print(f"goodnet: {harm.line(run.result.repair)}", file=sys.stderr)
@@ -548,7 +548,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                     input_scale=args.input_scale)
     for warning in caught:
         if issubclass(warning.category, GoodnetWarning):
-            print(f"goodnet: warning: {warning.message}", file=sys.stderr)
+            print(f"goodnet: warning: {one_line(warning.message)}", file=sys.stderr)
     print("Clean Classification accuracy:", clean)
     print("Attack Success Rate:", asr)
 
@@ -631,7 +631,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import compare, comparison_roster
-    from .io.output_dir import check_output_dir, grid_state_dir
+    from .io.output_dir import check_output_dir, claim_state_dir
     from .report.comparison import markdown_table, summary_table, write_comparison
     from .zoo.badnets import default_cache_dir
     from .zoo.catalog import select_badnets
@@ -639,9 +639,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
     repairs = comparison_roster(args.repairs)
     badnets = select_badnets(args.part, args.only)
     runner = _grid_runner(args)
-    check_output_dir(args.out, marker="comparison.json", claim=True,  # before any training, not after
-                     inputs=[args.cache_dir or default_cache_dir("zoo")])
-    state = grid_state_dir(args.out)
+    inputs = [args.cache_dir or default_cache_dir("zoo")]
+    check_output_dir(args.out, marker="comparison.json", claim=True, inputs=inputs)  # before any training
+    state = claim_state_dir(args.out, inputs)
     rows, zoo = compare(badnets, repairs, args.cache_dir or default_cache_dir("zoo"), progress=not args.quiet,
                         scan=args.scan, runner=runner, state_dir=state, scan_schedule=args.scan_schedule)
     write_comparison(args.out, rows, zoo, repairs, runner.describe())
@@ -654,7 +654,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_batch(args: argparse.Namespace) -> None:
     from .batch import batch, read_manifest
-    from .io.output_dir import check_output_dir, grid_state_dir
+    from .io.output_dir import check_output_dir, claim_state_dir
     from .repairs import build_repair
     from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
     from .report.batch_report import BATCH_MARKER, batch_table, write_batch
@@ -668,10 +668,9 @@ def cmd_batch(args: argparse.Namespace) -> None:
                             f"not use; drop {' and '.join(unused)}")
     entries = read_manifest(args.manifest)
     runner = _grid_runner(args)
-    check_output_dir(args.out, marker=BATCH_MARKER, claim=True,
-                     inputs=[args.manifest] + [path for e in entries for path in
-                                               (e.model, e.arch, *e.data.values())])
-    state = grid_state_dir(args.out)
+    inputs = [args.manifest] + [path for e in entries for path in (e.model, e.arch, *e.data.values())]
+    check_output_dir(args.out, marker=BATCH_MARKER, claim=True, inputs=inputs)
+    state = claim_state_dir(args.out, inputs)
     rows, outputs = batch(entries, repair, state, runner, progress=not args.quiet,
                           max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
                           holdout=DEFAULT_HOLDOUT if args.holdout is None else args.holdout,
@@ -702,13 +701,14 @@ def cmd_scan(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .defend import defend_files
     from .repairs import build_repair
-    from .io.output_dir import check_not_an_input
+    from .io.output_dir import check_not_an_input, check_output_dir
     from .zoo.badnets import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir
 
     repair = build_repair("prune", _given_settings(args))
     settings = DemoSettings(seed=args.seed)
     cache_dir = args.cache_dir or default_cache_dir()
     check_not_an_input(args.out, [cache_dir])  # before building anything into the cache
+    check_output_dir(args.out)  # and before saying anything
     directory, manifest, reused = cached_badnet(settings, cache_dir, retrain=args.retrain,
                                                 progress=not args.quiet)
     b = manifest["badnet"]

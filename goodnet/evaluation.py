@@ -28,9 +28,9 @@ def evaluate_files(clean_path: str | os.PathLike, poisoned_path: str | os.PathLi
     input_scale, batch_size = checked_scale(input_scale), checked_batch_size(batch_size)
     clean = load_images(clean_path, input_scale)
     poisoned = load_images(poisoned_path, input_scale)
+    model = source.load(clean.image_shape)
     sets = {"clean_test": clean, "poisoned_test": poisoned}
     doubts = role_warnings(sets, {"clean_test": clean_path, "poisoned_test": poisoned_path})
-    model = source.load(clean.image_shape)
     for role, images in (("clean data", clean), ("poisoned data", poisoned)):
         check_fits_model(images, model.input_shape, model.num_classes, role)
         check_input_range(images, trained_range(model), role)

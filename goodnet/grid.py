@@ -266,7 +266,7 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
                     "arguments": json.loads(json.dumps(cell.arguments, default=str)), "inputs": identities,
                     "runner": runner.describe(), "result": result}
             write_file_atomically(os.path.join(state_dir, cell.filename(context, identities)),
-                                  lambda tmp: _dump_json(tmp, kept))
+                                  lambda tmp: _dump_json(tmp, kept), replace=True)
         results[cell.key] = result
         progress.finished(cell, result, summary)
 

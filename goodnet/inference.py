@@ -29,12 +29,19 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZ
         for s in batches(len(x), batch_size):
             batch = to_model(x[s], model)
             y = model(batch)
-            parts = [y] if y.dim() > 1 else [getattr(model, name)(batch) for name in ("backdoored", "repaired")
-                                             if isinstance(getattr(model, name, None), nn.Module)]
+            parts = [y] if y.dim() > 1 else _part_scores(model, batch)
             for scores in parts:  # a GoodNet's labels come from its models' scores
                 check_finite_scores(scores, s.start, len(x))
             out[s] = to_numpy(y if y.dim() == 1 else y.argmax(dim=1))
     return out
+
+
+def _part_scores(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The scores a GoodNet's labels come from: B's and B''s."""
+    if hasattr(model, "part_scores"):
+        return list(model.part_scores(x))
+    return [getattr(model, name)(x) for name in ("backdoored", "repaired")
+            if isinstance(getattr(model, name, None), nn.Module)]
 
 
 def check_finite_scores(scores: torch.Tensor, first: int = 0, total: int | None = None) -> None:

@@ -90,6 +90,14 @@ def _user_data(tmp_path, mnist, n=200):
     return str(path)
 
 
+def _targets(data):
+    """`data`'s images, all labelled 0: a stand-in poisoned file (its ASR is not what these tests check)."""
+    path = data.replace(".h5", "_targets.h5")
+    with h5py.File(data, "r") as f, h5py.File(path, "w") as g:
+        g["data"], g["label"] = f["data"][:], np.zeros(len(f["label"]), dtype=np.int64)
+    return path
+
+
 def test_user_class_via_factory(tmp_path, mnist, capsys):
     model = train_classifier(tiny_resnet(), mnist[0][:1500], mnist[1][:1500], epochs=2, seed=0, lr=3e-3,
                              progress=False).eval()
@@ -107,9 +115,9 @@ def test_user_class_via_factory(tmp_path, mnist, capsys):
     assert doc["thresholds"][0]["reached"], doc["thresholds"][0]
     files = doc["thresholds"][0]["files"]
     # G names the factory, but loading it needs the user to name it too
-    code, _, err = run_cli(capsys, ["eval", data, data, out / files["goodnet"]])
+    code, _, err = run_cli(capsys, ["eval", data, _targets(data), out / files["goodnet"]])
     assert_one_line_error(code, err, "pass --factory user_models:tiny_resnet")
-    code, stdout, err = run_cli(capsys, ["eval", data, data, out / files["goodnet"], "--factory", "user_models:tiny_resnet"])
+    code, stdout, err = run_cli(capsys, ["eval", data, _targets(data), out / files["goodnet"], "--factory", "user_models:tiny_resnet"])
     assert code == 0, err
     g_acc = float(stdout.splitlines()[0].split(":")[1])
     assert abs(g_acc - doc["thresholds"][0]["goodnet"]["test_accuracy"]) < 1e-3
@@ -121,11 +129,11 @@ def test_weights_file_with_code_is_refused(tmp_path, capsys, mnist):
             return (print, ("this must never run",))
     torch.save({"w": Payload()}, tmp_path / "evil.pt")
     data = _user_data(tmp_path, mnist, 20)
-    code, out, err = run_cli(capsys, ["eval", data, data, tmp_path / "evil.pt", "--factory", "user_models:tiny_resnet"])
+    code, out, err = run_cli(capsys, ["eval", data, _targets(data), tmp_path / "evil.pt", "--factory", "user_models:tiny_resnet"])
     assert_one_line_error(code, err, "holds pickled Python objects, not only tensors")
     assert "weights_only=False" not in err  # never advice to unpickle
     assert "this must never run" not in out
-    code, _, err = run_cli(capsys, ["eval", data, data, tmp_path / "evil.pt", "--factory", "user_models:nope"])
+    code, _, err = run_cli(capsys, ["eval", data, _targets(data), tmp_path / "evil.pt", "--factory", "user_models:nope"])
     assert_one_line_error(code, err, "has no attribute 'nope'")
 
 
@@ -146,7 +154,7 @@ def test_torchscript_model(tmp_path, mnist, capsys):
     b_prime = load_model(str(out / doc["files"]["repaired"]), trust_code=True)
     x = torch.from_numpy(mnist[0][:64])
     assert torch.allclose(b_prime(x), expected(x), atol=1e-5)
-    code, stdout, err = run_cli(capsys, ["eval", data, data, out / doc["files"]["goodnet"], "--trust-model-code"])
+    code, stdout, err = run_cli(capsys, ["eval", data, _targets(data), out / doc["files"]["goodnet"], "--trust-model-code"])
     assert code == 0, err
     assert abs(float(stdout.splitlines()[0].split(":")[1]) - doc["metrics"]["clean_test"]["goodnet"]) < 1e-3
     ort = pytest.importorskip("onnxruntime")

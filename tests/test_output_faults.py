@@ -8,7 +8,7 @@ import time
 import pytest
 
 from goodnet.errors import OutputError
-from goodnet.io.output_dir import (atomic_directory, claim_output, release_output, remove_stale_staging,
+from goodnet.io.output_dir import (STAGING_MARK, atomic_directory, claim_output, release_output, remove_stale_staging,
                                    write_file_atomically)
 
 fcntl = pytest.importorskip("fcntl")
@@ -41,19 +41,24 @@ def test_outputs_respect_the_umask(tmp_path, umask_022):
 def test_staging_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    stale = tmp_path / f".out.partial-{dead}-abc"
-    stale.mkdir()
-    (stale / "results.json").write_text("{}")
-    legacy = tmp_path / ".out.old-xyz"  # an older version's name, without a process id
-    legacy.mkdir()
-    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
-    alive = tmp_path / f".out.partial-{os.getppid()}-def"  # a live writer's: kept
-    alive.mkdir()
-    other = tmp_path / f".other.partial-{dead}-abc"  # another output's: not ours to touch
-    other.mkdir()
+
+    def staging(name, marked=True):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text("{}")
+        if marked:
+            (folder / STAGING_MARK).write_text(dead)
+        return folder
+    stale = staging(f".out.partial-{dead}-abcd1234")
+    stale_old = staging(f".out.old-{dead}-x_9y8z7w")
+    alive = staging(f".out.partial-{os.getppid()}-defg5678")  # a live writer's: kept
+    other = staging(f".other.partial-{dead}-abcd1234")  # another output's: not ours to touch
+    # a user's folders named like staging, without goodnet's mark or with a name goodnet never makes
+    users = [staging(f".out.partial-{dead}-mine1234", marked=False), staging(".out.old-backup"),
+             staging(".out.old-2023"), staging(f".out.partial-{dead}-my-notes")]
     removed = remove_stale_staging(str(tmp_path / "out"))
-    assert sorted(os.path.basename(p) for p in removed) == sorted([stale.name, legacy.name])
-    assert alive.exists() and other.exists()
+    assert sorted(os.path.basename(p) for p in removed) == sorted([stale.name, stale_old.name])
+    assert alive.exists() and other.exists() and all(u.exists() for u in users)
 
 
 def test_a_second_writer_of_the_same_output_is_refused(tmp_path):

@@ -103,6 +103,31 @@ def files(demo_run, tmp_path_factory):
     n = min(len(px), len(x))
     p["true_labels"] = _h5(d / "true_labels.h5", px[:n], y[:n])  # stamped images, their clean labels
     p["clean_n"] = _h5(d / "clean_n.h5", x[:n], y[:n])
+    order = np.random.default_rng(0).permutation(len(x))[: len(x) - 7]  # shuffled, fewer: matched by content
+    p["clean_shuffled"] = _h5(d / "clean_shuffled.h5", x[order], y[order])
+    # what a user keeps beside an output: a lock-named note, a link planted where the lock goes, own folders
+    (d / "locks").mkdir()
+    (d / "locks" / ".noted.lock").write_text("my notes about locks")
+    p["lock_note"] = str(d / "locks" / ".noted.lock")
+    p["victim"] = shutil.copy2(inputs["clean_valid"], d / "locks" / "victim.h5")
+    os.symlink(p["victim"], d / "locks" / ".linked.lock")
+    (d / "locks" / ".cells_taken.cells").mkdir()
+    p["cells_note"] = str(d / "locks" / ".cells_taken.cells" / "notes.txt")
+    open(p["cells_note"], "w").write("mine")
+    (d / "locks" / "batch.csv").write_text(f"model,clean_valid\n{model},{inputs['clean_valid']}\n")
+    p["batch_csv"] = str(d / "locks" / "batch.csv")
+    (d / "unrelated.onnx").write_text("an ONNX file of mine")
+    p["unrelated_onnx"] = str(d / "unrelated.onnx")
+    (d / "unrelated.h5").write_text("a Keras file of mine")
+    p["unrelated_h5"] = str(d / "unrelated.h5")
+    p["prev_emptydir"] = _copy_output(demo_run["out"], d / "prev_emptydir")
+    (d / "prev_emptydir" / "my_empty_folder").mkdir()
+    p["prev_same_size"] = _copy_output(demo_run["out"], d / "prev_same_size")
+    report = d / "prev_same_size" / "report.md"
+    stat, text = report.stat(), report.read_text()
+    report.write_text(text[:-1] + ("X" if text[-1] != "X" else "Y"))  # one character changed, size kept
+    os.utime(report, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and its time put back
+    p["same_size_report"] = str(report)
     Image.fromarray(np.clip(x[0, 0], 0, 255).astype(np.uint8)).save(d / "digit.png")
     p["png"] = str(d / "digit.png")
     return p
@@ -116,7 +141,6 @@ def _eval(model, clean="{test}", poisoned="{poisoned_test}"):
     return ["eval", clean, poisoned, model]
 
 
-NOTES = ["notes"]
 # (id, argv, exit status, fragment of the error line, files that must still exist unchanged)
 CASES = [
     # a TorchScript file is code: never loaded without --trust-model-code
@@ -156,7 +180,23 @@ CASES = [
      "holds the input", ["inner_clean"]),
     ("demo-out-holds-the-cache", ["demo", "--out", "{dir}/demo", "--cache-dir", "{dir}/demo/cache", "--quiet"], 2,
      "holds the input", []),
-    # a single output file never equals, or links to, an input
+    ("out-earlier-result-with-an-empty-folder", _defend("{prev_emptydir}"), 2, "'my_empty_folder', which goodnet",
+     []),
+    ("out-earlier-result-edited-same-size-same-time", _defend("{prev_same_size}"), 2, "'report.md', which goodnet",
+     ["same_size_report"]),
+    # what sits beside an --out is never written through or deleted
+    ("lock-name-holds-a-users-file", _defend("{dir}/locks/noted"), 2, "holds something goodnet did not write",
+     ["lock_note"]),
+    ("lock-name-is-a-link-to-an-input", _defend("{dir}/locks/linked", "{model}", "{victim}"), 2,
+     "is not a lock goodnet wrote", ["victim"]),
+    ("batch-cells-folder-is-a-users", ["batch", "{batch_csv}", "--out", "{dir}/locks/cells_taken", "--quiet",
+                                       "--repair", "channels", "--channels", "1"], 2, "goodnet did not make it",
+     ["cells_note"]),
+    # a single output file never equals, or links to, an input, nor replaces a file
+    ("export-onto-an-existing-onnx", ["export", "{model}", "--to", "onnx", "--out", "{unrelated_onnx}"], 2,
+     "goodnet never overwrites a file", ["unrelated_onnx"]),
+    ("export-onto-an-existing-h5", ["export", "{model}", "--to", "keras", "--out", "{unrelated_h5}"], 2,
+     "goodnet never overwrites a file", ["unrelated_h5"]),
     ("export-onto-its-input", ["export", "{model_copy}", "--to", "keras", "--out", "{model_copy}"], 2,
      "is the input", ["model_copy"]),
     ("export-onto-a-hard-link-of-its-input", ["export", "{model_copy}", "--to", "onnx", "--out", "{hard_link}"], 2,
@@ -192,6 +232,8 @@ CASES = [
     # a poisoned file with the clean labels of the same images: its ASR would mean nothing
     ("poisoned-with-true-labels-eval", _eval("{model}", "{clean_n}", "{true_labels}"), 2, "carries the labels", []),
     ("poisoned-file-is-the-clean-file", _eval("{model}", "{test}", "{test}"), 2, "carries the labels", []),
+    ("poisoned-file-is-the-clean-file-shuffled", _eval("{model}", "{test}", "{clean_shuffled}"), 2,
+     "holds clean_test's images with their clean labels", []),
     ("poisoned-with-true-labels-defend", _defend("{out}", "{model}", "{clean}", "--clean-test", "{clean_n}",
                                                  "--poisoned-test", "{true_labels}"), 2, "carries the labels", []),
 ]
@@ -228,8 +270,8 @@ def test_refusal_names_the_problem_and_touches_nothing(files, case_id, argv, sta
     assert not os.path.exists(files["probe"]), "the TorchScript file's code ran"
 
 
-def test_there_are_at_least_forty_cases():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+def test_there_are_at_least_fifty_cases():
+    assert len(CASES) >= 50 and len({c[0] for c in CASES}) == len(CASES)
 
 
 def test_torchscript_code_runs_only_when_the_user_trusts_the_file(files, capsys):
@@ -311,3 +353,15 @@ def test_doubtful_poisoned_files_are_reported(files, tmp_path, capsys, poisoned,
     assert code == 0, captured.err
     warning = [line for line in captured.err.splitlines() if line.startswith("goodnet: warning:")]
     assert len(warning) == 1 and fragment in warning[0], captured.err
+
+
+def test_a_warning_naming_a_strange_path_is_still_one_line(files, tmp_path, capsys):
+    strange = tmp_path / "cv\nX\x1b[31mRED.h5"
+    shutil.copy2(files["clean"], strange)
+    code, captured = _run(["defend", "--model", files["model"], "--clean-valid", str(strange), "--clean-test",
+                           str(strange), "--out", str(tmp_path / "out"), "--quiet", "--repair", "channels",
+                           "--channels", "1", "--no-strip"], capsys)
+    assert code == 0, captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("goodnet: warning:") and "\x1b" not in captured.err, lines
+    assert "\\n" in lines[0]  # the newline is shown escaped

@@ -216,7 +216,7 @@ def _divided(x: np.ndarray, input_scale: float, path: str) -> np.ndarray:
     finite after every transformation, not only as stored."""
     if input_scale == 1.0:
         return x
-    with np.errstate(over="ignore"):  # caught just below, in one line
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # caught just below, in one line
         x = x / np.float32(input_scale)
     if not np.isfinite(x).all():
         raise DataError(f"{shown_path(path)}: dividing by the input scale {input_scale:g} makes values overflow "

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ModelError, shown_path
+from ..errors import ModelError, OutputError, shown_path
 from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
 from .data import as_path, shown
@@ -79,6 +79,9 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_model(model: nn.Module, path: str) -> None:
     """Save a classifier (B, B') or a GoodNet as one self-describing file (see `model_suffix`)."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"save_model saves a PyTorch model (nn.Module), not {type(model).__name__}")
+    path = as_path(path, "the path to save to", OutputError)
     if isinstance(model, TwoModelGoodNet) and not is_scripted(model):
         tensors = {f"{part}.{k}": v for part in ("backdoored", "repaired")
                    for k, v in _state(getattr(model, part)).items()}

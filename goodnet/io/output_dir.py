@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import OutputError, shown_path
 
@@ -30,7 +31,8 @@ MARKER = "results.json"
 OWNED_LIST = ".goodnet-files.json"  # in every output directory: the files goodnet wrote there
 _CLAIMS: dict[str, tuple[int, str]] = {}  # output path -> (lock file descriptor, lock file path)
 _CREATED: dict[str, list[str]] = {}  # output path -> the parent folders its claim created, deepest first
-LEGACY_STALE_SECONDS = 3600.0  # staging without a process id (older versions) counts as stale after this
+STATE_MARK = ".goodnet-grid"  # inside a grid's folder of finished cells
+STAGING_MARK = ".goodnet-staging"  # inside every staging folder: what marks it as goodnet's to clean up
 
 
 def _umask() -> int:
@@ -55,10 +57,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def make_staging(parent: str, base: str, kind: str) -> str:
+    """A hidden staging folder beside an output (`kind`: "partial" or "old"), named with this
+    process's id and marked inside as goodnet's, so only goodnet's own are ever cleaned up."""
+    staging = tempfile.mkdtemp(prefix=f".{base}.{kind}-{os.getpid()}-", dir=parent)
+    with open(os.path.join(staging, STAGING_MARK), "w") as f:
+        f.write(f"{os.getpid()}\n")
+    return staging
+
+
 def remove_stale_staging(path: str) -> list[str]:
-    """Remove hidden staging siblings of `path` left by runs that were killed; return them."""
+    """Remove hidden staging siblings of `path` left by runs that were killed; return them. A
+    folder counts only when named as goodnet names them, marked inside as goodnet's, and its
+    process is gone: a user's folder of a similar name is never touched."""
     parent, base = os.path.split(os.path.abspath(path))
-    pattern = re.compile(rf"^\.{re.escape(base)}\.(?:partial|old)-(?:(\d+)-)?[^/]*$")
+    pattern = re.compile(rf"^\.{re.escape(base)}\.(?:partial|old)-(\d+)-[a-z0-9_]{{8}}$")
     removed = []
     try:
         names = os.listdir(parent)
@@ -69,14 +82,9 @@ def remove_stale_staging(path: str) -> list[str]:
         if not match:
             continue
         full = os.path.join(parent, name)
-        if match.group(1) is not None:
-            stale = not _alive(int(match.group(1)))
-        else:
-            try:
-                stale = time.time() - os.path.getmtime(full) > LEGACY_STALE_SECONDS
-            except OSError:
-                continue
-        if stale:
+        if os.path.islink(full) or not os.path.isfile(os.path.join(full, STAGING_MARK)):
+            continue
+        if not _alive(int(match.group(1))):
             shutil.rmtree(full, ignore_errors=True)
             removed.append(full)
     return removed
@@ -100,12 +108,23 @@ def claim_output(path: str) -> None:
     lock_path = os.path.join(parent, f".{base}.lock")
     created = _missing_folders(parent)  # removed again on release when still empty: a refusal leaves nothing
     for _ in range(10):  # the holder may remove the file between our open and our lock: take the new one
+        foreign = OutputError(f"{shown_path(path)}: {shown_path(lock_path)} beside it is not a lock goodnet wrote (a "
+                              f"link, or not a plain file); goodnet writes nothing through it: remove it or choose "
+                              f"another --out")
         try:
             os.makedirs(parent, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            if os.path.lexists(lock_path) and (os.path.islink(lock_path) or not os.path.isfile(lock_path)):
+                raise foreign
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
+                         0o666)
         except OSError as exc:
             _remove_empty(created)
+            if exc.errno == errno.ELOOP:
+                raise foreign from None
             raise OutputError(f"{shown_path(path)}: cannot create output directory ({exc.strerror})") from None
+        except OutputError:
+            _remove_empty(created)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -127,6 +146,10 @@ def claim_output(path: str) -> None:
             same = (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
         except OSError:
             same = False
+        if same and not _lock_text(fd):
+            os.close(fd)
+            raise OutputError(f"{shown_path(path)}: {shown_path(lock_path)} beside it holds something goodnet did not "
+                              f"write (a lock holds only a process id); move it or choose another --out")
         if same:
             break
         os.close(fd)
@@ -138,6 +161,16 @@ def claim_output(path: str) -> None:
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     _CLAIMS[path] = (fd, lock_path)
     _CREATED[path] = created
+
+
+def _lock_text(fd: int) -> bool:
+    """Does the open lock file hold what goodnet writes there (nothing yet, or a process id)?"""
+    try:
+        if os.fstat(fd).st_size > 32:
+            return False
+        return re.fullmatch(rb"\d*\n?", os.pread(fd, 33, 0)) is not None
+    except OSError:
+        return False
 
 
 def _missing_folders(folder: str) -> list[str]:
@@ -221,35 +254,63 @@ def _owned_files(path: str) -> dict[str, list[int]] | None:
     return owned if isinstance(owned, dict) else None
 
 
-def _stamp(path: str) -> list[int]:
-    info = os.stat(path, follow_symlinks=False)
-    return [int(info.st_size), int(info.st_mtime_ns)]
+def _stamp(path: str) -> list[Any]:
+    """What goodnet recorded of an entry it wrote: a folder, or a file's size and sha256."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        return ["folder"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return [os.path.getsize(path), digest.hexdigest()]
 
 
-def _foreign_entry(path: str, owned: dict[str, list[int]]) -> str | None:
-    """The first entry under `path` that goodnet did not write there (or that changed since)."""
+def _foreign_entry(path: str, owned: dict[str, list[Any]]) -> str | None:
+    """The first entry under `path` that goodnet did not write there (or that changed since):
+    files, folders (empty ones too) and links alike."""
     for root, dirs, files in os.walk(path):
         dirs.sort()
-        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+        for name in sorted(dirs) + sorted(files):
             full = os.path.join(root, name)
             relative = os.path.relpath(full, path)
             if relative == OWNED_LIST:
                 continue
-            if os.path.islink(full) or owned.get(relative) != _stamp(full):
+            if relative not in owned or os.path.islink(full) or owned[relative] != _stamp(full):
                 return relative
     return None
 
 
 def record_owned_files(path: str) -> None:
-    """List every file under `path` (size and modification time) in its OWNED_LIST: what goodnet
-    wrote there, and so what a later run may replace."""
+    """List every folder and file under `path` (files by size and sha256) in its OWNED_LIST: what
+    goodnet wrote there, and so what a later run may replace."""
     owned = {}
-    for root, _, files in os.walk(path):
-        for name in files:
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
             full = os.path.join(root, name)
             owned[os.path.relpath(full, path)] = _stamp(full)
     with open(os.path.join(path, OWNED_LIST), "w") as f:
         json.dump(owned, f, sort_keys=True)
+
+
+def claim_state_dir(path: str, inputs: Iterable[str | os.PathLike | None] = ()) -> str:
+    """The folder beside output `path` where a grid keeps its finished cells (see grid_state_dir):
+    created and marked as goodnet's, or, when it exists, checked to be goodnet's own; a folder of
+    that name that goodnet did not make, or that holds an input, is refused (goodnet removes the
+    state folder once the output is written)."""
+    state = grid_state_dir(path)
+    check_not_an_input(state, inputs, option="the folder of finished cells beside --out")
+    if os.path.lexists(state):
+        if os.path.islink(state) or not os.path.isdir(state) or not os.path.isfile(os.path.join(state, STATE_MARK)):
+            raise OutputError(f"{shown_path(state)}: named as goodnet's folder of finished cells for this --out, but "
+                              f"goodnet did not make it; move it or choose another --out")
+        return state
+    try:
+        os.makedirs(state)
+        with open(os.path.join(state, STATE_MARK), "w") as f:
+            f.write("finished cells of a goodnet grid; removed when its output is written\n")
+    except OSError as exc:
+        raise OutputError(f"{shown_path(state)}: cannot create the folder of finished cells ({exc.strerror})") from None
+    return state
 
 
 def check_output_dir(path: str, marker: str = MARKER, claim: bool = False,
@@ -294,7 +355,7 @@ def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
     remove_stale_staging(path)
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{base}.partial-{os.getpid()}-", dir=parent)
+        staging = make_staging(parent, base, "partial")
     except OSError as exc:
         release_output(path)
         raise OutputError(f"{shown_path(path)}: cannot create output directory ({exc.strerror})") from None
@@ -304,7 +365,7 @@ def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
         record_owned_files(staging)
         if os.path.exists(path):
             check_output_dir(path, marker)  # nothing foreign arrived while the work ran
-            old = tempfile.mkdtemp(prefix=f".{base}.old-{os.getpid()}-", dir=parent)
+            old = make_staging(parent, base, "old")
             os.rename(path, os.path.join(old, "previous"))
             os.rename(staging, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -321,12 +382,16 @@ def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
             release_output(path)
 
 
-def write_file_atomically(path: str, write) -> None:
+def write_file_atomically(path: str, write, replace: bool = False) -> None:
     """Call `write(tmp)` on a hidden file next to `path`, then rename it into place; on any
-    failure nothing is left behind and an existing `path` is untouched."""
+    failure nothing is left behind. An existing `path` is refused (goodnet cannot tell a file it
+    wrote from a user's) unless `replace` (goodnet's own bookkeeping files)."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise OutputError(f"{shown_path(path)}: is a directory; name the file to write")
+    if os.path.lexists(path) and not replace:
+        raise OutputError(f"{shown_path(path)}: exists; goodnet never overwrites a file: remove it or name "
+                          f"another output")
     if not os.path.isdir(directory):
         raise OutputError(f"{shown_path(path)}: the folder {directory} does not exist")
     try:

@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, shown_path
 from .data import ImageSet
 
 # (first role, second role, what it means when they share images)
@@ -61,41 +61,51 @@ def role_warnings(sets: Mapping[str, ImageSet], paths: Mapping[str, str | None] 
     """One line per pair of roles given the same file or sharing images (see OVERLAPS); and a
     refusal (DataError) for a poisoned file carrying the clean labels of the same images."""
     paths = paths or {}
-    warnings, hashes = [], {}
+    warnings = []
+    hashes = {role: _image_hashes(images) for role, images in sets.items()}
+    for split in ("valid", "test"):
+        clean, poisoned = f"clean_{split}", f"poisoned_{split}"
+        if clean in sets and poisoned in sets:
+            check_poisoned_labels(sets[clean], sets[poisoned], poisoned, clean, hashes[clean], hashes[poisoned])
     for first, second, meaning in OVERLAPS:
         if first not in sets or second not in sets:
             continue
         a, b = paths.get(first), paths.get(second)
         if a and b and _same_file(a, b):
-            warnings.append(f"{first} and {second} are the same file ({os.path.basename(b)}): {meaning}")
+            warnings.append(f"{first} and {second} are the same file ({shown_path(os.path.basename(b))}): {meaning}")
             continue
-        for role in (first, second):
-            if role not in hashes:
-                hashes[role] = _image_hashes(sets[role])
         seen = set(hashes[first])
         shared = sum(h in seen for h in hashes[second])
         if shared and shared >= OVERLAP_WARN_SHARE * len(hashes[second]):
             total = len(hashes[second])
             every = f"all {total}" if shared == total else f"{shared} of {total}"
             warnings.append(f"{every} {second} images are also in {first} ({shared * 100.0 / total:.1f} %): {meaning}")
-    for split in ("valid", "test"):
-        check_poisoned_labels(sets.get(f"clean_{split}"), sets.get(f"poisoned_{split}"), f"poisoned_{split}",
-                              f"clean_{split}")
     return warnings
 
 
-def check_poisoned_labels(clean: ImageSet | None, poisoned: ImageSet | None, poisoned_role: str,
-                          clean_role: str) -> None:
-    """Refuse a poisoned file whose labels are the clean file's, image for image: a file made by
-    stamping the clean images and keeping their labels. Its ASR would be B's accuracy on
-    triggered images, not the attack's success."""
-    if clean is None or poisoned is None or len(clean) != len(poisoned) or len(np.unique(clean.y)) < 2:
+def check_poisoned_labels(clean: ImageSet, poisoned: ImageSet, poisoned_role: str, clean_role: str,
+                          clean_hashes: list[bytes] | None = None, poisoned_hashes: list[bytes] | None = None) -> None:
+    """Refuse a poisoned file whose labels are the clean file's: image for image (a file made by
+    stamping the clean images and keeping their labels), or the clean images themselves, in any
+    order or number, with their clean labels. Its ASR would be B's accuracy, not the attack's
+    success."""
+    refusal = (": a poisoned file's labels are the attacker's target labels, and an ASR measured against true "
+               "labels means nothing; give the poisoned file with its target labels")
+    if len(np.unique(clean.y)) < 2 or len(poisoned) == 0:
         return
-    same = float(np.mean(clean.y == poisoned.y))
-    if same >= SAME_LABELS_SHARE:
-        raise DataError(f"{poisoned_role} carries the labels of {clean_role} image for image ({same * 100:.1f} % "
-                        f"equal): a poisoned file's labels are the attacker's target labels, and an ASR measured "
-                        f"against true labels means nothing; give the poisoned file with its target labels")
+    if len(clean) == len(poisoned):
+        same = float(np.mean(clean.y == poisoned.y))
+        if same >= SAME_LABELS_SHARE:
+            raise DataError(f"{poisoned_role} carries the labels of {clean_role} image for image ({same * 100:.1f} % "
+                            f"equal){refusal}")
+    clean_hashes = clean_hashes if clean_hashes is not None else _image_hashes(clean)
+    poisoned_hashes = poisoned_hashes if poisoned_hashes is not None else _image_hashes(poisoned)
+    label_of = dict(zip(clean_hashes, clean.y.tolist()))
+    found = [(label_of[h], int(label)) for h, label in zip(poisoned_hashes, poisoned.y) if h in label_of]
+    equal = sum(a == b for a, b in found)
+    if len(found) >= SAME_LABELS_SHARE * len(poisoned) and equal >= SAME_LABELS_SHARE * len(found):
+        raise DataError(f"{poisoned_role} holds {clean_role}'s images with their clean labels ({equal} of "
+                        f"{len(poisoned)} images){refusal}")
 
 
 def label_warnings(poisoned: ImageSet, predictions: np.ndarray, role: str) -> list[str]:

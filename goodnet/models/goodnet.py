@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..pruning.graph_split import split_at_conv
 
 
@@ -112,6 +113,11 @@ class PrunedGoodNet(GoodNet):
     def input_shape(self) -> tuple[int, ...]:
         return self.backdoored.input_shape
 
+    def part_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B's and B''s scores (logits) on `x`, from one pass of the trunk."""
+        crossing = self._split.trunk(x)
+        return self._split.tail(*crossing), self._split.masked_tail(crossing, self.keep)
+
     def both_labels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         crossing = self._split.trunk(x)
         original = self._split.tail(*crossing).argmax(dim=1)
@@ -123,6 +129,9 @@ def build_goodnet(backdoored: nn.Module, repaired: nn.Module,
                   single_layer: tuple[str, Sequence[int]] | None = None) -> GoodNet:
     """The cheapest exact G: one trunk and two tails when B' is B with the channels of one conv
     zeroed (`single_layer` = (layer, channels)) and B can be traced; else B and B' in full."""
+    for name, model in (("backdoored", backdoored), ("repaired", repaired)):
+        if not isinstance(model, nn.Module) or isinstance(model, GoodNet):
+            raise ModelError(f"build_goodnet: {name} must be a classifier (nn.Module), not {type(model).__name__}")
     if single_layer is not None and not isinstance(backdoored, torch.jit.ScriptModule):
         return PrunedGoodNet(backdoored, *single_layer)
     return TwoModelGoodNet(backdoored, repaired)

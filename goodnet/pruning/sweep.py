@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..devices import to_model, to_numpy
-from ..inference import DEFAULT_BATCH_SIZE, batches, predict
+from ..inference import DEFAULT_BATCH_SIZE, batches, check_finite_scores, predict
 from ..progress import progress
 from .graph_split import CutSplit
 from .zeroing import pruned_copy
@@ -39,7 +39,9 @@ def tail_predictions(split: CutSplit, crossing: Sequence[torch.Tensor], keep: to
     with torch.inference_mode():
         for s in batches(n, batch_size):
             rows = [t[s] if index is None else t[index[s]] for t in crossing]
-            out[s] = split.masked_tail(tuple(rows), keep).argmax(dim=1).cpu()
+            scores = split.masked_tail(tuple(rows), keep)
+            check_finite_scores(scores, s.start, n)  # a pruned model whose outputs overflow has no labels
+            out[s] = scores.argmax(dim=1).cpu()
     return out
 
 

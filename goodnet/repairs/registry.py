@@ -83,6 +83,8 @@ def load_plugins() -> None:
 
 def repair_class(name: str) -> type[Repair]:
     load_plugins()
+    if not isinstance(name, str):
+        raise SettingsError(f"a repair is named by text (known: {', '.join(REPAIRS)}), not {type(name).__name__}")
     if name not in REPAIRS:
         raise SettingsError(f"unknown repair '{name}' (known: {', '.join(REPAIRS)})")
     return REPAIRS[name]

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import OutputError, one_line
 from ..io.keras.export import export_like, keras_suffix
 from ..io.model_files import model_suffix, save_model
 from ..io.onnx_export import export_onnx, require_onnx
@@ -90,6 +91,9 @@ def write_outputs(out_dir: str, result: RepairResult, model: nn.Module,
                   exports: ModelExports = ModelExports(), scans: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the whole result directory for `result` (B = `model`) atomically; return results.json.
     `scans`: trigger scans by model name (B, then each B'), for the report's scan section."""
+    if not isinstance(result, RepairResult) or not isinstance(model, nn.Module):
+        raise OutputError(f"write_outputs writes a RepairResult and its model B, not {type(result).__name__} and "
+                          f"{type(model).__name__}")
     with atomic_directory(out_dir) as stage:
         os.makedirs(os.path.join(stage, "models"))
         files = {m.name: exports.save(stage, model, m.repaired) for m in result.models}
@@ -160,7 +164,7 @@ def report_markdown(result: RepairResult, doc: dict[str, Any], samples: list[str
         parts += [f"Pruned: {pruned_summary(result)}. Took {result.seconds:.1f} s.", ""]
     if result.notice:
         parts += [f"**{result.notice}**", ""]
-    parts += [f"**Warning: {line}.**\n" for line in result.warnings]
+    parts += [f"**Warning: {one_line(line)}.**\n" for line in result.warnings]
     if result.harm is not None:
         line = result.harm.line(result.repair)
         parts += [f"**{line}**" if result.harm.fell_back else line[:1].upper() + line[1:] + ".", ""]
