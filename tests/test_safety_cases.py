@@ -219,6 +219,8 @@ CASES = [
     ("refusal-of-bad-data-leaves-no-nested-folders",
      ["scan", "--model", "{model}", "--clean-valid", "{dir}/absent.h5", "--out", "{dir}/s1/s2/o", "--quiet"], 2,
      "no such file", []),
+    ("refusal-of-an-impossible-name-leaves-no-folders", _defend("{dir}/x1/" + "a" * 300 + "/y"), 2,
+     "cannot create output directory", []),
     # distinct settings, distinct files; the same setting twice is refused
     ("thresholds-repeated", _defend("{out}", "{model}", "{clean}", "--thresholds", "2", "2"), 2, "twice", []),
     # broken numbers are errors, never scores

@@ -189,9 +189,11 @@ def _remove_empty(folders: list[str]) -> None:
     """Remove `folders` (deepest first) while they are empty: the parents a claim created for an
     output that was never written."""
     for folder in folders:
+        if not os.path.isdir(folder) or os.path.islink(folder):  # never made (makedirs stopped above it)
+            continue
         try:
             os.rmdir(folder)
-        except OSError:
+        except OSError:  # not empty: something else lives there now
             return
 
 
