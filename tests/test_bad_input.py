@@ -132,5 +132,5 @@ def test_real_entry_point_prints_one_line(case):
     proc = subprocess.run([sys.executable, "-m", "goodnet", "defend", "--model", case["model"], "--clean-valid",
                            str(case["dir"] / "absent.h5"), "--out", case["out"]], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "absent.h5: no such file" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "absent.h5': no such file" in proc.stderr
     assert not os.path.exists(case["out"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from goodnet.errors import SettingsError
 from goodnet.inspection.detection_scores import DetectionScore, as_probabilities, disagreement_scores
 from goodnet.inspection.strip import StripSettings, sample, strip_scores
 from goodnet.io.data import load_images
@@ -78,7 +79,7 @@ def test_strip_samples_at_most_max_images():
     assert np.array_equal(sample(10, 20, 0), np.arange(10))
     picked = sample(1000, 100, 0)
     assert len(picked) == 100 and len(set(picked)) == 100 and np.array_equal(picked, sample(1000, 100, 0))
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingsError, match="overlays must be an integer of at least 1"):
         StripSettings(overlays=0)
 
 

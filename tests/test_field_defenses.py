@@ -4,7 +4,6 @@ without poisoned data runs (`goodnet scan`, `goodnet defend --scan`, `goodnet co
 import html
 import json
 
-import pytest
 
 from conftest import assert_self_contained_page, assert_one_line_error, run_cli
 from goodnet.repairs import repair_names
@@ -33,9 +32,8 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     for name in ("b_triggers.png", "b_norms.png", "report.md"):
         assert (tmp_path / "scan" / name).stat().st_size > 0
     assert html.escape(scan["verdict"], quote=False) in assert_self_contained_page(tmp_path / "scan")
-    with pytest.raises(SystemExit) as exc:  # argparse's own refusal: --clean-valid is required
-        run_cli(capsys, ["scan", "--model", demo_run["model"], "--out", tmp_path / "s2"])
-    assert exc.value.code == 2 and "--clean-valid" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, ["scan", "--model", demo_run["model"], "--out", tmp_path / "s2"])
+    assert code == 2 and "--clean-valid" in err  # argparse's own refusal: --clean-valid is required
 
     code, out, err = run_cli(capsys, ["defend", "--model", demo_run["model"], "--repair", "fine-tune",
                                       "--variant", "goodnet", "--lr", "0.05", "--epochs", "15", "--clean-valid", clean,

@@ -323,7 +323,10 @@ def test_eval_and_channels_on_keras_full_model(tmp_path, capsys):
     with h5py.File(tmp_path / "mnist.h5", "w") as f:
         f["data"] = x.reshape(-1, 1, 28, 28).astype("float32")
         f["label"] = y.astype("float64")
-    code, out, _ = run_cli(capsys, ["eval", tmp_path / "mnist.h5", tmp_path / "mnist.h5", FULL_MODEL,
+    with h5py.File(tmp_path / "targets.h5", "w") as f:  # a stand-in poisoned file: the images, all labelled 0
+        f["data"] = x.reshape(-1, 1, 28, 28).astype("float32")
+        f["label"] = np.zeros(len(y), dtype=np.int64)
+    code, out, _ = run_cli(capsys, ["eval", tmp_path / "mnist.h5", tmp_path / "targets.h5", FULL_MODEL,
                                     "--input-scale", 255])
     assert code == 0
     assert out.splitlines()[0] == "Clean Classification accuracy: 88.9"

@@ -327,7 +327,12 @@ def check_output_dir(path: str, marker: str = MARKER, claim: bool = False,
         if os.path.islink(path) or not os.path.isdir(path):
             raise OutputError(f"{shown_path(path)}: exists and is not a directory")
         if os.listdir(path):
-            owned = _owned_files(path) if os.path.exists(os.path.join(path, marker)) else None
+            has_marker = os.path.exists(os.path.join(path, marker))
+            owned = _owned_files(path) if has_marker else None
+            if owned is None and has_marker:
+                raise OutputError(f"{shown_path(path)}: holds no record of the files goodnet wrote there (an older "
+                                  f"goodnet's output?), so goodnet will not replace it; remove it yourself or choose "
+                                  f"another --out")
             if owned is None:
                 raise OutputError(f"{shown_path(path)}: exists and is not a goodnet output directory; choose another "
                                   f"--out")

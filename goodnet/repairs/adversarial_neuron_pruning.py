@@ -181,7 +181,7 @@ class AdversarialNeuronPruning(Repair):
         "weight", "what pruning a neuron zeroes: 'weight' (the reference's: the masked weight, BatchNorm gamma "
         "or the kernel of a conv without BatchNorm) or 'channel' (goodnet's: conv kernel and bias and the "
         "BatchNorm's gamma and beta)")
-    seed: int = setting(0, "seed of the repair's random choices", low=0, high=2**32 - 1)
+    seed: int = setting(0, "seed of the repair's random choices", low=0, high=2**63 - 1)
 
     MILDER_THRESHOLDS = (0.5, 0.25, 0.05)  # milder: threshold times these (fewer neurons pruned)
 

@@ -249,6 +249,8 @@ class Repair:
                 or (high is not None and number > high):
             def bound(v: float) -> str:
                 return str(int(v)) if float(v).is_integer() and abs(v) < 2 ** 63 else f"{v:g}"
+            if kind == "int" and low is not None and high is not None and not low_open:
+                raise SettingsError(f"{option} must be an integer from {bound(low)} to {bound(high)}, not {value!r}")
             bounds = f"{'(' if low_open else '['}{'-inf' if low is None else bound(low)}, " \
                      f"{'inf' if high is None else bound(high)}{']' if high is not None else ')'}"
             raise SettingsError(f"{option} must be in {bounds}, not {value!r}")

@@ -175,7 +175,7 @@ class ImplicitUnlearning(Repair):
     radius: float = setting(0.18, "goodnet variant: largest RMS of the perturbation, as a share of the value range",
                             low=0.0, low_open=True, high=1.0)
     steps: int = setting(5, "goodnet variant: normalised ascent steps on the perturbation per batch", low=1)
-    seed: int = setting(0, "seed of the batch order and of the images that carry the perturbation", low=0, high=2**32 - 1)
+    seed: int = setting(0, "seed of the batch order and of the images that carry the perturbation", low=0, high=2**63 - 1)
 
     # milder: (rate divided by, rounds divided by), mildest last
     MILDER = ((2, 1), (5, 2), (10, 5))

@@ -125,7 +125,7 @@ class ReconstructiveNeuronPruning(Repair):
     recover_alpha: float = setting(0.2, "weight of the clean loss in mask recovery", low=0.0, low_open=True)
     recover_epochs: int = setting(20, "mask recovery epochs", low=1)
     batch_size: int = setting(128, "batch size of unlearning and recovery", low=1)
-    seed: int = setting(0, "seed of the repair's random choices and training", low=0, high=2**32 - 1)
+    seed: int = setting(0, "seed of the repair's random choices and training", low=0, high=2**63 - 1)
 
     def milder(self) -> list[Repair]:
         """A lower mask threshold (or a smaller budget), on the same masks."""

@@ -32,7 +32,7 @@ class TuningSchedule(Repair):
     lr: float = setting(0.05, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
     momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
     weight_decay: float = setting(5e-4, "SGD weight decay", low=0.0)
-    seed: int = setting(0, "seed of the repair's random choices and training", low=0, high=2**32 - 1)
+    seed: int = setting(0, "seed of the repair's random choices and training", low=0, high=2**63 - 1)
 
     RATE_STEPS = ((2, 1), (4, 2), (10, 4))  # milder: (rate divided by, epochs divided by)
 
