@@ -50,14 +50,19 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 def run_cli(capsys, argv):
     """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    code, captured = run_cli_captured(capsys, argv)
+    return code, captured.out, captured.err
+
+
+def run_cli_captured(capsys, argv):
+    """Run the CLI in-process; return (exit code, what it printed: `.out` and `.err`)."""
     from goodnet.cli import main
 
     try:
         code = main([str(a) for a in argv])
     except SystemExit as exc:  # argparse's own refusals (usage errors, out-of-range numbers)
         code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return code, capsys.readouterr()
 
 
 def assert_one_line_error(code, err, pattern):

@@ -18,7 +18,7 @@ import h5py
 import pytest
 import torch
 
-from goodnet.cli import main
+from conftest import run_cli_captured
 from goodnet.errors import DataError
 from goodnet.io.data import check_input_range, load_images
 from goodnet.io.file_checks import check_input_file, holds_onnx, input_file_problem, shown_path
@@ -192,18 +192,10 @@ CASES = [
 ]
 
 
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
-    return code, capsys.readouterr()
-
-
 @pytest.mark.parametrize("case_id, argv, fragment", CASES, ids=[c[0] for c in CASES])
 def test_refused_in_one_line_leaving_nothing(files, case_id, argv, fragment, capsys):
     before = set(os.listdir(files["dir"]))
-    code, captured = _run([a.format(**files) for a in argv], capsys)
+    code, captured = run_cli_captured(capsys, [a.format(**files) for a in argv])
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code == 2, captured.err
     assert len(lines) == 1 and lines[0].startswith("goodnet: error:"), captured.err
@@ -220,7 +212,7 @@ def test_a_named_pipe_is_never_opened(files, capsys):
     """A reader opening a pipe waits for a writer that never comes; goodnet must answer at once."""
     argv = ["eval", files["pipe_h5"], files["pipe_h5"], files["pipe_safetensors"]]
     result = {}
-    worker = threading.Thread(target=lambda: result.update(code=_run(argv, capsys)[0]), daemon=True)
+    worker = threading.Thread(target=lambda: result.update(code=run_cli_captured(capsys, argv)[0]), daemon=True)
     worker.start()
     worker.join(60)
     assert not worker.is_alive(), "goodnet blocked on a named pipe"
@@ -241,7 +233,7 @@ def test_an_unreadable_file_is_refused_for_permission(files, tmp_path, capsys):
     locked = tmp_path / "locked.h5"
     locked.write_bytes(open(files["clean"], "rb").read())
     locked.chmod(0)
-    code, captured = _run(["eval", str(locked), files["poisoned"], files["model"]], capsys)
+    code, captured = run_cli_captured(capsys, ["eval", str(locked), files["poisoned"], files["model"]])
     assert code == 2 and "permission denied" in captured.err and captured.err.count("\n") == 1
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from goodnet.cli import main
+from conftest import run_cli_captured
 
 
 class Payload:  # pickles as a call to print: loading it must never run it
@@ -322,18 +322,10 @@ CASES = [
 ]
 
 
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
-    return code, capsys.readouterr()
-
-
 @pytest.mark.parametrize("case_id, argv, fragment", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_leaves_nothing(files, case_id, argv, fragment, capsys):
     before = set(os.listdir(files["dir"]))
-    code, captured = _run([a.format(**files) for a in argv], capsys)
+    code, captured = run_cli_captured(capsys, [a.format(**files) for a in argv])
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code == 2, captured.err
     assert len(lines) == 1 and lines[0].startswith("goodnet: error:"), captured.err
@@ -358,9 +350,9 @@ def test_a_16_bit_png_is_scaled_by_bit_depth_not_clipped(files, tmp_path, capsys
         Image.fromarray(level.astype(np.uint16) * 257).save(tmp_path / f"d{i}_16.png")  # same grey, 16 bits
         eight.append(str(tmp_path / f"d{i}_8.png"))
         sixteen.append(str(tmp_path / f"d{i}_16.png"))
-    code, out8 = _run(["classify", files["model"], *eight], capsys)
+    code, out8 = run_cli_captured(capsys, ["classify", files["model"], *eight])
     assert code == 0, out8.err
-    code, out16 = _run(["classify", files["model"], *sixteen], capsys)
+    code, out16 = run_cli_captured(capsys, ["classify", files["model"], *sixteen])
     assert code == 0, out16.err
     labels = lambda out: [line.split()[-1] for line in out.out.splitlines()]  # noqa: E731
     assert labels(out16) == labels(out8)
@@ -369,7 +361,7 @@ def test_a_16_bit_png_is_scaled_by_bit_depth_not_clipped(files, tmp_path, capsys
 
 def test_an_image_past_the_pixel_limit_is_refused(files, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 120x120 image is past twice this
-    code, captured = _run(["classify", files["model"], files["img_big"]], capsys)
+    code, captured = run_cli_captured(capsys, ["classify", files["model"], files["img_big"]])
     assert code == 2 and "too large to read safely" in captured.err and captured.err.count("\n") == 1
 
 
@@ -381,7 +373,7 @@ def test_relative_budgets_need_a_model_that_is_right_somewhere(files, tmp_path, 
     from goodnet.inference import predict
     wrong = (predict(load_model(files["model"]), pred.numpy()) + 1) % 10  # labels B never gives
     bad = _h5(tmp_path / "wrong.h5", x, wrong)
-    code, captured = _run(["defend", "--model", files["model"], "--clean-valid", str(bad), "--relative", "--force",
-                           "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    code, captured = run_cli_captured(capsys, ["defend", "--model", files["model"], "--clean-valid", str(bad), "--relative", "--force",
+                           "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 2 and "--relative measures drops" in captured.err, captured.err
     assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from PIL import Image
 
+from conftest import run_cli_captured
 from goodnet.cli import main
 from goodnet.io.model_files import save_model
 from goodnet.models import build_model
@@ -249,19 +250,11 @@ def _listing(root):
     return sorted(os.path.relpath(os.path.join(r, n), root) for r, ds, fs in os.walk(root) for n in ds + fs)
 
 
-def _run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
-    return code, capsys.readouterr()
-
-
 @pytest.mark.parametrize("case_id, argv, status, fragment, keep", CASES, ids=[c[0] for c in CASES])
 def test_refusal_names_the_problem_and_touches_nothing(files, case_id, argv, status, fragment, keep, capsys):
     kept = {key: _digest(files[key]) for key in keep}
     before = _listing(files["dir"])
-    code, captured = _run([a.format(**files) for a in argv], capsys)
+    code, captured = run_cli_captured(capsys, [a.format(**files) for a in argv])
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code == status, captured.err
     assert len(lines) == 1 and lines[0].startswith("goodnet: error:"), captured.err
@@ -278,21 +271,21 @@ def test_there_are_at_least_fifty_cases():
 
 def test_torchscript_code_runs_only_when_the_user_trusts_the_file(files, capsys):
     argv = ["eval", files["test"], files["poisoned_test"], files["script"]]
-    code, captured = _run(argv, capsys)
+    code, captured = run_cli_captured(capsys, argv)
     assert code == 2 and "--trust-model-code" in captured.err
     assert not os.path.exists(files["probe"])  # its forward never ran
     probe = os.path.join(os.path.dirname(files["dir"]), "trusted_probe.bin")
     trusted = os.path.join(os.path.dirname(files["dir"]), "trusted.pt")
     torch.jit.save(torch.jit.script(FileWritingNet(probe)), trusted)
-    code, captured = _run(["eval", files["test"], files["poisoned_test"], trusted, "--trust-model-code"], capsys)
+    code, captured = run_cli_captured(capsys, ["eval", files["test"], files["poisoned_test"], trusted, "--trust-model-code"])
     assert code == 0, captured.err
     assert os.path.exists(probe)  # with the flag it did run: the model above really is code
 
 
 def test_distinct_thresholds_get_distinct_files(files, tmp_path, capsys):
     out = tmp_path / "out"
-    code, captured = _run(["defend", "--model", files["model"], "--clean-valid", files["clean"], "--out", str(out),
-                           "--quiet", "--thresholds", "0.5", "0.5000001", "--rule", "within"], capsys)
+    code, captured = run_cli_captured(capsys, ["defend", "--model", files["model"], "--clean-valid", files["clean"], "--out", str(out),
+                           "--quiet", "--thresholds", "0.5", "0.5000001", "--rule", "within"])
     assert code == 0, captured.err
     doc = json.loads((out / "results.json").read_text())
     names = [m["name"] for m in doc["models"]]
@@ -306,11 +299,11 @@ def test_a_rerun_replaces_only_goodnets_own_earlier_output(files, tmp_path, caps
     out = str(tmp_path / "out")
     argv = ["defend", "--model", files["model"], "--clean-valid", files["clean"], "--out", out, "--quiet",
             "--repair", "channels", "--channels", "1"]
-    assert _run(argv, capsys)[0] == 0
-    assert _run(argv, capsys)[0] == 0  # its own files: replaced
+    assert run_cli_captured(capsys, argv)[0] == 0
+    assert run_cli_captured(capsys, argv)[0] == 0  # its own files: replaced
     with open(os.path.join(out, "mine.txt"), "w") as f:
         f.write("kept")
-    code, captured = _run(argv, capsys)
+    code, captured = run_cli_captured(capsys, argv)
     assert code == 2 and "'mine.txt', which goodnet did not write" in captured.err
     assert open(os.path.join(out, "mine.txt")).read() == "kept"
 
@@ -330,9 +323,9 @@ def test_test_data_that_is_not_held_out_is_reported_loudly(files, tmp_path, caps
              "half_copy": _h5(tmp_path / "half.h5", np.concatenate([x[:half], tx[:half]]),
                               np.concatenate([y[:half], ty[:half]]))}
     out = tmp_path / "out"
-    code, captured = _run(["defend", "--model", files["model"], "--clean-valid", paths[roles[0]], "--clean-test",
+    code, captured = run_cli_captured(capsys, ["defend", "--model", files["model"], "--clean-valid", paths[roles[0]], "--clean-test",
                            paths[roles[1]], "--out", str(out), "--quiet", "--repair", "channels", "--channels",
-                           "1"], capsys)
+                           "1"])
     assert code == 0, captured.err
     warning = [line for line in captured.err.splitlines() if line.startswith("goodnet: warning:")]
     assert len(warning) == 1 and fragment in warning[0], captured.err
@@ -351,7 +344,7 @@ def test_doubtful_poisoned_files_are_reported(files, tmp_path, capsys, poisoned,
         x = f["data"][:]
     paths = {"clean_as_target": _h5(tmp_path / "clean_as_target.h5", x, np.zeros(len(x), dtype=np.int64)),
              "true_labels": files["true_labels"]}
-    code, captured = _run(["eval", files["test"], paths[poisoned], files["model"]], capsys)
+    code, captured = run_cli_captured(capsys, ["eval", files["test"], paths[poisoned], files["model"]])
     assert code == 0, captured.err
     warning = [line for line in captured.err.splitlines() if line.startswith("goodnet: warning:")]
     assert len(warning) == 1 and fragment in warning[0], captured.err
@@ -360,9 +353,9 @@ def test_doubtful_poisoned_files_are_reported(files, tmp_path, capsys, poisoned,
 def test_a_warning_naming_a_strange_path_is_still_one_line(files, tmp_path, capsys):
     strange = tmp_path / "cv\nX\x1b[31mRED.h5"
     shutil.copy2(files["clean"], strange)
-    code, captured = _run(["defend", "--model", files["model"], "--clean-valid", str(strange), "--clean-test",
+    code, captured = run_cli_captured(capsys, ["defend", "--model", files["model"], "--clean-valid", str(strange), "--clean-test",
                            str(strange), "--out", str(tmp_path / "out"), "--quiet", "--repair", "channels",
-                           "--channels", "1", "--no-strip"], capsys)
+                           "--channels", "1", "--no-strip"])
     assert code == 0, captured.err
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("goodnet: warning:") and "\x1b" not in captured.err, lines
