@@ -360,3 +360,13 @@ def test_a_warning_naming_a_strange_path_is_still_one_line(files, tmp_path, caps
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("goodnet: warning:") and "\x1b" not in captured.err, lines
     assert "\\n" in lines[0]  # the newline is shown escaped
+
+
+def test_an_output_holds_what_goodnet_wrote_and_its_record_only(files):
+    with open(os.path.join(files["prev_notes"], ".goodnet-files.json")) as f:
+        owned = json.load(f)
+    written = {os.path.relpath(os.path.join(r, n), files["prev_notes"])
+               for r, ds, fs in os.walk(files["prev_notes"]) for n in ds + fs}
+    assert written - set(owned) == {".goodnet-files.json", "NOTES.txt"}  # the record, and the user's note
+    assert "results.json" in owned and "models" in owned and owned["models"] == ["folder"]
+    assert not any(".goodnet-staging" in name for name in written)

@@ -369,6 +369,7 @@ def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
     try:
         respect_umask(staging, directory=True)
         yield staging
+        os.remove(os.path.join(staging, STAGING_MARK))  # an output, from here on: not staging to clean up
         record_owned_files(staging)
         if os.path.exists(path):
             check_output_dir(path, marker)  # nothing foreign arrived while the work ran
