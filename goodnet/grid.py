@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 from . import errors
 from .devices import compute_device, using_device
 from .errors import GoodnetError, SettingsError
-from .io.output_dir import release_output, write_file_atomically
+from .io.output_dir import file_sha256, release_output, write_file_atomically
 from .progress import eta, format_duration
 
 CELL_FORMAT = 1
@@ -43,7 +43,6 @@ MAX_THREADS = 1024
 RAY_CONNECT_SECONDS = 10.0
 POOL_STOP_SECONDS = 10.0  # at most this long for a stopped pool to let go of its queues
 PARENT_POLL_SECONDS = 1.0  # how often a pool worker checks that the process that started it still runs
-HASH_CHUNK = 1 << 20
 _IDENTITIES: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> content digest
 
 
@@ -68,14 +67,10 @@ def file_identity(path: str) -> str | None:
     known = _IDENTITIES.get(key)
     if known is not None:
         return known
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-                digest.update(chunk)
+        _IDENTITIES[key] = identity = f"sha256:{file_sha256(path)}"
     except (OSError, ValueError):
         return None
-    _IDENTITIES[key] = identity = f"sha256:{digest.hexdigest()}"
     return identity
 
 

@@ -18,7 +18,7 @@ import h5py
 import pytest
 import torch
 
-from conftest import run_cli_captured
+from conftest import assert_one_line_error, run_cli_captured
 from goodnet.errors import DataError
 from goodnet.io.data import check_input_range, load_images
 from goodnet.io.file_checks import check_input_file, holds_onnx, input_file_problem, shown_path
@@ -196,10 +196,7 @@ CASES = [
 def test_refused_in_one_line_leaving_nothing(files, case_id, argv, fragment, capsys):
     before = set(os.listdir(files["dir"]))
     code, captured = run_cli_captured(capsys, [a.format(**files) for a in argv])
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("goodnet: error:"), captured.err
-    assert fragment in lines[0], lines[0]
+    assert_one_line_error(code, captured.err, fragment)
     assert "Traceback" not in captured.err
     assert set(os.listdir(files["dir"])) == before, "something was left behind"
 

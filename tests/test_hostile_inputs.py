@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import run_cli_captured
+from conftest import assert_one_line_error, run_cli_captured
 
 
 class Payload:  # pickles as a call to print: loading it must never run it
@@ -326,10 +326,7 @@ CASES = [
 def test_bad_input_is_one_line_and_leaves_nothing(files, case_id, argv, fragment, capsys):
     before = set(os.listdir(files["dir"]))
     code, captured = run_cli_captured(capsys, [a.format(**files) for a in argv])
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert code == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("goodnet: error:"), captured.err
-    assert fragment in lines[0], lines[0]
+    assert_one_line_error(code, captured.err, fragment)
     assert "Traceback" not in captured.err and "weights_only=False" not in captured.err
     assert "this must never run" not in captured.out
     assert set(os.listdir(files["dir"])) == before, "something was left behind"

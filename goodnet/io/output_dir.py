@@ -256,15 +256,20 @@ def _owned_files(path: str) -> dict[str, list[int]] | None:
     return owned if isinstance(owned, dict) else None
 
 
-def _stamp(path: str) -> list[Any]:
-    """What goodnet recorded of an entry it wrote: a folder, or a file's size and sha256."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        return ["folder"]
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return [os.path.getsize(path), digest.hexdigest()]
+    return digest.hexdigest()
+
+
+def _stamp(path: str) -> list[Any]:
+    """What goodnet recorded of an entry it wrote: a folder, or a file's size and sha256."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        return ["folder"]
+    return [os.path.getsize(path), file_sha256(path)]
 
 
 def _foreign_entry(path: str, owned: dict[str, list[Any]]) -> str | None:

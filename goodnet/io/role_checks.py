@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import DataError, shown_path
 from .data import ImageSet
+from .output_dir import file_sha256
 
 # (first role, second role, what it means when they share images)
 OVERLAPS = (
@@ -41,15 +42,7 @@ def _same_file(a: str, b: str) -> bool:
             return False
     except OSError:
         return False
-    return _digest(a) == _digest(b)
-
-
-def _digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(a) == file_sha256(b)
 
 
 def _image_hashes(images: ImageSet) -> list[bytes]:
