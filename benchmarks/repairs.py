@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from goodnet.compare import comparison_roster
 from goodnet.io.data import load_sets, split_holdout
 from goodnet.io.model_files import load_model
+from goodnet.measure import run_repair
 from goodnet.models.training import fine_tune, random_erase, random_shift
-from goodnet.repairs import run_repair
 from goodnet.repairs.do_no_harm import DEFAULT_HOLDOUT, HOLDOUT_SEED
 from goodnet.zoo.badnets import DATA_FILES, MODEL_FILE, DemoSettings, cached_badnet, default_cache_dir, zoo_badnet
 from goodnet.zoo.catalog import select_badnets
@@ -37,7 +37,7 @@ def loop_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pixels: int 
     """The per-image loop random_shift replaced."""
     h, w = x.shape[2:]
     padded = F.pad(x, (pixels,) * 4)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(len(x))])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(x))])
 
 
 def loop_erase(x: torch.Tensor, g: torch.Generator, low: float, high: float) -> torch.Tensor:
@@ -54,7 +54,7 @@ def loop_erase(x: torch.Tensor, g: torch.Generator, low: float, high: float) -> 
         top = int(torch.randint(0, h - eh + 1, (1,), generator=g))
         left = int(torch.randint(0, w - ew + 1, (1,), generator=g))
         fill = torch.rand(c, eh, ew, generator=g)
-        out[i, :, top:top + eh, left:left + ew] = fill * (high - low) + low
+        out[i, :, top : top + eh, left : left + ew] = fill * (high - low) + low
     return out
 
 
@@ -73,8 +73,10 @@ def augmentation(shape: tuple[int, ...], repeats: int = 50) -> None:
     loop = (time.perf_counter() - start) / repeats
     same = torch.equal(random_shift(x, torch.Generator().manual_seed(1)), loop_shift(x, dy, dx))
     del new, old
-    print(f"augmentation of a batch {tuple(shape)}: per-image loop {loop * 1e3:.2f} ms, vectorised "
-          f"{vectorised * 1e3:.2f} ms, {loop / vectorised:.1f}x faster (shifts equal: {same})")
+    print(
+        f"augmentation of a batch {tuple(shape)}: per-image loop {loop * 1e3:.2f} ms, vectorised "
+        f"{vectorised * 1e3:.2f} ms, {loop / vectorised:.1f}x faster (shifts equal: {same})"
+    )
 
 
 def main() -> None:
@@ -86,8 +88,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only:
-        badnets = [(s.label(), zoo_badnet(s, default_cache_dir("zoo"), progress=False)[0])
-                   for s in select_badnets(args.part, args.only)]
+        badnets = [
+            (s.label(), zoo_badnet(s, default_cache_dir("zoo"), progress=False)[0])
+            for s in select_badnets(args.part, args.only)
+        ]
     else:
         badnets = [("demo", cached_badnet(DemoSettings(), default_cache_dir(), progress=False)[0])]
     repairs = comparison_roster(args.repairs)
@@ -99,12 +103,14 @@ def main() -> None:
         model = load_model(os.path.join(directory, MODEL_FILE))
         fit, _ = split_holdout(sets["clean_valid"], DEFAULT_HOLDOUT, HOLDOUT_SEED)
         value_range = (float(fit.x.min()), float(fit.x.max()))
-        fine_tune(load_model(os.path.join(directory, MODEL_FILE)), fit.x, fit.y, 1, 0, value_range=value_range)  # warm-up
+        fine_tune(
+            load_model(os.path.join(directory, MODEL_FILE)), fit.x, fit.y, 1, 0, value_range=value_range
+        )  # warm-up
         start = time.perf_counter()
         fine_tune(load_model(os.path.join(directory, MODEL_FILE)), fit.x, fit.y, 5, 0, value_range=value_range)
         epoch = (time.perf_counter() - start) / 5
         print(f"\n{label}: one fine-tuning epoch on {len(fit)} images (mean of 5 after a warm-up): {epoch:.2f} s")
-        print(f"| repair | seconds | epochs' worth | delivered |\n|---|---|---|---|")
+        print("| repair | seconds | epochs' worth | delivered |\n|---|---|---|---|")
         for repair in repairs:
             result = run_repair(model, repair, sets)
             delivered = "–" if result.harm is None else result.harm.delivered

@@ -19,13 +19,13 @@ import time
 import numpy as np
 import torch
 
+from goodnet.devices import resolve_device
+from goodnet.inference import predict
+from goodnet.io.model_files import load_model
 from goodnet.models import DeepID, ResNet8
 from goodnet.models.goodnet import PrunedGoodNet
 from goodnet.pruning.graph_split import split_at_conv
-from goodnet.devices import resolve_device
-from goodnet.io.model_files import load_model
 from goodnet.pruning.profiling import channel_means, pruning_order
-from goodnet.inference import predict
 from goodnet.pruning.sweep import naive_sweep, run_trunk, sweep, tail_predictions
 
 LAB_WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "lab_bd_weights.h5")
@@ -42,9 +42,12 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=11547, help="inputs per data set (lab: 11547)")
     parser.add_argument("--weights", choices=["auto", "lab", "random"], default="auto")
     parser.add_argument("--naive-steps", type=int, default=3, help="naive steps timed per data set")
-    parser.add_argument("--model", choices=["deepid", "resnet8"], default="deepid",
-                        help="deepid (lab size, conv_3) or resnet8 (3x32x32 inputs, random weights and "
-                             "BatchNorm statistics)")
+    parser.add_argument(
+        "--model",
+        choices=["deepid", "resnet8"],
+        default="deepid",
+        help="deepid (lab size, conv_3) or resnet8 (3x32x32 inputs, random weights and BatchNorm statistics)",
+    )
     parser.add_argument("--layer", default=None, help="conv to prune (default: conv_3 / layer2.conv1)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (as goodnet's --device); default cpu")
     args = parser.parse_args()
@@ -64,7 +67,7 @@ def main() -> None:
     else:
         layer = args.layer or "conv_3"
         use_lab = args.weights == "lab" or (args.weights == "auto" and os.path.isfile(LAB_WEIGHTS))
-        model = (load_model(LAB_WEIGHTS, "deepid", (3, 55, 47)) if use_lab else DeepID().eval())
+        model = load_model(LAB_WEIGHTS, "deepid", (3, 55, 47)) if use_lab else DeepID().eval()
         shape = (3, 55, 47)
         description = f"DeepID ({'lab BadNet weights' if use_lab else 'random weights'})"
     model.to(device)
@@ -72,8 +75,7 @@ def main() -> None:
     datasets = {name: (rng.random((args.inputs,) + shape) * 255).astype(np.float32) for name in ("valid", "test")}
     total = sum(len(x) for x in datasets.values())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"{description}, {len(datasets)} data sets x {args.inputs} random inputs, torch {torch.__version__}, "
-          f"{where}")
+    print(f"{description}, {len(datasets)} data sets x {args.inputs} random inputs, torch {torch.__version__}, {where}")
 
     # One plain forward pass over the same data.
     forward = {}
@@ -117,13 +119,16 @@ def main() -> None:
         t_b.append(timed(predict, model, x)[1])
         g_labels, t = timed(predict, goodnet, x)
         t_g.append(t)
-    expected = np.where(results["test"].labels[0] == results["test"].labels[channels // 2],
-                        results["test"].labels[0], model.num_classes)
+    expected = np.where(
+        results["test"].labels[0] == results["test"].labels[channels // 2], results["test"].labels[0], model.num_classes
+    )
     identical &= np.array_equal(g_labels, expected)
 
     dead = int((channel_means(crossing["valid"][0]) == 0).sum())
-    print(f"channels {channels} ({dead} dead on the profiling set); tail re-runs: {recomputed} of "
-          f"{channels * total} input-steps ({100 * recomputed / (channels * total):.1f} %)")
+    print(
+        f"channels {channels} ({dead} dead on the profiling set); tail re-runs: {recomputed} of "
+        f"{channels * total} input-steps ({100 * recomputed / (channels * total):.1f} %)"
+    )
     print(f"plain forward pass, both sets      {t_forward:8.2f} s")
     print(f"cached sweep, all {channels} steps, both  {t_cached:8.2f} s")
     print(f"floor (forward + changed tails)    {t_floor:8.2f} s")
@@ -131,8 +136,10 @@ def main() -> None:
     target = (lambda text: f"   ({text})") if args.model == "deepid" else (lambda text: "")  # issue 2's targets
     print(f"naive / cached time ratio          {t_naive / t_cached:8.1f}{target('target >= 20')}")
     print(f"cached sweep / one forward pass    {t_cached / t_forward:8.2f}{target('target <= 3')}")
-    print(f"floor / one forward pass           {t_floor / t_forward:8.2f}   (cached sweep is "
-          f"{t_cached / t_floor:.2f}x the floor)")
+    print(
+        f"floor / one forward pass           {t_floor / t_forward:8.2f}   (cached sweep is "
+        f"{t_cached / t_floor:.2f}x the floor)"
+    )
     print(f"G / B inference time               {min(t_g) / min(t_b):8.3f}{target('target <= 1.15')}")
     print(f"identical predictions (naive steps {steps}, step 0, G): {'yes' if identical else 'NO'}")
     if not identical:

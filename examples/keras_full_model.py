@@ -18,13 +18,21 @@ L = keras.layers
 
 def demo_cnn(width: int = 16) -> keras.Model:
     """goodnet's SmallCNN in Keras: inputs scaled to [0, 1] (goodnet: --input-scale 255)."""
-    return keras.Sequential([
-        L.Input((28, 28, 1)),
-        L.Conv2D(width, 3, padding="same", activation="relu", name="conv_1"), L.MaxPooling2D(2, name="pool_1"),
-        L.Conv2D(2 * width, 3, padding="same", activation="relu", name="conv_2"), L.MaxPooling2D(2, name="pool_2"),
-        L.Conv2D(4 * width, 3, padding="same", activation="relu", name="conv_3"), L.MaxPooling2D(2, name="pool_3"),
-        L.Flatten(name="flatten"), L.Dropout(0.3, name="dropout"),
-        L.Dense(128, activation="relu", name="fc_1"), L.Dense(10, activation="softmax", name="output")])
+    return keras.Sequential(
+        [
+            L.Input((28, 28, 1)),
+            L.Conv2D(width, 3, padding="same", activation="relu", name="conv_1"),
+            L.MaxPooling2D(2, name="pool_1"),
+            L.Conv2D(2 * width, 3, padding="same", activation="relu", name="conv_2"),
+            L.MaxPooling2D(2, name="pool_2"),
+            L.Conv2D(4 * width, 3, padding="same", activation="relu", name="conv_3"),
+            L.MaxPooling2D(2, name="pool_3"),
+            L.Flatten(name="flatten"),
+            L.Dropout(0.3, name="dropout"),
+            L.Dense(128, activation="relu", name="fc_1"),
+            L.Dense(10, activation="softmax", name="output"),
+        ]
+    )
 
 
 if __name__ == "__main__":

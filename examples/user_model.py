@@ -28,8 +28,9 @@ class TinyResNet(nn.Module):
 
     def __init__(self, classes: int = 10, width: int = 16):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(), nn.MaxPool2d(2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)
+        )
         self.block = Block(width)
         self.head = nn.Linear(width * 7 * 7, classes)
 
@@ -44,8 +45,8 @@ def tiny_resnet() -> nn.Module:
 
 
 if __name__ == "__main__":
-    from goodnet.zoo.badnets import DemoSettings, attacker_training_set
     from goodnet.models.training import train_classifier
+    from goodnet.zoo.badnets import DemoSettings, attacker_training_set
 
     settings = DemoSettings()
     x, y, _ = attacker_training_set(settings)

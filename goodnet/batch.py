@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
-from .defend import defend_files
+from .defend import defend
 from .errors import GoodnetError, SettingsError
-from .grid import GridCell, GridRunner, finished, forget, run_context, run_grid
+from .grid import GridCell, GridRunner, finished, forget, require_ray, run_context, run_grid
 from .inspection.strip import StripSettings
 from .io.model_files import ModelSource
+from .io.output_dir import check_output_dir, claim_state_dir
 from .repairs import Repair
 from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
-from .report.batch_report import batch_row, error_row
+from .report.batch_report import BATCH_MARKER, batch_row, error_row, write_batch
+from .spec import DefenseSpec
 
 DATA_COLUMNS = ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
 PATH_COLUMNS = ("model",) + DATA_COLUMNS
@@ -112,9 +116,16 @@ def read_manifest(path: str) -> list[BatchEntry]:
         arch = row.get("arch") or None
         if arch and arch.lower().endswith((".json", ".h5", ".hdf5", ".keras")):
             arch = resolved(arch)
-        entries.append(BatchEntry(name=name, model=model, data={r: resolved(row.get(r, "")) for r in DATA_COLUMNS},
-                                  arch=arch, factory=row.get("factory") or None,
-                                  input_scale=_scale(row["input_scale"], where) if row.get("input_scale") else 1.0))
+        entries.append(
+            BatchEntry(
+                name=name,
+                model=model,
+                data={r: resolved(row.get(r, "")) for r in DATA_COLUMNS},
+                arch=arch,
+                factory=row.get("factory") or None,
+                input_scale=_scale(row["input_scale"], where) if row.get("input_scale") else 1.0,
+            )
+        )
     if not entries:
         raise SettingsError(f"{path}: the manifest lists no models")
     return entries
@@ -133,17 +144,37 @@ def _defended(row: dict[str, Any]) -> bool:
     return not row.get("error")
 
 
-def defend_entry(entry: BatchEntry, repair: Repair, out_dir: str, max_drop: float = DEFAULT_MAX_DROP,
-                 holdout: float = DEFAULT_HOLDOUT, strip: bool = True, scan: bool = False,
-                 force: bool = False, scan_schedule: str = "reference",
-                 trust_code: bool = False) -> dict[str, Any]:
+def defend_entry(
+    entry: BatchEntry,
+    repair: Repair,
+    out_dir: str,
+    max_drop: float = DEFAULT_MAX_DROP,
+    holdout: float = DEFAULT_HOLDOUT,
+    strip: bool = True,
+    scan: bool = False,
+    force: bool = False,
+    scan_schedule: str = "reference",
+    trust_code: bool = False,
+) -> dict[str, Any]:
     """A grid cell: `goodnet defend` on one model into `out_dir`; its row (a refusal is a row too)."""
     start = time.perf_counter()
     try:
-        run = defend_files(ModelSource(entry.model, entry.arch, entry.factory, trust_code), dict(entry.data), out_dir, repair,
-                           input_scale=entry.input_scale, progress=False, force=force,
-                           max_drop=max_drop, holdout=holdout,
-                           strip=StripSettings() if strip else None, scan=scan, scan_schedule=scan_schedule)
+        run = defend(
+            DefenseSpec.build(
+                ModelSource(entry.model, entry.arch, entry.factory, trust_code),
+                dict(entry.data),
+                out_dir,
+                repair,
+                input_scale=entry.input_scale,
+                progress=False,
+                force=force,
+                max_drop=max_drop,
+                holdout=holdout,
+                strip=StripSettings() if strip else None,
+                scan=scan,
+                scan_schedule=scan_schedule,
+            )
+        )
     except GoodnetError as exc:
         return error_row(entry.name, entry.model, str(exc))
     except Exception as exc:  # noqa: BLE001 - one model's unforeseen failure must not end a batch of many
@@ -162,22 +193,107 @@ def _summary(row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def batch(entries: Sequence[BatchEntry], repair: Repair, state_dir: str, runner: GridRunner = GridRunner(),
-          progress: bool = True, **defend: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def batch(
+    entries: Sequence[BatchEntry],
+    repair: Repair,
+    state_dir: str,
+    runner: GridRunner = GridRunner(),
+    progress: bool = True,
+    **defend: Any,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Defend every entry (see `defend_entry` for `defend`'s options); (rows, {name: output folder})."""
     outputs = {e.name: os.path.join(state_dir, "models", e.name) for e in entries}
     os.makedirs(os.path.join(state_dir, "models"), exist_ok=True)
-    cells = [GridCell(e.name, defend_entry, {"entry": e, "repair": repair, "out_dir": outputs[e.name], **defend},
-                      inputs=input_files(e))
-             for e in entries]
+    cells = [
+        GridCell(
+            e.name,
+            defend_entry,
+            {"entry": e, "repair": repair, "out_dir": outputs[e.name], **defend},
+            inputs=input_files(e),
+        )
+        for e in entries
+    ]
     context = run_context(runner)
     for cell in cells:  # a defended model whose output folder is gone runs again, and so does a refusal
         kept = finished(os.path.join(state_dir, "cells"), cell, context)
         if kept is not None and (not _defended(kept) or not os.path.isdir(outputs[cell.key])):
             forget(os.path.join(state_dir, "cells"), cell, context)
-    rows = run_grid(cells, os.path.join(state_dir, "cells"), runner, "models" if progress else None, _summary,
-                    keep=_defended)
+    rows = run_grid(
+        cells, os.path.join(state_dir, "cells"), runner, "models" if progress else None, _summary, keep=_defended
+    )
     return rows, outputs
 
 
-__all__ = ["BatchEntry", "batch", "defend_entry", "read_manifest"]
+@dataclass(frozen=True)
+class BatchRun:
+    rows: list[dict[str, Any]]  # one per model of the manifest; "error" says why a model was refused
+
+    @property
+    def refused(self) -> str | None:
+        """One line on the models refused, or None when every model was defended."""
+        failed = [r for r in self.rows if r["error"]]
+        if not failed:
+            return None
+        return (
+            f"{len(failed)} of {len(self.rows)} models were refused (first: {failed[0]['name']}: "
+            f"{failed[0]['error']}); the table lists why"
+        )
+
+
+def run_batch(
+    manifest: str,
+    out_dir: str,
+    repair: Repair,
+    workers: int = 1,
+    threads: int | None = None,
+    ray: str | None = None,
+    progress: bool = True,
+    max_drop: float = DEFAULT_MAX_DROP,
+    holdout: float = DEFAULT_HOLDOUT,
+    strip: bool = True,
+    scan: bool = False,
+    force: bool = False,
+    scan_schedule: str = "reference",
+    trust_code: bool = False,
+) -> BatchRun:
+    """Defend every model the CSV `manifest` lists with `repair` (as `goodnet defend` would, with the
+    options given), on a grid runner of `workers` processes, `threads` each, or on Ray at `ray`, and
+    write batch.* and every model's own output into `out_dir`. A refused model becomes a row saying
+    why and the others go on; everything else is checked before any work."""
+    entries = read_manifest(manifest)
+    if ray is not None:
+        require_ray()
+    runner = GridRunner(workers=workers, threads=threads, ray=ray)
+    inputs = [manifest] + [path for e in entries for path in (e.model, e.arch, *e.data.values())]
+    check_output_dir(out_dir, marker=BATCH_MARKER, claim=True, inputs=inputs)
+    state = claim_state_dir(out_dir, inputs)
+    rows, outputs = batch(
+        entries,
+        repair,
+        state,
+        runner,
+        progress=progress,
+        max_drop=max_drop,
+        holdout=holdout,
+        strip=strip,
+        scan=scan,
+        force=force,
+        scan_schedule=scan_schedule,
+        trust_code=trust_code,
+    )
+    write_batch(
+        out_dir,
+        rows,
+        outputs,
+        {
+            "repair": repair.name,
+            "repair_settings": repair.settings(),
+            "manifest": os.path.abspath(manifest),
+            "runner": runner.describe(),
+        },
+    )
+    shutil.rmtree(state, ignore_errors=True)  # every model's output is in the batch's now
+    return BatchRun(rows)
+
+
+__all__ = ["BatchEntry", "BatchRun", "batch", "defend_entry", "read_manifest", "run_batch"]

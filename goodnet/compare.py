@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any
 
-from .grid import GridCell, GridRunner, run_grid
+from .grid import GridCell, GridRunner, require_ray, run_grid
 from .inspection.detection_scores import DetectionScore
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
 from .io.data import load_sets
 from .io.model_files import load_model
-from .repairs import REPAIRS, Repair, build_repair, repair_names, run_repair
-from .report.comparison import comparison_row
-from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, clean_reference_scores, zoo_badnet
-from .zoo.catalog import part_of
+from .io.output_dir import check_output_dir, claim_state_dir
+from .measure import run_repair
+from .repairs import REPAIRS, Repair, build_repair, repair_names
+from .report.comparison import comparison_row, write_comparison
+from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, clean_reference_scores, default_cache_dir, zoo_badnet
+from .zoo.catalog import part_of, select_badnets
 
 
 def comparison_roster(names: Sequence[str] | None = None) -> list[Repair]:
@@ -71,29 +75,50 @@ def _prepare_inputs(settings: BadNetSettings, cache_dir: str) -> tuple[str, ...]
 
 def _zoo_files(directory: str):
     """A cached zoo BadNet's data sets (by role) and its model B."""
-    return (load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()}),
-            load_model(os.path.join(directory, MODEL_FILE)))
+    return (
+        load_sets({role: os.path.join(directory, name) for role, name in DATA_FILES.items()}),
+        load_model(os.path.join(directory, MODEL_FILE)),
+    )
 
 
-def prepare_badnet(settings: BadNetSettings, cache_dir: str, scan: bool = False,
-                   progress: bool = False, scan_schedule: str = "reference") -> dict[str, Any]:
+def prepare_badnet(
+    settings: BadNetSettings,
+    cache_dir: str,
+    scan: bool = False,
+    progress: bool = False,
+    scan_schedule: str = "reference",
+) -> dict[str, Any]:
     """A grid cell of the first stage: the zoo BadNet (trained if not cached), STRIP's detection on
     B, and (`scan`) the trigger scan of B, all shared by every repair of that BadNet."""
     directory, manifest, reference = zoo_badnet(settings, cache_dir, progress)
-    zoo = {"directory": directory, "badnet": manifest["badnet"], "clean_reference": reference,
-           "meets_bar": manifest["meets_bar"], "attack": manifest["attack"], "part": part_of(settings),
-           "settings": manifest["settings"]}
+    zoo = {
+        "directory": directory,
+        "badnet": manifest["badnet"],
+        "clean_reference": reference,
+        "meets_bar": manifest["meets_bar"],
+        "attack": manifest["attack"],
+        "part": part_of(settings),
+        "settings": manifest["settings"],
+    }
     sets, model = _zoo_files(directory)
     strip = StripSettings().detect(model, sets["clean_test"].x, sets["poisoned_test"].x, sets["clean_valid"].x)
     clean = sets["clean_valid"]
     target = single_target(sets["poisoned_test"].y)
-    before = scan_fields(reverse_triggers(model, clean, clean.value_range, schedule=scan_schedule), target,
-                         "scan_b") if scan else {}
+    before = (
+        scan_fields(reverse_triggers(model, clean, clean.value_range, schedule=scan_schedule), target, "scan_b")
+        if scan
+        else {}
+    )
     return {"label": settings.label(), "zoo": zoo, "strip": asdict(strip), "target": target, "scan_before": before}
 
 
-def repair_badnet(settings: BadNetSettings, repair: Repair, prepared: dict[str, Any],
-                  scan: bool = False, scan_schedule: str = "reference") -> dict[str, Any]:
+def repair_badnet(
+    settings: BadNetSettings,
+    repair: Repair,
+    prepared: dict[str, Any],
+    scan: bool = False,
+    scan_schedule: str = "reference",
+) -> dict[str, Any]:
     """A grid cell of the second stage: `goodnet defend --repair R` on one zoo BadNet; its table row."""
     sets, model = _zoo_files(prepared["zoo"]["directory"])
     result = run_repair(model, repair, sets)
@@ -109,9 +134,16 @@ def _row_summary(row: dict[str, Any]) -> str:
     return f"ASR {row['asr']:.2f}, clean drop {row['clean_drop']:.2f}, {row['seconds']:.1f} s"
 
 
-def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_dir: str, progress: bool = True,
-            scan: bool = False, runner: GridRunner = GridRunner(), state_dir: str | None = None,
-            scan_schedule: str = "reference") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def compare(
+    badnets: Sequence[BadNetSettings],
+    repairs: Sequence[Repair],
+    cache_dir: str,
+    progress: bool = True,
+    scan: bool = False,
+    runner: GridRunner = GridRunner(),
+    state_dir: str | None = None,
+    scan_schedule: str = "reference",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description).
     A grid of two stages (each BadNet, then each BadNet x repair), run by `runner`; every finished
     cell is kept in `state_dir` (a temporary folder when None), so a rerun with the same folder
@@ -124,20 +156,84 @@ def compare(badnets: Sequence[BadNetSettings], repairs: Sequence[Repair], cache_
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="goodnet-compare-"))
-        prepared = run_grid([GridCell(f"badnet {s.label()}", prepare_badnet,
-                                      {"settings": s, "cache_dir": cache_dir, "scan": scan,
-                                       "scan_schedule": scan_schedule},
-                                      {"progress": progress and sequential}, inputs=_prepare_inputs(s, cache_dir))
-                             for s in badnets],
-                            os.path.join(state_dir, "badnets"), runner, "BadNets" if progress else None,
-                            lambda p: "meets its bar" if p["zoo"]["meets_bar"] else "missed its bar")
-        cells = [GridCell(f"{s.label()} {r.name}", repair_badnet,
-                          {"settings": s, "repair": r, "prepared": p, "scan": scan,
-                           "scan_schedule": scan_schedule}, inputs=zoo_inputs(p["zoo"]["directory"]))
-                 for s, p in zip(badnets, prepared) for r in repairs]
-        rows = run_grid(cells, os.path.join(state_dir, "repairs"), runner, "repairs" if progress else None,
-                        _row_summary)
+        prepared = run_grid(
+            [
+                GridCell(
+                    f"badnet {s.label()}",
+                    prepare_badnet,
+                    {"settings": s, "cache_dir": cache_dir, "scan": scan, "scan_schedule": scan_schedule},
+                    {"progress": progress and sequential},
+                    inputs=_prepare_inputs(s, cache_dir),
+                )
+                for s in badnets
+            ],
+            os.path.join(state_dir, "badnets"),
+            runner,
+            "BadNets" if progress else None,
+            lambda p: "meets its bar" if p["zoo"]["meets_bar"] else "missed its bar",
+        )
+        cells = [
+            GridCell(
+                f"{s.label()} {r.name}",
+                repair_badnet,
+                {"settings": s, "repair": r, "prepared": p, "scan": scan, "scan_schedule": scan_schedule},
+                inputs=zoo_inputs(p["zoo"]["directory"]),
+            )
+            for s, p in zip(badnets, prepared)
+            for r in repairs
+        ]
+        rows = run_grid(
+            cells, os.path.join(state_dir, "repairs"), runner, "repairs" if progress else None, _row_summary
+        )
     return rows, {p["label"]: p["zoo"] for p in prepared}
 
 
-__all__ = ["compare", "comparison_roster", "prepare_badnet", "repair_badnet", "zoo_directory", "zoo_inputs"]
+def run_comparison(
+    out_dir: str,
+    repairs: Sequence[str] | None = None,
+    part: str = "eval",
+    only: Sequence[str] | None = None,
+    cache_dir: str | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    ray: str | None = None,
+    progress: bool = True,
+    scan: bool = False,
+    scan_schedule: str = "reference",
+) -> list[dict[str, Any]]:
+    """Every repair of `repairs` (default: the comparison's roster) on every zoo BadNet of `part`
+    (or those whose label holds one of `only`), the BadNets kept in `cache_dir` (default: the zoo
+    cache), on a grid runner of `workers` processes, `threads` each, or on Ray at `ray`; write
+    comparison.* into `out_dir` and return the rows. Everything is checked before any training."""
+    roster = comparison_roster(repairs)
+    badnets = select_badnets(part, only)
+    if ray is not None:
+        require_ray()
+    runner = GridRunner(workers=workers, threads=threads, ray=ray)
+    cache_dir = cache_dir or default_cache_dir("zoo")
+    check_output_dir(out_dir, marker="comparison.json", claim=True, inputs=[cache_dir])
+    state = claim_state_dir(out_dir, [cache_dir])
+    rows, zoo = compare(
+        badnets,
+        roster,
+        cache_dir,
+        progress=progress,
+        scan=scan,
+        runner=runner,
+        state_dir=state,
+        scan_schedule=scan_schedule,
+    )
+    write_comparison(out_dir, rows, zoo, roster, runner.describe())
+    shutil.rmtree(state, ignore_errors=True)  # every cell is in the output now
+    return rows
+
+
+__all__ = [
+    "compare",
+    "comparison_roster",
+    "prepare_badnet",
+    "repair_badnet",
+    "zoo_directory",
+    "zoo_inputs",
+    "run_comparison",
+]

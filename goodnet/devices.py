@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -25,8 +25,7 @@ from torch import nn
 from .errors import SettingsError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-_CURRENT: contextvars.ContextVar[torch.device] = contextvars.ContextVar("goodnet_device",
-                                                                        default=torch.device("cpu"))
+_CURRENT: contextvars.ContextVar[torch.device] = contextvars.ContextVar("goodnet_device", default=torch.device("cpu"))  # noqa: B039 - a torch.device is immutable
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -42,8 +41,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if re.fullmatch(r"cuda(:(0|[1-9][0-9]{0,3}))?", text):
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise SettingsError(f"--device {text}: PyTorch sees no CUDA GPU (torch {torch.__version__}, {build}); "
-                                f"use --device cpu or auto")
+            raise SettingsError(
+                f"--device {text}: PyTorch sees no CUDA GPU (torch {torch.__version__}, {build}); "
+                f"use --device cpu or auto"
+            )
         index = text.partition(":")[2]
         if index and int(index) >= torch.cuda.device_count():
             raise SettingsError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s)")
@@ -102,5 +103,13 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
-__all__ = ["DEVICE_CHOICES", "compute_device", "device_of", "placed", "resolve_device", "to_model", "to_numpy",
-           "using_device"]
+__all__ = [
+    "DEVICE_CHOICES",
+    "compute_device",
+    "device_of",
+    "placed",
+    "resolve_device",
+    "to_model",
+    "to_numpy",
+    "using_device",
+]

@@ -5,7 +5,6 @@ message; the CLI prints it and exits with status 2. Anything else is a bug and k
 Catch `GoodnetError` for all of them, or one subclass for one kind of input.
 """
 
-
 import os
 
 
@@ -56,5 +55,15 @@ class TrainingDiverged(GoodnetError):
     """Training went wrong (a loss or weight that is not finite); the do-no-harm guard retries milder."""
 
 
-__all__ = ["DataError", "GoodnetError", "one_line", "shown_path", "GoodnetWarning", "ModelError", "NonFiniteOutputs", "OutputError", "SettingsError",
-           "TrainingDiverged"]
+__all__ = [
+    "DataError",
+    "GoodnetError",
+    "one_line",
+    "shown_path",
+    "GoodnetWarning",
+    "ModelError",
+    "NonFiniteOutputs",
+    "OutputError",
+    "SettingsError",
+    "TrainingDiverged",
+]

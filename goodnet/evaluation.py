@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DataError, GoodnetWarning, shown_path
 from .devices import placed
+from .errors import DataError, GoodnetWarning, shown_path
 from .inference import DEFAULT_BATCH_SIZE, checked_batch_size, predict
-from .io.data import (ImageSet, as_path, check_fits_model, check_input_range, checked_scale, load_images, read_image,
-                      trained_range)
+from .io.data import (
+    ImageSet,
+    as_path,
+    check_fits_model,
+    check_input_range,
+    checked_scale,
+    load_images,
+    read_image,
+    trained_range,
+)
 from .io.model_files import ModelSource, model_source
 from .io.role_checks import label_warnings, role_warnings
-from .models.goodnet import GoodNet
 from .metrics import accuracy
+from .models.goodnet import GoodNet
 
 
-def evaluate_files(clean_path: str | os.PathLike, poisoned_path: str | os.PathLike, source: ModelSource | str,
-                   input_scale: float = 1.0, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, float]:
+def evaluate_files(
+    clean_path: str | os.PathLike,
+    poisoned_path: str | os.PathLike,
+    source: ModelSource | str,
+    input_scale: float = 1.0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[float, float]:
     """The lab's eval.py: clean accuracy and attack success rate, in %, for B, B' or G. Paths may be
     str or os.PathLike."""
     clean_path, poisoned_path = as_path(clean_path, "clean_path"), as_path(poisoned_path, "poisoned_path")
@@ -50,10 +63,13 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
     expected = tuple(model.input_shape)
     for path, image in zip(image_paths, images):
         if image.shape != expected:
-            raise DataError(f"{shown_path(path)}: image is {'x'.join(map(str, image.shape))} (C x H x W) but the "
-                              f"model takes {'x'.join(map(str, expected))}")
+            raise DataError(
+                f"{shown_path(path)}: image is {'x'.join(map(str, image.shape))} (C x H x W) but the "
+                f"model takes {'x'.join(map(str, expected))}"
+            )
     stacked = np.stack(images)
-    check_input_range(ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), trained_range(model),
-                      "images")
+    check_input_range(
+        ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), trained_range(model), "images"
+    )
     with placed(model):
         return [int(v) for v in predict(model, stacked)]

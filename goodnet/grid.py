@@ -25,11 +25,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import errors
 from .devices import compute_device, using_device
@@ -94,13 +95,18 @@ class GridCell:
         """Each input file's content digest now (None: missing)."""
         return {path: file_identity(path) for path in self.inputs}
 
-    def fingerprint(self, context: dict[str, Any] | None = None,
-                    identities: dict[str, str | None] | None = None) -> str:
+    def fingerprint(
+        self, context: dict[str, Any] | None = None, identities: dict[str, str | None] | None = None
+    ) -> str:
         """A digest of what the cell computes: its task, its arguments, the content of its input
         files (`identities`, else read now) and how it runs (`context`: threads per cell, device,
         goodnet's version), so a cell is reused only when it would give the same numbers."""
-        described = {"task": f"{self.task.__module__}.{self.task.__qualname__}", "arguments": self.arguments,
-                     "context": context or {}, "format": CELL_FORMAT}
+        described = {
+            "task": f"{self.task.__module__}.{self.task.__qualname__}",
+            "arguments": self.arguments,
+            "context": context or {},
+            "format": CELL_FORMAT,
+        }
         if self.inputs:
             described["inputs"] = self.identities() if identities is None else identities
         text = json.dumps(described, sort_keys=True, default=str)
@@ -127,8 +133,9 @@ class GridRunner:
     def __post_init__(self) -> None:
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
             raise SettingsError(f"--workers must be a whole number >= 1, not {self.workers!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
-                                         or not 1 <= self.threads <= MAX_THREADS):
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or not 1 <= self.threads <= MAX_THREADS
+        ):
             raise SettingsError(f"--threads must be a whole number from 1 to {MAX_THREADS}, not {self.threads!r}")
         if self.ray is not None and self.workers != 1:
             raise SettingsError("--workers is for the local runner; with --ray, Ray decides how many cells run at once")
@@ -141,13 +148,18 @@ class GridRunner:
 
     def describe(self) -> dict[str, Any]:
         kind = "ray" if self.ray is not None else ("sequential" if self.workers == 1 else "process pool")
-        return {"runner": kind, "workers": self.workers if self.ray is None else None,
-                "threads_per_cell": self.cell_threads, "ray_address": self.ray or None,
-                "device": str(compute_device())}
+        return {
+            "runner": kind,
+            "workers": self.workers if self.ray is None else None,
+            "threads_per_cell": self.cell_threads,
+            "ray_address": self.ray or None,
+            "device": str(compute_device()),
+        }
 
 
-def run_cell(task: Callable[..., dict[str, Any]], arguments: dict[str, Any], threads: int,
-             device: str = "cpu") -> dict[str, Any]:
+def run_cell(
+    task: Callable[..., dict[str, Any]], arguments: dict[str, Any], threads: int, device: str = "cpu"
+) -> dict[str, Any]:
     """Run one cell with `threads` PyTorch threads (restored afterwards, for in-process runs) on
     `device`. A goodnet error comes back as a value (it is re-raised by the runner as the same
     one-line error), so a worker never prints a traceback for a refusal."""
@@ -164,7 +176,7 @@ def run_cell(task: Callable[..., dict[str, Any]], arguments: dict[str, Any], thr
         torch.set_num_threads(before)
 
 
-def _raise_cell_error(cell: "GridCell", result: dict[str, Any]) -> None:
+def _raise_cell_error(cell: GridCell, result: dict[str, Any]) -> None:
     if isinstance(result, dict) and CELL_ERROR in result:
         error = result[CELL_ERROR]
         cls = getattr(errors, str(error.get("type")), None)
@@ -178,7 +190,7 @@ def _dump_json(path: str, value: Any) -> None:
         f.write("\n")
 
 
-def run_context(runner: "GridRunner") -> dict[str, Any]:
+def run_context(runner: GridRunner) -> dict[str, Any]:
     """What, besides its arguments, decides a cell's numbers."""
     from . import __version__
 
@@ -225,13 +237,22 @@ class _Progress:
         elapsed = time.perf_counter() - self.start
         left = eta(elapsed, self.done - self.resumed, self.total - self.resumed)
         text = summary(result) if summary is not None else ""
-        print(f"[{self.done}/{self.total} cells, {format_duration(elapsed)}, {left}] {cell.key}"
-              f"{': ' + text if text else ''}", file=sys.stderr, flush=True)
+        print(
+            f"[{self.done}/{self.total} cells, {format_duration(elapsed)}, {left}] {cell.key}"
+            f"{': ' + text if text else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = GridRunner(),
-             label: str | None = None, summary: Callable[[dict], str] | None = None,
-             keep: Callable[[dict], bool] | None = None) -> list[dict[str, Any]]:
+def run_grid(
+    cells: Sequence[GridCell],
+    state_dir: str,
+    runner: GridRunner = GridRunner(),
+    label: str | None = None,
+    summary: Callable[[dict], str] | None = None,
+    keep: Callable[[dict], bool] | None = None,
+) -> list[dict[str, Any]]:
     """Every cell's result, in the order of `cells`; finished cells are read back from `state_dir`,
     the others run by `runner` and written there as each finishes. `label`: progress lines on
     stderr (None: silent); `summary(result)`: the text after each cell's key; `keep(result)`:
@@ -257,11 +278,20 @@ def run_grid(cells: Sequence[GridCell], state_dir: str, runner: GridRunner = Gri
         identities = cell.identities()
         unchanged = all(planned[cell.key].get(path) in (None, now) for path, now in identities.items())
         if unchanged and (keep is None or keep(result)):  # a missing file the cell made counts as it is now
-            kept = {"key": cell.key, "fingerprint": cell.fingerprint(context, identities), "context": context,
-                    "arguments": json.loads(json.dumps(cell.arguments, default=str)), "inputs": identities,
-                    "runner": runner.describe(), "result": result}
-            write_file_atomically(os.path.join(state_dir, cell.filename(context, identities)),
-                                  lambda tmp: _dump_json(tmp, kept), replace=True)
+            kept = {
+                "key": cell.key,
+                "fingerprint": cell.fingerprint(context, identities),
+                "context": context,
+                "arguments": json.loads(json.dumps(cell.arguments, default=str)),
+                "inputs": identities,
+                "runner": runner.describe(),
+                "result": result,
+            }
+            write_file_atomically(
+                os.path.join(state_dir, cell.filename(context, identities)),
+                lambda tmp: _dump_json(tmp, kept),
+                replace=True,
+            )
         results[cell.key] = result
         progress.finished(cell, result, summary)
 
@@ -341,8 +371,12 @@ def _keep_finished(pending: dict, record) -> None:
 
 def _run_in_pool(todo: Sequence[GridCell], workers: int, threads: int, device: str, record) -> None:
     # spawn: a fresh interpreter per worker (forking a process that holds PyTorch's thread pools is unsafe)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
-                               initializer=_start_worker, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(),),
+    )
     pending: dict = {}
     try:
         for c in todo:
@@ -356,7 +390,8 @@ def _run_in_pool(todo: Sequence[GridCell], workers: int, threads: int, device: s
                 except BrokenProcessPool:  # a worker was killed from outside (the out-of-memory killer?)
                     failure = failure or GoodnetError(
                         f"{pending[future].key}: a worker process ended abruptly (killed, or out of memory?); "
-                        f"the finished cells are kept: run again to go on, with fewer --workers if memory ran short")
+                        f"the finished cells are kept: run again to go on, with fewer --workers if memory ran short"
+                    )
                 except Exception as exc:  # noqa: BLE001 - re-raised below
                     failure = failure or exc
                 del pending[future]  # not reached on an interrupt: _keep_finished records it
@@ -408,8 +443,10 @@ def _run_on_ray(todo: Sequence[GridCell], runner: GridRunner, threads: int, devi
         try:
             ray.init(address=address, **options)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... name it in one line
-            raise SettingsError(f"--ray {runner.ray or '(local)'}: could not start or reach Ray "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise SettingsError(
+                f"--ray {runner.ray or '(local)'}: could not start or reach Ray "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
     try:
         gpus = 1 if device.startswith("cuda") else 0  # a cell on a GPU holds one, which Ray makes its "cuda"
         task_device = "cuda" if gpus else device

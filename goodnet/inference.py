@@ -40,8 +40,11 @@ def _part_scores(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The scores a GoodNet's labels come from: B's and B''s."""
     if hasattr(model, "part_scores"):
         return list(model.part_scores(x))
-    return [getattr(model, name)(x) for name in ("backdoored", "repaired")
-            if isinstance(getattr(model, name, None), nn.Module)]
+    return [
+        getattr(model, name)(x)
+        for name in ("backdoored", "repaired")
+        if isinstance(getattr(model, name, None), nn.Module)
+    ]
 
 
 def check_finite_scores(scores: torch.Tensor, first: int = 0, total: int | None = None) -> None:
@@ -51,9 +54,11 @@ def check_finite_scores(scores: torch.Tensor, first: int = 0, total: int | None 
     if bool(bad.any()):
         index = first + int(bad.nonzero()[0, 0])
         of = f" of {total}" if total is not None else ""
-        raise NonFiniteOutputs(f"the model's outputs are NaN or infinite (image {index}{of}, and "
-                               f"{int(bad.sum())} of this batch of {len(bad)}): its weights or statistics are "
-                               f"broken, and no label or score drawn from them means anything")
+        raise NonFiniteOutputs(
+            f"the model's outputs are NaN or infinite (image {index}{of}, and "
+            f"{int(bad.sum())} of this batch of {len(bad)}): its weights or statistics are "
+            f"broken, and no label or score drawn from them means anything"
+        )
 
 
 def checked_batch_size(batch_size: object) -> int:

@@ -33,7 +33,11 @@ def binomial_tail(correct: int, total: int, chance: float) -> float:
     if chance <= 0.0:
         return 0.0
     k = np.arange(correct, total + 1)
-    log_pmf = (math.lgamma(total + 1) - np.array([math.lgamma(i + 1) + math.lgamma(total - i + 1) for i in k])
-               + k * math.log(chance) + (total - k) * math.log1p(-chance))
+    log_pmf = (
+        math.lgamma(total + 1)
+        - np.array([math.lgamma(i + 1) + math.lgamma(total - i + 1) for i in k])
+        + k * math.log(chance)
+        + (total - k) * math.log1p(-chance)
+    )
     top = log_pmf.max()
     return float(min(1.0, math.exp(top) * np.exp(log_pmf - top).sum()))

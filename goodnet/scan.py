@@ -19,12 +19,16 @@ from .io import output_dir
 from .io.data import as_path, check_fits_model, check_input_range, checked_scale, load_images, shown, trained_range
 from .io.model_files import ModelSource, model_source
 from .io.output_dir import check_output_dir, release_output
-from .repairs.runner import MAX_SEED, SanityCheck
+from .measure.sanity import SanityCheck
+from .repairs.base import MAX_SEED
 from .report.scan_report import SCAN_MARKER, write_scan
 
 # what `**settings` may name: reverse_triggers' own keywords, less those scan_files sets itself
-SCAN_SETTINGS = tuple(name for name, p in inspect.signature(reverse_triggers).parameters.items()
-                      if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("seed", "progress"))
+SCAN_SETTINGS = tuple(
+    name
+    for name, p in inspect.signature(reverse_triggers).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("seed", "progress")
+)
 
 
 @dataclass
@@ -34,9 +38,16 @@ class ScanRun:
     model: nn.Module
 
 
-def scan_files(source: ModelSource | str | os.PathLike, clean_path: str | os.PathLike, out_dir: str | os.PathLike,
-               input_scale: float = 1.0, progress: bool = True, force: bool = False, seed: int = 0,
-               **settings) -> ScanRun:
+def scan_files(
+    source: ModelSource | str | os.PathLike,
+    clean_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    input_scale: float = 1.0,
+    progress: bool = True,
+    force: bool = False,
+    seed: int = 0,
+    **settings,
+) -> ScanRun:
     """Scan B (`source`) with the clean images of `clean_path`; write `out_dir`. Paths may be str or
     os.PathLike; `settings` are reverse_triggers' (schedule, steps, ...). A refused call leaves
     `out_dir` free for the next one."""
@@ -51,8 +62,9 @@ def scan_files(source: ModelSource | str | os.PathLike, clean_path: str | os.Pat
         raise SettingsError(f"seed must be an integer from 0 to {MAX_SEED}, not {shown(seed)}")
     unknown = sorted(set(settings) - set(SCAN_SETTINGS))
     if unknown:
-        raise SettingsError(f"trigger scan: unknown setting(s) {', '.join(unknown)} "
-                            f"(known: {', '.join(SCAN_SETTINGS)})")
+        raise SettingsError(
+            f"trigger scan: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SCAN_SETTINGS)})"
+        )
     claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS  # a caller's claim stays the caller's
     check_output_dir(out_dir, marker=SCAN_MARKER, claim=True, inputs=source.input_files() + [clean_path])
     try:

@@ -8,8 +8,9 @@ import torch
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 LAB_WEIGHTS = os.path.join(FIXTURES, "lab_bd_weights.h5")
 
-needs_lab_weights = pytest.mark.skipif(not os.path.isfile(LAB_WEIGHTS),
-                                       reason="../shared/fixtures/lab_bd_weights.h5 not present")
+needs_lab_weights = pytest.mark.skipif(
+    not os.path.isfile(LAB_WEIGHTS), reason="../shared/fixtures/lab_bd_weights.h5 not present"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +43,9 @@ def zoo_cache(tmp_path_factory):
 ZOO_CELL = ["--part", "dev", "--only", "patch/small_cnn/0-255/10%"]
 
 FULL_MODEL = os.path.join(FIXTURES, "keras2_sequential_mnist_bd_net.h5")
-needs_full_model = pytest.mark.skipif(not os.path.isfile(FULL_MODEL),
-                                      reason="../shared/fixtures/keras2_sequential_mnist_bd_net.h5 not present")
+needs_full_model = pytest.mark.skipif(
+    not os.path.isfile(FULL_MODEL), reason="../shared/fixtures/keras2_sequential_mnist_bd_net.h5 not present"
+)
 # Keras 3 (test-only extra) checks our Keras import against Keras itself; it must use PyTorch.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 

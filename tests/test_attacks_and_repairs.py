@@ -6,19 +6,18 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import ZOO_CELL, assert_one_line_error, assert_self_contained_page, run_cli
 
-from goodnet.zoo.attacks import KINDS, Attack
-from goodnet.io.data import ImageSet, load_images
 from goodnet.errors import GoodnetError
-from goodnet.pruning.graph_split import conv_layers
+from goodnet.io.data import ImageSet, load_images
 from goodnet.io.model_files import load_model
-from goodnet.repairs import AttackAwarePruning, FinePruning, ReconstructiveNeuronPruning, RepairData
 from goodnet.metrics import model_accuracy
-from goodnet.zoo.triggers import BlendTrigger, PatchTrigger, SunglassesTrigger
+from goodnet.pruning.graph_split import conv_layers
+from goodnet.repairs import AttackAwarePruning, FinePruning, ReconstructiveNeuronPruning, RepairData
+from goodnet.zoo.attacks import KINDS, Attack
 from goodnet.zoo.badnets import DATA_FILES, MODEL_FILE
 from goodnet.zoo.mnist import mnist_subset
-
-from conftest import assert_self_contained_page, ZOO_CELL, assert_one_line_error, run_cli
+from goodnet.zoo.triggers import BlendTrigger, PatchTrigger, SunglassesTrigger
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +111,17 @@ def test_fine_pruning_uses_clean_data_only_and_keeps_pruned_channels(demo_run):
     for a, b in zip(outcome.models[0].model.state_dict().values(), again.models[0].model.state_dict().values()):
         assert torch.equal(a, b)  # deterministic, and poisoned data changes nothing
     pruned = outcome.details["pruned"]["conv_3"]
-    assert pruned and not outcome.models[0].model.conv_3.weight[pruned].any() and not outcome.models[0].model.conv_3.bias[pruned].any()
+    assert (
+        pruned
+        and not outcome.models[0].model.conv_3.weight[pruned].any()
+        and not outcome.models[0].model.conv_3.bias[pruned].any()
+    )
     assert outcome.models[0].model.conv_3.weight.abs().sum() != model.conv_3.weight.abs().sum()  # it was fine-tuned
     by_fraction = FinePruning(epochs=1, budgets=(), fractions=(0.5,)).run(model, RepairData(sets["clean_valid"]))
     assert len(by_fraction.details["pruned"]["conv_3"]) == 32 and by_fraction.details["chosen"] == "fraction=0.5"
     rnp = ReconstructiveNeuronPruning(unlearn_epochs=2, recover_epochs=2).run(
-        model, RepairData(sets["clean_valid"], trap))
+        model, RepairData(sets["clean_valid"], trap)
+    )
     # no BatchNorm in the demo CNN: RNP masks and prunes conv kernels, keeping their biases
     assert rnp.details["masked"] == "conv"
     expected = {layer: [c for c, v in enumerate(m) if v <= 0.2] for layer, m in rnp.details["masks"].items()}
@@ -138,7 +142,7 @@ def test_attack_aware_oracle_keeps_budget_and_tries_channel_0(demo_run, budget):
     drop = score(model, sets["clean_valid"]) - score(outcome.models[0].model, sets["clean_valid"])
     assert drop < budget and abs(drop - outcome.details["valid_drop"]) < 1e-9
     last_three = conv_layers(model)[-3:]
-    assert outcome.details["trials"] == sum(dict(model.named_modules())[l].out_channels for l in last_three)
+    assert outcome.details["trials"] == sum(dict(model.named_modules())[layer].out_channels for layer in last_three)
     assert score(outcome.models[0].model, sets["poisoned_valid"]) <= score(model, sets["poisoned_valid"])
     assert outcome.details["oracle"] is True
 
@@ -146,8 +150,9 @@ def test_attack_aware_oracle_keeps_budget_and_tries_channel_0(demo_run, budget):
 @pytest.mark.slow
 def test_comparison_cell_equals_a_rerun(zoo_cache, tmp_path, capsys):
     out = tmp_path / "compare"
-    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "fine-prune", "--out", out,
-                                    "--cache-dir", zoo_cache, "--quiet"])
+    code, _, err = run_cli(
+        capsys, ["compare", *ZOO_CELL, "--repairs", "fine-prune", "--out", out, "--cache-dir", zoo_cache, "--quiet"]
+    )
     assert code == 0, err
     doc = json.loads((out / "comparison.json").read_text())
     (row,) = doc["rows"]
@@ -155,9 +160,20 @@ def test_comparison_cell_equals_a_rerun(zoo_cache, tmp_path, capsys):
     directory = doc["zoo"][label]["directory"]
     assert doc["zoo"][label]["meets_bar"] and doc["zoo"][label]["part"] == "dev" and row["badnet"] == label
     paths = {role: os.path.join(directory, name) for role, name in DATA_FILES.items()}
-    code, _, err = run_cli(capsys, ["defend", "--model", os.path.join(directory, MODEL_FILE), "--repair", "fine-prune",
-                                    *sum(([f"--{r.replace('_', '-')}", p] for r, p in paths.items()), []),
-                                    "--out", tmp_path / "cell", "--quiet"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            os.path.join(directory, MODEL_FILE),
+            "--repair",
+            "fine-prune",
+            *sum(([f"--{r.replace('_', '-')}", p] for r, p in paths.items()), []),
+            "--out",
+            tmp_path / "cell",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     cell = json.loads((tmp_path / "cell" / "results.json").read_text())["metrics"]
     assert abs(cell["clean_test"]["repaired"] - row["clean_acc"]) < 1e-3

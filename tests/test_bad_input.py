@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from goodnet.models import SmallCNN
 from goodnet.cli import main
 from goodnet.io.data import ImageSet, save_images
 from goodnet.io.model_files import save_model
+from goodnet.models import SmallCNN
 
 
 @pytest.fixture
@@ -59,12 +59,24 @@ def test_missing_files(case, capsys):
 
 def test_wrong_shapes(case, capsys):
     d = case["dir"]
-    _fails(capsys, _defend(case, **{"--clean-valid": _h5(d / "3d.h5", np.zeros((4, 28, 28)), np.zeros(4))}),
-           "expected 4 dimensions", case["out"])
-    _fails(capsys, _defend(case, **{"--clean-valid": _h5(d / "big.h5", np.zeros((4, 3, 28, 28)), np.zeros(4))}),
-           "the model takes 1x28x28", case["out"])
-    _fails(capsys, _defend(case, **{"--clean-valid": _h5(d / "n.h5", np.zeros((4, 1, 28, 28)), np.zeros(3))}),
-           "4 images but 3 labels", case["out"])
+    _fails(
+        capsys,
+        _defend(case, **{"--clean-valid": _h5(d / "3d.h5", np.zeros((4, 28, 28)), np.zeros(4))}),
+        "expected 4 dimensions",
+        case["out"],
+    )
+    _fails(
+        capsys,
+        _defend(case, **{"--clean-valid": _h5(d / "big.h5", np.zeros((4, 3, 28, 28)), np.zeros(4))}),
+        "the model takes 1x28x28",
+        case["out"],
+    )
+    _fails(
+        capsys,
+        _defend(case, **{"--clean-valid": _h5(d / "n.h5", np.zeros((4, 1, 28, 28)), np.zeros(3))}),
+        "4 images but 3 labels",
+        case["out"],
+    )
 
 
 def test_missing_dataset_key(case, capsys):
@@ -80,12 +92,24 @@ def test_nan_and_bad_labels(case, capsys):
     x[2, 0, 3, 3] = np.nan
     _fails(capsys, _defend(case, **{"--clean-valid": _h5(d / "nan.h5", x, np.zeros(4))}), "NaN", case["out"])
     x = np.zeros((4, 1, 28, 28))
-    _fails(capsys, _defend(case, **{"--clean-valid": _h5(d / "lab.h5", x, np.array([0, 1, 2, 10]))}),
-           "label 10 is out of range", case["out"])
-    _fails(capsys, _defend(case, **{"--clean-valid": _h5(d / "frac.h5", x, np.array([0, 1, 2.5, 1]))}),
-           "whole numbers", case["out"])
-    _fails(capsys, _defend(case, **{"--clean-valid": _h5(d / "neg.h5", x, np.array([0, -1, 2, 1]))}),
-           "negative label", case["out"])
+    _fails(
+        capsys,
+        _defend(case, **{"--clean-valid": _h5(d / "lab.h5", x, np.array([0, 1, 2, 10]))}),
+        "label 10 is out of range",
+        case["out"],
+    )
+    _fails(
+        capsys,
+        _defend(case, **{"--clean-valid": _h5(d / "frac.h5", x, np.array([0, 1, 2.5, 1]))}),
+        "whole numbers",
+        case["out"],
+    )
+    _fails(
+        capsys,
+        _defend(case, **{"--clean-valid": _h5(d / "neg.h5", x, np.array([0, -1, 2, 1]))}),
+        "negative label",
+        case["out"],
+    )
 
 
 def test_pickled_npz_is_refused(case, capsys):
@@ -111,9 +135,11 @@ def test_truncated_and_foreign_model_files(case, capsys):
     (d / "model.onnx").write_bytes(b"onnx")
     _fails(capsys, _defend(case, **{"--model": str(d / "model.onnx")}), "unknown model format", case["out"])
     from safetensors.numpy import save_file
+
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(d / "foreign.safetensors"))
-    _fails(capsys, _defend(case, **{"--model": str(d / "foreign.safetensors")}), "without a goodnet header",
-           case["out"])
+    _fails(
+        capsys, _defend(case, **{"--model": str(d / "foreign.safetensors")}), "without a goodnet header", case["out"]
+    )
 
 
 def test_refuses_to_overwrite_unrelated_directory(case, capsys):
@@ -129,8 +155,22 @@ def test_eval_errors(case, capsys):
 
 
 def test_real_entry_point_prints_one_line(case):
-    proc = subprocess.run([sys.executable, "-m", "goodnet", "defend", "--model", case["model"], "--clean-valid",
-                           str(case["dir"] / "absent.h5"), "--out", case["out"]], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "goodnet",
+            "defend",
+            "--model",
+            case["model"],
+            "--clean-valid",
+            str(case["dir"] / "absent.h5"),
+            "--out",
+            case["out"],
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "absent.h5': no such file" in proc.stderr
     assert not os.path.exists(case["out"])

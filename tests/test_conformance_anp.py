@@ -33,8 +33,9 @@ def _tiny(bn: bool = True, dropout: bool = False) -> nn.Sequential:
     return model
 
 
-def _reference_forward(model: nn.Sequential, x: torch.Tensor, weight_coef: torch.Tensor,
-                       bias_coef: torch.Tensor) -> torch.Tensor:
+def _reference_forward(
+    model: nn.Sequential, x: torch.Tensor, weight_coef: torch.Tensor, bias_coef: torch.Tensor
+) -> torch.Tensor:
     """The reference's NoisyBatchNorm2d in training mode: F.batch_norm with batch statistics, weight
     gamma * weight_coef and bias beta * bias_coef. Without BatchNorm, the same on the conv (the
     documented extension): kernel * weight_coef, bias * bias_coef."""
@@ -112,8 +113,9 @@ def test_anp_mask_loss_is_alpha_natural_plus_one_minus_alpha_perturbed():
     loss = neurons.loss(model, x, y, alpha=0.2)
     grad = torch.autograd.grad(loss, [neurons.masks[name]])[0]
     m = neurons.masks[name].detach().clone().requires_grad_(True)
-    expected = 0.2 * F.cross_entropy(_reference_forward(model, x, m, torch.ones(8)), y) + \
-        0.8 * F.cross_entropy(_reference_forward(model, x, m + START_DELTA, 1 + START_XI), y)
+    expected = 0.2 * F.cross_entropy(_reference_forward(model, x, m, torch.ones(8)), y) + 0.8 * F.cross_entropy(
+        _reference_forward(model, x, m + START_DELTA, 1 + START_XI), y
+    )
     assert torch.allclose(loss, expected, atol=1e-5)
     assert torch.allclose(grad, torch.autograd.grad(expected, [m])[0], atol=1e-5)
     neurons.remove()
@@ -169,8 +171,9 @@ def test_anp_channel_option_prunes_as_goodnet_does():
     outcome = _FixedMasks(prune_zeroes="channel").repair(model, RepairData(ImageSet(x.numpy(), y.numpy(), "clean")))
     assert outcome.models[0].pruned == {"0": PRUNED} and not outcome.models[0].weights_changed
     expected = prune_layers(model, [("0", c) for c in PRUNED])
-    assert all(torch.equal(a, b) for a, b in zip(outcome.models[0].model.state_dict().values(),
-                                                  expected.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(outcome.models[0].model.state_dict().values(), expected.state_dict().values())
+    )
 
 
 def test_anp_learns_masks_in_training_mode_on_full_batches_drawn_with_replacement():
@@ -189,8 +192,17 @@ def test_anp_learns_masks_in_training_mode_on_full_batches_drawn_with_replacemen
 
 def test_anp_defaults_are_the_reference_settings():
     anp = AdversarialNeuronPruning()
-    assert (anp.eps, anp.alpha, anp.mask_lr, anp.perturb_steps, anp.iterations, anp.batch_size,
-            anp.threshold, anp.augment, anp.prune_zeroes) == (0.4, 0.2, 0.2, 1, 2000, 128, 0.2, True, "weight")
+    assert (
+        anp.eps,
+        anp.alpha,
+        anp.mask_lr,
+        anp.perturb_steps,
+        anp.iterations,
+        anp.batch_size,
+        anp.threshold,
+        anp.augment,
+        anp.prune_zeroes,
+    ) == (0.4, 0.2, 0.2, 1, 2000, 128, 0.2, True, "weight")
 
 
 def test_anp_masks_move_and_stay_in_the_unit_interval():
@@ -199,5 +211,9 @@ def test_anp_masks_move_and_stay_in_the_unit_interval():
     masks = AdversarialNeuronPruning(iterations=30, batch_size=16).optimise_masks(model, x.numpy(), y.numpy())
     (m,) = masks.values()
     assert float(m.min()) >= 0 and float(m.max()) <= 1 and float(m.min()) < 1
-    np.testing.assert_array_equal(m, AdversarialNeuronPruning(iterations=30, batch_size=16)
-                                  .optimise_masks(model, x.numpy(), y.numpy())[next(iter(masks))])
+    np.testing.assert_array_equal(
+        m,
+        AdversarialNeuronPruning(iterations=30, batch_size=16).optimise_masks(model, x.numpy(), y.numpy())[
+            next(iter(masks))
+        ],
+    )

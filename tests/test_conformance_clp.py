@@ -12,8 +12,14 @@ from goodnet.repairs.channel_lipschitz import ChannelLipschitzPruning, channel_l
 
 def _net(channels, seed=0):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, channels, 3), nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(channels, 2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, channels, 3),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, 2),
+    ).eval()
     with torch.no_grad():
         model[1].weight.uniform_(-2, 2)
         model[1].running_var.uniform_(0.5, 3.0)
@@ -25,8 +31,9 @@ def test_clp_bound_is_each_kernels_spectral_norm_times_gamma_over_sigma():
     w = model[0].weight.detach().numpy().astype(np.float64)
     gamma, var = model[1].weight.detach().numpy(), model[1].running_var.numpy()
     # independently: numpy's SVD of kernel k as (in, kh*kw), times |gamma_k| / sqrt(var_k) (no eps)
-    expected = [np.linalg.svd(w[k].reshape(3, 9), compute_uv=False)[0] * abs(gamma[k]) / math.sqrt(var[k])
-                for k in range(6)]
+    expected = [
+        np.linalg.svd(w[k].reshape(3, 9), compute_uv=False)[0] * abs(gamma[k]) / math.sqrt(var[k]) for k in range(6)
+    ]
     assert np.allclose(channel_lipschitz_bounds(model)["0"].numpy(), expected, rtol=1e-5)
 
 
@@ -52,8 +59,10 @@ def test_clp_narrow_layers_can_never_pass_u_3_and_say_so():
         model[0].weight[0] *= 1000.0
     outcome = ChannelLipschitzPruning().repair(model, None)
     assert outcome.models[0].pruned == {} and outcome.models[0].model is model
-    assert outcome.notice == ("clp: no channel of 0 (8 channels) can exceed u=3 (a layer of n channels needs "
-                              "(n-1)/sqrt(n) > u); model unchanged")
+    assert outcome.notice == (
+        "clp: no channel of 0 (8 channels) can exceed u=3 (a layer of n channels needs "
+        "(n-1)/sqrt(n) > u); model unchanged"
+    )
     assert outcome.details["too_narrow"] == ["0 (8 channels)"]
 
 

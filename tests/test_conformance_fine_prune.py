@@ -106,7 +106,7 @@ def test_fine_prune_keeps_the_largest_pruning_under_a_ten_percent_relative_drop(
     order = _post_relu_order(model, model.out_relu, clean.x)
     base = _pruned_accuracy(model, clean, [])
     k = 0
-    while k + 1 < len(order) and (base - _pruned_accuracy(model, clean, order[:k + 1])) / base < 0.10:
+    while k + 1 < len(order) and (base - _pruned_accuracy(model, clean, order[: k + 1])) / base < 0.10:
         k += 1
     outcome = FinePruning(epochs=1).run(model, RepairData(clean))
     assert outcome.models[0].pruned == {"conv2": order[:k]}

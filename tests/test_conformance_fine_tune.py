@@ -30,7 +30,7 @@ def test_fine_tune_is_sgd_with_momentum_weight_decay_and_per_epoch_cosine():
         lr = 0.01 * (1 + math.cos(math.pi * epoch / 2)) / 2  # T_max = epochs, stepped per epoch
         order = torch.randperm(300, generator=order_gen)
         for start in (0, 256):  # batches of 256
-            idx = order[start:start + 256]
+            idx = order[start : start + 256]
             random_shift(x[idx], order_gen, pixels=4)  # the crop draws (no effect on constant images)
             grads = torch.autograd.grad(F.cross_entropy(ref(x[idx]), y[idx]), params)
             with torch.no_grad():
@@ -47,8 +47,7 @@ def test_fine_tune_crop_augmentation_shifts_by_up_to_four_pixels_and_erases_noth
     seen = []
     model = nn.Sequential(nn.Flatten(), nn.Linear(144, 2))
     model.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach().clone()))
-    fine_tune(model, x, np.zeros(64, dtype=np.int64), 1, 0, value_range=(0.0, 1.0), augmentation="crop",
-              batch_size=64)
+    fine_tune(model, x, np.zeros(64, dtype=np.int64), 1, 0, value_range=(0.0, 1.0), augmentation="crop", batch_size=64)
     batch = seen[0]
     assert torch.all(batch.sum(dim=(1, 2, 3)) == 4.0)  # the patch is moved, never erased or cut
     rows = batch.sum(dim=(1, 3)).squeeze(1).argmax(1)

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from user_models import TinyConvHead
 
 from goodnet.io.data import ImageSet
 from goodnet.repairs import FeatureShiftTuning, RepairData
-from user_models import TinyConvHead
 
 
 def _tiny_case(n=8):
@@ -72,6 +72,7 @@ def test_fst_head_norm_is_exactly_b_head_norm_after_every_step(monkeypatch):
         def record(m):
             after(m)
             seen.append(float(tuned.head.weight.detach().norm()))
+
         return original_tune(self, tuned, *args, **{**hooks, "after_step": record})
 
     monkeypatch.setattr(type(repair), "tune", recording_tune)
@@ -84,7 +85,6 @@ def test_fst_head_norm_is_exactly_b_head_norm_after_every_step(monkeypatch):
 def test_fst_defaults_are_the_authors():
     r = FeatureShiftTuning()
     assert (r.alpha, r.lr, r.epochs, r.momentum, r.weight_decay, r.variant) == (0.2, 0.01, 10, 0.9, 0.0, "reference")
-    assert r.tuning_options() == {"batch_size": 128, "augmentation": "crop", "anneal": "epoch",
-                                  "max_grad_norm": None}
+    assert r.tuning_options() == {"batch_size": 128, "augmentation": "crop", "anneal": "epoch", "max_grad_norm": None}
     assert FeatureShiftTuning(variant="goodnet").tuning_options() == {}
     assert all(m.epochs >= 1 and m.lr < r.lr for m in r.milder())

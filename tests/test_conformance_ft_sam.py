@@ -8,12 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from user_models import TinyConvHead
 
 from goodnet.io.data import ImageSet
 from goodnet.models.training import _sharpness_shifts
 from goodnet.repairs import RepairData
 from goodnet.repairs.sharpness_aware import SharpnessAwareTuning
-from user_models import TinyConvHead
 
 
 def _case(n=8):
@@ -75,6 +75,7 @@ def test_ft_sam_perturbed_pass_does_not_move_batchnorm_running_statistics():
     # goodnet's augmentation is replayed by training a copy with plain fine-tuning on the same draws:
     # only the first (unperturbed) pass may fold its batch statistics into the running ones
     from goodnet.models.training import fine_tune
+
     plain = fine_tune(copy.deepcopy(model), x, y, 1, 0, value_range=(float(x.min()), float(x.max())))
     assert torch.allclose(tuned[1].running_mean, plain[1].running_mean, atol=1e-6)
     assert torch.allclose(tuned[1].running_var, plain[1].running_var, atol=1e-6)
@@ -83,6 +84,11 @@ def test_ft_sam_perturbed_pass_does_not_move_batchnorm_running_statistics():
 def test_ft_sam_defaults_are_backdoorbench_ft_sam():
     r = SharpnessAwareTuning()
     assert (r.rho, r.adaptive, r.lr, r.epochs, r.momentum, r.weight_decay) == (2.0, True, 0.01, 100, 0.9, 5e-4)
-    assert r.tuning_options() == {"batch_size": 256, "augmentation": "crop", "anneal": "epoch",
-                                  "max_grad_norm": None, "label_smoothing": 0.1}
+    assert r.tuning_options() == {
+        "batch_size": 256,
+        "augmentation": "crop",
+        "anneal": "epoch",
+        "max_grad_norm": None,
+        "label_smoothing": 0.1,
+    }
     assert all(m.rho < r.rho and m.lr < r.lr for m in r.milder())

@@ -12,9 +12,12 @@ from torch import nn
 
 from goodnet.io.data import ImageSet
 from goodnet.repairs import RepairData
-from goodnet.repairs.implicit_unlearning import (ImplicitUnlearning, descent_map, fixed_point_hypergradient,
-                                                 universal_ascent)
-
+from goodnet.repairs.implicit_unlearning import (
+    ImplicitUnlearning,
+    descent_map,
+    fixed_point_hypergradient,
+    universal_ascent,
+)
 
 # ---------------------------------------------------------------- the fixed-point hypergradient
 
@@ -91,8 +94,9 @@ def test_hypergradient_on_a_tiny_network_equals_explicit_jacobians_of_the_refere
     expected = g_t + M.T @ v
 
     phi = descent_map(model, x0, y0, a, p)
-    _, hyper, plain = fixed_point_hypergradient(params, delta, lambda d: F.cross_entropy(model(x + mask * d), y),
-                                                phi, K)
+    _, hyper, plain = fixed_point_hypergradient(
+        params, delta, lambda d: F.cross_entropy(model(x + mask * d), y), phi, K
+    )
     got = torch.cat([h.flatten() for h in hyper])
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(torch.cat([q.flatten() for q in plain]), g_t)
@@ -121,8 +125,9 @@ def test_inner_map_is_one_gradient_descent_step_on_negative_loss_plus_penalty():
     delta = (0.3 * torch.randn(1, 1, 2, 2, dtype=torch.double)).requires_grad_(True)
     a, p = 0.1, 0.001
     got = descent_map(model, x, y, a, p)(delta)
-    expected = delta.detach().flatten() - a * (-_ce_grad_wrt_input(model, x + delta.detach(), y)
-                                               + 2 * p * delta.detach().flatten())
+    expected = delta.detach().flatten() - a * (
+        -_ce_grad_wrt_input(model, x + delta.detach(), y) + 2 * p * delta.detach().flatten()
+    )
     torch.testing.assert_close(got.detach().flatten(), expected)
 
 
@@ -143,8 +148,21 @@ def test_reference_perturbation_is_one_sgd_step_per_batch_from_zero_on_the_model
 # ---------------------------------------------------------------- the whole loop
 
 
-def _reference_loop(model, xs, ys, order, carry_draws, rounds=5, K=5, lr=1e-3, bs=100, share=0.01,
-                    pert_lr=10.0, penalty=1e-3, inner_rate=0.1):
+def _reference_loop(
+    model,
+    xs,
+    ys,
+    order,
+    carry_draws,
+    rounds=5,
+    K=5,
+    lr=1e-3,
+    bs=100,
+    share=0.01,
+    pert_lr=10.0,
+    penalty=1e-3,
+    inner_rate=0.1,
+):
     """defense.py's loop, rewritten here in a few lines (hypergrad.fixed_point inlined), on images in
     [0, 1]: fixed batches; each round a fresh perturbation by one SGD step per batch, then one Adam
     step per batch on the hypergradient, the inner map on the first batch, int(share * n) images of
@@ -152,7 +170,7 @@ def _reference_loop(model, xs, ys, order, carry_draws, rounds=5, K=5, lr=1e-3, b
     model = model.eval()
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    batches = [(xs[order[s:s + bs]], ys[order[s:s + bs]]) for s in range(0, len(xs), bs)]
+    batches = [(xs[order[s : s + bs]], ys[order[s : s + bs]]) for s in range(0, len(xs), bs)]
     x0, y0 = batches[0]
     draws = iter(carry_draws)
     for _ in range(rounds):
@@ -168,7 +186,7 @@ def _reference_loop(model, xs, ys, order, carry_draws, rounds=5, K=5, lr=1e-3, b
             opt.zero_grad()
             w = pert.detach().requires_grad_(True)
             patch = torch.zeros_like(images)
-            idx = next(draws)[:int(images.shape[0] * share)]
+            idx = next(draws)[: int(images.shape[0] * share)]
             patch[idx] = 1.0
             o_loss = F.cross_entropy(model(images + patch * w), labels)
             g_t = torch.autograd.grad(o_loss, params, retain_graph=True)
@@ -201,9 +219,17 @@ def test_default_repair_is_the_reference_loop_step_for_step():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3))
     repair = ImplicitUnlearning()
-    assert (repair.variant, repair.rounds, repair.batch_size, repair.fixed_point_steps, repair.lr,
-            repair.perturbation_lr, repair.perturbation_penalty, repair.inner_rate, repair.perturbed_share) == \
-        ("reference", 5, 100, 5, 1e-3, 10.0, 1e-3, 0.1, 0.01)
+    assert (
+        repair.variant,
+        repair.rounds,
+        repair.batch_size,
+        repair.fixed_point_steps,
+        repair.lr,
+        repair.perturbation_lr,
+        repair.perturbation_penalty,
+        repair.inner_rate,
+        repair.perturbed_share,
+    ) == ("reference", 5, 100, 5, 1e-3, 10.0, 1e-3, 0.1, 0.01)
     got = repair.repair(model, RepairData(ImageSet(xs.numpy(), ys.numpy()))).models[0].model
 
     # the same random draws as the repair: one batch order, then one permutation per batch per round

@@ -58,7 +58,7 @@ def test_lab_prune_ranks_by_mean_pooled_activation_on_clean_data_increasing_and_
     chosen = {m.details["rule"]: m for m in outcome.models}
     assert first is not None and first > 1  # the tiny case does cross the budget, after a few channels
     assert chosen["crossing"].pruned == {"conv_1": order[:first]}
-    assert chosen["within"].pruned == {"conv_1": order[:first - 1]}
+    assert chosen["within"].pruned == {"conv_1": order[: first - 1]}
 
 
 def test_attack_aware_tries_every_channel_of_the_last_layers_once_and_keeps_the_budget():

@@ -10,20 +10,26 @@ from torch import nn
 from goodnet.io.data import ImageSet
 from goodnet.models.resnet import ResNet8
 from goodnet.repairs import RepairData
-from goodnet.repairs.attention_distillation import (AttentionDistillation, attention, distillation_loss,
-                                                    reference_rate, stage_outputs, tapped)
+from goodnet.repairs.attention_distillation import (
+    AttentionDistillation,
+    attention,
+    distillation_loss,
+    reference_rate,
+    stage_outputs,
+    tapped,
+)
 
 
 def test_nad_attention_map_is_the_channel_sum_of_squares_over_its_l2_norm():
     # one image, two channels, a 1 x 2 map: sum over channels of a^2 is [3, 4], its norm 5
-    f = torch.tensor([[[[1.0, 2.0]], [[2.0 ** 0.5, 0.0]]]])
+    f = torch.tensor([[[[1.0, 2.0]], [[2.0**0.5, 0.0]]]])
     assert torch.allclose(attention(f), torch.tensor([[[[0.6, 0.8]]]]), atol=1e-6)
     assert attention(f).shape == (1, 1, 1, 2)
 
 
 def test_nad_layer_loss_is_the_mean_squared_difference_of_the_maps():
-    student = torch.tensor([[[[1.0, 2.0]], [[2.0 ** 0.5, 0.0]]]])  # map [0.6, 0.8]
-    teacher = torch.tensor([[[[2.0, 0.0]], [[0.0, 3.0 ** 0.5]]]])  # sums [4, 3]: map [0.8, 0.6]
+    student = torch.tensor([[[[1.0, 2.0]], [[2.0**0.5, 0.0]]]])  # map [0.6, 0.8]
+    teacher = torch.tensor([[[[2.0, 0.0]], [[0.0, 3.0**0.5]]]])  # sums [4, 3]: map [0.8, 0.6]
     # mean over the 2 positions of 0.2^2 (not a sum, not divided by a fixed count of positions)
     assert float(distillation_loss(student, teacher)) == pytest.approx(0.04, rel=1e-5)
     torch.manual_seed(0)
@@ -117,9 +123,16 @@ def test_nad_distils_the_residual_group_outputs_of_a_post_activation_resnet():
 
 def test_nad_stages_of_a_plain_cnn_end_at_the_map_each_pooling_layer_receives():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 2),
+    ).eval()
     x = torch.rand(2, 1, 16, 16)
     stages, maps = _maps(model, x)
     with torch.no_grad():
@@ -152,8 +165,10 @@ def test_nad_deepest_stages_get_the_last_betas_and_the_run_is_deterministic():
     assert first.details["betas"] == [7.0, 8.0]
     assert [d.split()[0] for d in first.details["distilled"]] == ["group2.1:add_3", "group3.0:add_4"]
     again = two.repair(model, data)
-    assert all(torch.equal(a, b) for a, b in zip(first.models[0].model.state_dict().values(),
-                                                 again.models[0].model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.models[0].model.state_dict().values(), again.models[0].model.state_dict().values())
+    )
     many = AttentionDistillation(epochs=1, teacher_epochs=1, betas=(1.0, 2.0, 3.0, 4.0)).repair(model, data)
     assert many.details["betas"] == [2.0, 3.0, 4.0]  # three stages: the deepest three weights
 

@@ -2,7 +2,6 @@
 mad_outlier_detection.py) and BackdoorBench's unlearning (defense/nc.py): each defining computation
 on a tiny case, against numbers worked out by hand."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -20,8 +19,15 @@ def test_nc_anomaly_index_is_median_distance_over_1_4826_mad_and_flags_only_smal
     spread = 1.4826 * 4
     expected = [(15 - 10) / spread, (15 - 12) / spread, (15 - 14) / spread, 0, 0, 0, 13 / spread, 0]
     assert np.allclose(tr.anomaly_indices(norms), expected)
-    scan = tr.TriggerScan(list(range(8)), np.array(norms), np.zeros(8), np.zeros(8, bool), np.zeros((8, 1, 1)),
-                          np.zeros((8, 1, 1, 1)), tr.anomaly_indices(norms))
+    scan = tr.TriggerScan(
+        list(range(8)),
+        np.array(norms),
+        np.zeros(8),
+        np.zeros(8, bool),
+        np.zeros((8, 1, 1)),
+        np.zeros((8, 1, 1, 1)),
+        tr.anomaly_indices(norms),
+    )
     # label 6 (index 13 / 5.93 = 2.19) is flagged; label 7 (25 above the median) never is
     assert scan.suspects == [6]
 
@@ -29,8 +35,15 @@ def test_nc_anomaly_index_is_median_distance_over_1_4826_mad_and_flags_only_smal
 def test_nc_a_label_whose_attack_never_succeeded_is_flagged_by_its_last_mask_norm_as_the_reference():
     norms = np.array([10.0, 12, 14, 16, 18, 20, 2, 40])
     reached = np.array([True] * 6 + [False, True])  # label 6 never reached 99 %: its last mask counts
-    scan = tr.TriggerScan(list(range(8)), norms, np.zeros(8), reached, np.zeros((8, 1, 1)),
-                          np.zeros((8, 1, 1, 1)), tr.anomaly_indices(norms))
+    scan = tr.TriggerScan(
+        list(range(8)),
+        norms,
+        np.zeros(8),
+        reached,
+        np.zeros((8, 1, 1)),
+        np.zeros((8, 1, 1, 1)),
+        tr.anomaly_indices(norms),
+    )
     assert scan.suspects == [6]
 
 
@@ -54,7 +67,7 @@ def test_nc_lambda_starts_at_0_is_set_after_patience_successes_then_doubles_and_
     costs, results = _run(s, sequence)
     # by hand: the check that sets lambda also counts as the first success towards doubling it, so the
     # doubling comes 4 checks later (check 13), and the 5th failure in a row (check 19) lowers it
-    hand = [0.0] * 8 + [1e-3] * 4 + [2e-3] * 6 + [2e-3 / 2 ** 1.5] * 2
+    hand = [0.0] * 8 + [1e-3] * 4 + [2e-3] * 6 + [2e-3 / 2**1.5] * 2
     assert costs == pytest.approx(hand, rel=1e-12)
     # the record: only succeeding checks with a smaller mean norm than the best so far
     records = [r for r, _ in results]
@@ -98,12 +111,23 @@ def test_nc_mask_is_tanh_over_2_plus_half_and_pattern_spans_the_value_range():
 
 def test_nc_scan_defaults_are_the_reference_settings():
     import inspect
+
     defaults = {k: v.default for k, v in inspect.signature(tr.reverse_triggers).parameters.items()}
-    assert (defaults["lr"], defaults["batch_size"], defaults["init_cost"], defaults["success_threshold"],
-            defaults["schedule"]) == (0.1, 32, 1e-3, 0.99, "reference")
-    assert tr.SCHEDULES["reference"] == {"start_cost_at_zero": True, "patience": 5, "cost_multiplier": 2.0,
-                                         "early_stop_threshold": 1.0, "early_stop_patience": 25,
-                                         "only_reached": False}
+    assert (
+        defaults["lr"],
+        defaults["batch_size"],
+        defaults["init_cost"],
+        defaults["success_threshold"],
+        defaults["schedule"],
+    ) == (0.1, 32, 1e-3, 0.99, "reference")
+    assert tr.SCHEDULES["reference"] == {
+        "start_cost_at_zero": True,
+        "patience": 5,
+        "cost_multiplier": 2.0,
+        "early_stop_threshold": 1.0,
+        "early_stop_patience": 25,
+        "only_reached": False,
+    }
 
 
 def test_nc_unlearning_replaces_20_percent_of_the_images_by_stamped_copies_with_true_labels():
@@ -136,11 +160,17 @@ class _Target(nn.Module):
 
 def test_nc_nothing_flagged_hands_b_back_with_a_notice(monkeypatch):
     model = _Target()
-    images = ImageSet(np.random.default_rng(0).uniform(0, 0.2, (12, 1, 2, 2)).astype(np.float32),
-                      np.arange(12) % 3)
+    images = ImageSet(np.random.default_rng(0).uniform(0, 0.2, (12, 1, 2, 2)).astype(np.float32), np.arange(12) % 3)
     norms = np.array([3.0, 3.1, 2.9])
-    fake = tr.TriggerScan([0, 1, 2], norms, np.zeros(3), np.ones(3, bool), np.zeros((3, 2, 2), np.float32),
-                          np.zeros((3, 1, 2, 2), np.float32), tr.anomaly_indices(norms))
+    fake = tr.TriggerScan(
+        [0, 1, 2],
+        norms,
+        np.zeros(3),
+        np.ones(3, bool),
+        np.zeros((3, 2, 2), np.float32),
+        np.zeros((3, 1, 2, 2), np.float32),
+        tr.anomaly_indices(norms),
+    )
     monkeypatch.setattr(NeuralCleanse, "scan", lambda self, model, data, progress=False: fake)
     outcome = NeuralCleanse(epochs=1).repair(model, RepairData(images))
     assert outcome.models[0].model is model and outcome.notice.startswith("nc: the trigger scan flagged no label")

@@ -64,7 +64,7 @@ def _images(n: int = 12, seed: int = 0, classes: int = 3):
     y = torch.arange(n) % classes
     x = 0.3 * torch.rand(n, 1, 6, 6, generator=g)
     for i, label in enumerate(y):  # class = which third of the image is bright
-        x[i, 0, :, 2 * int(label):2 * int(label) + 2] += 0.7
+        x[i, 0, :, 2 * int(label) : 2 * int(label) + 2] += 0.7
     return x.double(), y
 
 
@@ -101,7 +101,7 @@ def test_rnp_mask_of_zero_gives_exactly_the_pruned_model_on_a_batchnorm_model(mo
         by_hand.bn1.weight[[0, 2]] = 0
         by_hand.bn2.weight[3] = 0
     pruned = prune_scales(model, {"bn1": [0, 2], "bn2": [3]})
-    for name, value in model.state_dict().items():  # only the chosen gammas changed
+    for name in model.state_dict():  # only the chosen gammas changed
         expected = by_hand.state_dict()[name]
         assert torch.equal(pruned.state_dict()[name], expected), name
     for m in (model, pruned, by_hand):
@@ -121,7 +121,10 @@ def test_rnp_mask_multiplies_the_batchnorm_scale_in_train_mode():
     model = _randomised(TinyBN().double()).train()
     x, _ = _images()
     g = torch.Generator().manual_seed(1)
-    masks = {"bn1": torch.rand(4, generator=g, dtype=torch.double), "bn2": torch.rand(5, generator=g, dtype=torch.double)}
+    masks = {
+        "bn1": torch.rand(4, generator=g, dtype=torch.double),
+        "bn2": torch.rand(5, generator=g, dtype=torch.double),
+    }
     scaled = copy.deepcopy(model)  # MaskBatchNorm2d: batch_norm(x, weight * mask, bias), batch statistics
     with torch.no_grad():
         scaled.bn1.weight.mul_(masks["bn1"])
@@ -133,8 +136,10 @@ def test_rnp_without_batchnorm_masks_the_conv_kernel_before_its_bias():
     model = TinyPlain().double().eval()
     x, _ = _images()
     assert mask_sites(model) == ("conv", ["conv1", "conv2"])
-    masks = {"conv1": torch.tensor([0.0, 0.5, 1.0, 0.25], dtype=torch.double),
-             "conv2": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5], dtype=torch.double)}
+    masks = {
+        "conv1": torch.tensor([0.0, 0.5, 1.0, 0.25], dtype=torch.double),
+        "conv2": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.5], dtype=torch.double),
+    }
     scaled = copy.deepcopy(model)  # W * mask, bias kept
     with torch.no_grad():
         scaled.conv1.weight.mul_(masks["conv1"].view(-1, 1, 1, 1))
@@ -142,8 +147,10 @@ def test_rnp_without_batchnorm_masks_the_conv_kernel_before_its_bias():
     assert torch.allclose(_with_masks(copy.deepcopy(model), masks, x), scaled(x), atol=1e-12)
     pruned = prune_scales(model, {"conv1": [0], "conv2": [1]})
     assert not pruned.conv1.weight[0].any() and torch.equal(pruned.conv1.bias, model.conv1.bias)
-    zero_masks = {"conv1": torch.tensor([0.0, 1, 1, 1], dtype=torch.double),
-                  "conv2": torch.tensor([1.0, 0, 1, 1, 1], dtype=torch.double)}
+    zero_masks = {
+        "conv1": torch.tensor([0.0, 1, 1, 1], dtype=torch.double),
+        "conv2": torch.tensor([1.0, 0, 1, 1, 1], dtype=torch.double),
+    }
     assert torch.allclose(_with_masks(copy.deepcopy(model), zero_masks, x), pruned(x), atol=1e-12)
 
 
@@ -216,7 +223,8 @@ def test_rnp_repair_zeroes_only_the_batchnorm_scale_of_channels_at_or_below_the_
     x, y = _images(n=24)
     model = _trained(TinyBN(), x.float(), y)
     outcome = ReconstructiveNeuronPruning(threshold=1.0, unlearn_epochs=2, recover_epochs=2).run(
-        model, RepairData(_clean(x, y)))
+        model, RepairData(_clean(x, y))
+    )
     repaired = outcome.models[0].model
     assert outcome.details["pruned"] == {"bn1": [0, 1, 2, 3], "bn2": [0, 1, 2, 3, 4]}  # every mask <= 1
     for name, value in model.state_dict().items():
@@ -245,9 +253,18 @@ def test_rnp_threshold_rule_prunes_exactly_the_masks_at_or_below_it_and_milder_l
 
 def test_rnp_defaults_are_the_reference_settings():
     r = ReconstructiveNeuronPruning()
-    assert (r.pruning_by, r.threshold, r.unlearn_lr, r.unlearn_floor, r.unlearn_epochs, r.unlearn_schedule,
-            r.recover_lr, r.recover_alpha, r.recover_epochs, r.batch_size) == \
-        ("threshold", 0.2, 0.01, 20.0, 20, (10, 20), 0.2, 0.2, 20, 128)
+    assert (
+        r.pruning_by,
+        r.threshold,
+        r.unlearn_lr,
+        r.unlearn_floor,
+        r.unlearn_epochs,
+        r.unlearn_schedule,
+        r.recover_lr,
+        r.recover_alpha,
+        r.recover_epochs,
+        r.batch_size,
+    ) == ("threshold", 0.2, 0.01, 20.0, 20, (10, 20), 0.2, 0.2, 20, 128)
 
 
 def test_rnp_unlearning_stops_at_the_last_finite_weights_when_the_ascent_diverges():
@@ -266,5 +283,6 @@ def test_rnp_recovery_skips_batches_whose_gradient_is_not_finite():
         model.fc.weight.fill_(1e308)  # every logit overflows
     x, y = _images()
     masks = ReconstructiveNeuronPruning(recover_epochs=2, batch_size=4).recover(
-        model, ["conv1", "conv2"], x, y, torch.Generator().manual_seed(0))
+        model, ["conv1", "conv2"], x, y, torch.Generator().manual_seed(0)
+    )
     assert all(torch.equal(m, torch.ones_like(m)) for m in masks.values())

@@ -16,8 +16,14 @@ from goodnet.repairs.schedule import TuningSchedule
 
 def _bn_model():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                          nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
     with torch.no_grad():
         model[1].running_mean.normal_()
         model[1].running_var.uniform_(0.5, 2.0)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from goodnet.cli import main
-from goodnet.io.data import ImageSet, load_images, save_images
 from goodnet.errors import GoodnetError
+from goodnet.io.data import ImageSet, load_images, save_images
 
 
 def test_npz_and_h5_read_the_same(tmp_path):
@@ -37,11 +37,30 @@ def test_unknown_extension(tmp_path):
 def test_relative_drop_and_both_rules(demo_run, tmp_path, capsys):
     with open(os.path.join(demo_run["out"], "results.json")) as f:
         inputs = json.load(f)["inputs"]
-    model = next(os.path.join(os.path.dirname(inputs["clean_valid"]), n)
-                 for n in os.listdir(os.path.dirname(inputs["clean_valid"])) if n.endswith(".safetensors"))
+    model = next(
+        os.path.join(os.path.dirname(inputs["clean_valid"]), n)
+        for n in os.listdir(os.path.dirname(inputs["clean_valid"]))
+        if n.endswith(".safetensors")
+    )
     out = str(tmp_path / "rel")
-    argv = ["defend", "--model", model, "--clean-valid", inputs["clean_valid"], "--clean-test",
-            inputs["clean_test"], "--relative", "--rule", "both", "--thresholds", "3", "50", "--out", out, "--quiet"]
+    argv = [
+        "defend",
+        "--model",
+        model,
+        "--clean-valid",
+        inputs["clean_valid"],
+        "--clean-test",
+        inputs["clean_test"],
+        "--relative",
+        "--rule",
+        "both",
+        "--thresholds",
+        "3",
+        "50",
+        "--out",
+        out,
+        "--quiet",
+    ]
     assert main(argv) == 0
     with open(os.path.join(out, "results.json")) as f:
         doc = json.load(f)

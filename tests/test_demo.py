@@ -7,8 +7,8 @@ import os
 import pytest
 
 from goodnet.cli import main
-from goodnet.zoo.badnets import DemoSettings, cached_badnet, shipped_weights
 from goodnet.evaluation import evaluate_files
+from goodnet.zoo.badnets import DemoSettings, cached_badnet, shipped_weights
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,15 @@ def test_badnet_meets_the_bar(demo_run):
 
 def test_output_directory(demo_run):
     out = demo_run["out"]
-    for name in ("results.json", "curve.csv", "curve.png", "activations.png", "report.md",
-                 "clean_samples.png", "poisoned_samples.png"):
+    for name in (
+        "results.json",
+        "curve.csv",
+        "curve.png",
+        "activations.png",
+        "report.md",
+        "clean_samples.png",
+        "poisoned_samples.png",
+    ):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     doc = _results(out)
     assert doc["layer"] == "conv_3" and doc["cut"] == "pool_3" and doc["order"] == "ascending"
@@ -83,8 +90,12 @@ def test_the_demo_ships_its_badnet_and_training_is_deterministic(demo_run, capsy
     outs = []
     for k in (2, 3):
         outs.append(str(demo_run["base"] / f"out{k}"))
-        assert main(["demo", "--out", outs[-1], "--cache-dir", str(demo_run["base"] / f"cache{k}"), "--retrain",
-                     "--quiet"]) == 0
+        assert (
+            main(
+                ["demo", "--out", outs[-1], "--cache-dir", str(demo_run["base"] / f"cache{k}"), "--retrain", "--quiet"]
+            )
+            == 0
+        )
         assert "trained BadNet" in capsys.readouterr().out
     first, second = _results(outs[0]), _results(outs[1])
     first.pop("inputs"), second.pop("inputs")  # paths differ, numbers must not

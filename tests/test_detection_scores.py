@@ -96,12 +96,13 @@ def test_defend_reports_g_and_strip_detection(demo_run):
 
 
 def test_a_repair_that_removed_the_backdoor_gives_g_a_high_auroc(demo_run):
-    from goodnet.repairs import FineTuning, run_repair
+    from goodnet.measure import run_repair
+    from goodnet.repairs import FineTuning
 
     model = load_model(demo_run["model"])
     sets = {role: load_images(path) for role, path in demo_run["inputs"].items()}
     result = run_repair(model, FineTuning(variant="goodnet", lr=0.05, epochs=15), sets, max_drop=None)
-    metrics = result.metrics(result.models[0].labels)
+    metrics = result.models[0].metrics
     assert metrics["poisoned_test"]["repaired"] < 10  # the backdoor is (mostly) gone ...
     assert result.models[0].detection.auroc > 90  # ... so B' doubts B on poisoned inputs, not clean ones
     assert result.strip is None  # not asked for

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
 from goodnet.devices import compute_device, device_of, placed, resolve_device, to_model, to_numpy, using_device
 from goodnet.errors import SettingsError
-
-from conftest import assert_one_line_error, run_cli
 
 has_cuda = torch.cuda.is_available()
 
@@ -48,21 +47,54 @@ def test_context_places_models_and_puts_them_back():
 @pytest.mark.skipif(has_cuda, reason="checks the refusal on a machine without a GPU")
 def test_cuda_without_a_gpu_is_one_line_and_writes_nothing(demo_run, tmp_path, capsys):
     inputs = demo_run["inputs"]
-    code, _, err = run_cli(capsys, ["eval", "--device", "cuda", inputs["clean_test"], inputs["poisoned_test"],
-                                    demo_run["model"]])
+    code, _, err = run_cli(
+        capsys, ["eval", "--device", "cuda", inputs["clean_test"], inputs["poisoned_test"], demo_run["model"]]
+    )
     assert_one_line_error(code, err, "--device cuda: PyTorch sees no CUDA GPU")
-    code, _, err = run_cli(capsys, ["defend", "--device", "cuda", "--model", demo_run["model"], "--clean-valid",
-                                    inputs["clean_valid"], "--out", tmp_path / "o"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--device",
+            "cuda",
+            "--model",
+            demo_run["model"],
+            "--clean-valid",
+            inputs["clean_valid"],
+            "--out",
+            tmp_path / "o",
+        ],
+    )
     assert_one_line_error(code, err, "--device cuda")
     assert not (tmp_path / "o").exists()
 
 
 def _defend(capsys, demo_run, out, device):
     inputs = demo_run["inputs"]
-    code, _, err = run_cli(capsys, ["defend", "--device", device, "--model", demo_run["model"], "--repair",
-                                    "fine-tune", "--epochs", "2", "--clean-valid", inputs["clean_valid"],
-                                    "--clean-test", inputs["clean_test"], "--poisoned-test", inputs["poisoned_test"],
-                                    "--out", out, "--quiet", "--no-strip"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--device",
+            device,
+            "--model",
+            demo_run["model"],
+            "--repair",
+            "fine-tune",
+            "--epochs",
+            "2",
+            "--clean-valid",
+            inputs["clean_valid"],
+            "--clean-test",
+            inputs["clean_test"],
+            "--poisoned-test",
+            inputs["poisoned_test"],
+            "--out",
+            out,
+            "--quiet",
+            "--no-strip",
+        ],
+    )
     assert code == 0, err
     return json.loads((out / "results.json").read_text())
 

@@ -3,24 +3,23 @@ settings, then B unchanged) past their budget and saying so; diverging training 
 another scale than the model was trained on refused; the same repair whatever the pixel range."""
 
 import json
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
 from goodnet.errors import TrainingDiverged
+from goodnet.inference import predict
 from goodnet.io.data import ImageSet, load_images, save_images
 from goodnet.io.model_files import load_model, save_model
+from goodnet.measure import run_repair
 from goodnet.models.training import fine_tune, random_erase, random_shift
 from goodnet.pruning.profiling import activation_order
 from goodnet.pruning.zeroing import pruned_copy
-from goodnet.repairs import FineTuning, Repair, RepairData, RepairedModel, RepairOutcome, run_repair, setting
+from goodnet.repairs import FineTuning, Repair, RepairData, RepairedModel, RepairOutcome, setting
 from goodnet.repairs.do_no_harm import guarded_repair
-from goodnet.inference import predict
-
-from conftest import assert_one_line_error, run_cli
 
 
 def _demo(demo_run):
@@ -41,7 +40,7 @@ class ZeroQuietest(Repair):  # not registered: the guard needs no registry
         return [replace(self, count=self.count // 4), replace(self, count=2)]
 
     def repair(self, model, data, progress=False):
-        channels = activation_order(model, data.clean_valid.x, "conv_3")[:self.count]
+        channels = activation_order(model, data.clean_valid.x, "conv_3")[: self.count]
         return RepairOutcome([RepairedModel(self.name, pruned_copy(model, "conv_3", channels), {"conv_3": channels})])
 
 
@@ -61,8 +60,24 @@ def test_the_guard_falls_back_to_milder_settings_judged_on_held_out_data(demo_ru
 
 def test_a_destructive_setting_falls_back_and_says_so(demo_run, tmp_path, capsys):
     model_path, inputs = _demo(demo_run)
-    code, out, err = run_cli(capsys, ["defend", "--model", model_path, *_args(inputs), "--repair", "fine-tune",
-                                      "--lr", "40", "--epochs", "2", "--out", tmp_path / "o", "--quiet"])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            model_path,
+            *_args(inputs),
+            "--repair",
+            "fine-tune",
+            "--lr",
+            "40",
+            "--epochs",
+            "2",
+            "--out",
+            tmp_path / "o",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     assert "WARNING: do no harm: fine-tune" in err and "WARNING: do no harm" in out
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
@@ -91,12 +106,15 @@ def test_diverging_training_is_caught_and_never_returned(demo_run):
 def test_data_on_another_scale_than_the_model_is_refused(demo_run, tmp_path, capsys):
     model_path, inputs = _demo(demo_run)
     assert load_model(model_path).input_range == (0.0, 255.0)  # recorded in the file at training
-    code, _, err = run_cli(capsys, ["defend", "--model", model_path, *_args(inputs), "--input-scale", "255",
-                                    "--out", tmp_path / "o", "--quiet"])
+    code, _, err = run_cli(
+        capsys,
+        ["defend", "--model", model_path, *_args(inputs), "--input-scale", "255", "--out", tmp_path / "o", "--quiet"],
+    )
     assert_one_line_error(code, err, "values lie in 0..1 but the model was trained on 0..255")
     assert not (tmp_path / "o").exists()
-    code, _, err = run_cli(capsys, ["eval", inputs["clean_test"], inputs["poisoned_test"], model_path,
-                                    "--input-scale", "255"])
+    code, _, err = run_cli(
+        capsys, ["eval", inputs["clean_test"], inputs["poisoned_test"], model_path, "--input-scale", "255"]
+    )
     assert_one_line_error(code, err, "trained on 0..255")
 
 
@@ -114,7 +132,7 @@ def test_the_same_repair_whatever_the_pixel_range(demo_run, tmp_path):
     np.testing.assert_array_equal(predict(b255, raw["clean_test"].x), predict(b1, unit["clean_test"].x))
     repair = FineTuning(epochs=8)
     results = [run_repair(b, repair, sets) for b, sets in ((b255, raw), (b1, unit))]
-    scores = [r.metrics(r.models[0].labels) for r in results]
+    scores = [r.models[0].metrics for r in results]
     for role in ("clean_test", "poisoned_test"):
         assert abs(scores[0][role]["repaired"] - scores[1][role]["repaired"]) <= 1.0, role
     assert all(r.harm.delivered == "as asked" for r in results)
@@ -125,6 +143,7 @@ def test_the_same_repair_whatever_the_pixel_range(demo_run, tmp_path):
         files[role] = str(tmp_path / f"{role}.h5")
         save_images(files[role], s)
     from goodnet.io.data import load_sets
+
     scaled = run_repair(b1, repair, load_sets(files, input_scale=255.0))
     for role in scaled.data:
         np.testing.assert_array_equal(scaled.models[0].labels[role], results[1].models[0].labels[role])
@@ -133,7 +152,7 @@ def test_the_same_repair_whatever_the_pixel_range(demo_run, tmp_path):
 def _shift_loop(x, dy, dx, pixels):
     padded = torch.nn.functional.pad(x, (pixels,) * 4)
     h, w = x.shape[2:]
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(len(x))])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(x))])
 
 
 def test_vectorised_augmentation_matches_its_definition():

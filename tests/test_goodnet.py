@@ -3,13 +3,12 @@
 import numpy as np
 import torch
 
-from goodnet.models import DeepID, SmallCNN
-from goodnet.models.goodnet import GoodNet, PrunedGoodNet
-from goodnet.metrics import flag_rate
-from goodnet.models.goodnet import goodnet_labels
-from goodnet.io.model_files import load_model, save_model
-from goodnet.pruning.zeroing import pruned_copy
 from goodnet.inference import predict
+from goodnet.io.model_files import load_model, save_model
+from goodnet.metrics import flag_rate
+from goodnet.models import DeepID, SmallCNN
+from goodnet.models.goodnet import GoodNet, PrunedGoodNet, goodnet_labels
+from goodnet.pruning.zeroing import pruned_copy
 
 
 class _Fixed(GoodNet):

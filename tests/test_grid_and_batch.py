@@ -7,11 +7,10 @@ import os
 import sys
 
 import pytest
+from conftest import ZOO_CELL, assert_one_line_error, assert_self_contained_page, run_cli
 
 from goodnet.errors import SettingsError
 from goodnet.grid import GridCell, GridRunner, run_grid
-
-from conftest import ZOO_CELL, assert_one_line_error, assert_self_contained_page, run_cli
 
 CALLS = []
 
@@ -74,8 +73,23 @@ def test_an_interrupted_grid_resumes_where_it_stopped(tmp_path, capsys):
 
 
 def _compare(capsys, out, cache, *extra):
-    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "prune", "fine-tune", "--out", out,
-                                    "--cache-dir", cache, "--threads", "1", *extra])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "compare",
+            *ZOO_CELL,
+            "--repairs",
+            "prune",
+            "fine-tune",
+            "--out",
+            out,
+            "--cache-dir",
+            cache,
+            "--threads",
+            "1",
+            *extra,
+        ],
+    )
     assert code == 0, err
     rows = json.loads((out / "comparison.json").read_text())["rows"]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows], err
@@ -112,8 +126,22 @@ def test_interrupted_compare_resumes(zoo_cache, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(compare_module, "repair_badnet", interrupted)
     out = tmp_path / "cmp"
-    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "prune", "fine-tune", "--out", out,
-                                    "--cache-dir", zoo_cache, "--threads", "1"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "compare",
+            *ZOO_CELL,
+            "--repairs",
+            "prune",
+            "fine-tune",
+            "--out",
+            out,
+            "--cache-dir",
+            zoo_cache,
+            "--threads",
+            "1",
+        ],
+    )
     assert code == 130 and not out.exists() and os.path.isdir(tmp_path / ".cmp.cells")
     rows, err = _compare(capsys, out, zoo_cache)
     assert calls == ["prune", "fine-tune", "fine-tune"]  # prune was not run again
@@ -123,11 +151,21 @@ def test_interrupted_compare_resumes(zoo_cache, tmp_path, capsys, monkeypatch):
 
 def test_unreachable_ray_and_an_exiting_factory_are_one_line(demo_run, tmp_path, capsys):
     pytest.importorskip("ray")
-    code, _, err = run_cli(capsys, ["compare", *ZOO_CELL, "--repairs", "prune", "--out", tmp_path / "x",
-                                    "--ray", "127.0.0.1:1"])
+    code, _, err = run_cli(
+        capsys, ["compare", *ZOO_CELL, "--repairs", "prune", "--out", tmp_path / "x", "--ray", "127.0.0.1:1"]
+    )
     assert_one_line_error(code, err, "--ray 127.0.0.1:1: no Ray cluster answers there")
-    code, _, err = run_cli(capsys, ["eval", demo_run["inputs"]["clean_test"], demo_run["inputs"]["poisoned_test"],
-                                    demo_run["model"], "--factory", "sys:exit"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "eval",
+            demo_run["inputs"]["clean_test"],
+            demo_run["inputs"]["poisoned_test"],
+            demo_run["model"],
+            "--factory",
+            "sys:exit",
+        ],
+    )
     assert code == 2 and "goodnet: error:" in err  # refused as a goodnet file, or stopped if the code ran
     assert not (tmp_path / "x").exists()
 
@@ -147,19 +185,22 @@ def _manifest(tmp_path, text):
     return str(path)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "lists no models"),
-    ("name,clean_valid\na,b.h5\n", "no 'model' column"),
-    ("model,colour\na.h5,red\n", "unknown column(s) 'colour'"),
-    ("model,name\na.h5,x\nb.h5,x\n", "the name 'x' is used twice"),
-    ("model,input_scale\na.h5,-3\n", "row 2: input_scale must be a positive number"),
-    ("model,clean_valid\n,v.h5\n", "row 2: no model file"),
-    ("model\na.h5,extra\n", "row 2 has more cells than the header"),
-    ("name,model\na," + "x" * 200_000 + "\n", "not a readable CSV manifest"),
-    ("model,model\na.h5,b.h5\n", "a column is named twice"),
-    ("name,model\n" + "n" * 101 + ",a.h5\n", "longer than 100 characters"),
-    ("name,model\nx,a.h5\nX,b.h5\n", "the name 'X' is used twice"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "lists no models"),
+        ("name,clean_valid\na,b.h5\n", "no 'model' column"),
+        ("model,colour\na.h5,red\n", "unknown column(s) 'colour'"),
+        ("model,name\na.h5,x\nb.h5,x\n", "the name 'x' is used twice"),
+        ("model,input_scale\na.h5,-3\n", "row 2: input_scale must be a positive number"),
+        ("model,clean_valid\n,v.h5\n", "row 2: no model file"),
+        ("model\na.h5,extra\n", "row 2 has more cells than the header"),
+        ("name,model\na," + "x" * 200_000 + "\n", "not a readable CSV manifest"),
+        ("model,model\na.h5,b.h5\n", "a column is named twice"),
+        ("name,model\n" + "n" * 101 + ",a.h5\n", "longer than 100 characters"),
+        ("name,model\nx,a.h5\nX,b.h5\n", "the name 'X' is used twice"),
+    ],
+)
 def test_bad_manifests_get_one_line(tmp_path, capsys, text, message):
     code, _, err = run_cli(capsys, ["batch", _manifest(tmp_path, text), "--out", tmp_path / "o"])
     assert_one_line_error(code, err, message)
@@ -169,20 +210,38 @@ def test_bad_manifests_get_one_line(tmp_path, capsys, text, message):
 def test_batch_defends_every_model_and_lists_refusals(demo_run, tmp_path, capsys):
     inputs = demo_run["inputs"]
     data = ",".join(inputs[r] for r in ("clean_valid", "clean_test", "poisoned_test"))
-    path = _manifest(tmp_path, "\ufeff# two copies of the demo's B and one file that is not a model (and the "
-                               "byte-order mark a spreadsheet writes)\n"
-                               "name,model,clean_valid,clean_test,poisoned_test,input_scale\n"
-                               f"first,{demo_run['model']},{data},\n"
-                               f"second,{demo_run['model']},{data},1\n"
-                               f"broken,{path_of(tmp_path)},{data},\n")
-    code, out, err = run_cli(capsys, ["batch", path, "--repair", "fine-tune", "--epochs", "2", "--no-strip",
-                                      "--out", tmp_path / "b", "--threads", "1"])
+    path = _manifest(
+        tmp_path,
+        "\ufeff# two copies of the demo's B and one file that is not a model (and the "
+        "byte-order mark a spreadsheet writes)\n"
+        "name,model,clean_valid,clean_test,poisoned_test,input_scale\n"
+        f"first,{demo_run['model']},{data},\n"
+        f"second,{demo_run['model']},{data},1\n"
+        f"broken,{path_of(tmp_path)},{data},\n",
+    )
+    code, out, err = run_cli(
+        capsys,
+        [
+            "batch",
+            path,
+            "--repair",
+            "fine-tune",
+            "--epochs",
+            "2",
+            "--no-strip",
+            "--out",
+            tmp_path / "b",
+            "--threads",
+            "1",
+        ],
+    )
     assert code == 2 and "1 of 3 models were refused (first: broken" in err, err
     doc = json.loads((tmp_path / "b" / "batch.json").read_text())
     first, second, broken = doc["rows"]
     assert first["status"] == "repaired" and first["measured_on"] == "test" and first["error"] is None
-    assert {k: v for k, v in first.items() if k not in ("name", "seconds")} == \
-        {k: v for k, v in second.items() if k not in ("name", "seconds")}  # the same model, the same numbers
+    assert {k: v for k, v in first.items() if k not in ("name", "seconds")} == {
+        k: v for k, v in second.items() if k not in ("name", "seconds")
+    }  # the same model, the same numbers
     assert broken["status"] == "refused" and "unknown model format" in broken["error"]
     for name in ("first", "second"):
         assert_self_contained_page(tmp_path / "b" / "models" / name)

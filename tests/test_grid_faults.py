@@ -21,8 +21,9 @@ from goodnet.repairs import build_repair
 
 fcntl = pytest.importorskip("fcntl")  # output locks, signals and process ids as on POSIX
 
-needs_proc = pytest.mark.skipif(not os.path.isfile("/proc/self/stat"),
-                                reason="finding a process's children needs /proc (Linux)")
+needs_proc = pytest.mark.skipif(
+    not os.path.isfile("/proc/self/stat"), reason="finding a process's children needs /proc (Linux)"
+)
 ROLES = ("clean_valid", "clean_test", "poisoned_test")
 CHEAP = ["--repair", "fine-tune", "--epochs", "1", "--no-strip", "--threads", "1"]
 
@@ -38,8 +39,11 @@ def _manifest(tmp_path, demo_run, names):
 
 def _start_batch(manifest, out, err_path, *extra):
     with open(err_path, "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "goodnet", "batch", manifest, "--out", str(out), *CHEAP,
-                                 *extra], stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, "-m", "goodnet", "batch", manifest, "--out", str(out), *CHEAP, *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 def _stat(pid):
@@ -49,7 +53,7 @@ def _stat(pid):
             text = f.read()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    fields = text[text.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
     return int(fields[1]), fields[0]
 
 
@@ -165,8 +169,9 @@ def test_sigterm_stops_a_pooled_batch_in_seconds_and_keeps_its_finished_cells(de
     err = tmp_path / "err2.txt"
     rerun = _start_batch(manifest, out, err, "--workers", "2")
     try:
-        _wait_for(lambda: f"resuming, {len(kept)} of 3 cells already done" in err.read_text(), 120,
-                  "resumed cells", rerun)
+        _wait_for(
+            lambda: f"resuming, {len(kept)} of 3 cells already done" in err.read_text(), 120, "resumed cells", rerun
+        )
         rerun.send_signal(signal.SIGTERM)
         assert rerun.wait(timeout=60) == 143
     finally:
@@ -181,8 +186,11 @@ def _copied_inputs(demo_run, tmp_path):
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(source, target)
         copies[role] = str(target)
-    return BatchEntry("a", copies.pop("model"), {r: copies.get(r) for r in
-                                                ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")})
+    return BatchEntry(
+        "a",
+        copies.pop("model"),
+        {r: copies.get(r) for r in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")},
+    )
 
 
 def _counting_defend(monkeypatch, fail_first=False):
@@ -201,8 +209,14 @@ def _counting_defend(monkeypatch, fail_first=False):
 
 
 def _batch(entry, state):
-    return batch([entry], build_repair("fine-tune", {"epochs": 1}), str(state), GridRunner(threads=1),
-                 progress=False, strip=False)
+    return batch(
+        [entry],
+        build_repair("fine-tune", {"epochs": 1}),
+        str(state),
+        GridRunner(threads=1),
+        progress=False,
+        strip=False,
+    )
 
 
 def test_a_refused_cell_is_not_kept_and_runs_again(demo_run, tmp_path, monkeypatch):
@@ -320,8 +334,11 @@ def test_a_lock_names_its_holder_and_is_taken_over_once_the_holder_is_gone(tmp_p
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, out], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(OutputError, match=rf"another goodnet run is writing this output right now "
-                                              rf"\(process {holder.pid}\)"):
+        with pytest.raises(
+            OutputError,
+            match=rf"another goodnet run is writing this output right now "
+            rf"\(process {holder.pid}\)",
+        ):
             claim_output(out)
         holder.kill()  # killed while holding it: the lock file stays, the lock does not
         holder.wait()
@@ -357,8 +374,9 @@ os._exit(0)  # ends like a killed run: no clean-up, the lock file stays
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_does_not_keep_the_lock_of_its_parent(tmp_path):
     out = str(tmp_path / "out")
-    done = subprocess.run([sys.executable, "-c", _FORK_AND_DIE, out], capture_output=True, text=True, check=False,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_AND_DIE, out], capture_output=True, text=True, check=False, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     child = int(done.stdout)
     try:

@@ -3,9 +3,9 @@ parses, embeds its images and points at nothing outside itself, whatever the Mar
 
 import os
 
-from goodnet.report.html_page import external_references, render_page
-
 from conftest import assert_self_contained_page
+
+from goodnet.report.html_page import external_references, render_page
 
 
 def test_demo_report_page_is_self_contained(demo_run):
@@ -22,12 +22,23 @@ def test_hostile_markdown_cannot_reach_out(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     outside = tmp_path.parent / "secret.png"
     outside.write_bytes(b"\x89PNG\r\n\x1a\n")
-    markdown = "\n\n".join([
-        "# t", "![ok](ok.png)", "![web](https://example.com/x.png)", "![up](../secret.png)",
-        f"![abs]({outside})", "![txt](notes.txt)", "[a link](http://example.com)", "[local](notes.txt)",
-        "[anchor](#t)", "<script>alert(1)</script>", "<img src=http://example.com/y.png>",
-        "<a href='http://example.com'>raw</a>", "| a | b |\n|---|---|\n| `<b>` | 2 |",
-    ])
+    markdown = "\n\n".join(
+        [
+            "# t",
+            "![ok](ok.png)",
+            "![web](https://example.com/x.png)",
+            "![up](../secret.png)",
+            f"![abs]({outside})",
+            "![txt](notes.txt)",
+            "[a link](http://example.com)",
+            "[local](notes.txt)",
+            "[anchor](#t)",
+            "<script>alert(1)</script>",
+            "<img src=http://example.com/y.png>",
+            "<a href='http://example.com'>raw</a>",
+            "| a | b |\n|---|---|\n| `<b>` | 2 |",
+        ]
+    )
     page = render_page(markdown, str(tmp_path), "t </title><script>")
     assert external_references(page) == []
     assert page.count('<img src="data:image/png;base64,') == 1

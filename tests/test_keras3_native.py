@@ -10,15 +10,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
 from goodnet.io.keras.export import export_like, keras_suffix
 from goodnet.io.keras.files import read_keras_config
 from goodnet.io.keras.native import keys_to_layers, snake_case
 from goodnet.io.model_files import load_model
+from goodnet.io.repaired_files import ModelExports
 from goodnet.pruning.zeroing import pruned_copy
-from goodnet.report.writer import ModelExports
-
-from conftest import assert_one_line_error, run_cli
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -55,13 +54,27 @@ def saved(tmp_path_factory):
 def test_snake_case_and_keys_follow_keras():
     from keras.src.utils import naming
 
-    for name in ("Conv2D", "BatchNormalization", "ReLU", "GlobalAveragePooling2D", "ZeroPadding2D", "InputLayer",
-                 "Dense", "Conv2DTranspose"):
+    for name in (
+        "Conv2D",
+        "BatchNormalization",
+        "ReLU",
+        "GlobalAveragePooling2D",
+        "ZeroPadding2D",
+        "InputLayer",
+        "Dense",
+        "Conv2DTranspose",
+    ):
         assert snake_case(name) == naming.to_snake_case(name)
-    config = {"class_name": "Functional", "config": {"layers": [
-        {"class_name": "Conv2D", "name": "a", "config": {"name": "a"}},
-        {"class_name": "Dense", "name": "d", "config": {"name": "d"}},
-        {"class_name": "Conv2D", "name": "b", "config": {"name": "b"}}]}}
+    config = {
+        "class_name": "Functional",
+        "config": {
+            "layers": [
+                {"class_name": "Conv2D", "name": "a", "config": {"name": "a"}},
+                {"class_name": "Dense", "name": "d", "config": {"name": "d"}},
+                {"class_name": "Conv2D", "name": "b", "config": {"name": "b"}},
+            ]
+        },
+    }
     assert {k: v["name"] for k, v in keys_to_layers(config).items()} == {"conv2d": "a", "dense": "d", "conv2d_1": "b"}
 
 
@@ -107,11 +120,23 @@ def test_files_without_layer_names_are_placed_by_the_architecture(saved, tmp_pat
     x = _images(np.random.default_rng(3), (13, 11, 3))
     expected = model.predict(x, verbose=0)
     np.testing.assert_allclose(_predict(load_model(old_archive), x), expected, atol=2e-5, rtol=1e-4)
-    np.testing.assert_allclose(_predict(load_model(old_weights, arch=paths["json"]), x), expected, atol=2e-5,
-                               rtol=1e-4)
+    np.testing.assert_allclose(_predict(load_model(old_weights, arch=paths["json"]), x), expected, atol=2e-5, rtol=1e-4)
     # a built-in architecture has no Keras layer order to place unnamed layers by: one clear line
-    code, _, err = run_cli(capsys, ["export", old_weights, "--arch", "small_cnn", "--input-shape", "3,13,11",
-                                    "--to", "keras", "--out", str(tmp_path / "o.h5")])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "export",
+            old_weights,
+            "--arch",
+            "small_cnn",
+            "--input-shape",
+            "3,13,11",
+            "--to",
+            "keras",
+            "--out",
+            str(tmp_path / "o.h5"),
+        ],
+    )
     assert_one_line_error(code, err, "does not name its layers")
 
 
@@ -154,8 +179,9 @@ def test_sequential_archive_and_export_command(tmp_path, capsys):
     out = str(tmp_path / "copy.keras")
     code, stdout, err = run_cli(capsys, ["export", path, "--to", "keras", "--like", path, "--out", out])
     assert code == 0, err
-    np.testing.assert_allclose(keras.saving.load_model(out).predict(x, verbose=0), model.predict(x, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        keras.saving.load_model(out).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
     code, _, err = run_cli(capsys, ["export", path, "--to", "keras", "--like", path, "--out", str(tmp_path / "x.h5")])
     assert_one_line_error(code, err, "--out must end in .keras")
 
@@ -164,10 +190,14 @@ def test_defend_hands_over_b_prime_in_the_format_b_came_in():
     exports = ModelExports(keras_like="/some/b.keras")
     names = exports.filenames("x2", torch.nn.Linear(1, 1))
     assert names["repaired_keras"] == "models/repaired_x2.keras"
-    assert ModelExports(keras_like="b.weights.h5").filenames("x2", torch.nn.Linear(1, 1))["repaired_keras"] \
+    assert (
+        ModelExports(keras_like="b.weights.h5").filenames("x2", torch.nn.Linear(1, 1))["repaired_keras"]
         == "models/repaired_x2.weights.h5"
-    assert ModelExports(keras_like="b.h5").filenames("x2", torch.nn.Linear(1, 1))["repaired_keras"] \
+    )
+    assert (
+        ModelExports(keras_like="b.h5").filenames("x2", torch.nn.Linear(1, 1))["repaired_keras"]
         == "models/repaired_x2.h5"
+    )
 
 
 def _archive(tmp_path, members: dict[str, bytes], name="bad.keras"):
@@ -193,12 +223,12 @@ def test_hostile_archives_get_one_line(saved, tmp_path, capsys):
         (_archive(tmp_path, {"config.json": b"not json", "model.weights.h5": weights}, "b.keras"), "not JSON"),
         (_archive(tmp_path, {"config.json": config}, "c.keras"), "no model.weights.h5"),
         (_archive(tmp_path, {"config.json": config, "model.weights.json": b"{}"}, "d.keras"), "sharded"),
-        (_archive(tmp_path, {"config.json": json.dumps(lam).encode(), "model.weights.h5": weights}, "e.keras"),
-         "Python code"),
-        (_archive(tmp_path, {"config.json": config, "model.weights.h5": b"garbage"}, "f.keras"),
-         "not a readable HDF5"),
-        (_archive(tmp_path, {"config.json": config, "model.weights.h5": nested.getvalue()}, "g.keras"),
-         "nested model"),
+        (
+            _archive(tmp_path, {"config.json": json.dumps(lam).encode(), "model.weights.h5": weights}, "e.keras"),
+            "Python code",
+        ),
+        (_archive(tmp_path, {"config.json": config, "model.weights.h5": b"garbage"}, "f.keras"), "not a readable HDF5"),
+        (_archive(tmp_path, {"config.json": config, "model.weights.h5": nested.getvalue()}, "g.keras"), "nested model"),
     ]
     deep = b"[" * 200_000 + b"]" * 200_000
     null_layer = json.loads(config)
@@ -208,11 +238,17 @@ def test_hostile_archives_get_one_line(saved, tmp_path, capsys):
         z.writestr("config.json", config)
     cases += [
         (_archive(tmp_path, {"config.json": deep, "model.weights.h5": weights}, "h.keras"), "nested too deeply"),
-        (_archive(tmp_path, {"config.json": json.dumps(null_layer).encode(), "model.weights.h5": weights},
-                  "i.keras"), "malformed model_config"),
+        (
+            _archive(
+                tmp_path, {"config.json": json.dumps(null_layer).encode(), "model.weights.h5": weights}, "i.keras"
+            ),
+            "malformed model_config",
+        ),
         (str(tmp_path / "dup.keras"), "two members of one name"),
-        (_archive(tmp_path, {"config.json": config, "model.weights.h5": weights, "../../evil": b"x"}, "j.keras"),
-         "points outside it"),
+        (
+            _archive(tmp_path, {"config.json": config, "model.weights.h5": weights, "../../evil": b"x"}, "j.keras"),
+            "points outside it",
+        ),
     ]
     (tmp_path / "text.keras").write_text("hello")
     for path, message in cases:
@@ -264,8 +300,9 @@ def test_values_stored_in_other_files_are_refused(saved, tmp_path, capsys):
         group = f["layers/conv2d/vars"]
         del group["0"]
         group.create_dataset("0", shape=(3, 3, 3, 6), dtype="float32", external=[(str(secret), 0, 3 * 3 * 3 * 6 * 4)])
-    code, _, err = run_cli(capsys, ["export", bad, "--arch", paths["keras"], "--to", "keras", "--out",
-                                    str(tmp_path / "o.h5")])
+    code, _, err = run_cli(
+        capsys, ["export", bad, "--arch", paths["keras"], "--to", "keras", "--out", str(tmp_path / "o.h5")]
+    )
     assert_one_line_error(code, err, "stored in other files")
     data = str(tmp_path / "data.h5")
     with h5py.File(data, "w") as f:

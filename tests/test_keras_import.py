@@ -5,11 +5,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import LAB_WEIGHTS, needs_lab_weights
 
 from goodnet.errors import GoodnetError
 from goodnet.io.model_files import load_model
-
-from conftest import LAB_WEIGHTS, needs_lab_weights
 
 LAYERS = {"conv_1": (4, 3, 20), "conv_2": (3, 20, 40), "conv_3": (3, 40, 60), "conv_4": (2, 60, 80)}
 
@@ -20,14 +19,14 @@ def _conv(x, kernel, bias):
     out = np.zeros((x.shape[0], h, w, kernel.shape[3]))
     for i in range(kh):
         for j in range(kw):
-            out += x[:, i:i + h, j:j + w, :] @ kernel[i, j]
+            out += x[:, i : i + h, j : j + w, :] @ kernel[i, j]
     return out + bias
 
 
 def _pool(x):
     n, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
-    return x[:, :2 * h2, :2 * w2].reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+    return x[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
 
 
 def keras_deepid_logits(weights, x_nchw):
@@ -44,14 +43,31 @@ def keras_deepid_logits(weights, x_nchw):
 
 def _read(path):
     with h5py.File(path, "r") as f:
-        return {name: (f[name][name]["kernel:0"][()].astype(np.float64), f[name][name]["bias:0"][()].astype(np.float64))
-                for name in ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")}
+        return {
+            name: (f[name][name]["kernel:0"][()].astype(np.float64), f[name][name]["bias:0"][()].astype(np.float64))
+            for name in ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
+        }
 
 
 def write_keras_weights(path, weights, extra_attrs=True):
     """A file in the layout Keras's save_weights writes (see ../shared/fixtures/README.md)."""
-    names = ["input", "conv_1", "pool_1", "conv_2", "pool_2", "conv_3", "pool_3", "conv_4", "flatten_1",
-             "flatten_2", "fc_1", "fc_2", "add_1", "activation_1", "output"]
+    names = [
+        "input",
+        "conv_1",
+        "pool_1",
+        "conv_2",
+        "pool_2",
+        "conv_3",
+        "pool_3",
+        "conv_4",
+        "flatten_1",
+        "flatten_2",
+        "fc_1",
+        "fc_2",
+        "add_1",
+        "activation_1",
+        "output",
+    ]
     with h5py.File(path, "w") as f:
         f.attrs["layer_names"] = np.array([n.encode() for n in names])
         if extra_attrs:

@@ -11,13 +11,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import FULL_MODEL, assert_one_line_error, needs_full_model, run_cli
 
 from goodnet.io.keras.export import export_like, write_keras_weights
 from goodnet.io.keras.files import load_keras_model, read_model_config
 from goodnet.io.model_files import load_model
 from goodnet.pruning.zeroing import pruned_copy
-
-from conftest import FULL_MODEL, assert_one_line_error, needs_full_model, run_cli
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -28,9 +27,14 @@ def _randomise_batchnorm(model, rng):
         if isinstance(layer, L.BatchNormalization):
             # gamma and the variance must be positive; beta and the mean may have any sign
             names = [v.path.split("/")[-1] for v in layer.weights]
-            layer.set_weights([(rng.normal(0, 0.5, w.shape) if n in ("beta", "moving_mean")
-                                else rng.uniform(0.5, 1.5, w.shape)).astype("float32")
-                               for n, w in zip(names, layer.get_weights())])
+            layer.set_weights(
+                [
+                    (
+                        rng.normal(0, 0.5, w.shape) if n in ("beta", "moving_mean") else rng.uniform(0.5, 1.5, w.shape)
+                    ).astype("float32")
+                    for n, w in zip(names, layer.get_weights())
+                ]
+            )
 
 
 def _all_layers_model():
@@ -63,10 +67,18 @@ def _all_layers_model():
 
 
 def _sequential_model():
-    return keras.Sequential([
-        L.Input((10, 10, 2)), L.Conv2D(4, 3, activation="relu", name="c1"), L.ReLU(name="r"),
-        L.AveragePooling2D(2, name="p"), L.Conv2D(3, 2, padding="same", activation="linear", name="c2"),
-        L.Activation("relu", name="a"), L.Flatten(name="f"), L.Dense(4, activation="softmax", name="out")])
+    return keras.Sequential(
+        [
+            L.Input((10, 10, 2)),
+            L.Conv2D(4, 3, activation="relu", name="c1"),
+            L.ReLU(name="r"),
+            L.AveragePooling2D(2, name="p"),
+            L.Conv2D(3, 2, padding="same", activation="linear", name="c2"),
+            L.Activation("relu", name="a"),
+            L.Flatten(name="f"),
+            L.Dense(4, activation="softmax", name="out"),
+        ]
+    )
 
 
 def _keras2_layout(config):
@@ -82,15 +94,16 @@ def _keras2_layout(config):
         for node in layer["inbound_nodes"]:
             records = []
 
-            def collect(value):
+            def collect(value, records=records):
                 if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
                     records.append(list(value["config"]["keras_history"]) + [{}])
                 elif isinstance(value, dict):
                     for v in value.values():
-                        collect(v)
+                        collect(v, records)
                 elif isinstance(value, list):
                     for v in value:
-                        collect(v)
+                        collect(v, records)
+
             collect(node["args"])
             nodes.append(records)
         layer["inbound_nodes"] = nodes
@@ -159,9 +172,15 @@ def test_keras_2_3_1_fixture_matches_keras_and_known_accuracy():
         layers = json.loads(f.attrs["model_config"])["config"]["layers"]
         shape = layers[0]["config"]["batch_input_shape"]
         skip = ("initializer", "regularizer", "constraint", "batch_input_shape", "dtype")
-        reference = keras.Sequential([L.Input(tuple(shape[1:]))] + [
-            getattr(L, layer["class_name"]).from_config(
-                {k: v for k, v in layer["config"].items() if not k.endswith(skip)}) for layer in layers])
+        reference = keras.Sequential(
+            [L.Input(tuple(shape[1:]))]
+            + [
+                getattr(L, layer["class_name"]).from_config(
+                    {k: v for k, v in layer["config"].items() if not k.endswith(skip)}
+                )
+                for layer in layers
+            ]
+        )
         for layer in reference.layers:
             group = f["model_weights"][layer.name]
             names = [n.decode() for n in group.attrs["weight_names"]]
@@ -210,7 +229,7 @@ def test_keras_2_fixture_round_trip(tmp_path):
     x = torch.rand(32, 1, 28, 28)
     assert torch.equal(again(x), pruned(x))
     with h5py.File(FULL_MODEL, "r") as f, h5py.File(out, "r") as g:
-        assert dict(f.attrs) .keys() == dict(g.attrs).keys()
+        assert dict(f.attrs).keys() == dict(g.attrs).keys()
         assert list(f["model_weights"].attrs["layer_names"]) == list(g["model_weights"].attrs["layer_names"])
 
 
@@ -240,17 +259,21 @@ def _edit_config(src, dst, edit):
     return str(dst)
 
 
-@pytest.mark.parametrize("class_name, message", [
-    ("Lambda", "is a Lambda layer: it carries Python code"),
-    ("Conv3D", "unsupported type Conv3D"),
-    ("MyCustomLayer", "unsupported type MyCustomLayer"),
-])
+@pytest.mark.parametrize(
+    "class_name, message",
+    [
+        ("Lambda", "is a Lambda layer: it carries Python code"),
+        ("Conv3D", "unsupported type Conv3D"),
+        ("MyCustomLayer", "unsupported type MyCustomLayer"),
+    ],
+)
 def test_refused_layers_exit_2(tmp_path, capsys, class_name, message):
     rng = np.random.default_rng(5)
     path = _save(_sequential_model(), tmp_path / "s.h5", rng)
 
     def edit(layers):
         layers[2]["class_name"] = class_name
+
     bad = _edit_config(path, tmp_path / "bad.h5", edit)
     np.save(tmp_path / "unused.npy", 0)
     _make_data(tmp_path / "d.h5", (2, 10, 10), 4)
@@ -266,6 +289,7 @@ def test_custom_layer_with_builtin_name_is_refused(tmp_path, capsys):
     def custom(layers):
         layer = next(layer for layer in layers if layer["class_name"] == "Conv2D")
         layer["module"], layer["registered_name"] = "mypackage.layers", "mypackage>Conv2D"
+
     bad = _edit_config(path, tmp_path / "custom.h5", custom)
     _make_data(tmp_path / "d.h5", (3, 13, 11), 4)
     code, _, err = run_cli(capsys, ["eval", tmp_path / "d.h5", tmp_path / "d.h5", bad])
@@ -296,12 +320,14 @@ def test_truncated_and_unsupported_settings_exit_2(tmp_path, capsys):
 
     def channels_first(layers):
         layers[1]["config"]["data_format"] = "channels_first"
+
     bad = _edit_config(path, tmp_path / "cf.h5", channels_first)
     code, _, err = run_cli(capsys, ["eval", tmp_path / "d.h5", tmp_path / "d.h5", bad])
     assert_one_line_error(code, err, "data_format 'channels_first' is not supported")
 
     def swish(layers):
         layers[1]["config"]["activation"] = "swish"
+
     bad = _edit_config(path, tmp_path / "sw.h5", swish)
     code, _, err = run_cli(capsys, ["eval", tmp_path / "d.h5", tmp_path / "d.h5", bad])
     assert_one_line_error(code, err, "unsupported activation 'swish'")
@@ -326,14 +352,31 @@ def test_eval_and_channels_on_keras_full_model(tmp_path, capsys):
     with h5py.File(tmp_path / "targets.h5", "w") as f:  # a stand-in poisoned file: the images, all labelled 0
         f["data"] = x.reshape(-1, 1, 28, 28).astype("float32")
         f["label"] = np.zeros(len(y), dtype=np.int64)
-    code, out, _ = run_cli(capsys, ["eval", tmp_path / "mnist.h5", tmp_path / "targets.h5", FULL_MODEL,
-                                    "--input-scale", 255])
+    code, out, _ = run_cli(
+        capsys, ["eval", tmp_path / "mnist.h5", tmp_path / "targets.h5", FULL_MODEL, "--input-scale", 255]
+    )
     assert code == 0
     assert out.splitlines()[0] == "Clean Classification accuracy: 88.9"
 
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, ["defend", "--model", FULL_MODEL, "--layer", "conv2d_2", "--channels", "0,2",
-                                      "--clean-test", tmp_path / "mnist.h5", "--input-scale", 255, "--out", out_dir])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            FULL_MODEL,
+            "--layer",
+            "conv2d_2",
+            "--channels",
+            "0,2",
+            "--clean-test",
+            tmp_path / "mnist.h5",
+            "--input-scale",
+            255,
+            "--out",
+            out_dir,
+        ],
+    )
     assert code == 0, err
     doc = json.loads((out_dir / "results.json").read_text())
     assert doc["details"]["pruned"] == {"conv2d_2": [0, 2]} and doc["repair"] == "channels"
@@ -365,8 +408,9 @@ def _keras_deepid():
     return keras.Model(inp, L.Dense(1283, activation="softmax", name="output")(merged))
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(FULL_MODEL), "lab_bd_weights.h5")),
-                    reason="lab weights not present")
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(os.path.dirname(FULL_MODEL), "lab_bd_weights.h5")), reason="lab weights not present"
+)
 def test_lab_layout_export_loads_in_keras_architecture(tmp_path):
     lab = os.path.join(os.path.dirname(FULL_MODEL), "lab_bd_weights.h5")
     b = load_model(lab, input_shape=(3, 55, 47))

@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 import goodnet.repairs.neural_cleanse as nc_module
-from goodnet.inspection.trigger_reversal import TriggerScan, anomaly_indices, reverse_triggers
+from goodnet.inspection.trigger_reversal import reverse_triggers
+from goodnet.inspection.trigger_scan import TriggerScan, anomaly_indices
 from goodnet.io.data import ImageSet, load_images
 from goodnet.io.model_files import load_model
-from goodnet.repairs import RepairData, build_repair, repair_names, run_repair
+from goodnet.measure import run_repair
+from goodnet.repairs import RepairData, build_repair, repair_names
 from goodnet.repairs.neural_cleanse import NeuralCleanse
 
 
@@ -41,7 +43,7 @@ def grid_images(value_range=(0.0, 1.0), n=90, seed=0):
     z = rng.uniform(0.0, 0.2, size=(n, 1, 6, 6))
     for i, k in enumerate(y):
         r, c = divmod(int(k), 3)
-        z[i, 0, 2 * r:2 * r + 2, 2 * c:2 * c + 2] = rng.uniform(0.6, 0.9, size=(2, 2))
+        z[i, 0, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2] = rng.uniform(0.6, 0.9, size=(2, 2))
     z[:, 0, 0, 0] = np.minimum(z[:, 0, 0, 0], 0.2)  # the backdoor pixel is never lit in clean images
     return ImageSet((low + z * (high - low)).astype(np.float32), y.astype(np.int64))
 
@@ -71,15 +73,35 @@ def test_anomaly_index_flags_only_a_small_outlier():
 
 def test_a_scan_without_an_outlier_says_so():
     norms = np.array([60.0, 70, 65, 80, 75])  # e.g. an all-to-all backdoor: every label equally easy
-    scan = TriggerScan(list(range(5)), norms, np.full(5, 99.0), np.ones(5, bool), np.zeros((5, 2, 2)),
-                       np.zeros((5, 1, 2, 2)), anomaly_indices(norms))
+    scan = TriggerScan(
+        list(range(5)),
+        norms,
+        np.full(5, 99.0),
+        np.ones(5, bool),
+        np.zeros((5, 2, 2)),
+        np.zeros((5, 1, 2, 2)),
+        anomaly_indices(norms),
+    )
     assert scan.suspects == [] and scan.verdict.startswith("no single target found (largest anomaly index")
-    flagged = TriggerScan([0, 1, 2, 3, 4, 5], np.array([5.0, 60, 62, 58, 61, 59]), np.full(6, 99.0),
-                          np.ones(6, bool), np.zeros((6, 2, 2)), np.zeros((6, 1, 2, 2)),
-                          anomaly_indices([5.0, 60, 62, 58, 61, 59]))
+    flagged = TriggerScan(
+        [0, 1, 2, 3, 4, 5],
+        np.array([5.0, 60, 62, 58, 61, 59]),
+        np.full(6, 99.0),
+        np.ones(6, bool),
+        np.zeros((6, 2, 2)),
+        np.zeros((6, 1, 2, 2)),
+        anomaly_indices([5.0, 60, 62, 58, 61, 59]),
+    )
     assert flagged.suspects == [0] and flagged.verdict.startswith("label 0 is a suspected target (anomaly index")
-    unreached = TriggerScan(flagged.labels, flagged.norms, flagged.success, np.array([False] + [True] * 5),
-                            flagged.masks, flagged.patterns, flagged.anomaly)
+    unreached = TriggerScan(
+        flagged.labels,
+        flagged.norms,
+        flagged.success,
+        np.array([False] + [True] * 5),
+        flagged.masks,
+        flagged.patterns,
+        flagged.anomaly,
+    )
     assert unreached.suspects == [0]  # the reference flags a label by its last mask's norm even so
     unreached.only_reached = True  # the goodnet schedule's rule: a trigger that never worked is no evidence
     assert unreached.suspects == []
@@ -141,9 +163,11 @@ def test_the_repair_is_deterministic():
 
 def test_the_demo_target_is_flagged_and_unlearnt_with_clean_data_only(demo_run, monkeypatch):
     model = load_model(demo_run["model"])
-    sets = {role: load_images(demo_run["inputs"][role]) for role in ("clean_valid", "poisoned_valid",
-                                                                    "clean_test", "poisoned_test")
-            if demo_run["inputs"].get(role)}
+    sets = {
+        role: load_images(demo_run["inputs"][role])
+        for role in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+        if demo_run["inputs"].get(role)
+    }
     (target,) = np.unique(sets["poisoned_test"].y)
     seen = []
     real = nc_module.reverse_triggers
@@ -156,8 +180,9 @@ def test_the_demo_target_is_flagged_and_unlearnt_with_clean_data_only(demo_run, 
     nc_module._last_scan.clear()
     # guarded: fitted on 80 % of clean_valid; the package's faster scan schedule (the reference's
     # scan leaves the demo target just under the threshold) and goodnet's fine-tuning, shorter, for time
-    repair = NeuralCleanse(variant="goodnet", lr=0.05, epochs=10, scan_schedule="goodnet", scan_steps=400,
-                           scan_batch=16)
+    repair = NeuralCleanse(
+        variant="goodnet", lr=0.05, epochs=10, scan_schedule="goodnet", scan_steps=400, scan_batch=16
+    )
     result = run_repair(model, repair, sets)
     clean = sets["clean_valid"]
     (scanned,) = seen  # milder retries, if any, reuse the scan
@@ -165,7 +190,7 @@ def test_the_demo_target_is_flagged_and_unlearnt_with_clean_data_only(demo_run, 
     assert len(scanned) < len(clean) and all(row.tobytes() in rows for row in scanned.x)  # clean data only
     assert result.harm.delivered == "as asked"
     assert result.details["scan"]["suspects"][0] == int(target)
-    metrics = result.metrics(result.models[0].labels)
+    metrics = result.models[0].metrics
     assert metrics["poisoned_test"]["backdoored"] > 90
     assert metrics["poisoned_test"]["repaired"] < 10
     assert metrics["clean_test"]["backdoored"] - metrics["clean_test"]["repaired"] < 2

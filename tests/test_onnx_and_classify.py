@@ -6,14 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
+from goodnet.inference import predict
 from goodnet.io.data import load_images
-from goodnet.pruning.graph_split import split_at_conv
 from goodnet.io.model_files import load_model
 from goodnet.io.onnx_export import export_onnx
-from goodnet.inference import predict
-
-from conftest import assert_one_line_error, run_cli
+from goodnet.pruning.graph_split import split_at_conv
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +43,14 @@ def test_goodnet_onnx_equals_pytorch_on_demo_data(demo_run, tmp_path):
     # one graph: the trunk's convs once, the tail's convs twice
     convs = sum(node.op_type == "Conv" for node in onnx.load(path).graph.node)
     split = split_at_conv(g.backdoored, g.layer)
-    tail_convs = sum(node.op == "call_module" and isinstance(split.tail.get_submodule(node.target), torch.nn.Conv2d)
-                     for node in split.tail.graph.nodes)
-    trunk_convs = sum(node.op == "call_module" and isinstance(split.trunk.get_submodule(node.target), torch.nn.Conv2d)
-                      for node in split.trunk.graph.nodes)
+    tail_convs = sum(
+        node.op == "call_module" and isinstance(split.tail.get_submodule(node.target), torch.nn.Conv2d)
+        for node in split.tail.graph.nodes
+    )
+    trunk_convs = sum(
+        node.op == "call_module" and isinstance(split.trunk.get_submodule(node.target), torch.nn.Conv2d)
+        for node in split.trunk.graph.nodes
+    )
     assert convs == trunk_convs + 2 * tail_convs
 
 

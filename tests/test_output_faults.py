@@ -7,8 +7,14 @@ import sys
 import pytest
 
 from goodnet.errors import OutputError
-from goodnet.io.output_dir import (STAGING_MARK, atomic_directory, claim_output, release_output, remove_stale_staging,
-                                   write_file_atomically)
+from goodnet.io.output_dir import (
+    STAGING_MARK,
+    atomic_directory,
+    claim_output,
+    release_output,
+    remove_stale_staging,
+    write_file_atomically,
+)
 
 fcntl = pytest.importorskip("fcntl")
 
@@ -38,8 +44,9 @@ def test_outputs_respect_the_umask(tmp_path, umask_022):
 
 
 def test_staging_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
 
     def staging(name, marked=True):
         folder = tmp_path / name
@@ -48,13 +55,18 @@ def test_staging_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
         if marked:
             (folder / STAGING_MARK).write_text(dead)
         return folder
+
     stale = staging(f".out.partial-{dead}-abcd1234")
     stale_old = staging(f".out.old-{dead}-x_9y8z7w")
     alive = staging(f".out.partial-{os.getppid()}-defg5678")  # a live writer's: kept
     other = staging(f".other.partial-{dead}-abcd1234")  # another output's: not ours to touch
     # a user's folders named like staging, without goodnet's mark or with a name goodnet never makes
-    users = [staging(f".out.partial-{dead}-mine1234", marked=False), staging(".out.old-backup"),
-             staging(".out.old-2023"), staging(f".out.partial-{dead}-my-notes")]
+    users = [
+        staging(f".out.partial-{dead}-mine1234", marked=False),
+        staging(".out.old-backup"),
+        staging(".out.old-2023"),
+        staging(f".out.partial-{dead}-my-notes"),
+    ]
     removed = remove_stale_staging(str(tmp_path / "out"))
     assert sorted(os.path.basename(p) for p in removed) == sorted([stale.name, stale_old.name])
     assert alive.exists() and other.exists() and all(u.exists() for u in users)
@@ -95,8 +107,9 @@ def test_sigterm_while_writing_leaves_nothing_and_exits_143(demo_run, tmp_path):
     inputs, model = demo_run["inputs"], demo_run["model"]
     out = tmp_path / "out"
     argv = ["defend", "--model", model, "--clean-valid", inputs["clean_valid"], "--out", str(out), "--quiet"]
-    done = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, *argv], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILL_WHILE_WRITING, *argv], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 143, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == "goodnet: terminated"
     assert "Traceback" not in done.stderr
@@ -121,8 +134,9 @@ def test_export_onto_a_directory_or_a_missing_folder_is_refused(demo_run, tmp_pa
     from goodnet.cli import main
 
     models = os.path.join(demo_run["base"], "out", "models")
-    model = os.path.join(models, next(n for n in sorted(os.listdir(models)) if n.startswith("repaired_")
-                                      and n.endswith(".safetensors")))
+    model = os.path.join(
+        models, next(n for n in sorted(os.listdir(models)) if n.startswith("repaired_") and n.endswith(".safetensors"))
+    )
     (tmp_path / "taken").mkdir()
     for out, message in ((tmp_path / "taken", "is a directory"), (tmp_path / "no" / "m.h5", "does not exist")):
         assert main(["export", model, "--to", "keras", "--out", str(out)]) == 2
@@ -138,8 +152,18 @@ def test_a_second_cli_run_on_a_claimed_output_is_refused_before_work(demo_run, t
     lock = os.open(str(tmp_path / ".out.lock"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
-        code = main(["defend", "--model", model, "--clean-valid", inputs["clean_valid"], "--out",
-                     str(tmp_path / "out"), "--quiet"])
+        code = main(
+            [
+                "defend",
+                "--model",
+                model,
+                "--clean-valid",
+                inputs["clean_valid"],
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
     finally:
         os.close(lock)
     err = capsys.readouterr().err.strip()

@@ -19,18 +19,26 @@ from goodnet.io.model_files import load_model, save_model
 from goodnet.models import SmallCNN
 
 # GOODNET_PROPERTY_EXAMPLES=2000 for a longer hunt; CI runs the default, the same examples every time
-SETTINGS = settings(max_examples=int(os.environ.get("GOODNET_PROPERTY_EXAMPLES", "300")), derandomize=True,
-                    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("GOODNET_PROPERTY_EXAMPLES", "300")),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
-DTYPES = st.sampled_from([np.uint8, np.int16, np.int64, np.float16, np.float32, np.float64, np.bool_,
-                          np.complex64])
+DTYPES = st.sampled_from([np.uint8, np.int16, np.int64, np.float16, np.float32, np.float64, np.bool_, np.complex64])
 
 
 def arrays(max_rank=5):
-    return DTYPES.flatmap(lambda dtype: hnp.arrays(
-        dtype, hnp.array_shapes(min_dims=0, max_dims=max_rank, min_side=0, max_side=4),
-        elements=None if dtype is np.bool_ else hnp.from_dtype(np.dtype(dtype), allow_nan=True,
-                                                                 allow_infinity=True)))
+    return DTYPES.flatmap(
+        lambda dtype: hnp.arrays(
+            dtype,
+            hnp.array_shapes(min_dims=0, max_dims=max_rank, min_side=0, max_side=4),
+            elements=None
+            if dtype is np.bool_
+            else hnp.from_dtype(np.dtype(dtype), allow_nan=True, allow_infinity=True),
+        )
+    )
 
 
 def _scratch(suffix):
@@ -102,9 +110,11 @@ def test_any_bytes_under_any_name_are_read_or_refused(blob, suffix):
 
 
 @SETTINGS
-@given(pixels=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12)),
-       mode=st.sampled_from(["L", "RGB", "RGBA", "I;16", "I", "F", "1", "P", "LA"]),
-       scale=st.sampled_from([1.0, 255.0, 1e-40, 3.5]))
+@given(
+    pixels=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12)),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "I;16", "I", "F", "1", "P", "LA"]),
+    scale=st.sampled_from([1.0, 255.0, 1e-40, 3.5]),
+)
 def test_any_image_mode_reads_or_is_refused(pixels, mode, scale):
     from PIL import Image
 
@@ -122,9 +132,11 @@ def test_any_image_mode_reads_or_is_refused(pixels, mode, scale):
         os.unlink(path)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-10 ** 6, 10 ** 6) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +147,24 @@ def saved_model(tmp_path_factory):
 
 
 @SETTINGS
-@given(field=st.sampled_from(["arch", "kind", "config", "input_range", "layer", "pruned", "num_classes",
-                              "input_shape", "input_divisor", "width", "two_models"]),
-       value=JSON)
+@given(
+    field=st.sampled_from(
+        [
+            "arch",
+            "kind",
+            "config",
+            "input_range",
+            "layer",
+            "pruned",
+            "num_classes",
+            "input_shape",
+            "input_divisor",
+            "width",
+            "two_models",
+        ]
+    ),
+    value=JSON,
+)
 def test_any_header_field_value_loads_or_is_refused(saved_model, field, value):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -157,34 +184,66 @@ def test_any_header_field_value_loads_or_is_refused(saved_model, field, value):
         os.unlink(path)
 
 
-LAYER = st.fixed_dictionaries({"class_name": st.sampled_from(["Conv2D", "Dense", "MaxPooling2D", "Flatten",
-                                                              "Activation", "Lambda", "Dropout", "Add", "Nope"]),
-                               "config": st.dictionaries(
-                                   st.sampled_from(["name", "filters", "kernel_size", "strides", "units",
-                                                    "activation", "padding", "pool_size", "batch_input_shape"]),
-                                   JSON, max_size=6)})
+LAYER = st.fixed_dictionaries(
+    {
+        "class_name": st.sampled_from(
+            ["Conv2D", "Dense", "MaxPooling2D", "Flatten", "Activation", "Lambda", "Dropout", "Add", "Nope"]
+        ),
+        "config": st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "filters",
+                    "kernel_size",
+                    "strides",
+                    "units",
+                    "activation",
+                    "padding",
+                    "pool_size",
+                    "batch_input_shape",
+                ]
+            ),
+            JSON,
+            max_size=6,
+        ),
+    }
+)
 
 
 @SETTINGS
-@given(config=st.one_of(JSON, st.fixed_dictionaries({
-    "class_name": st.sampled_from(["Sequential", "Model", "Functional", "Other"]),
-    "config": st.one_of(JSON, st.fixed_dictionaries({"layers": st.lists(LAYER, max_size=5)}))})))
+@given(
+    config=st.one_of(
+        JSON,
+        st.fixed_dictionaries(
+            {
+                "class_name": st.sampled_from(["Sequential", "Model", "Functional", "Other"]),
+                "config": st.one_of(JSON, st.fixed_dictionaries({"layers": st.lists(LAYER, max_size=5)})),
+            }
+        ),
+    )
+)
 def test_any_keras_model_config_parses_or_is_refused(config):
     graph = _read(parse_model_config, json.dumps(config), "model.h5")
     if graph is not None:
         assert isinstance(graph["layers"], list)
 
 
-WEIGHT = hnp.arrays(st.sampled_from([np.float32, np.float64, np.int32, np.bool_]),
-                    hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5))
+WEIGHT = hnp.arrays(
+    st.sampled_from([np.float32, np.float64, np.int32, np.bool_]),
+    hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
+)
 
 
 @SETTINGS
-@given(layers=st.dictionaries(st.sampled_from(["conv_1", "conv_2", "fc_1", "output", "x/y", "other"]),
-                              st.dictionaries(st.sampled_from(["kernel:0", "bias:0", "gamma:0", "odd"]), WEIGHT,
-                                              max_size=3), max_size=5),
-       listed=st.lists(st.sampled_from(["conv_1", "conv_2", "fc_1", "output", "missing"]), max_size=5),
-       arch=st.sampled_from(["small_cnn", "deepid"]))
+@given(
+    layers=st.dictionaries(
+        st.sampled_from(["conv_1", "conv_2", "fc_1", "output", "x/y", "other"]),
+        st.dictionaries(st.sampled_from(["kernel:0", "bias:0", "gamma:0", "odd"]), WEIGHT, max_size=3),
+        max_size=5,
+    ),
+    listed=st.lists(st.sampled_from(["conv_1", "conv_2", "fc_1", "output", "missing"]), max_size=5),
+    arch=st.sampled_from(["small_cnn", "deepid"]),
+)
 def test_any_keras_weights_file_loads_or_is_refused(layers, listed, arch):
     path = _scratch(".h5")
     try:

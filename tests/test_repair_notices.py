@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from goodnet.io.data import ImageSet
+from goodnet.measure import run_repair
 from goodnet.models.small_cnn import SmallCNN
-from goodnet.repairs import run_repair
+from goodnet.outputs import write_outputs
 from goodnet.repairs.base import Repair, RepairedModel, RepairOutcome
-from goodnet.report.writer import write_outputs
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,10 @@ class CannotAct(Repair):
     guarded = False
 
     def repair(self, model, data, progress=False):
-        return RepairOutcome([RepairedModel(self.name, model)],
-                             notice="cannot-act: no channel of conv_1 (4 channels) qualifies; model unchanged")
+        return RepairOutcome(
+            [RepairedModel(self.name, model)],
+            notice="cannot-act: no channel of conv_1 (4 channels) qualifies; model unchanged",
+        )
 
 
 def _model_and_data():

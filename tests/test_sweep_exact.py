@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import LAB_WEIGHTS, needs_lab_weights
 
+from goodnet.inference import predict
+from goodnet.io.model_files import load_model
 from goodnet.models import DeepID, SmallCNN
 from goodnet.pruning.graph_split import split_at_conv
-from goodnet.io.model_files import load_model
 from goodnet.pruning.profiling import channel_means, pruning_order
-from goodnet.inference import predict
 from goodnet.pruning.sweep import naive_sweep, run_trunk, sweep
-
-from conftest import LAB_WEIGHTS, needs_lab_weights
 
 
 def _with_dead_channels(model, layer, dead):

@@ -9,12 +9,25 @@ import pytest
 from goodnet.errors import GoodnetError
 from goodnet.io.data import ImageSet
 from goodnet.zoo.attacks import KINDS, Attack
-from goodnet.zoo.triggers import (BlendTrigger, MovingPatchTrigger, PatchTrigger, SinusoidTrigger,
-                                  SunglassesTrigger, WarpTrigger)
+from goodnet.zoo.triggers import (
+    BlendTrigger,
+    MovingPatchTrigger,
+    PatchTrigger,
+    SinusoidTrigger,
+    SunglassesTrigger,
+    WarpTrigger,
+)
 
 RANGES = [(0.0, 255.0), (0.0, 1.0)]
-TRIGGERS = [PatchTrigger(), BlendTrigger(), SunglassesTrigger(), WarpTrigger(), SinusoidTrigger(),
-            MovingPatchTrigger(), MovingPatchTrigger(pattern="checker")]
+TRIGGERS = [
+    PatchTrigger(),
+    BlendTrigger(),
+    SunglassesTrigger(),
+    WarpTrigger(),
+    SinusoidTrigger(),
+    MovingPatchTrigger(),
+    MovingPatchTrigger(pattern="checker"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +173,9 @@ def test_sig_signal_and_clean_label_poisoning(labelled):
     poisoned = attack.poisoned_set(labelled, 10, "p")  # evaluation: every non-target image
     assert len(poisoned.y) == (labelled.y != 3).sum() and (poisoned.y == 3).all()
 
-    x, y, chosen = Attack("sig", target=3).poison_training_set(labelled.x, labelled.y, 0.1, 10,
-                                                                np.random.default_rng(1))
+    x, y, chosen = Attack("sig", target=3).poison_training_set(
+        labelled.x, labelled.y, 0.1, 10, np.random.default_rng(1)
+    )
     assert (labelled.y[chosen] != 3).all() and (y[chosen] == 3).all()  # poison-label: relabelled
 
 

@@ -1,29 +1,26 @@
 """The zoo: BadNets on three architectures, two value ranges, seven attacks, split by seed into a
 development and an evaluation part."""
 
-import json
-import os
-
-import numpy as np
 import pytest
 
 from goodnet.errors import GoodnetError
 from goodnet.io.data import load_images
 from goodnet.io.model_files import load_model
 from goodnet.pruning.graph_split import resolve_layer
-from goodnet.zoo.badnets import DATA_FILES, MANIFEST, MODEL_FILE, BadNetSettings, build_badnet
+from goodnet.zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, build_badnet
 from goodnet.zoo.catalog import CONFIGURATIONS, select_badnets, zoo_part
 
 
-@pytest.mark.parametrize("arch,scale,kind", [("deepid", 255.0, "moving-patch"), ("resnet8", 1.0, "sig"),
-                                             ("small_cnn", 1.0, "wanet")])
+@pytest.mark.parametrize(
+    "arch,scale,kind", [("deepid", 255.0, "moving-patch"), ("resnet8", 1.0, "sig"), ("small_cnn", 1.0, "wanet")]
+)
 def test_a_tiny_zoo_badnet_of_each_architecture(arch, scale, kind, tmp_path):
     settings = BadNetSettings(kind=kind, arch=arch, scale=scale, augment=True, epochs=1, per_class=(30, 10, 10))
     manifest = build_badnet(settings, str(tmp_path / "b"), progress=False)
     model = load_model(str(tmp_path / "b" / MODEL_FILE))
     assert tuple(model.input_shape) == settings.input_shape == ((3, 55, 47) if arch == "deepid" else (1, 28, 28))
     assert model.input_range[1] == pytest.approx(scale, rel=0.02) and model.input_range[0] == 0.0
-    for role, name in DATA_FILES.items():
+    for name in DATA_FILES.values():
         images = load_images(str(tmp_path / "b" / name))
         assert images.x.shape[1:] == settings.input_shape and 0 <= images.x.min() and images.x.max() <= scale
     assert manifest["label"] == settings.label() and manifest["settings"]["augment"] is True

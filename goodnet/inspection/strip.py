@@ -28,8 +28,14 @@ DEFAULT_OVERLAYS = 20
 DEFAULT_MAX_IMAGES = 2000
 
 
-def strip_scores(model: nn.Module, x: np.ndarray, background: np.ndarray, overlays: int = DEFAULT_OVERLAYS,
-                 seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def strip_scores(
+    model: nn.Module,
+    x: np.ndarray,
+    background: np.ndarray,
+    overlays: int = DEFAULT_OVERLAYS,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> np.ndarray:
     """Minus the mean prediction entropy (nats) of `model` over `overlays` blends of each image of
     `x` with random images of `background` (clean validation images)."""
     if len(background) == 0:
@@ -65,17 +71,37 @@ class StripSettings:
     def __post_init__(self) -> None:
         for name in ("overlays", "max_images", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (0 if name == "seed" else 1):
-                raise SettingsError(f"STRIP: {name} must be an integer of at least {0 if name == 'seed' else 1}, "
-                                    f"not {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Integral)
+                or value < (0 if name == "seed" else 1)
+            ):
+                raise SettingsError(
+                    f"STRIP: {name} must be an integer of at least {0 if name == 'seed' else 1}, not {value!r}"
+                )
 
-    def detect(self, model: nn.Module, clean: np.ndarray, poisoned: np.ndarray, background: np.ndarray,
-               fpr: float = DEFAULT_FPR, batch_size: int = DEFAULT_BATCH_SIZE) -> DetectionScore:
+    def detect(
+        self,
+        model: nn.Module,
+        clean: np.ndarray,
+        poisoned: np.ndarray,
+        background: np.ndarray,
+        fpr: float = DEFAULT_FPR,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> DetectionScore:
         """STRIP's AUROC and TPR on (a sample of) clean vs poisoned inputs."""
         with placed(model):
-            scored = [strip_scores(model, images[sample(len(images), self.max_images, self.seed + k)], background,
-                                   self.overlays, self.seed + k, batch_size)
-                      for k, images in enumerate((clean, poisoned))]
+            scored = [
+                strip_scores(
+                    model,
+                    images[sample(len(images), self.max_images, self.seed + k)],
+                    background,
+                    self.overlays,
+                    self.seed + k,
+                    batch_size,
+                )
+                for k, images in enumerate((clean, poisoned))
+            ]
         return DetectionScore.of(scored[0], scored[1], fpr)
 
     def to_json(self) -> dict[str, int]:

@@ -48,37 +48,29 @@ from ..devices import placed, to_numpy
 from ..errors import DataError, SettingsError
 from ..io.data import ImageSet
 from ..progress import progress as progress_bar
+from .trigger_scan import TriggerScan, anomaly_indices
 
-ANOMALY_THRESHOLD = 2.0  # the paper's: a label with an anomaly index above it is flagged
-MAD_CONSISTENCY = 1.4826  # MAD x this estimates the standard deviation of normally distributed data
-MEAN_AD_CONSISTENCY = math.sqrt(math.pi / 2)  # the same for the mean absolute deviation (1.2533)
 _TANH_EPS = 1e-6  # keeps tanh's inverse finite at the initial draw
 
 # the lambda schedule and flagging rule: the authors' ("reference") and this package's faster one
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "reference": {"start_cost_at_zero": True, "patience": 5, "cost_multiplier": 2.0, "early_stop_threshold": 1.0,
-                  "early_stop_patience": 25, "only_reached": False},
-    "goodnet": {"start_cost_at_zero": False, "patience": 3, "cost_multiplier": 1.5, "early_stop_threshold": 0.99,
-                "early_stop_patience": 10, "only_reached": True},
+    "reference": {
+        "start_cost_at_zero": True,
+        "patience": 5,
+        "cost_multiplier": 2.0,
+        "early_stop_threshold": 1.0,
+        "early_stop_patience": 25,
+        "only_reached": False,
+    },
+    "goodnet": {
+        "start_cost_at_zero": False,
+        "patience": 3,
+        "cost_multiplier": 1.5,
+        "early_stop_threshold": 0.99,
+        "early_stop_patience": 10,
+        "only_reached": True,
+    },
 }
-
-
-def anomaly_indices(norms) -> np.ndarray:
-    """Per label, how many consistent median absolute deviations (x 1.4826) its mask norm lies
-    BELOW the median of all norms; 0 for norms at or above it. When the MAD is 0 (more than half the
-    norms equal) the spread is the mean absolute deviation (x 1.2533, its own consistency constant)
-    instead; when that is 0 too (all norms equal) every index is 0. Never divides by zero."""
-    norms = np.asarray(norms, dtype=np.float64).reshape(-1)
-    if norms.size == 0:
-        return np.zeros(0)
-    median = float(np.median(norms))
-    deviation = np.abs(norms - median)
-    spread = MAD_CONSISTENCY * float(np.median(deviation))
-    if not spread > 0:
-        spread = MEAN_AD_CONSISTENCY * float(np.mean(deviation))
-    if not spread > 0:
-        return np.zeros_like(norms)
-    return np.maximum(median - norms, 0.0) / spread
 
 
 @dataclass
@@ -133,68 +125,9 @@ class CostSchedule:
             self.went_up = True
         elif self._down >= self.patience:
             self._down = 0
-            self.cost /= self.cost_multiplier ** 1.5
+            self.cost /= self.cost_multiplier**1.5
             self.went_down = True
         return record, False
-
-
-@dataclass
-class TriggerScan:
-    """Every label's reversed trigger and the verdict drawn from their mask norms."""
-
-    labels: list[int]
-    norms: np.ndarray  # L1 norm of each label's recorded mask (in pixels)
-    success: np.ndarray  # % of clean images of OTHER labels that the recorded trigger sends to the label
-    reached: np.ndarray  # bool: some check reached the success threshold (else the trigger is the last one)
-    masks: np.ndarray  # (L, H, W) in [0, 1]
-    patterns: np.ndarray  # (L, C, H, W) in the data's value range
-    anomaly: np.ndarray  # anomaly index per label (see anomaly_indices)
-    settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    only_reached: bool = False  # True: a label whose attack never succeeded is never flagged
-
-    def _eligible(self) -> np.ndarray:
-        eligible = np.ones(len(self.labels), dtype=bool)
-        return eligible & np.asarray(self.reached, dtype=bool) if self.only_reached else eligible
-
-    @property
-    def suspects(self) -> list[int]:
-        """Labels with an anomaly index above 2, most anomalous first."""
-        order = np.argsort(-np.asarray(self.anomaly), kind="stable")
-        eligible = self._eligible()
-        return [int(self.labels[i]) for i in order if self.anomaly[i] > ANOMALY_THRESHOLD and eligible[i]]
-
-    @property
-    def max_anomaly(self) -> float:
-        """The largest anomaly index among the labels that may be flagged (0 if none)."""
-        values = np.asarray(self.anomaly)[self._eligible()]
-        return float(values.max()) if values.size else 0.0
-
-    @property
-    def verdict(self) -> str:
-        suspects = self.suspects
-        if not suspects:
-            return (f"no single target found (largest anomaly index {self.max_anomaly:.1f} "
-                    f"<= {ANOMALY_THRESHOLD:g})")
-        position = {int(label): i for i, label in enumerate(self.labels)}
-        first = suspects[0]
-        text = f"label {first} is a suspected target (anomaly index {self.anomaly[position[first]]:.1f})"
-        if len(suspects) > 1:
-            others = ", ".join(f"{t} ({self.anomaly[position[t]]:.1f})" for t in suspects[1:6])
-            more = f" and {len(suspects) - 6} more" if len(suspects) > 6 else ""
-            text += f"; also flagged: {others}{more}"
-        return text
-
-    def to_json(self) -> dict[str, Any]:
-        """Per-label numbers and the verdict, JSON-ready (masks and patterns stay out: they are
-        images, for the caller to save)."""
-        return {"verdict": self.verdict, "suspects": self.suspects, "max_anomaly_index": round(self.max_anomaly, 4),
-                "anomaly_threshold": ANOMALY_THRESHOLD, "labels": [int(t) for t in self.labels],
-                "mask_norms": [round(float(v), 4) for v in self.norms],
-                "anomaly_index": [round(float(v), 4) for v in self.anomaly],
-                "attack_success": [round(float(v), 2) for v in self.success],
-                "reached_threshold": [bool(v) for v in self.reached],
-                "settings": dict(self.settings), "seconds": round(float(self.seconds), 3)}
 
 
 def _atanh(values: torch.Tensor) -> torch.Tensor:
@@ -207,8 +140,9 @@ def _squash(params: torch.Tensor) -> torch.Tensor:
     return torch.tanh(params) / 2 + 0.5
 
 
-def trigger_from_parameters(mask_params: torch.Tensor, pattern_params: torch.Tensor,
-                            value_range: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+def trigger_from_parameters(
+    mask_params: torch.Tensor, pattern_params: torch.Tensor, value_range: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask in [0, 1], pattern in the value range) from their unconstrained parameters."""
     low, high = value_range
     return _squash(mask_params), (low + (high - low) * _squash(pattern_params)).clamp(low, high)
@@ -219,13 +153,29 @@ def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.T
     return (1 - mask) * x + mask * pattern
 
 
-def reverse_triggers(model: nn.Module, images: ImageSet, value_range: tuple[float, float], *, seed: int = 0,
-                     progress: bool | str = False, steps: int = 1000, batch_size: int = 32, group: int = 10,
-                     lr: float = 0.1, init_cost: float = 1e-3, success_threshold: float = 0.99,
-                     check_every: int = 10, schedule: str = "reference", patience: int | None = None,
-                     cost_multiplier: float | None = None, early_stop_patience: int | None = None,
-                     early_stop_threshold: float | None = None, start_cost_at_zero: bool | None = None,
-                     only_reached: bool | None = None, eval_images: int = 500) -> TriggerScan:
+def reverse_triggers(
+    model: nn.Module,
+    images: ImageSet,
+    value_range: tuple[float, float],
+    *,
+    seed: int = 0,
+    progress: bool | str = False,
+    steps: int = 1000,
+    batch_size: int = 32,
+    group: int = 10,
+    lr: float = 0.1,
+    init_cost: float = 1e-3,
+    success_threshold: float = 0.99,
+    check_every: int = 10,
+    schedule: str = "reference",
+    patience: int | None = None,
+    cost_multiplier: float | None = None,
+    early_stop_patience: int | None = None,
+    early_stop_threshold: float | None = None,
+    start_cost_at_zero: bool | None = None,
+    only_reached: bool | None = None,
+    eval_images: int = 500,
+) -> TriggerScan:
     """Reverse a trigger for every label of `model` (their count is its output width) on the clean
     `images`, in `value_range`, `group` labels per batched forward pass; see the module docstring.
 
@@ -237,12 +187,29 @@ def reverse_triggers(model: nn.Module, images: ImageSet, value_range: tuple[floa
     images of other labels measure each recorded trigger's attack success (reported, not used)."""
     if schedule not in SCHEDULES:
         raise SettingsError(f"trigger scan: schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-    given = {"patience": patience, "cost_multiplier": cost_multiplier, "early_stop_patience": early_stop_patience,
-             "early_stop_threshold": early_stop_threshold, "start_cost_at_zero": start_cost_at_zero,
-             "only_reached": only_reached}
+    given = {
+        "patience": patience,
+        "cost_multiplier": cost_multiplier,
+        "early_stop_patience": early_stop_patience,
+        "early_stop_threshold": early_stop_threshold,
+        "start_cost_at_zero": start_cost_at_zero,
+        "only_reached": only_reached,
+    }
     plan = {k: (SCHEDULES[schedule][k] if v is None else v) for k, v in given.items()}
-    _check_settings(steps, batch_size, group, lr, init_cost, success_threshold, check_every, plan["patience"],
-                    plan["cost_multiplier"], plan["early_stop_patience"], plan["early_stop_threshold"], eval_images)
+    _check_settings(
+        steps,
+        batch_size,
+        group,
+        lr,
+        init_cost,
+        success_threshold,
+        check_every,
+        plan["patience"],
+        plan["cost_multiplier"],
+        plan["early_stop_patience"],
+        plan["early_stop_threshold"],
+        eval_images,
+    )
     if len(images) == 0:
         raise DataError("a trigger scan needs clean images; got none")
     low, high = float(value_range[0]), float(value_range[1])
@@ -251,21 +218,55 @@ def reverse_triggers(model: nn.Module, images: ImageSet, value_range: tuple[floa
     start = time.perf_counter()
 
     def new_schedule() -> CostSchedule:
-        return CostSchedule(init_cost, success_threshold, plan["patience"], plan["cost_multiplier"],
-                            plan["early_stop_threshold"], plan["early_stop_patience"], plan["start_cost_at_zero"])
+        return CostSchedule(
+            init_cost,
+            success_threshold,
+            plan["patience"],
+            plan["cost_multiplier"],
+            plan["early_stop_threshold"],
+            plan["early_stop_patience"],
+            plan["start_cost_at_zero"],
+        )
 
     with placed(model) as device:
-        scan = _reverse_all(model, images, (low, high), device, seed, progress, steps, batch_size, group, lr,
-                            check_every, new_schedule, eval_images)
+        scan = _reverse_all(
+            model,
+            images,
+            (low, high),
+            device,
+            seed,
+            progress,
+            steps,
+            batch_size,
+            group,
+            lr,
+            check_every,
+            new_schedule,
+            eval_images,
+        )
     scan.only_reached = bool(plan["only_reached"])
-    scan.settings.update({"lr": lr, "init_cost": init_cost, "success_threshold": success_threshold,
-                          "schedule": schedule, **plan})
+    scan.settings.update(
+        {"lr": lr, "init_cost": init_cost, "success_threshold": success_threshold, "schedule": schedule, **plan}
+    )
     scan.seconds = time.perf_counter() - start
     return scan
 
 
-def _reverse_all(model, images, value_range, device, seed, progress, steps, batch_size, group, lr, check_every,
-                 new_schedule, eval_images) -> TriggerScan:
+def _reverse_all(
+    model,
+    images,
+    value_range,
+    device,
+    seed,
+    progress,
+    steps,
+    batch_size,
+    group,
+    lr,
+    check_every,
+    new_schedule,
+    eval_images,
+) -> TriggerScan:
     """reverse_triggers' work, with the model already on `device`."""
     low, high = value_range
     xs = torch.from_numpy(np.ascontiguousarray(images.x, dtype=np.float32)).to(device)
@@ -277,9 +278,14 @@ def _reverse_all(model, images, value_range, device, seed, progress, steps, batc
     generator = torch.Generator().manual_seed(seed)
     evaluation_order = torch.randperm(len(xs), generator=generator).to(device)
     n, (c, h, w) = num_labels, images.image_shape
-    result = {"norms": np.zeros(n), "success": np.zeros(n), "reached": np.zeros(n, dtype=bool),
-              "masks": np.zeros((n, h, w), np.float32), "patterns": np.zeros((n, c, h, w), np.float32),
-              "steps": np.zeros(n, dtype=np.int64)}
+    result = {
+        "norms": np.zeros(n),
+        "success": np.zeros(n),
+        "reached": np.zeros(n, dtype=bool),
+        "masks": np.zeros((n, h, w), np.float32),
+        "patterns": np.zeros((n, c, h, w), np.float32),
+        "steps": np.zeros(n, dtype=np.int64),
+    }
     groups = [list(range(s, min(s + group, n))) for s in range(0, n, group)]
     label = progress if isinstance(progress, str) else ("reversing triggers" if progress else None)
     grads = [p.requires_grad for p in model.parameters()]
@@ -287,8 +293,9 @@ def _reverse_all(model, images, value_range, device, seed, progress, steps, batc
         p.requires_grad_(False)
     try:
         for labels in progress_bar(groups, label):
-            mask, pattern, reached, used = _reverse_group(model, labels, xs, (low, high), generator, steps,
-                                                          batch_size, lr, check_every, new_schedule)
+            mask, pattern, reached, used = _reverse_group(
+                model, labels, xs, (low, high), generator, steps, batch_size, lr, check_every, new_schedule
+            )
             success = _attack_success(model, labels, mask, pattern, xs, ys, evaluation_order, eval_images)
             for k, t in enumerate(labels):
                 result["norms"][t] = float(mask[k].double().sum())
@@ -299,18 +306,52 @@ def _reverse_all(model, images, value_range, device, seed, progress, steps, batc
         for p, g in zip(model.parameters(), grads):
             p.requires_grad_(g)
         model.train(was_training)
-    settings = {"steps": steps, "batch_size": batch_size, "group": group, "check_every": check_every,
-                "eval_images": eval_images, "seed": int(seed), "images": len(images), "value_range": [low, high],
-                "steps_used": int(result["steps"].max()) if n else 0}
-    return TriggerScan(list(range(n)), result["norms"], result["success"], result["reached"], result["masks"],
-                       result["patterns"], anomaly_indices(result["norms"]), settings)
+    settings = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "group": group,
+        "check_every": check_every,
+        "eval_images": eval_images,
+        "seed": int(seed),
+        "images": len(images),
+        "value_range": [low, high],
+        "steps_used": int(result["steps"].max()) if n else 0,
+    }
+    return TriggerScan(
+        list(range(n)),
+        result["norms"],
+        result["success"],
+        result["reached"],
+        result["masks"],
+        result["patterns"],
+        anomaly_indices(result["norms"]),
+        settings,
+    )
 
 
-def _check_settings(steps, batch_size, group, lr, init_cost, success_threshold, check_every, patience,
-                    cost_multiplier, early_stop_patience, early_stop_threshold, eval_images) -> None:
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("group", group),
-                        ("check_every", check_every), ("patience", patience),
-                        ("early_stop_patience", early_stop_patience), ("eval_images", eval_images)):
+def _check_settings(
+    steps,
+    batch_size,
+    group,
+    lr,
+    init_cost,
+    success_threshold,
+    check_every,
+    patience,
+    cost_multiplier,
+    early_stop_patience,
+    early_stop_threshold,
+    eval_images,
+) -> None:
+    for name, value in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("group", group),
+        ("check_every", check_every),
+        ("patience", patience),
+        ("early_stop_patience", early_stop_patience),
+        ("eval_images", eval_images),
+    ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise SettingsError(f"trigger scan: {name.replace('_', '-')} must be a whole number >= 1, not {value!r}")
     for name, value in (("lr", lr), ("init_cost", init_cost), ("early_stop_threshold", early_stop_threshold)):
@@ -322,9 +363,18 @@ def _check_settings(steps, batch_size, group, lr, init_cost, success_threshold, 
         raise SettingsError(f"trigger scan: cost-multiplier must be a number above 1, not {cost_multiplier!r}")
 
 
-def _reverse_group(model: nn.Module, labels: list[int], xs: torch.Tensor, value_range: tuple[float, float],
-                   generator: torch.Generator, steps: int, batch_size: int, lr: float, check_every: int,
-                   new_schedule):
+def _reverse_group(
+    model: nn.Module,
+    labels: list[int],
+    xs: torch.Tensor,
+    value_range: tuple[float, float],
+    generator: torch.Generator,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    check_every: int,
+    new_schedule,
+):
     """Optimise the triggers of `labels` together, each with its own CostSchedule; returns (masks
     (G, H, W), patterns (G, C, H, W), reached, steps used per label)."""
     g = len(labels)
@@ -349,8 +399,13 @@ def _reverse_group(model: nn.Module, labels: list[int], xs: torch.Tensor, value_
         mask, pattern = trigger_from_parameters(mask_params[rows], pattern_params[rows], value_range)
         stamped = stamp(x[None], mask[:, None], pattern[:, None])  # (A, b, C, H, W)
         logits = model(stamped.reshape(a * batch_size, c, h, w)).reshape(a, batch_size, -1)
-        ce = F.cross_entropy(logits.reshape(a * batch_size, -1), targets[rows].repeat_interleave(batch_size),
-                             reduction="none").reshape(a, batch_size).mean(dim=1)
+        ce = (
+            F.cross_entropy(
+                logits.reshape(a * batch_size, -1), targets[rows].repeat_interleave(batch_size), reduction="none"
+            )
+            .reshape(a, batch_size)
+            .mean(dim=1)
+        )
         l1 = mask.reshape(a, -1).sum(dim=1)
         costs = torch.tensor([schedules[k].cost for k in active], dtype=l1.dtype, device=dev)
         optimizer.zero_grad()
@@ -387,9 +442,17 @@ def _reverse_group(model: nn.Module, labels: list[int], xs: torch.Tensor, value_
     return mask[:, 0], pattern, to_numpy(reached), used
 
 
-def _attack_success(model: nn.Module, labels: list[int], masks: torch.Tensor, patterns: torch.Tensor,
-                    xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor, limit: int,
-                    chunk: int = 1024) -> list[float]:
+def _attack_success(
+    model: nn.Module,
+    labels: list[int],
+    masks: torch.Tensor,
+    patterns: torch.Tensor,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    order: torch.Tensor,
+    limit: int,
+    chunk: int = 1024,
+) -> list[float]:
     """% of (at most `limit`, in a seeded order) clean images of other labels each trigger sends to
     its label; 0 when there are none."""
     rates = []
@@ -401,7 +464,7 @@ def _attack_success(model: nn.Module, labels: list[int], masks: torch.Tensor, pa
                 continue
             hits = 0
             for s in range(0, len(pick), chunk):
-                x = xs[pick[s:s + chunk]]
+                x = xs[pick[s : s + chunk]]
                 hits += int((model(stamp(x, masks[k], patterns[k])).argmax(dim=-1) == t).sum())
             rates.append(100.0 * hits / len(pick))
     return rates

@@ -1,3 +1,4 @@
 """Everything that crosses the disk: data files (data), our model files and the loader for every
-format (model_files), Keras HDF5 without TensorFlow (keras/), a user's PyTorch class or TorchScript
-(external), ONNX export (onnx_export) and atomic output directories (output_dir)."""
+format (model_files), the registries that choose a reader for a file by suffix and content
+(readers), Keras HDF5 without TensorFlow (keras/), a user's PyTorch class or TorchScript (external),
+ONNX export (onnx_export) and atomic output directories (output_dir)."""

@@ -1,8 +1,10 @@
 """Labelled image sets in the lab's formats, checked before any model sees them.
 
 The lab stores images as HDF5 with `data` (N, C, H, W) and `label` (N,); we also read `.npz` files
-with `x` and `y`, and single PNG/JPEG images (for `goodnet classify`). Values reach the model as
-stored (the lab's model takes raw 0..255 pixels) unless an explicit divisor is given.
+with `x` and `y`, and single PNG/JPEG images (for `goodnet classify`). Each labelled-set format is
+one reader in DATA_READERS (`register_data_reader`, see goodnet.io.readers), chosen by suffix and
+content; every set then passes the same checks. Values reach the model as stored (the lab's model
+takes raw 0..255 pixels) unless an explicit divisor is given.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from ..errors import DataError, OutputError, SettingsError, shown_path
 from .file_checks import check_input_file, check_validation_classes
+from .readers import HDF5_MAGIC, ZIP_MAGIC, Reader, ReaderRegistry
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")
 # The data sets a defense can be given, by role. Only clean validation data may decide anything.
@@ -69,64 +72,86 @@ def check_declared_size(path: str, what: str, shape: tuple[int, ...]) -> None:
     need = 4 * int(np.prod([int(d) for d in shape], dtype=np.float64))
     free = available_memory()
     if free is not None and need > free:
-        raise DataError(f"{shown_path(path)}: the '{what}' array declares shape {tuple(int(d) for d in shape)}, "
-                        f"{need / 2**30:.1f} GiB as float32, more than the {free / 2**30:.1f} GiB of memory "
-                        f"available")
+        raise DataError(
+            f"{shown_path(path)}: the '{what}' array declares shape {tuple(int(d) for d in shape)}, "
+            f"{need / 2**30:.1f} GiB as float32, more than the {free / 2**30:.1f} GiB of memory "
+            f"available"
+        )
 
 
-def refuse_outside_storage(dataset: "h5py.Dataset", where: str, error=None) -> None:
+def refuse_outside_storage(dataset: h5py.Dataset, where: str, error=None) -> None:
     """Refuse an HDF5 dataset whose values live in other files (external storage, a virtual
     dataset): reading it would pull in whatever files it names from this machine."""
     if dataset.external or dataset.is_virtual:
-        raise (error or DataError)(f"{where}: its values are stored in other files "
-                                   f"({'a virtual dataset' if dataset.is_virtual else 'external storage'}); "
-                                   f"goodnet reads only what is inside the file")
+        raise (error or DataError)(
+            f"{where}: its values are stored in other files "
+            f"({'a virtual dataset' if dataset.is_virtual else 'external storage'}); "
+            f"goodnet reads only what is inside the file"
+        )
 
 
-def _read_dataset(path: str, key: str, dataset: "h5py.Dataset") -> np.ndarray:
+def _read_dataset(path: str, key: str, dataset: h5py.Dataset) -> np.ndarray:
     refuse_outside_storage(dataset, f"{shown_path(path)}: '{key}'")
     check_declared_size(path, key, dataset.shape)
     if dataset.dtype.kind not in "biuf" or dataset.ndim == 0 or dataset.shape[0] <= READ_CHUNK:
         return np.asarray(dataset[()])  # small, or not numbers (refused with its dtype by the caller)
     out = np.empty(dataset.shape, dtype=np.float32)
     for start in range(0, dataset.shape[0], READ_CHUNK):
-        out[start:start + READ_CHUNK] = dataset[start:start + READ_CHUNK]
+        out[start : start + READ_CHUNK] = dataset[start : start + READ_CHUNK]
     return out
 
 
-def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
-    lower = path.lower()
-    if lower.endswith(HDF5_SUFFIXES):
-        try:
-            with h5py.File(path, "r") as f:
-                for key in ("data", "label"):
-                    if key in f and isinstance(f.get(key, getlink=True), h5py.ExternalLink):
-                        raise DataError(f"{shown_path(path)}: '{key}' is a link to another file; goodnet reads only what is "
-                                        f"inside the file")
-                    if key not in f or not isinstance(f[key], h5py.Dataset):
-                        raise DataError(f"{shown_path(path)}: HDF5 file has no '{key}' dataset "
-                                           f"(found: {', '.join(sorted(f.keys())) or 'nothing'})")
-                return _read_dataset(path, "data", f["data"]), _read_dataset(path, "label", f["label"])
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{shown_path(path)}: not a readable HDF5 file ({exc})") from None
-    if lower.endswith(".npz"):
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # np.load takes anything else for a pickle
-                raise DataError(f"{shown_path(path)}: not a .npz file (not a zip archive of arrays)")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                for key in ("x", "y"):
-                    if key not in f.files:
-                        raise DataError(f"{shown_path(path)}: .npz file has no '{key}' array "
-                                           f"(found: {', '.join(f.files) or 'nothing'})")
-                return f["x"], f["y"]
-        except ValueError as exc:  # object arrays need pickle, which we refuse; or a damaged array header
-            if "pickle" in str(exc):
-                raise DataError(f"{shown_path(path)}: cannot read .npz without pickle ({exc})") from None
-            raise DataError(f"{shown_path(path)}: not a readable .npz file ({exc})") from None
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(f"{shown_path(path)}: not a readable .npz file ({exc})") from None
-    raise DataError(f"{shown_path(path)}: unknown data format (expected .h5/.hdf5 with data/label or .npz with x/y)")
+DATA_READERS = ReaderRegistry("data", DataError)
+register_data_reader = DATA_READERS.register  # decorator: a function path -> (images, labels)
+unregister_data_reader = DATA_READERS.unregister
+
+
+def data_readers() -> tuple[Reader, ...]:
+    """The registered data readers, in the order a lookup tries them (see goodnet.io.readers)."""
+    return DATA_READERS.readers()
+
+
+@register_data_reader("hdf5", suffixes=HDF5_SUFFIXES, magic=(HDF5_MAGIC,), describe=".h5/.hdf5 with data/label")
+def read_hdf5_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The lab's HDF5 layout: datasets `data` (N, C, H, W) and `label` (N,)."""
+    try:
+        with h5py.File(path, "r") as f:
+            for key in ("data", "label"):
+                if key in f and isinstance(f.get(key, getlink=True), h5py.ExternalLink):
+                    raise DataError(
+                        f"{shown_path(path)}: '{key}' is a link to another file; goodnet reads only what is "
+                        f"inside the file"
+                    )
+                if key not in f or not isinstance(f[key], h5py.Dataset):
+                    raise DataError(
+                        f"{shown_path(path)}: HDF5 file has no '{key}' dataset "
+                        f"(found: {', '.join(sorted(f.keys())) or 'nothing'})"
+                    )
+            return _read_dataset(path, "data", f["data"]), _read_dataset(path, "label", f["label"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{shown_path(path)}: not a readable HDF5 file ({exc})") from None
+
+
+@register_data_reader("npz", suffixes=(".npz",), magic=(ZIP_MAGIC,), describe=".npz with x/y")
+def read_npz_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A NumPy .npz archive with arrays `x` (N, C, H, W) and `y` (N,), read without pickle."""
+    with open(path, "rb") as f:
+        if f.read(4) != ZIP_MAGIC:  # np.load takes anything else for a pickle
+            raise DataError(f"{shown_path(path)}: not a .npz file (not a zip archive of arrays)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for key in ("x", "y"):
+                if key not in f.files:
+                    raise DataError(
+                        f"{shown_path(path)}: .npz file has no '{key}' array (found: {', '.join(f.files) or 'nothing'})"
+                    )
+            return f["x"], f["y"]
+    except ValueError as exc:  # object arrays need pickle, which we refuse; or a damaged array header
+        if "pickle" in str(exc):
+            raise DataError(f"{shown_path(path)}: cannot read .npz without pickle ({exc})") from None
+        raise DataError(f"{shown_path(path)}: not a readable .npz file ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{shown_path(path)}: not a readable .npz file ({exc})") from None
 
 
 def shown(value) -> str:
@@ -149,8 +174,11 @@ def as_path(value, what: str, error: type = DataError, expected: str = "a file p
 
 def checked_scale(input_scale) -> float:
     """The divisor of pixel values: a positive finite number (the CLI's --input-scale)."""
-    if isinstance(input_scale, (bool, np.bool_)) or not isinstance(input_scale, numbers.Real) \
-            or not (np.isfinite(input_scale) and input_scale > 0):
+    if (
+        isinstance(input_scale, (bool, np.bool_))
+        or not isinstance(input_scale, numbers.Real)
+        or not (np.isfinite(input_scale) and input_scale > 0)
+    ):
         raise DataError(f"input scale must be a positive number, got {shown(input_scale)}")
     return float(input_scale)
 
@@ -207,7 +235,7 @@ def load_images(path: str | os.PathLike, input_scale: float = 1.0, name: str | N
     if name is not None and not isinstance(name, str):
         raise DataError(f"name must be text or None, not {shown(name)}")
     check_input_file(path, "a data file", DataError)  # missing, a directory, a pipe or device, a broken link
-    x, y = check_arrays(*_read_arrays(path), shown_path(path))
+    x, y = check_arrays(*DATA_READERS.choose(path).read(path), shown_path(path))
     return ImageSet(x=np.ascontiguousarray(_divided(x, input_scale, path)), y=y, name=name or os.path.basename(path))
 
 
@@ -219,8 +247,10 @@ def _divided(x: np.ndarray, input_scale: float, path: str) -> np.ndarray:
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # caught just below, in one line
         x = x / np.float32(input_scale)
     if not np.isfinite(x).all():
-        raise DataError(f"{shown_path(path)}: dividing by the input scale {input_scale:g} makes values overflow "
-                        f"float32; give a scale near the data's range (e.g. 255)")
+        raise DataError(
+            f"{shown_path(path)}: dividing by the input scale {input_scale:g} makes values overflow "
+            f"float32; give a scale near the data's range (e.g. 255)"
+        )
     return x
 
 
@@ -236,16 +266,16 @@ def load_sets(paths: dict[str, str | None], input_scale: float = 1.0) -> dict[st
     return sets
 
 
-def check_fits_model(images: ImageSet, input_shape: tuple[int, ...], num_classes: int,
-                     role: str) -> None:
+def check_fits_model(images: ImageSet, input_shape: tuple[int, ...], num_classes: int, role: str) -> None:
     """Refuse data the model cannot take, before any long computation starts."""
     if tuple(images.image_shape) != tuple(input_shape):
-        raise DataError(f"{role} ({images.name}): images are {'x'.join(map(str, images.image_shape))} "
-                           f"(C x H x W) but the model takes {'x'.join(map(str, input_shape))}")
+        raise DataError(
+            f"{role} ({images.name}): images are {'x'.join(map(str, images.image_shape))} "
+            f"(C x H x W) but the model takes {'x'.join(map(str, input_shape))}"
+        )
     top = int(images.y.max())
     if top >= num_classes:
-        raise DataError(f"{role} ({images.name}): label {top} is out of range for a model "
-                           f"with {num_classes} classes")
+        raise DataError(f"{role} ({images.name}): label {top} is out of range for a model with {num_classes} classes")
 
 
 def holdout_mask(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -254,14 +284,16 @@ def holdout_mask(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
     held = np.zeros(len(labels), dtype=bool)
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        held[members[:int(round(share * len(members)))]] = True
+        held[members[: int(round(share * len(members)))]] = True
     return held
 
 
 def split_by_mask(images: ImageSet, held: np.ndarray) -> tuple[ImageSet, ImageSet]:
     """(fit, held out): the images where `held` is False, and where it is True."""
-    return (ImageSet(images.x[~held], images.y[~held], images.name + " (fit)"),
-            ImageSet(images.x[held], images.y[held], images.name + " (held out)"))
+    return (
+        ImageSet(images.x[~held], images.y[~held], images.name + " (fit)"),
+        ImageSet(images.x[held], images.y[held], images.name + " (held out)"),
+    )
 
 
 def split_holdout(images: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -292,10 +324,15 @@ def check_input_range(images: ImageSet, expected: tuple[float, float] | None, ro
         hint = ""
         if hi > 0 and high > 0 and lo >= 0 and low >= 0:
             ratio = hi / high
-            hint = (f"; --input-scale {ratio:.4g} divides the data to fit" if ratio > 1
-                    else f"; the data look scaled down by {1 / ratio:.4g} (give the unscaled files)")
-        raise DataError(f"{role} ({images.name}): values lie in {lo:g}..{hi:g} but the model was trained on "
-                        f"{low:g}..{high:g} (recorded in its file){hint}")
+            hint = (
+                f"; --input-scale {ratio:.4g} divides the data to fit"
+                if ratio > 1
+                else f"; the data look scaled down by {1 / ratio:.4g} (give the unscaled files)"
+            )
+        raise DataError(
+            f"{role} ({images.name}): values lie in {lo:g}..{hi:g} but the model was trained on "
+            f"{low:g}..{high:g} (recorded in its file){hint}"
+        )
 
 
 def save_images(path: str | os.PathLike, images: ImageSet) -> None:
@@ -329,8 +366,10 @@ def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
                 elif image.mode == "P":
                     image = image.convert("RGB")
                 if image.mode not in IMAGE_MODES:
-                    raise DataError(f"{shown_path(path)}: image mode {image.mode} cannot be read faithfully (8-bit grey or "
-                                    f"RGB, or 16-bit grey, are read)")
+                    raise DataError(
+                        f"{shown_path(path)}: image mode {image.mode} cannot be read faithfully (8-bit grey or "
+                        f"RGB, or 16-bit grey, are read)"
+                    )
                 array = np.asarray(image, dtype=np.float32)
     except FileNotFoundError:
         raise DataError(f"{shown_path(path)}: no such file") from None

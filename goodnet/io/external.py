@@ -46,10 +46,15 @@ def import_factory(spec: str):
 
 
 def is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
+    """Whether a file is a TorchScript archive: a zip holding a `code/` folder. A damaged zip is not
+    one (its reader then refuses it in one line)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (zipfile.BadZipFile, NotImplementedError, OSError, ValueError, EOFError):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in name for name in z.namelist())
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -69,9 +74,11 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         except Exception as exc:  # pickle errors come in many types; never pass on advice to unpickle
             text = str(exc).strip()
             if "weights only load failed" in text.lower() or "weights_only" in text:
-                raise ModelError(f"{shown_path(path)}: holds pickled Python objects, not only tensors, and goodnet never "
-                                 f"unpickles code; save the weights with torch.save(model.state_dict(), ...) or "
-                                 f"as .safetensors") from None
+                raise ModelError(
+                    f"{shown_path(path)}: holds pickled Python objects, not only tensors, and goodnet never "
+                    f"unpickles code; save the weights with torch.save(model.state_dict(), ...) or "
+                    f"as .safetensors"
+                ) from None
             first = text.splitlines()[0] if text else type(exc).__name__
             raise ModelError(f"{shown_path(path)}: not a readable PyTorch weights file ({first})") from None
         for key in ("state_dict", "model_state_dict", "model"):
@@ -117,8 +124,10 @@ def refuse_oversized(build, source: str) -> None:
     need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
     free = available_memory()
     if free is not None and need > free:
-        raise ModelError(f"{shown_path(source)}: the architecture declares {need / 2**30:.1f} GiB of weights, more than the "
-                         f"{free / 2**30:.1f} GiB of memory available")
+        raise ModelError(
+            f"{shown_path(source)}: the architecture declares {need / 2**30:.1f} GiB of weights, more than the "
+            f"{free / 2**30:.1f} GiB of memory available"
+        )
 
 
 def check_state_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str, owner: str) -> None:
@@ -128,12 +137,16 @@ def check_state_shapes(model: nn.Module, state: dict[str, torch.Tensor], source:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ModelError(f"{shown_path(source)}: weights do not match {owner} (missing: {', '.join(missing[:5]) or '-'}; "
-                           f"unexpected: {', '.join(unexpected[:5]) or '-'})")
+        raise ModelError(
+            f"{shown_path(source)}: weights do not match {owner} (missing: {', '.join(missing[:5]) or '-'}; "
+            f"unexpected: {', '.join(unexpected[:5]) or '-'})"
+        )
     for name, value in state.items():
         if value.shape != expected[name].shape:
-            raise ModelError(f"{shown_path(source)}: '{name}' has shape {tuple(value.shape)}, {owner} expects "
-                               f"{tuple(expected[name].shape)}")
+            raise ModelError(
+                f"{shown_path(source)}: '{name}' has shape {tuple(value.shape)}, {owner} expects "
+                f"{tuple(expected[name].shape)}"
+            )
 
 
 def describe(model: nn.Module, input_shape: tuple[int, ...], source: str) -> nn.Module:
@@ -143,8 +156,10 @@ def describe(model: nn.Module, input_shape: tuple[int, ...], source: str) -> nn.
         with torch.no_grad():
             out = model(torch.zeros(2, *input_shape))
     except Exception as exc:  # the user's forward can raise anything
-        raise ModelError(f"{shown_path(source)}: the model cannot run on {tuple(input_shape)} (C, H, W) inputs "
-                           f"({type(exc).__name__}: {exc})") from None
+        raise ModelError(
+            f"{shown_path(source)}: the model cannot run on {tuple(input_shape)} (C, H, W) inputs "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
         raise ModelError(f"{shown_path(source)}: the model must return one (batch, classes) tensor of scores")
     model.input_shape = tuple(int(d) for d in input_shape)
@@ -152,8 +167,9 @@ def describe(model: nn.Module, input_shape: tuple[int, ...], source: str) -> nn.
     return model
 
 
-def load_factory_model(factory: str, weights: str | None, input_shape: tuple[int, ...] | None,
-                       state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def load_factory_model(
+    factory: str, weights: str | None, input_shape: tuple[int, ...] | None, state: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     if input_shape is None:
         raise ModelError(f"factory model '{factory}': the input shape is unknown (give data or images)")
     build = import_factory(factory)

@@ -17,8 +17,15 @@ import numpy as np
 
 from ..errors import DataError, GoodnetError, ModelError, shown_path
 
-__all__ = ["check_input_file", "check_model_file", "check_validation_classes", "holds_onnx", "input_file_problem",
-           "shown_path"]
+__all__ = [
+    "ONNX_REFUSAL",
+    "check_input_file",
+    "check_model_file",
+    "check_validation_classes",
+    "holds_onnx",
+    "input_file_problem",
+    "shown_path",
+]
 
 
 def _special_kind(mode: int) -> str:
@@ -133,14 +140,19 @@ def holds_onnx(path: str) -> bool:
         return False
 
 
+ONNX_REFUSAL = (
+    "holds an ONNX model, which goodnet writes (goodnet export --to onnx) but cannot read; give the "
+    "model as a goodnet .safetensors file, a Keras .h5/.keras file, a PyTorch state dict (with "
+    "--factory) or a TorchScript .pt file"
+)
+
+
 def check_model_file(path: str) -> str:
     """`path` when it is a regular, readable file that is not an ONNX model (which goodnet writes
     but does not read); else ModelError in one line."""
     check_input_file(path, "a model file", ModelError)
     if holds_onnx(path):
-        raise ModelError(f"{shown_path(path)}: holds an ONNX model, which goodnet writes (goodnet export --to onnx) "
-                         f"but cannot read; give the model as a goodnet .safetensors file, a Keras .h5/.keras file, "
-                         f"a PyTorch state dict (with --factory) or a TorchScript .pt file")
+        raise ModelError(f"{shown_path(path)}: {ONNX_REFUSAL}")
     return path
 
 
@@ -154,6 +166,8 @@ def check_validation_classes(images, role: str) -> None:
     labels = np.unique(images.y)
     if len(labels) == 1:
         label = int(labels[0])
-        raise DataError(f"{role} ({shown_path(images.name)}): holds images of one class only (label {label}, "
-                        f"{len(images.y)} images); a repair needs clean images of every class (on one class, always "
-                        f"answering {label} is already 100 % accurate)")
+        raise DataError(
+            f"{role} ({shown_path(images.name)}): holds images of one class only (label {label}, "
+            f"{len(images.y)} images); a repair needs clean images of every class (on one class, always "
+            f"answering {label} is already 100 % accurate)"
+        )

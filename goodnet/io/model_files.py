@@ -10,14 +10,16 @@ Built-in architectures (and Keras graphs, stored as plain JSON in the config) ar
 registry; nothing in the file runs. For a user's class (arch "factory") the header names the
 factory, but it is only imported when the user names it again (`factory=`, CLI `--factory`).
 TorchScript models are saved as TorchScript, with the same description as an extra file.
+Each format is one reader in MODEL_READERS (`register_model_reader`, see goodnet.io.readers),
+chosen by suffix and content; an ONNX model is recognised, and refused, under any name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +32,19 @@ from ..errors import ModelError, OutputError, shown_path
 from ..models import ARCHITECTURES, ImageClassifier, build_model
 from ..models.goodnet import GoodNet, PrunedGoodNet, ScriptableGoodNet, ScriptedGoodNet, TwoModelGoodNet
 from .data import as_path, shown
-from .external import (TORCH_SUFFIXES, check_state_shapes, is_torchscript, load_factory_model,
-                       load_state_checked, load_torchscript, on_meta)
-from .file_checks import check_model_file
+from .external import (
+    TORCH_SUFFIXES,
+    check_state_shapes,
+    is_torchscript,
+    load_factory_model,
+    load_state_checked,
+    load_torchscript,
+    on_meta,
+)
+from .file_checks import ONNX_REFUSAL, check_input_file, holds_onnx
 from .keras.files import load_keras_model, read_architecture, read_keras_config, read_model_config
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
+from .readers import HDF5_MAGIC, ZIP_MAGIC, Reader, ReaderRegistry, holds_safetensors
 
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
@@ -83,8 +93,9 @@ def save_model(model: nn.Module, path: str) -> None:
         raise ModelError(f"save_model saves a PyTorch model (nn.Module), not {type(model).__name__}")
     path = as_path(path, "the path to save to", OutputError)
     if isinstance(model, TwoModelGoodNet) and not is_scripted(model):
-        tensors = {f"{part}.{k}": v for part in ("backdoored", "repaired")
-                   for k, v in _state(getattr(model, part)).items()}
+        tensors = {
+            f"{part}.{k}": v for part in ("backdoored", "repaired") for k, v in _state(getattr(model, part)).items()
+        }
         save_file(tensors, path, metadata=_header(model.backdoored, "goodnet", two_models=True))
     elif isinstance(model, TwoModelGoodNet):
         scripted = torch.jit.script(ScriptableGoodNet(model.backdoored, model.repaired, model.extra_class))
@@ -94,8 +105,7 @@ def save_model(model: nn.Module, path: str) -> None:
         torch.jit.save(model, path, _extra_files={DESCRIPTION_FILE: _header(model, "classifier")["goodnet"]})
     elif isinstance(model, PrunedGoodNet):
         tensors = {f"backdoored.{k}": v for k, v in _state(model.backdoored).items()}
-        save_file(tensors, path, metadata=_header(model.backdoored, "goodnet", layer=model.layer,
-                                                   pruned=model.pruned))
+        save_file(tensors, path, metadata=_header(model.backdoored, "goodnet", layer=model.layer, pruned=model.pruned))
     else:
         save_file(_state(model), path, metadata=_header(model, "classifier"))
 
@@ -105,8 +115,10 @@ def _read_ours(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         with safe_open(path, framework="pt") as f:
             meta = (f.metadata() or {}).get("goodnet")
             if meta is None:
-                raise ModelError(f"{shown_path(path)}: a safetensors file without a goodnet header (architecture "
-                                   f"unknown); for your own PyTorch class pass --factory package.module:function")
+                raise ModelError(
+                    f"{shown_path(path)}: a safetensors file without a goodnet header (architecture "
+                    f"unknown); for your own PyTorch class pass --factory package.module:function"
+                )
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"{shown_path(path)}: not a readable safetensors file ({exc})") from None
@@ -122,9 +134,13 @@ def _parse_header(meta: str, path: str) -> dict[str, Any]:
         header = json.loads(meta)
     except ValueError:
         header = None
-    if not isinstance(header, dict) or not all(k in header for k in ("arch", "config", "kind")) \
-            or not isinstance(header["config"], dict) or not isinstance(header["arch"], str) \
-            or not isinstance(header["kind"], str):
+    if (
+        not isinstance(header, dict)
+        or not all(k in header for k in ("arch", "config", "kind"))
+        or not isinstance(header["config"], dict)
+        or not isinstance(header["arch"], str)
+        or not isinstance(header["kind"], str)
+    ):
         raise ModelError(f"{shown_path(path)}: malformed goodnet header")
     if header["kind"] not in ("classifier", "goodnet"):
         raise ModelError(f"{shown_path(path)}: unknown model kind '{header['kind']}'")
@@ -132,7 +148,7 @@ def _parse_header(meta: str, path: str) -> dict[str, Any]:
 
 
 def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _load_ours(path: str, factory: str | None) -> nn.Module:
@@ -148,18 +164,24 @@ def _load_ours(path: str, factory: str | None) -> nn.Module:
     if header["kind"] == "classifier":
         return model
     pruned, layer = header.get("pruned", []), header.get("layer")
-    if not isinstance(pruned, list) or any(isinstance(c, bool) or not isinstance(c, int) for c in pruned) \
-            or not isinstance(layer, str):
+    if (
+        not isinstance(pruned, list)
+        or any(isinstance(c, bool) or not isinstance(c, int) for c in pruned)
+        or not isinstance(layer, str)
+    ):
         raise ModelError(f"{shown_path(path)}: malformed GoodNet header (layer and pruned channels)")
     module = dict(model.named_modules()).get(layer) if layer else None
     width = getattr(module, "out_channels", None)
     if width is None:
-        raise ModelError(f"{shown_path(path)}: the GoodNet header prunes layer '{layer}', which is not a conv layer of "
-                         f"the model")
+        raise ModelError(
+            f"{shown_path(path)}: the GoodNet header prunes layer '{layer}', which is not a conv layer of the model"
+        )
     bad = sorted({c for c in pruned if not 0 <= c < width})
     if bad:
-        raise ModelError(f"{shown_path(path)}: the GoodNet header prunes channel {bad[0]} of '{layer}', which has "
-                         f"{width} (0..{width - 1})")
+        raise ModelError(
+            f"{shown_path(path)}: the GoodNet header prunes channel {bad[0]} of '{layer}', which has "
+            f"{width} (0..{width - 1})"
+        )
     if len(set(pruned)) != len(pruned):
         raise ModelError(f"{shown_path(path)}: the GoodNet header lists a pruned channel twice")
     return PrunedGoodNet(model, layer, pruned).eval()
@@ -169,14 +191,18 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
     if header["arch"] == "factory":
         named = header.get("factory")
         if factory is None:
-            raise ModelError(f"{shown_path(path)}: holds weights of the PyTorch class built by '{named}'; pass "
-                               f"--factory {named} to load it (goodnet never imports code a file names)")
+            raise ModelError(
+                f"{shown_path(path)}: holds weights of the PyTorch class built by '{named}'; pass "
+                f"--factory {named} to load it (goodnet never imports code a file names)"
+            )
         config = header["config"]
         model = load_factory_model(factory, path, tuple(config.get("input_shape", ())) or None, state=tensors)
     else:
         if factory is not None:
-            raise ModelError(f"{shown_path(path)}: --factory goes with weights of a class of your own; this goodnet file names "
-                             f"its architecture ('{header['arch']}'); drop --factory")
+            raise ModelError(
+                f"{shown_path(path)}: --factory goes with weights of a class of your own; this goodnet file names "
+                f"its architecture ('{header['arch']}'); drop --factory"
+            )
         owner = f"the '{header['arch']}' architecture"
         # sizes come from the header: check them against the file's tensors on the meta device
         # first, so an absurd width is refused without allocating it
@@ -191,8 +217,11 @@ def _build_ours(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: 
 
 
 def _input_range(value: Any, path: str) -> tuple[float, float]:
-    ok = isinstance(value, list) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
     if not ok or value[0] > value[1]:
         raise ModelError(f"{shown_path(path)}: malformed input_range in the goodnet header: {value!r}")
     return float(value[0]), float(value[1])
@@ -217,13 +246,20 @@ def _load_script(path: str, input_shape: tuple[int, ...] | None) -> nn.Module:
 
 def _keras_weights_model(path: str, arch: str, input_shape, input_divisor: float) -> nn.Module:
     if arch.lower().endswith((".json",) + KERAS_SUFFIXES):  # architecture from another file
-        return load_keras_model(path, graph=read_architecture(arch), input_shape=input_shape,
-                                input_divisor=input_divisor, config=read_keras_config(arch))
+        return load_keras_model(
+            path,
+            graph=read_architecture(arch),
+            input_shape=input_shape,
+            input_divisor=input_divisor,
+            config=read_keras_config(arch),
+        )
     layers = read_keras_weights(path)
     if arch not in ARCHITECTURES or arch == "keras":
-        raise ModelError(f"unknown architecture '{arch}' (built-in: "
-                           f"{', '.join(sorted(a for a in ARCHITECTURES if a != 'keras'))}, or a Keras "
-                           f"full-model .h5 / .keras / model.to_json() .json file)")
+        raise ModelError(
+            f"unknown architecture '{arch}' (built-in: "
+            f"{', '.join(sorted(a for a in ARCHITECTURES if a != 'keras'))}, or a Keras "
+            f"full-model .h5 / .keras / model.to_json() .json file)"
+        )
     num_classes = output_size(layers, ARCHITECTURES[arch].final_layer, path)
     config: dict[str, Any] = {"num_classes": num_classes, "input_divisor": input_divisor}
     if input_shape is not None:
@@ -233,8 +269,14 @@ def _keras_weights_model(path: str, arch: str, input_shape, input_divisor: float
     return model.eval()
 
 
-def load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
-               input_divisor: float = 1.0, factory: str | None = None, trust_code: bool = False) -> nn.Module:
+def load_model(
+    path: str,
+    arch: str | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    input_divisor: float = 1.0,
+    factory: str | None = None,
+    trust_code: bool = False,
+) -> nn.Module:
     """Load B, B' or G in eval mode, from any supported file.
 
     - goodnet .safetensors: describes itself (a user's class also needs `factory`);
@@ -263,52 +305,110 @@ def check_model_values(model: nn.Module, path: str) -> None:
         if not bool(torch.isfinite(tensor).all()):
             raise ModelError(f"{shown_path(path)}: '{name}' holds NaN or infinite values")
         if name.endswith("running_var") and bool((tensor < 0).any()):
-            raise ModelError(f"{shown_path(path)}: '{name}' holds a negative variance ({float(tensor.min()):g}), which no "
-                             f"data can have: the model's statistics are broken")
+            raise ModelError(
+                f"{shown_path(path)}: '{name}' holds a negative variance ({float(tensor.min()):g}), which no "
+                f"data can have: the model's statistics are broken"
+            )
 
 
-def _load_model(path: str, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
-               input_divisor: float = 1.0, factory: str | None = None, trust_code: bool = False) -> nn.Module:
-    check_model_file(path)  # a missing path, a directory, a pipe or device, a broken link, an ONNX file
-    lower = path.lower()
-    unused_arch = ModelError(f"--arch goes with a Keras weights-only .h5; {path} holds its own architecture")
-    if lower.endswith(MODEL_SUFFIX):
-        if arch is not None:
-            raise unused_arch
-        with_header = True
-        try:
-            with safe_open(path, framework="pt") as f:
-                with_header = "goodnet" in (f.metadata() or {})
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{shown_path(path)}: not a readable safetensors file ({exc})") from None
-        if with_header or factory is None:
-            return _load_ours(path, factory)
-        return load_factory_model(factory, path, input_shape)
-    if lower.endswith(KERAS_SUFFIXES):
-        if factory is not None:
-            raise ModelError("--factory goes with a PyTorch weights file, not a Keras file")
-        if read_model_config(path) is not None:
-            if arch is not None:
-                raise unused_arch
-            return load_keras_model(path, input_shape=input_shape, input_divisor=input_divisor)
-        return _keras_weights_model(path, arch or "deepid", input_shape, input_divisor)
-    if lower.endswith(TORCH_SUFFIXES):
-        if arch is not None:
-            raise unused_arch
-        if is_torchscript(path):
-            if not trust_code:
-                raise ModelError(f"{shown_path(path)}: a TorchScript file is a program, and loading it runs its author's code; "
-                                 f"goodnet refuses it unless you trust the file: pass --trust-model-code "
-                                 f"(library: trust_code=True)")
-            if factory is not None:
-                raise ModelError(f"{shown_path(path)}: a TorchScript file holds its own code; drop --factory")
-            return _load_script(path, input_shape)
-        if factory is None:
-            raise ModelError(f"{shown_path(path)}: a PyTorch weights file; pass --factory package.module:function "
-                               f"to say which class it belongs to")
-        return load_factory_model(factory, path, input_shape)
-    raise ModelError(f"{shown_path(path)}: unknown model format (expected {MODEL_SUFFIX}, Keras .h5, or a PyTorch "
-                       f".pt/.pth file)")
+def _load_model(
+    path: str,
+    arch: str | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    input_divisor: float = 1.0,
+    factory: str | None = None,
+    trust_code: bool = False,
+) -> nn.Module:
+    check_input_file(path, "a model file", ModelError)  # a missing path, a directory, a pipe or device, a broken link
+    reader = MODEL_READERS.choose(path)  # an ONNX file under any name first, then by suffix and content
+    return reader.read(path, ModelRequest(arch, input_shape, input_divisor, factory, trust_code))
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a model reader is given besides the path: what the file cannot say itself (see load_model)."""
+
+    arch: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    input_divisor: float = 1.0
+    factory: str | None = None
+    trust_code: bool = False
+
+
+MODEL_READERS = ReaderRegistry("model", ModelError)
+register_model_reader = MODEL_READERS.register  # decorator: a function (path, ModelRequest) -> nn.Module
+unregister_model_reader = MODEL_READERS.unregister
+
+
+def model_readers() -> tuple[Reader, ...]:
+    """The registered model readers, in the order a lookup tries them (see goodnet.io.readers)."""
+    return MODEL_READERS.readers()
+
+
+def _refuse_arch(path: str, request: ModelRequest) -> None:
+    if request.arch is not None:
+        raise ModelError(f"--arch goes with a Keras weights-only .h5; {path} holds its own architecture")
+
+
+@register_model_reader("onnx", any_suffix=True, magic=(b"\x08",), sniff=holds_onnx)
+def read_onnx(path: str, request: ModelRequest) -> nn.Module:
+    """ONNX models, under any name: goodnet writes them but does not read them."""
+    raise ModelError(f"{shown_path(path)}: {ONNX_REFUSAL}")
+
+
+@register_model_reader("safetensors", suffixes=(MODEL_SUFFIX,), sniff=holds_safetensors, describe=MODEL_SUFFIX)
+def read_safetensors(path: str, request: ModelRequest) -> nn.Module:
+    """Ours (a goodnet header describes the model), or a state dict of the user's class (`factory`)."""
+    _refuse_arch(path, request)
+    with_header = True
+    try:
+        with safe_open(path, framework="pt") as f:
+            with_header = "goodnet" in (f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{shown_path(path)}: not a readable safetensors file ({exc})") from None
+    if with_header or request.factory is None:
+        return _load_ours(path, request.factory)
+    return load_factory_model(request.factory, path, request.input_shape)
+
+
+@register_model_reader(
+    "keras", suffixes=KERAS_SUFFIXES + (".weights.h5",), magic=(HDF5_MAGIC, ZIP_MAGIC), describe="Keras .h5"
+)
+def read_keras(path: str, request: ModelRequest) -> nn.Module:
+    """A Keras full model (architecture from the file) or weights only (architecture from `arch`)."""
+    if request.factory is not None:
+        raise ModelError("--factory goes with a PyTorch weights file, not a Keras file")
+    if read_model_config(path) is not None:
+        _refuse_arch(path, request)
+        return load_keras_model(path, input_shape=request.input_shape, input_divisor=request.input_divisor)
+    return _keras_weights_model(path, request.arch or "deepid", request.input_shape, request.input_divisor)
+
+
+@register_model_reader("torchscript", suffixes=TORCH_SUFFIXES, sniff=is_torchscript, describe="a PyTorch .pt/.pth file")
+def read_torchscript(path: str, request: ModelRequest) -> nn.Module:
+    """A TorchScript program: run only when the user trusts it (`trust_code`)."""
+    _refuse_arch(path, request)
+    if not request.trust_code:
+        raise ModelError(
+            f"{shown_path(path)}: a TorchScript file is a program, and loading it runs its author's code; "
+            f"goodnet refuses it unless you trust the file: pass --trust-model-code "
+            f"(library: trust_code=True)"
+        )
+    if request.factory is not None:
+        raise ModelError(f"{shown_path(path)}: a TorchScript file holds its own code; drop --factory")
+    return _load_script(path, request.input_shape)
+
+
+@register_model_reader("pytorch", suffixes=TORCH_SUFFIXES, describe="a PyTorch .pt/.pth file")
+def read_pytorch_state(path: str, request: ModelRequest) -> nn.Module:
+    """A torch.save'd state dict of the user's class (`factory`), read as tensors only."""
+    _refuse_arch(path, request)
+    if request.factory is None:
+        raise ModelError(
+            f"{shown_path(path)}: a PyTorch weights file; pass --factory package.module:function "
+            f"to say which class it belongs to"
+        )
+    return load_factory_model(request.factory, path, request.input_shape)
 
 
 @dataclass(frozen=True)
@@ -321,8 +421,14 @@ class ModelSource:
     trust_code: bool = False  # run the code a TorchScript file holds (see load_model)
 
     def load(self, input_shape: tuple[int, ...] | None = None, input_divisor: float = 1.0) -> nn.Module:
-        return load_model(self.path, arch=self.arch, input_shape=input_shape, input_divisor=input_divisor,
-                          factory=self.factory, trust_code=self.trust_code)
+        return load_model(
+            self.path,
+            arch=self.arch,
+            input_shape=input_shape,
+            input_divisor=input_divisor,
+            factory=self.factory,
+            trust_code=self.trust_code,
+        )
 
     def load_backdoored(self, input_shape: tuple[int, ...] | None = None) -> nn.Module:
         model = self.load(input_shape)
@@ -359,9 +465,20 @@ def model_source(source: Any) -> ModelSource:
             raise ModelError(f"source.arch must be an architecture name or file, not {shown(arch)}")
         if source.factory is not None and not isinstance(source.factory, str):
             raise ModelError(f"source.factory must be 'package.module:function', not {shown(source.factory)}")
-        return source if (path, arch) == (source.path, source.arch) else dataclasses.replace(source, path=path,
-                                                                                            arch=arch)
+        return (
+            source if (path, arch) == (source.path, source.arch) else dataclasses.replace(source, path=path, arch=arch)
+        )
     return ModelSource(as_path(source, "source", ModelError, "a model file path (str or os.PathLike) or a ModelSource"))
 
 
-__all__ = ["ModelSource", "load_model", "model_source", "model_suffix", "save_model"]
+__all__ = [
+    "ModelRequest",
+    "ModelSource",
+    "load_model",
+    "model_readers",
+    "model_source",
+    "model_suffix",
+    "register_model_reader",
+    "save_model",
+    "unregister_model_reader",
+]

@@ -53,9 +53,16 @@ def export_onnx(model: nn.Module, path: str, opset: int = OPSET) -> None:
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for our users
-            torch.onnx.export(model, (example,), tmp, **TORCHSCRIPT_EXPORTER, opset_version=opset,
-                              input_names=["image"], output_names=[output],
-                              dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                **TORCHSCRIPT_EXPORTER,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=[output],
+                dynamic_axes={"image": {0: "batch"}, output: {0: "batch"}},
+            )
 
     try:
         write_file_atomically(path, write)

@@ -18,7 +18,8 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..errors import OutputError, shown_path
 
@@ -108,15 +109,18 @@ def claim_output(path: str) -> None:
     lock_path = os.path.join(parent, f".{base}.lock")
     created = _missing_folders(parent)  # removed again on release when still empty: a refusal leaves nothing
     for _ in range(10):  # the holder may remove the file between our open and our lock: take the new one
-        foreign = OutputError(f"{shown_path(path)}: {shown_path(lock_path)} beside it is not a lock goodnet wrote (a "
-                              f"link, or not a plain file); goodnet writes nothing through it: remove it or choose "
-                              f"another --out")
+        foreign = OutputError(
+            f"{shown_path(path)}: {shown_path(lock_path)} beside it is not a lock goodnet wrote (a "
+            f"link, or not a plain file); goodnet writes nothing through it: remove it or choose "
+            f"another --out"
+        )
         try:
             os.makedirs(parent, exist_ok=True)
             if os.path.lexists(lock_path) and (os.path.islink(lock_path) or not os.path.isfile(lock_path)):
                 raise foreign
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
-                         0o666)
+            fd = os.open(
+                lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o666
+            )
         except OSError as exc:
             _remove_empty(created)
             if exc.errno == errno.ELOOP:
@@ -134,13 +138,16 @@ def claim_output(path: str) -> None:
                 holder = 0
             os.close(fd)
             if holder > 0 and not _alive(holder):
-                raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now: "
-                                  f"process {holder} took its lock {shown_path(lock_path)} and has ended, but a "
-                                  f"process it started still holds it; end that process or choose another --out"
-                                  ) from None
+                raise OutputError(
+                    f"{shown_path(path)}: another goodnet run is writing this output right now: "
+                    f"process {holder} took its lock {shown_path(lock_path)} and has ended, but a "
+                    f"process it started still holds it; end that process or choose another --out"
+                ) from None
             held_by = f" (process {holder})" if holder > 0 else ""
-            raise OutputError(f"{shown_path(path)}: another goodnet run is writing this output right now{held_by}; "
-                              f"wait for it to finish or choose another --out") from None
+            raise OutputError(
+                f"{shown_path(path)}: another goodnet run is writing this output right now{held_by}; "
+                f"wait for it to finish or choose another --out"
+            ) from None
         try:
             mine, current = os.fstat(fd), os.stat(lock_path)
             same = (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
@@ -148,14 +155,18 @@ def claim_output(path: str) -> None:
             same = False
         if same and not _lock_text(fd):
             os.close(fd)
-            raise OutputError(f"{shown_path(path)}: {shown_path(lock_path)} beside it holds something goodnet did not "
-                              f"write (a lock holds only a process id); move it or choose another --out")
+            raise OutputError(
+                f"{shown_path(path)}: {shown_path(lock_path)} beside it holds something goodnet did not "
+                f"write (a lock holds only a process id); move it or choose another --out"
+            )
         if same:
             break
         os.close(fd)
     else:
-        raise OutputError(f"{shown_path(path)}: its lock file {shown_path(lock_path)} keeps changing (other goodnet "
-                          f"runs starting and stopping?); choose another --out") from None
+        raise OutputError(
+            f"{shown_path(path)}: its lock file {shown_path(lock_path)} keeps changing (other goodnet "
+            f"runs starting and stopping?); choose another --out"
+        ) from None
     with contextlib.suppress(OSError):  # the holder's process id, for the refusal above; the lock works without it
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
@@ -243,8 +254,10 @@ def check_not_an_input(path: str, inputs: Iterable[str | os.PathLike | None], op
         same = os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source)
         if same or _inside(source, out) or _inside(out, source):
             where = "is" if same or source == out else ("holds" if _inside(source, out) else "is inside")
-            raise OutputError(f"{shown_path(path)}: {option} {where} the input {shown_path(os.fspath(given))}; goodnet never "
-                              f"writes over what it reads: choose another {option}")
+            raise OutputError(
+                f"{shown_path(path)}: {option} {where} the input {shown_path(os.fspath(given))}; goodnet never "
+                f"writes over what it reads: choose another {option}"
+            )
 
 
 def _owned_files(path: str) -> dict[str, list[int]] | None:
@@ -308,8 +321,10 @@ def claim_state_dir(path: str, inputs: Iterable[str | os.PathLike | None] = ()) 
     check_not_an_input(state, inputs, option="the folder of finished cells beside --out")
     if os.path.lexists(state):
         if os.path.islink(state) or not os.path.isdir(state) or not os.path.isfile(os.path.join(state, STATE_MARK)):
-            raise OutputError(f"{shown_path(state)}: named as goodnet's folder of finished cells for this --out, but "
-                              f"goodnet did not make it; move it or choose another --out")
+            raise OutputError(
+                f"{shown_path(state)}: named as goodnet's folder of finished cells for this --out, but "
+                f"goodnet did not make it; move it or choose another --out"
+            )
         return state
     try:
         os.makedirs(state)
@@ -320,8 +335,9 @@ def claim_state_dir(path: str, inputs: Iterable[str | os.PathLike | None] = ()) 
     return state
 
 
-def check_output_dir(path: str, marker: str = MARKER, claim: bool = False,
-                     inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+def check_output_dir(
+    path: str, marker: str = MARKER, claim: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> None:
     """Refuse a `path` that exists and is not replaceable (see `atomic_directory`), or that is, holds
     or sits inside one of `inputs`; callers with long work ahead check first so the user does not
     wait for the refusal. `claim`: also hold it (see claim_output) until it is written, so a second
@@ -335,24 +351,30 @@ def check_output_dir(path: str, marker: str = MARKER, claim: bool = False,
             has_marker = os.path.exists(os.path.join(path, marker))
             owned = _owned_files(path) if has_marker else None
             if owned is None and has_marker:
-                raise OutputError(f"{shown_path(path)}: holds no record of the files goodnet wrote there (an older "
-                                  f"goodnet's output?), so goodnet will not replace it; remove it yourself or choose "
-                                  f"another --out")
+                raise OutputError(
+                    f"{shown_path(path)}: holds no record of the files goodnet wrote there (an older "
+                    f"goodnet's output?), so goodnet will not replace it; remove it yourself or choose "
+                    f"another --out"
+                )
             if owned is None:
-                raise OutputError(f"{shown_path(path)}: exists and is not a goodnet output directory; choose another "
-                                  f"--out")
+                raise OutputError(
+                    f"{shown_path(path)}: exists and is not a goodnet output directory; choose another --out"
+                )
             foreign = _foreign_entry(path, owned)
             if foreign is not None:
-                raise OutputError(f"{shown_path(path)}: holds {shown_path(foreign)}, which goodnet did not write there (or "
-                                  f"which changed since); goodnet replaces only its own files: move it or "
-                                  f"choose another --out")
+                raise OutputError(
+                    f"{shown_path(path)}: holds {shown_path(foreign)}, which goodnet did not write there (or "
+                    f"which changed since); goodnet replaces only its own files: move it or "
+                    f"choose another --out"
+                )
     if claim:
         claim_output(path)
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str, marker: str = MARKER, exclusive: bool = True,
-                     inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[str]:
+def atomic_directory(
+    path: str, marker: str = MARKER, exclusive: bool = True, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Iterator[str]:
     """Yield a staging directory that becomes `path` only if the block succeeds.
 
     An existing `path` is replaced only if it is empty, or holds `marker` (an earlier goodnet
@@ -403,8 +425,9 @@ def write_file_atomically(path: str, write, replace: bool = False) -> None:
     if os.path.isdir(path):
         raise OutputError(f"{shown_path(path)}: is a directory; name the file to write")
     if os.path.lexists(path) and not replace:
-        raise OutputError(f"{shown_path(path)}: exists; goodnet never overwrites a file: remove it or name "
-                          f"another output")
+        raise OutputError(
+            f"{shown_path(path)}: exists; goodnet never overwrites a file: remove it or name another output"
+        )
     if not os.path.isdir(directory):
         raise OutputError(f"{shown_path(path)}: the folder {directory} does not exist")
     try:

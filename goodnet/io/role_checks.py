@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -76,29 +76,41 @@ def role_warnings(sets: Mapping[str, ImageSet], paths: Mapping[str, str | None] 
     return warnings
 
 
-def check_poisoned_labels(clean: ImageSet, poisoned: ImageSet, poisoned_role: str, clean_role: str,
-                          clean_hashes: list[bytes] | None = None, poisoned_hashes: list[bytes] | None = None) -> None:
+def check_poisoned_labels(
+    clean: ImageSet,
+    poisoned: ImageSet,
+    poisoned_role: str,
+    clean_role: str,
+    clean_hashes: list[bytes] | None = None,
+    poisoned_hashes: list[bytes] | None = None,
+) -> None:
     """Refuse a poisoned file whose labels are the clean file's: image for image (a file made by
     stamping the clean images and keeping their labels), or the clean images themselves, in any
     order or number, with their clean labels. Its ASR would be B's accuracy, not the attack's
     success."""
-    refusal = (": a poisoned file's labels are the attacker's target labels, and an ASR measured against true "
-               "labels means nothing; give the poisoned file with its target labels")
+    refusal = (
+        ": a poisoned file's labels are the attacker's target labels, and an ASR measured against true "
+        "labels means nothing; give the poisoned file with its target labels"
+    )
     if len(np.unique(clean.y)) < 2 or len(poisoned) == 0:
         return
     if len(clean) == len(poisoned):
         same = float(np.mean(clean.y == poisoned.y))
         if same >= SAME_LABELS_SHARE:
-            raise DataError(f"{poisoned_role} carries the labels of {clean_role} image for image ({same * 100:.1f} % "
-                            f"equal){refusal}")
+            raise DataError(
+                f"{poisoned_role} carries the labels of {clean_role} image for image ({same * 100:.1f} % "
+                f"equal){refusal}"
+            )
     clean_hashes = clean_hashes if clean_hashes is not None else _image_hashes(clean)
     poisoned_hashes = poisoned_hashes if poisoned_hashes is not None else _image_hashes(poisoned)
     label_of = dict(zip(clean_hashes, clean.y.tolist()))
     found = [(label_of[h], int(label)) for h, label in zip(poisoned_hashes, poisoned.y) if h in label_of]
     equal = sum(a == b for a, b in found)
     if len(found) >= SAME_LABELS_SHARE * len(poisoned) and equal >= SAME_LABELS_SHARE * len(found):
-        raise DataError(f"{poisoned_role} holds {clean_role}'s images with their clean labels ({equal} of "
-                        f"{len(poisoned)} images){refusal}")
+        raise DataError(
+            f"{poisoned_role} holds {clean_role}'s images with their clean labels ({equal} of "
+            f"{len(poisoned)} images){refusal}"
+        )
 
 
 def label_warnings(poisoned: ImageSet, predictions: np.ndarray, role: str) -> list[str]:
@@ -114,9 +126,11 @@ def label_warnings(poisoned: ImageSet, predictions: np.ndarray, role: str) -> li
         return []
     target = int(predicted[predicted_counts.argmax()])
     asr = float(np.mean(predictions == poisoned.y) * 100)
-    return [f"{role}'s labels are spread over {len(labels)} classes like a clean set's, while the model sends "
-            f"{top_predicted * 100:.1f} % of its images to class {target}: the file may carry the images' true "
-            f"labels instead of the attacker's target, and its ASR ({asr:.2f} %) then measures nothing"]
+    return [
+        f"{role}'s labels are spread over {len(labels)} classes like a clean set's, while the model sends "
+        f"{top_predicted * 100:.1f} % of its images to class {target}: the file may carry the images' true "
+        f"labels instead of the attacker's target, and its ASR ({asr:.2f} %) then measures nothing"
+    ]
 
 
 __all__ = ["check_poisoned_labels", "label_warnings", "role_warnings"]

@@ -9,6 +9,19 @@ from .registry import ARCHITECTURES, build_model, register_architecture
 from .resnet import ResNet8
 from .small_cnn import SmallCNN
 
-__all__ = ["ARCHITECTURES", "DeepID", "FlattenNHWC", "GoodNet", "ImageClassifier", "KerasModel", "PrunedGoodNet",
-           "ResNet8", "SmallCNN", "TwoModelGoodNet", "build_goodnet", "build_model", "goodnet_labels",
-           "register_architecture"]
+__all__ = [
+    "ARCHITECTURES",
+    "DeepID",
+    "FlattenNHWC",
+    "GoodNet",
+    "ImageClassifier",
+    "KerasModel",
+    "PrunedGoodNet",
+    "ResNet8",
+    "SmallCNN",
+    "TwoModelGoodNet",
+    "build_goodnet",
+    "build_model",
+    "goodnet_labels",
+    "register_architecture",
+]

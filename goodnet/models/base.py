@@ -32,19 +32,25 @@ class ImageClassifier(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ValueError(f"num_classes must be a whole number of at least 1, not {num_classes!r}")
         shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else ()
-        if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
-                                  for d in shape):
+        if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
             raise ValueError(f"input_shape must be three positive whole numbers (C, H, W), not {input_shape!r}")
-        if isinstance(input_divisor, bool) or not isinstance(input_divisor, (int, float, np.floating, np.integer)) \
-                or not math.isfinite(float(input_divisor)) or input_divisor <= 0:
+        if (
+            isinstance(input_divisor, bool)
+            or not isinstance(input_divisor, (int, float, np.floating, np.integer))
+            or not math.isfinite(float(input_divisor))
+            or input_divisor <= 0
+        ):
             raise ValueError(f"input_divisor must be a finite positive number, not {input_divisor!r}")
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(d) for d in shape)
         self.input_divisor = float(input_divisor)
 
     def config(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "input_shape": list(self.input_shape),
-                "input_divisor": self.input_divisor}
+        return {
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "input_divisor": self.input_divisor,
+        }
 
     def scale_input(self, x: torch.Tensor) -> torch.Tensor:
         # Skipped when 1 so the lab's raw-pixel model computes exactly what Keras computes.

@@ -19,8 +19,9 @@ class DeepID(ImageClassifier):
     arch = "deepid"
     final_layer = "output"
 
-    def __init__(self, num_classes: int = 1283, input_shape: tuple[int, int, int] = (3, 55, 47),
-                 input_divisor: float = 1.0):
+    def __init__(
+        self, num_classes: int = 1283, input_shape: tuple[int, int, int] = (3, 55, 47), input_divisor: float = 1.0
+    ):
         super().__init__(num_classes, input_shape, input_divisor)
         channels, height, width = self.input_shape
         # Spatial sizes after each valid conv and floor-mode 2x2 pool, as in Keras.

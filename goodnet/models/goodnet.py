@@ -8,7 +8,7 @@ the pruned channels zeroed), holding one copy of B's weights plus a channel mask
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,8 +26,11 @@ def goodnet_rule(backdoored: torch.Tensor, repaired: torch.Tensor, extra_class: 
 
 def goodnet_labels(backdoored: np.ndarray, repaired: np.ndarray, extra_class: int) -> np.ndarray:
     """`goodnet_rule` on label arrays (B's and B''s predictions)."""
-    return goodnet_rule(torch.from_numpy(np.asarray(backdoored, dtype=np.int64)),
-                        torch.from_numpy(np.asarray(repaired, dtype=np.int64)), extra_class).numpy()
+    return goodnet_rule(
+        torch.from_numpy(np.asarray(backdoored, dtype=np.int64)),
+        torch.from_numpy(np.asarray(repaired, dtype=np.int64)),
+        extra_class,
+    ).numpy()
 
 
 class GoodNet(nn.Module):
@@ -125,8 +128,9 @@ class PrunedGoodNet(GoodNet):
         return original, repaired
 
 
-def build_goodnet(backdoored: nn.Module, repaired: nn.Module,
-                  single_layer: tuple[str, Sequence[int]] | None = None) -> GoodNet:
+def build_goodnet(
+    backdoored: nn.Module, repaired: nn.Module, single_layer: tuple[str, Sequence[int]] | None = None
+) -> GoodNet:
     """The cheapest exact G: one trunk and two tails when B' is B with the channels of one conv
     zeroed (`single_layer` = (layer, channels)) and B can be traced; else B and B' in full."""
     for name, model in (("backdoored", backdoored), ("repaired", repaired)):

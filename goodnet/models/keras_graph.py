@@ -64,17 +64,24 @@ class KerasModel(ImageClassifier):
     arch = "keras"
     final_layer = ""
 
-    def __init__(self, graph: dict[str, Any], input_shape: tuple[int, int, int] | None = None,
-                 num_classes: int | None = None, input_divisor: float = 1.0):
+    def __init__(
+        self,
+        graph: dict[str, Any],
+        input_shape: tuple[int, int, int] | None = None,
+        num_classes: int | None = None,
+        input_divisor: float = 1.0,
+    ):
         shape = graph.get("input_shape")
         if shape is None or any(d is None for d in shape):
             if input_shape is None:
-                raise ModelError(f"the Keras model's input shape {shape} is not fixed; give the data "
-                                   f"(its image size decides)")
+                raise ModelError(
+                    f"the Keras model's input shape {shape} is not fixed; give the data (its image size decides)"
+                )
             shape = list(input_shape)
         if input_shape is not None and tuple(input_shape) != tuple(shape):
-            raise ModelError(f"the data's images are {tuple(input_shape)} (C, H, W) but the Keras model "
-                               f"takes {tuple(shape)}")
+            raise ModelError(
+                f"the data's images are {tuple(input_shape)} (C, H, W) but the Keras model takes {tuple(shape)}"
+            )
         super().__init__(num_classes if num_classes is not None else 1, tuple(shape), input_divisor)  # 1: set below
         self.eval()  # BatchNorm must not learn from the shape-finding passes below
         self.graph = graph
@@ -105,21 +112,22 @@ class KerasModel(ImageClassifier):
                     example[name] = self._run_layer(name, layer, inputs)
             except RuntimeError as exc:  # e.g. a kernel larger than its input, mismatched concat
                 first = str(exc).strip().splitlines()[0]
-                raise ModelError(f"layer '{name}' cannot run on its input of shape "
-                                   f"{tuple(inputs[0].shape[1:])}: {first}") from None
+                raise ModelError(
+                    f"layer '{name}' cannot run on its input of shape {tuple(inputs[0].shape[1:])}: {first}"
+                ) from None
         out = graph["output"]
         if out not in example:
             raise ModelError(f"output layer '{out}' is not in the model")
         last = next((layer for layer in graph["layers"] if layer["name"] == out), None)
-        self.strip_softmax = last is not None and (
-            last.get("activation") == "softmax" or last["op"] == "softmax")
+        self.strip_softmax = last is not None and (last.get("activation") == "softmax" or last["op"] == "softmax")
         with torch.no_grad():
             logits = self.forward(torch.zeros(1, *self.input_shape))
         if logits.dim() != 2:
             raise ModelError(f"the model's output has shape {tuple(logits.shape)}; expected (batch, classes)")
         if num_classes is not None and int(num_classes) != logits.shape[1]:
-            raise ModelError(f"the saved number of classes ({num_classes}) does not match the graph "
-                               f"({logits.shape[1]})")
+            raise ModelError(
+                f"the saved number of classes ({num_classes}) does not match the graph ({logits.shape[1]})"
+            )
         self.num_classes = int(logits.shape[1])
 
     def config(self) -> dict[str, Any]:
@@ -142,15 +150,25 @@ class KerasModel(ImageClassifier):
                 else:
                     self._pads[name] = (left, right, top, bottom)
             if x.shape[1] % layer["groups"]:
-                raise ModelError(f"layer '{name}': {x.shape[1]} input channels do not split into "
-                                   f"{layer['groups']} groups")
-            self.add_module(name, nn.Conv2d(x.shape[1], layer["filters"], (kh, kw), stride=(sh, sw),
-                                            padding=padding, dilation=(dh, dw), groups=layer["groups"],
-                                            bias=layer["use_bias"]))
+                raise ModelError(
+                    f"layer '{name}': {x.shape[1]} input channels do not split into {layer['groups']} groups"
+                )
+            self.add_module(
+                name,
+                nn.Conv2d(
+                    x.shape[1],
+                    layer["filters"],
+                    (kh, kw),
+                    stride=(sh, sw),
+                    padding=padding,
+                    dilation=(dh, dw),
+                    groups=layer["groups"],
+                    bias=layer["use_bias"],
+                ),
+            )
         elif op == "dense":
             if x.dim() != 2:
-                raise ModelError(f"layer '{name}': Dense on a rank-{x.dim()} tensor is not supported "
-                                   f"(add a Flatten)")
+                raise ModelError(f"layer '{name}': Dense on a rank-{x.dim()} tensor is not supported (add a Flatten)")
             self.add_module(name, nn.Linear(x.shape[1], layer["units"], bias=layer["use_bias"]))
         elif op == "batch_norm":
             if torch_axis(layer["axis"], x.dim(), name) != 1:
@@ -177,8 +195,9 @@ class KerasModel(ImageClassifier):
             raise ModelError(f"layer '{name}': needs an image tensor")
         elif op == "add":
             if len({tuple(t.shape) for t in inputs}) != 1:
-                raise ModelError(f"layer '{name}': Add of tensors with different shapes "
-                                   f"{[tuple(t.shape[1:]) for t in inputs]}")
+                raise ModelError(
+                    f"layer '{name}': Add of tensors with different shapes {[tuple(t.shape[1:]) for t in inputs]}"
+                )
         elif op == "concat":
             torch_axis(layer["axis"], x.dim(), name)
 

@@ -14,7 +14,11 @@ ARCHITECTURES: dict[str, type[ImageClassifier]] = {}
 
 def register_architecture(cls: type[ImageClassifier]) -> type[ImageClassifier]:
     """Class decorator: make `cls` buildable from (`cls.arch`, config) and loadable from our files."""
-    if not isinstance(cls, type) or not issubclass(cls, ImageClassifier) or not isinstance(getattr(cls, "arch", None), str):
+    if (
+        not isinstance(cls, type)
+        or not issubclass(cls, ImageClassifier)
+        or not isinstance(getattr(cls, "arch", None), str)
+    ):
         raise ModelError(f"register_architecture takes an ImageClassifier subclass with an `arch` name, not {cls!r}")
     if cls.arch in ARCHITECTURES and ARCHITECTURES[cls.arch] is not cls:
         raise ValueError(f"architecture name '{cls.arch}' is taken by {ARCHITECTURES[cls.arch].__name__}")
@@ -25,8 +29,9 @@ def register_architecture(cls: type[ImageClassifier]) -> type[ImageClassifier]:
 def build_model(arch: str, **config: Any) -> ImageClassifier:
     """Build a registered architecture from its saved config."""
     if not isinstance(arch, str):
-        raise ModelError(f"an architecture is named by text (known: {', '.join(sorted(ARCHITECTURES))}), not "
-                         f"{type(arch).__name__}")
+        raise ModelError(
+            f"an architecture is named by text (known: {', '.join(sorted(ARCHITECTURES))}), not {type(arch).__name__}"
+        )
     if arch not in ARCHITECTURES:
         raise ModelError(f"unknown architecture '{arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
     try:

@@ -21,8 +21,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -35,8 +36,13 @@ class ResNet8(ImageClassifier):
     arch = "resnet8"
     final_layer = "fc"
 
-    def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 28, 28),
-                 input_divisor: float = 255.0, width: int = 16):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        input_divisor: float = 255.0,
+        width: int = 16,
+    ):
         super().__init__(num_classes, input_shape, input_divisor)
         self.width = int(width)
         w = self.width

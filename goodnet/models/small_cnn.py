@@ -20,8 +20,13 @@ class SmallCNN(ImageClassifier):
     arch = "small_cnn"
     final_layer = "output"
 
-    def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 28, 28),
-                 input_divisor: float = 255.0, width: int = 16):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        input_divisor: float = 255.0,
+        width: int = 16,
+    ):
         super().__init__(num_classes, input_shape, input_divisor)
         self.width = int(width)
         channels, height, wide = self.input_shape

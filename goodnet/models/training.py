@@ -26,9 +26,18 @@ def record_input_range(model: nn.Module, x: np.ndarray) -> None:
     model.input_range = (float(np.min(x)), float(np.max(x)))
 
 
-def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
-                     lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0,
-                     augment: bool = False, progress: bool | str = True) -> nn.Module:
+def train_classifier(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    seed: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    augment: bool = False,
+    progress: bool | str = True,
+) -> nn.Module:
     """Adam on cross-entropy with a seeded shuffle each epoch; with `augment`, random shifts of up
     to 2 pixels (as attackers and benchmarks train)."""
     generator = torch.Generator().manual_seed(seed)
@@ -42,7 +51,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int
         order = torch.randperm(len(xs), generator=generator)
         total = 0.0
         for start in range(0, len(xs), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = random_shift(xs[idx], generator, fill=low) if augment else xs[idx]
             optimizer.zero_grad()
             loss = F.cross_entropy(model(to_model(batch, model)), to_model(ys[idx], model))
@@ -67,8 +76,13 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 2, f
     return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
-def random_erase(x: torch.Tensor, generator: torch.Generator, value_range: tuple[float, float], p: float = 0.5,
-                 area: tuple[float, float] = (0.02, 0.15)) -> torch.Tensor:
+def random_erase(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    value_range: tuple[float, float],
+    p: float = 0.5,
+    area: tuple[float, float] = (0.02, 0.15),
+) -> torch.Tensor:
     """Random erasing (Zhong et al. 2020): with probability p, fill a random rectangle of 2-15 % of
     the image with random values, per pixel or (half the time) one random level for the whole
     rectangle, drawn uniformly from `value_range` (the data's own range). A generic augmentation;
@@ -87,8 +101,13 @@ def random_erase(x: torch.Tensor, generator: torch.Generator, value_range: tuple
     noise = torch.rand(n, c, h, w, generator=generator)
     fill = torch.where(solid[:, None, None, None], level, noise) * (high - low) + low
     r, q = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
-    inside = ((r >= top[:, None, None]) & (r < (top + eh)[:, None, None])
-              & (q >= left[:, None, None]) & (q < (left + ew)[:, None, None]) & erase[:, None, None])
+    inside = (
+        (r >= top[:, None, None])
+        & (r < (top + eh)[:, None, None])
+        & (q >= left[:, None, None])
+        & (q < (left + ew)[:, None, None])
+        & erase[:, None, None]
+    )
     return torch.where(inside[:, None], fill.to(x.dtype), x)
 
 
@@ -104,7 +123,7 @@ def _sharpness_shifts(model: nn.Module, radius: float, adaptive: bool) -> list[t
     params = [p for p in model.parameters() if p.grad is not None]
     with torch.no_grad():
         scaled = [(p.abs() * p.grad if adaptive else p.grad) for p in params]
-        norm = torch.sqrt(sum((s ** 2).sum() for s in scaled)) + SHARPNESS_EPS
+        norm = torch.sqrt(sum((s**2).sum() for s in scaled)) + SHARPNESS_EPS
         shifts = []
         for p, s in zip(params, scaled):
             shift = radius * (p.abs() * s if adaptive else s) / norm
@@ -120,10 +139,12 @@ def running_stats_kept(model: nn.Module):
     buffers are not written from outside, which backward would refuse). For passes that must not
     move the statistics the model is evaluated with: at sharpness-perturbed weights, on perturbed
     images."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-             and m.track_running_stats and m.running_mean is not None]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in norms]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None
+    ]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
@@ -156,12 +177,29 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, *,
-              value_range: tuple[float, float], lr: float = 0.05, momentum: float = 0.9,
-              weight_decay: float = 5e-4, batch_size: int = 64, augment: bool = True, after_step=None,
-              penalty=None, max_grad_norm: float | None = 5.0, sharpness: float | None = None, adaptive: bool = True,
-              progress: str | None = None, augmentation: str = "shift-erase", anneal: str = "step",
-              label_smoothing: float = 0.0) -> nn.Module:
+def fine_tune(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    seed: int,
+    *,
+    value_range: tuple[float, float],
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 64,
+    augment: bool = True,
+    after_step=None,
+    penalty=None,
+    max_grad_norm: float | None = 5.0,
+    sharpness: float | None = None,
+    adaptive: bool = True,
+    progress: str | None = None,
+    augmentation: str = "shift-erase",
+    anneal: str = "step",
+    label_smoothing: float = 0.0,
+) -> nn.Module:
     """SGD with momentum and a cosine schedule, with augmentation; `penalty(model, batch, labels)`, a
     scalar tensor, is added to every batch's loss; `after_step(model)` runs after every update (e.g. to
     keep pruned channels at zero). `sharpness`: each step is sharpness-aware (SAM, Foret et al. 2021): the
@@ -187,24 +225,28 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed:
     for epoch in progress_bar(range(epochs), progress):
         order = torch.randperm(len(xs), generator=generator)
         for start in range(0, len(xs), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = xs[idx]
             # drawn on the CPU whatever the device: the same draws everywhere
             if augmentation == "shift-erase":
-                batch = random_erase(random_shift(batch, generator, fill=value_range[0]), generator,
-                                     value_range=value_range)
+                batch = random_erase(
+                    random_shift(batch, generator, fill=value_range[0]), generator, value_range=value_range
+                )
             elif augmentation == "crop":
                 batch = random_shift(batch, generator, pixels=CROP_PADDING, fill=value_range[0])
             batch, labels = to_model(batch, model), to_model(ys[idx], model)
 
-            def step_loss() -> torch.Tensor:
+            def step_loss(
+                batch: torch.Tensor = batch, labels: torch.Tensor = labels, epoch: int = epoch
+            ) -> torch.Tensor:
                 optimizer.zero_grad()
                 loss = smoothed_cross_entropy(model(batch), labels, label_smoothing)
                 if penalty is not None:
                     loss = loss + penalty(model, batch, labels)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"fine-tuning diverged: the loss became {loss.item()} in epoch "
-                                           f"{epoch + 1} (rate {lr:g})")
+                    raise TrainingDiverged(
+                        f"fine-tuning diverged: the loss became {loss.item()} in epoch {epoch + 1} (rate {lr:g})"
+                    )
                 loss.backward()
                 return loss
 

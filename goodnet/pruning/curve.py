@@ -62,13 +62,21 @@ class PruningCurve:
 
     def _sweep(self, name: str, crossing: tuple[torch.Tensor, ...], progress: bool) -> None:
         start = time.perf_counter()
-        self.labels[name] = sweep(self.split, crossing, self.order, self.batch_size,
-                                  desc=f"sweep {name}" if progress else None)
+        self.labels[name] = sweep(
+            self.split, crossing, self.order, self.batch_size, desc=f"sweep {name}" if progress else None
+        )
         self.timings["sweep"] += time.perf_counter() - start
 
 
-def profile_and_sweep(model: nn.Module, layer: str, name: str, x: np.ndarray, order: str = "ascending",
-                      batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> PruningCurve:
+def profile_and_sweep(
+    model: nn.Module,
+    layer: str,
+    name: str,
+    x: np.ndarray,
+    order: str = "ascending",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> PruningCurve:
     """Profile `layer` on `x` (mean activation per channel at the cut), order its channels, and
     sweep `x` itself as data set `name`."""
     curve = PruningCurve(layer=layer, order_name=order, split=split_at_conv(model, layer), batch_size=batch_size)

@@ -2,7 +2,7 @@
 
 Zeroing a conv output channel's kernel and bias makes that channel exactly zero; a BatchNorm that
 follows the conv (directly or after a ReLU) is pruned with it (its scale and shift zeroed too, see
-pruning.py), so its output channel is zero as well and the cut starts after it. Channel-wise ops
+zeroing.py), so its output channel is zero as well and the cut starts after it. Channel-wise ops
 that map 0 to 0 (ReLU, max/avg pooling, ...) keep it zero, so the cut moves past them: masking
 their output is the same as pruning the conv, and the tail gets cheaper. Everything that does not
 depend on the cut is trunk; every trunk tensor the tail reads (skip connections included) crosses
@@ -20,20 +20,47 @@ from torch import fx, nn
 from ..devices import device_of
 from ..errors import ModelError, SettingsError
 
-ZERO_PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
-                           nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                           nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)
-ZERO_PRESERVING_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
-                             torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-                             F.adaptive_max_pool2d}
+ZERO_PRESERVING_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+ZERO_PRESERVING_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    torch.tanh,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+}
 ZERO_PRESERVING_METHODS = {"relu", "tanh"}
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
     if isinstance(model, torch.jit.ScriptModule):
-        raise ModelError("a TorchScript model cannot be profiled or swept (its forward is compiled "
-                           "code); prune an explicit list with --channels, or load its PyTorch class "
-                           "with --factory")
+        raise ModelError(
+            "a TorchScript model cannot be profiled or swept (its forward is compiled "
+            "code); prune an explicit list with --channels, or load its PyTorch class "
+            "with --factory"
+        )
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
@@ -57,8 +84,11 @@ def _batchnorm_after(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | 
         user = next(iter(node.users))
         if user.all_input_nodes != [node]:
             return None
-        if user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d) \
-                and modules[user.target].affine:
+        if (
+            user.op == "call_module"
+            and isinstance(modules[user.target], nn.BatchNorm2d)
+            and modules[user.target].affine
+        ):
             return user
         if not _zero_preserving(user, modules):
             return None
@@ -87,15 +117,20 @@ def _registered_batchnorm_after(model: nn.Module, layer: str) -> str | None:
         return None
     following = names[names.index(layer) + 1]
     bn = modules[following]
-    if getattr(bn, "original_name", type(bn).__name__) == "BatchNorm2d" and \
-            getattr(bn, "num_features", None) == modules[layer].out_channels:
+    if (
+        getattr(bn, "original_name", type(bn).__name__) == "BatchNorm2d"
+        and getattr(bn, "num_features", None) == modules[layer].out_channels
+    ):
         return following
     return None
 
 
 def conv_layers(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) or getattr(m, "original_name", None) == "Conv2d"]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) or getattr(m, "original_name", None) == "Conv2d"
+    ]
 
 
 AUTO_LAYER = "auto"
@@ -157,8 +192,7 @@ def split_at_conv(model: nn.Module, layer: str, example: torch.Tensor | None = N
     modules = dict(gm.named_modules())
     calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer]
     if len(calls) != 1:
-        raise ModelError(f"layer '{layer}' is called {len(calls)} times in forward(); "
-                           f"pruning needs exactly one call")
+        raise ModelError(f"layer '{layer}' is called {len(calls)} times in forward(); pruning needs exactly one call")
     cut = _batchnorm_after(calls[0], modules) or calls[0]
     while len(cut.users) == 1:
         user = next(iter(cut.users))
@@ -176,8 +210,11 @@ def split_at_conv(model: nn.Module, layer: str, example: torch.Tensor | None = N
         if node.op == "placeholder" or any(a in input_dependent for a in node.all_input_nodes):
             input_dependent.add(node)
     readers = tail_nodes | {n for n in nodes if n.op == "output"}
-    crossing = [cut] + [n for n in nodes if n is not cut and n not in tail_nodes and n in input_dependent
-                        and any(u in readers for u in n.users)]
+    crossing = [cut] + [
+        n
+        for n in nodes
+        if n is not cut and n not in tail_nodes and n in input_dependent and any(u in readers for u in n.users)
+    ]
 
     trunk_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -215,16 +252,20 @@ def _check_split(split: CutSplit, model: nn.Module, example: torch.Tensor | None
         if shape is None:
             return
         ref = next((p for p in split.trunk.parameters() if p.is_floating_point()), None)
-        example = torch.zeros(2, *shape, device=device_of(split.trunk),
-                              dtype=torch.float32 if ref is None else ref.dtype)
+        example = torch.zeros(
+            2, *shape, device=device_of(split.trunk), dtype=torch.float32 if ref is None else ref.dtype
+        )
     with torch.inference_mode():
         crossing = split.trunk(example)
         for value in crossing:
             if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != example.shape[0]:
-                raise ModelError(f"a value crossing the cut after '{split.layer}' is not a per-input "
-                                   f"tensor; this model cannot be split there")
+                raise ModelError(
+                    f"a value crossing the cut after '{split.layer}' is not a per-input "
+                    f"tensor; this model cannot be split there"
+                )
         h = crossing[0]
         if h.dim() < 2 or h.shape[1] != split.num_channels:
-            raise ModelError(f"the cut after '{split.layer}' ({split.cut}) has shape {tuple(h.shape)}, "
-                               f"expected {split.num_channels} channels in dimension 1")
-
+            raise ModelError(
+                f"the cut after '{split.layer}' ({split.cut}) has shape {tuple(h.shape)}, "
+                f"expected {split.num_channels} channels in dimension 1"
+            )

@@ -41,15 +41,57 @@ def activation_order(model: nn.Module, x: np.ndarray, layer: str, order: str = "
 # Fine-pruning's neuron: what a conv channel outputs after its activation function. Tracing forward
 # from the conv, these pass the channel on unchanged in meaning: its BatchNorm, a residual addition
 # (ResNet blocks activate after adding the shortcut), channel-wise pooling and identities.
-_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Hardtanh,
-                       nn.Sigmoid, nn.PReLU, nn.Mish, nn.Hardswish)
-_ACTIVATION_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu,
-                         torch.tanh, torch.sigmoid, F.hardtanh, F.mish, F.hardswish}
+_ACTIVATION_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.PReLU,
+    nn.Mish,
+    nn.Hardswish,
+)
+_ACTIVATION_FUNCTIONS = {
+    F.relu,
+    F.relu_,
+    torch.relu,
+    torch.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    torch.tanh,
+    torch.sigmoid,
+    F.hardtanh,
+    F.mish,
+    F.hardswish,
+}
 _ACTIVATION_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
-_PASS_MODULES = (nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                 nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)
-_PASS_FUNCTIONS = {operator.add, operator.iadd, torch.add, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-                   F.adaptive_max_pool2d, F.dropout}
+_PASS_MODULES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+_PASS_FUNCTIONS = {
+    operator.add,
+    operator.iadd,
+    torch.add,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.dropout,
+}
 _PASS_METHODS = {"add", "add_"}
 
 
@@ -69,8 +111,7 @@ def post_activation_node(gm: fx.GraphModule, layer: str) -> fx.Node:
     modules = dict(gm.named_modules())
     calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer]
     if len(calls) != 1:
-        raise ModelError(f"layer '{layer}' is called {len(calls)} times in forward(); "
-                         f"profiling needs exactly one call")
+        raise ModelError(f"layer '{layer}' is called {len(calls)} times in forward(); profiling needs exactly one call")
     node = calls[0]
     while len(node.users) == 1:
         user = next(iter(node.users))
@@ -82,8 +123,9 @@ def post_activation_node(gm: fx.GraphModule, layer: str) -> fx.Node:
     return node
 
 
-def post_activation_means(model: nn.Module, x: np.ndarray, layer: str, batch_size: int = DEFAULT_BATCH_SIZE
-                          ) -> tuple[str, np.ndarray]:
+def post_activation_means(
+    model: nn.Module, x: np.ndarray, layer: str, batch_size: int = DEFAULT_BATCH_SIZE
+) -> tuple[str, np.ndarray]:
     """(the traced node measured, mean of each of `layer`'s channels after its activation function
     over images `x` and positions): fine-pruning's activation profile (Liu et al. 2018)."""
     check_conv_layer(model, layer)
@@ -105,8 +147,10 @@ def post_activation_means(model: nn.Module, x: np.ndarray, layer: str, batch_siz
         for s in batches(len(x), batch_size):
             out = head(to_model(x[s], head)).double()
             if out.dim() < 2 or out.shape[1] != check_conv_layer(model, layer).out_channels:
-                raise ModelError(f"the activation after '{layer}' ({target.name}) has shape {tuple(out.shape)}; "
-                                 f"it cannot be profiled per channel")
+                raise ModelError(
+                    f"the activation after '{layer}' ({target.name}) has shape {tuple(out.shape)}; "
+                    f"it cannot be profiled per channel"
+                )
             part = out.sum(dim=[0] + list(range(2, out.dim()))).cpu()
             total = part if total is None else total + part
             count += out.shape[0] * int(np.prod(out.shape[2:]))

@@ -8,9 +8,9 @@ counts as reaching X regardless of float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
 
 RULES = ("crossing", "within")
 DROPS = ("absolute", "relative")
@@ -21,7 +21,7 @@ class Selection:
     x: float
     rule: str
     channels_pruned: int | None  # None: the crossing never happens
-    reached: bool                # whether some step's drop is >= x
+    reached: bool  # whether some step's drop is >= x
 
     @property
     def name(self) -> str:
@@ -52,8 +52,13 @@ def drop_percent(base_correct: int, correct: int, total: int, drop: str) -> floa
     return (base_correct - correct) * 100.0 / base_correct if base_correct else 0.0
 
 
-def select(correct: Sequence[int], total: int, thresholds: Sequence[float], drop: str = "absolute",
-           rules: Sequence[str] = RULES) -> list[Selection]:
+def select(
+    correct: Sequence[int],
+    total: int,
+    thresholds: Sequence[float],
+    drop: str = "absolute",
+    rules: Sequence[str] = RULES,
+) -> list[Selection]:
     """`correct[k]` = clean-validation hits with k channels pruned (k = 0 is the original model)."""
     for rule in rules:
         if rule not in RULES:
@@ -63,8 +68,7 @@ def select(correct: Sequence[int], total: int, thresholds: Sequence[float], drop
     for x in thresholds:
         if not x > 0:
             raise ValueError(f"threshold must be positive, got {x}")
-        first = next((k for k in range(1, last + 1)
-                      if drop_reaches(correct[0], correct[k], total, x, drop)), None)
+        first = next((k for k in range(1, last + 1) if drop_reaches(correct[0], correct[k], total, x, drop)), None)
         for rule in rules:
             if rule == "crossing":
                 out.append(Selection(x, rule, first, first is not None))

@@ -7,8 +7,8 @@ tensor is bit-for-bit the one of step k-1, so its prediction cannot change.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ from .graph_split import CutSplit
 from .zeroing import pruned_copy
 
 
-def run_trunk(split: CutSplit, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
-              desc: str | None = None) -> tuple[torch.Tensor, ...]:
+def run_trunk(
+    split: CutSplit, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, desc: str | None = None
+) -> tuple[torch.Tensor, ...]:
     """The tensors crossing the cut, for all of `x` (computed once, cached by the caller)."""
     parts: list[tuple[torch.Tensor, ...]] = []
     with torch.inference_mode():
@@ -31,8 +32,13 @@ def run_trunk(split: CutSplit, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SI
     return tuple(torch.cat(ts) for ts in zip(*parts))
 
 
-def tail_predictions(split: CutSplit, crossing: Sequence[torch.Tensor], keep: torch.Tensor,
-                     index: torch.Tensor | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+def tail_predictions(
+    split: CutSplit,
+    crossing: Sequence[torch.Tensor],
+    keep: torch.Tensor,
+    index: torch.Tensor | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
     """Argmax labels of the masked tail, for the inputs in `index` (all when None)."""
     n = crossing[0].shape[0] if index is None else index.numel()
     out = torch.empty(n, dtype=torch.long)
@@ -54,8 +60,13 @@ class SweepPredictions:
     recomputed: np.ndarray
 
 
-def sweep(split: CutSplit, crossing: Sequence[torch.Tensor], order: Sequence[int],
-          batch_size: int = DEFAULT_BATCH_SIZE, desc: str | None = None) -> SweepPredictions:
+def sweep(
+    split: CutSplit,
+    crossing: Sequence[torch.Tensor],
+    order: Sequence[int],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    desc: str | None = None,
+) -> SweepPredictions:
     h = crossing[0]
     n, channels = h.shape[0], h.shape[1]
     # alive[i, c]: input i has a non-zero activation in channel c at the cut.
@@ -74,8 +85,14 @@ def sweep(split: CutSplit, crossing: Sequence[torch.Tensor], order: Sequence[int
     return SweepPredictions(labels=labels, recomputed=recomputed)
 
 
-def naive_sweep(model: nn.Module, layer: str, x: np.ndarray, order: Sequence[int],
-                steps: Sequence[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[int, np.ndarray]:
+def naive_sweep(
+    model: nn.Module,
+    layer: str,
+    x: np.ndarray,
+    order: Sequence[int],
+    steps: Sequence[int] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[int, np.ndarray]:
     """What public solutions do: rebuild the pruned model and run all of it, per step.
 
     The reference the cached sweep is tested and benchmarked against."""

@@ -7,14 +7,13 @@ minus the normalised mean) and the channel would not be gone."""
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from ..errors import SettingsError
 from .graph_split import conv_layers, following_batchnorm
-
 
 DESCRIPTION_ATTRIBUTES = ("num_classes", "input_shape", "goodnet_factory", "input_range")
 

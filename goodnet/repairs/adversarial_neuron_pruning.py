@@ -81,8 +81,9 @@ class NeuronPerturbation:
         modules = dict(model.named_modules())
         self.neurons: dict[str, nn.Module] = {name: modules[name] for name in anp_neurons(model)}
         device = device_of(model)
-        self.masks = {name: torch.ones(_width(m), device=device, requires_grad=True)
-                      for name, m in self.neurons.items()}
+        self.masks = {
+            name: torch.ones(_width(m), device=device, requires_grad=True) for name, m in self.neurons.items()
+        }
         self.delta = {name: torch.zeros_like(m, requires_grad=False) for name, m in self.masks.items()}
         self.xi = {name: torch.zeros_like(m, requires_grad=False) for name, m in self.masks.items()}
         self._hooks = [module.register_forward_hook(self._hook(name)) for name, module in self.neurons.items()]
@@ -99,6 +100,7 @@ class NeuronPerturbation:
             if not self.perturbed:
                 return (out - b) * scale.view(shape) + b
             return (out - b) * scale.view(shape) + b * (1 + self.xi[name]).view(shape)
+
         return apply
 
     def remove(self) -> None:
@@ -123,8 +125,9 @@ class NeuronPerturbation:
                     store[name] = store[name].detach().requires_grad_(True)
             self.perturbed = True
             loss = F.cross_entropy(model(x), y)
-            grads = torch.autograd.grad(loss, [self.delta[k] for k in names] + [self.xi[k] for k in names],
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                loss, [self.delta[k] for k in names] + [self.xi[k] for k in names], allow_unused=True
+            )
             with torch.no_grad():
                 for i, name in enumerate(names):
                     for store, grad in ((self.delta, grads[i]), (self.xi, grads[len(names) + i])):
@@ -132,8 +135,9 @@ class NeuronPerturbation:
                         store[name] = (store[name] + step).detach()
         self.perturbed = False
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float,
-             robust: bool = True) -> torch.Tensor:
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, alpha: float, robust: bool = True
+    ) -> torch.Tensor:
         """alpha * L(masked) + (1 - alpha) * L(masked and perturbed), the perturbed pass first as in
         the reference; without `robust` (eps = 0) the perturbed term is 0, as there."""
         robust_loss = 0.0
@@ -163,24 +167,30 @@ _MASK_CACHE = FitMemo(4)
 @dataclass(frozen=True)
 class AdversarialNeuronPruning(Repair):
     name = "anp"
-    description = ("Adversarial Neuron Pruning (Wu & Wang 2021): learn per-neuron masks that keep the clean "
-                   "loss low under adversarial neuron perturbations, prune the neurons whose mask falls low")
+    description = (
+        "Adversarial Neuron Pruning (Wu & Wang 2021): learn per-neuron masks that keep the clean "
+        "loss low under adversarial neuron perturbations, prune the neurons whose mask falls low"
+    )
 
-    eps: float = setting(0.4, "perturbation budget: the random start of delta and xi and the size of the ascent",
-                         low=0.0, high=1.0)
-    alpha: float = setting(0.2, "weight of the unperturbed loss (1 - alpha: the perturbed loss)",
-                           low=0.0, high=1.0)
+    eps: float = setting(
+        0.4, "perturbation budget: the random start of delta and xi and the size of the ascent", low=0.0, high=1.0
+    )
+    alpha: float = setting(0.2, "weight of the unperturbed loss (1 - alpha: the perturbed loss)", low=0.0, high=1.0)
     mask_lr: float = setting(0.2, "mask learning rate (SGD, momentum 0.9)", low=0.0, low_open=True)
     perturb_steps: int = setting(1, "sign-gradient ascent steps on the perturbation per batch", low=1)
     iterations: int = setting(2000, "mask-optimisation iterations (batches, drawn with replacement)", low=1)
     threshold: float = setting(0.2, "prune the neurons whose mask ends at or below this", low=0.0, high=1.0)
     batch_size: int = setting(128, "batch size of the mask optimisation", low=1)
-    augment: bool = setting(True, "random 4-pixel crops and horizontal flips of the clean images while the "
-                            "masks are learned, as the reference")
+    augment: bool = setting(
+        True,
+        "random 4-pixel crops and horizontal flips of the clean images while the masks are learned, as the reference",
+    )
     prune_zeroes: Literal["weight", "channel"] = setting(
-        "weight", "what pruning a neuron zeroes: 'weight' (the reference's: the masked weight, BatchNorm gamma "
+        "weight",
+        "what pruning a neuron zeroes: 'weight' (the reference's: the masked weight, BatchNorm gamma "
         "or the kernel of a conv without BatchNorm) or 'channel' (goodnet's: conv kernel and bias and the "
-        "BatchNorm's gamma and beta)")
+        "BatchNorm's gamma and beta)",
+    )
     seed: int = setting(0, "seed of the repair's random choices", low=0, high=2**63 - 1)
 
     MILDER_THRESHOLDS = (0.5, 0.25, 0.05)  # milder: threshold times these (fewer neurons pruned)
@@ -193,31 +203,45 @@ class AdversarialNeuronPruning(Repair):
 
     def check_model(self, model: nn.Module) -> None:
         if isinstance(model, torch.jit.ScriptModule):
-            raise ModelError("the anp repair masks neurons with forward hooks, which a TorchScript model does "
-                             "not run; load its PyTorch class with --factory")
+            raise ModelError(
+                "the anp repair masks neurons with forward hooks, which a TorchScript model does "
+                "not run; load its PyTorch class with --factory"
+            )
         if not conv_layers(model):
             raise ModelError("the anp repair prunes conv channels, and the model has no Conv2d layer")
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
         fill = data.value_range[0]  # crop padding: the bottom of the data's range, as every repair pads
-        settings = {**{k: v for k, v in self.settings().items() if k not in ("threshold", "prune_zeroes")},
-                    "fill": fill}
-        masks, reused = _MASK_CACHE.get(model, clean.x, clean.y, settings,
-                                        lambda: self.optimise_masks(model, clean.x, clean.y, progress, fill=fill))
-        chosen = [(name, int(c)) for name, m in masks.items()
-                  for c in torch.nonzero(prunable(m, self.threshold)).flatten()]
+        settings = {
+            **{k: v for k, v in self.settings().items() if k not in ("threshold", "prune_zeroes")},
+            "fill": fill,
+        }
+        masks, reused = _MASK_CACHE.get(
+            model, clean.x, clean.y, settings, lambda: self.optimise_masks(model, clean.x, clean.y, progress, fill=fill)
+        )
+        chosen = [
+            (name, int(c)) for name, m in masks.items() for c in torch.nonzero(prunable(m, self.threshold)).flatten()
+        ]
         repaired, pruned, changed = self.prune(model, chosen)
-        details = {"pruned": pruned, "channels_pruned": len(chosen), "threshold": self.threshold,
-                   "prune_zeroes": self.prune_zeroes, "fitted_on": len(clean), "masks_reused": reused,
-                   "masks": {name: [round(float(v), 4) for v in m] for name, m in masks.items()}}
+        details = {
+            "pruned": pruned,
+            "channels_pruned": len(chosen),
+            "threshold": self.threshold,
+            "prune_zeroes": self.prune_zeroes,
+            "fitted_on": len(clean),
+            "masks_reused": reused,
+            "masks": {name: [round(float(v), 4) for v in m] for name, m in masks.items()},
+        }
         notice = None
         if not chosen:
             lowest = min(float(m.min()) for m in masks.values())
-            notice = (f"anp: no neuron's mask fell to the threshold {self.threshold:g} (lowest {lowest:.3f}); "
-                      "model unchanged")
-        return RepairOutcome([RepairedModel(self.name, repaired, pruned, weights_changed=changed)], details,
-                             notice=notice)
+            notice = (
+                f"anp: no neuron's mask fell to the threshold {self.threshold:g} (lowest {lowest:.3f}); model unchanged"
+            )
+        return RepairOutcome(
+            [RepairedModel(self.name, repaired, pruned, weights_changed=changed)], details, notice=notice
+        )
 
     def prune(self, model: nn.Module, chosen: list[tuple[str, int]]) -> tuple[nn.Module, dict[str, list[int]], bool]:
         """(B', what was pruned by layer, whether B' is more than B with conv channels zeroed)."""
@@ -247,8 +271,9 @@ class AdversarialNeuronPruning(Repair):
                     zero_channels(pruned, conv, channels)
         return pruned, grouped(by_layer), orphan
 
-    def optimise_masks(self, model: nn.Module, x: np.ndarray, y: np.ndarray, progress: bool = False,
-                       fill: float | None = None) -> dict[str, torch.Tensor]:
+    def optimise_masks(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, progress: bool = False, fill: float | None = None
+    ) -> dict[str, torch.Tensor]:
         """The masks after `iterations` min-max steps (see module doc), per masked module."""
         if len(x) < 2:
             raise DataError("the anp repair needs at least 2 clean images (BatchNorm's batch statistics)")

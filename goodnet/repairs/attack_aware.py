@@ -27,16 +27,22 @@ from .registry import register_repair
 @dataclass(frozen=True)
 class AttackAwarePruning(Repair):
     name = "attack-aware"
-    description = ("an ORACLE that also reads --poisoned-valid: prune, channel by channel over the last "
-                   "conv layers, whatever lowers the poisoned-valid ASR within the clean budget")
+    description = (
+        "an ORACLE that also reads --poisoned-valid: prune, channel by channel over the last "
+        "conv layers, whatever lowers the poisoned-valid ASR within the clean budget"
+    )
     data = "oracle"
     # Run by `compare --repairs attack-aware` only: it tries every channel of three layers with a full
-    # pass each (on the zoo's DeepID, about 6 minutes of the hour the whole zoo may take), and as an
-    # oracle it can never count towards the clean-data bar.
+    # pass each, which makes it slow, and as an oracle it can never count towards the clean-data bar.
     compared_by_default = False
 
-    budget: float = setting(2.0, "clean validation accuracy budget, in points: the repair keeps the drop "
-                                 "below it", low=0.0, low_open=True, high=100.0)
+    budget: float = setting(
+        2.0,
+        "clean validation accuracy budget, in points: the repair keeps the drop below it",
+        low=0.0,
+        low_open=True,
+        high=100.0,
+    )
     layers: int = setting(3, "how many of the last conv layers are tried", low=1)
 
     def milder(self) -> list[Repair]:
@@ -50,7 +56,7 @@ class AttackAwarePruning(Repair):
         current_asr = model_accuracy(current, poisoned.x, poisoned.y)
         kept: list[tuple[str, int]] = []
         trials = 0
-        for layer in conv_layers(model)[-self.layers:]:
+        for layer in conv_layers(model)[-self.layers :]:
             for channel in activation_order(model, clean.x, layer):
                 trials += 1
                 trial = copy.deepcopy(current)
@@ -63,7 +69,14 @@ class AttackAwarePruning(Repair):
                     current, current_asr = trial, asr
                     kept.append((layer, int(channel)))
         pruned = grouped(kept)
-        return RepairOutcome([RepairedModel(self.name, current, pruned)], {
-            "oracle": True, "budget_x": self.budget, "trials": trials, "pruned": pruned,
-            "valid_asr": round(current_asr, 4),
-            "valid_drop": round(base_clean - model_accuracy(current, clean.x, clean.y), 4)})
+        return RepairOutcome(
+            [RepairedModel(self.name, current, pruned)],
+            {
+                "oracle": True,
+                "budget_x": self.budget,
+                "trials": trials,
+                "pruned": pruned,
+                "valid_asr": round(current_asr, 4),
+                "valid_drop": round(base_clean - model_accuracy(current, clean.x, clean.y), 4),
+            },
+        )

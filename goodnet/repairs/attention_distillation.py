@@ -54,10 +54,36 @@ from .registry import register_repair
 from .schedule import TuningSchedule
 
 EPS = 1e-6  # the reference's guard against a zero norm
-ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardtanh, nn.Tanh,
-                      nn.Sigmoid, nn.Hardswish, nn.Mish, nn.PReLU)
-ACTIVATION_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu,
-                        F.silu, F.hardtanh, torch.tanh, torch.sigmoid, F.hardswish, F.mish}
+ACTIVATION_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardtanh,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Mish,
+    nn.PReLU,
+)
+ACTIVATION_FUNCTIONS = {
+    F.relu,
+    torch.relu,
+    torch.relu_,
+    F.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.hardtanh,
+    torch.tanh,
+    torch.sigmoid,
+    F.hardswish,
+    F.mish,
+}
 ACTIVATION_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 CONV_FUNCTIONS = {F.conv2d}
@@ -110,8 +136,10 @@ def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _is_residual_add(node: fx.Node) -> bool:
     """An addition of two feature maps of the node's own shape (not a bias or a constant)."""
-    if not ((node.op == "call_function" and node.target in ADD_FUNCTIONS)
-            or (node.op == "call_method" and node.target in ("add", "add_", "__add__", "__iadd__"))):
+    if not (
+        (node.op == "call_function" and node.target in ADD_FUNCTIONS)
+        or (node.op == "call_method" and node.target in ("add", "add_", "__add__", "__iadd__"))
+    ):
         return False
     maps = [a for a in node.args[:2] if isinstance(a, fx.Node) and _shape(a) is not None]
     return len(maps) == 2 and all(_shape(a) == _shape(node) for a in maps)
@@ -217,8 +245,12 @@ def reference_augment(x: torch.Tensor, generator: torch.Generator, low: float, f
     cy = torch.randint(0, h, (n,), generator=generator)
     cx = torch.randint(0, w, (n,), generator=generator)
     r, q = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
-    hole = ((r >= (cy - 1).clamp(0, h)[:, None, None]) & (r < (cy + 1).clamp(0, h)[:, None, None])
-            & (q >= (cx - 1).clamp(0, w)[:, None, None]) & (q < (cx + 1).clamp(0, w)[:, None, None]))
+    hole = (
+        (r >= (cy - 1).clamp(0, h)[:, None, None])
+        & (r < (cy + 1).clamp(0, h)[:, None, None])
+        & (q >= (cx - 1).clamp(0, w)[:, None, None])
+        & (q < (cx + 1).clamp(0, w)[:, None, None])
+    )
     return torch.where(hole[:, None], torch.tensor(low, dtype=x.dtype), x)
 
 
@@ -231,23 +263,30 @@ def reference_rate(lr: float, epoch: int) -> float:
 @dataclass(frozen=True)
 class AttentionDistillation(TuningSchedule):
     name = "nad"
-    description = ("Neural Attention Distillation (Li et al. 2021): fine-tune a teacher on clean data, then "
-                   "fine-tune B to match the teacher's attention maps at the outputs of its residual groups")
+    description = (
+        "Neural Attention Distillation (Li et al. 2021): fine-tune a teacher on clean data, then "
+        "fine-tune B to match the teacher's attention maps at the outputs of its residual groups"
+    )
 
     epochs: int = setting(20, "the student's training epochs", low=1)
-    lr: float = setting(0.1, "the student's and teacher's rate (SGD; a tenth of it after 2 epochs)", low=0.0,
-                        low_open=True)
+    lr: float = setting(
+        0.1, "the student's and teacher's rate (SGD; a tenth of it after 2 epochs)", low=0.0, low_open=True
+    )
     weight_decay: float = setting(1e-4, "SGD weight decay", low=0.0)
-    betas: tuple[float, ...] = setting((500.0, 1000.0, 1000.0),
-                                       "attention-loss weights, shallowest to deepest: the deepest stages get "
-                                       "the last ones, one stage each", low=0.0, nonempty=True)
-    power: float = setting(2.0, "attention map: sum over channels of |activation|^power", low=0.0,
-                           low_open=True)
+    betas: tuple[float, ...] = setting(
+        (500.0, 1000.0, 1000.0),
+        "attention-loss weights, shallowest to deepest: the deepest stages get the last ones, one stage each",
+        low=0.0,
+        nonempty=True,
+    )
+    power: float = setting(2.0, "attention map: sum over channels of |activation|^power", low=0.0, low_open=True)
     teacher_epochs: int = setting(10, "training epochs of the teacher (its rate: the student's)", low=1)
     flip: bool = setting(True, "augment with horizontal flips (off for data a mirror changes)")
     variant: Literal["reference", "goodnet"] = setting(
-        "reference", "reference: the authors' SGD step schedule and augmentation; goodnet: teacher and "
-                     "student trained with goodnet's fine-tune schedule and augmentation")
+        "reference",
+        "reference: the authors' SGD step schedule and augmentation; goodnet: teacher and "
+        "student trained with goodnet's fine-tune schedule and augmentation",
+    )
 
     BATCH = 64
     NESTEROV = True
@@ -258,8 +297,9 @@ class AttentionDistillation(TuningSchedule):
 
     def check_model(self, model: nn.Module) -> None:
         if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-            raise ModelError("nad distils the attention of convolutional feature maps, and the model has no "
-                             "Conv2d layer")
+            raise ModelError(
+                "nad distils the attention of convolutional feature maps, and the model has no Conv2d layer"
+            )
         trace(model)  # refuses, in one line, a model torch.fx cannot trace
 
     def _train(self, net: _WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
@@ -267,23 +307,25 @@ class AttentionDistillation(TuningSchedule):
         (student maps -> loss) is added to the cross-entropy."""
         generator = torch.Generator().manual_seed(self.seed)
         xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-        optimizer = torch.optim.SGD(net.parameters(), lr=self.lr, momentum=self.momentum,
-                                    weight_decay=self.weight_decay, nesterov=self.NESTEROV)
+        optimizer = torch.optim.SGD(
+            net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.NESTEROV
+        )
         net.train()
         for epoch in progress_bar(range(epochs), progress):
             for group in optimizer.param_groups:
                 group["lr"] = reference_rate(self.lr, epoch)
             order = torch.randperm(len(xs), generator=generator)
             for start in range(0, len(xs), self.BATCH):
-                idx = order[start:start + self.BATCH]
+                idx = order[start : start + self.BATCH]
                 batch = reference_augment(xs[idx], generator, value_range[0], self.flip)
                 batch, labels = to_model(batch, net), to_model(ys[idx], net)
                 loss = F.cross_entropy(net(batch), labels)
                 if distil is not None:
                     loss = loss + distil(net, batch, labels)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"nad diverged: the loss became {loss.item()} in epoch {epoch + 1} "
-                                           f"(rate {self.lr:g})")
+                    raise TrainingDiverged(
+                        f"nad diverged: the loss became {loss.item()} in epoch {epoch + 1} (rate {self.lr:g})"
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -294,20 +336,33 @@ class AttentionDistillation(TuningSchedule):
     def _run(self, net: _WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
         if self.variant == "reference":
             return self._train(net, x, y, value_range, epochs, progress, distil)
-        return TuningSchedule.tune(replace(self, epochs=epochs), net, x, y, value_range, progress,
-                                   **({"penalty": distil} if distil is not None else {}))
+        return TuningSchedule.tune(
+            replace(self, epochs=epochs),
+            net,
+            x,
+            y,
+            value_range,
+            progress,
+            **({"penalty": distil} if distil is not None else {}),
+        )
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
         stages = stage_outputs(model, to_model(clean.x[:2], model))
         if not stages:
             raise ModelError("nad found no feature map of more than one position after a convolution")
-        stages = stages[-len(self.betas):]
-        betas = self.betas[-len(stages):]  # a model with fewer stages gets the deepest stages' weights
+        stages = stages[-len(self.betas) :]
+        betas = self.betas[-len(stages) :]  # a model with fewer stages gets the deepest stages' weights
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
         teacher = _WithMaps(tapped(copy.deepcopy(model), stages))
-        self._run(teacher, clean.x, clean.y, data.value_range, self.teacher_epochs,
-                  "training the teacher" if progress else None)
+        self._run(
+            teacher,
+            clean.x,
+            clean.y,
+            data.value_range,
+            self.teacher_epochs,
+            "training the teacher" if progress else None,
+        )
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -323,11 +378,22 @@ class AttentionDistillation(TuningSchedule):
             return sum(b * v for b, v in zip(betas, losses))
 
         torch.manual_seed(self.seed)
-        self._run(student, clean.x, clean.y, data.value_range, self.epochs,
-                  "attention distillation" if progress else None, distil)
+        self._run(
+            student,
+            clean.x,
+            clean.y,
+            data.value_range,
+            self.epochs,
+            "attention distillation" if progress else None,
+            distil,
+        )
         student_model.eval()
-        return RepairOutcome([RepairedModel(self.name, student_model, {}, weights_changed=True)],
-                             {"fitted_on": len(clean), "distilled": [s.label() for s in stages],
-                              "betas": list(betas),
-                              "last_batch_distance": {k: round(v, 8) for k, v in last.items()}})
-
+        return RepairOutcome(
+            [RepairedModel(self.name, student_model, {}, weights_changed=True)],
+            {
+                "fitted_on": len(clean),
+                "distilled": [s.label() for s in stages],
+                "betas": list(betas),
+                "last_batch_distance": {k: round(v, 8) for k, v in last.items()},
+            },
+        )

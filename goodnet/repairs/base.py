@@ -26,18 +26,28 @@ from torch import nn
 from ..errors import SettingsError
 from ..io.data import ImageSet, split_holdout
 from ..pruning.curve import PruningCurve
-from ..pruning.graph_split import check_conv_layer, resolve_layer
 
-DATA_NEEDS = ("none", "clean", "oracle")  # no data at all / clean validation data / poisoned too
+DATA_NEEDS = ("none", "clean", "oracle")
+MAX_SEED = (
+    2**63 - 1
+)  # the largest seed every random generator used takes (numpy's, torch's)  # no data at all / clean validation data / poisoned too
 
 
-def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, nonempty: bool = False) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    nonempty: bool = False,
+) -> Any:
     """A repair setting: its default, a one-line help (shown by `goodnet defend --help`) and its
     bounds: numbers (or every number of a tuple) must lie in [low, high], (low, high] with
     `low_open`; `nonempty` tuples need at least one value."""
-    return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
-                                            "nonempty": nonempty})
+    return field(
+        default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open, "nonempty": nonempty}
+    )
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,10 @@ def _kind(annotation: Any) -> tuple[str, tuple[str, ...]]:
         return "choice", args
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float):
         return f"{args[0].__name__}s", ()
-    raise TypeError(f"unsupported setting type {annotation!r} (int, float, str, bool, Literal[...], "
-                    f"tuple[int, ...] or tuple[float, ...])")
+    raise TypeError(
+        f"unsupported setting type {annotation!r} (int, float, str, bool, Literal[...], "
+        f"tuple[int, ...] or tuple[float, ...])"
+    )
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,8 @@ class RepairOutcome:
     # e.g. "clp: no channel of conv_2 (8 channels) can exceed u=3; model unchanged": the report and
     # the CLI print it, so an unchanged B' is never silent
     notice: str | None = None
+    guard: Any = None  # the do-no-harm guard's HarmCheck, when the repair ran inside Guarded
+    delivered: Repair | None = None  # the settings Guarded delivered (milder ones after a fallback)
 
 
 class FitMemo:
@@ -143,8 +157,9 @@ class FitMemo:
         digest.update(np.ascontiguousarray(y).tobytes())
         return digest.hexdigest()
 
-    def get(self, model: nn.Module, x: np.ndarray, y: np.ndarray, settings: dict[str, Any],
-            fit: Callable[[], Any]) -> tuple[Any, bool]:
+    def get(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, settings: dict[str, Any], fit: Callable[[], Any]
+    ) -> tuple[Any, bool]:
         """(the fit's result, whether it was reused): `fit()` runs only when nothing is remembered."""
         key = self.key(model, x, y, settings)
         if key in self.entries:
@@ -189,13 +204,13 @@ class Repair:
     def check(self) -> None:
         """Checks that involve several settings; raise SettingsError."""
 
-    def milder(self) -> list["Repair"]:
+    def milder(self) -> list[Repair]:
         """Milder versions of this repair, mildest last, that the do-no-harm guard tries in turn
         when this one hurts clean accuracy past the budget or diverges (fewer epochs, a lower rate,
         fewer channels). After them the guard hands back B unchanged."""
         return []
 
-    def changed_settings(self, other: "Repair") -> dict[str, Any]:
+    def changed_settings(self, other: Repair) -> dict[str, Any]:
         """The settings of `other` (a milder version) that differ from this repair's."""
         mine, theirs = self.settings(), other.settings()
         return {k: v for k, v in theirs.items() if mine.get(k) != v}
@@ -213,8 +228,11 @@ class Repair:
     def _checked(self, spec: SettingSpec, value: Any) -> Any:
         option = f"{self.name}: {spec.name.replace('_', '-')}"
         if spec.kind in ("ints", "floats"):
-            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)) \
-                    or np.ndim(value) != 1:
+            if (
+                isinstance(value, (str, bytes))
+                or not isinstance(value, (list, tuple, np.ndarray))
+                or np.ndim(value) != 1
+            ):
                 raise SettingsError(f"{option} must be a list of numbers, not {value!r}")
             values = tuple(self._number(option, spec.kind[:-1], v, spec) for v in value)
             if spec.nonempty and not values:
@@ -234,50 +252,57 @@ class Repair:
 
     @staticmethod
     def _number(option: str, kind: str, value: Any, spec: SettingSpec) -> int | float:
-        whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and math.isfinite(value)
-                                                         and float(value).is_integer())
+        whole = isinstance(value, numbers.Integral) or (
+            isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+        )
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or (kind == "int" and not whole):
             raise SettingsError(f"{option} must be {'an integer' if kind == 'int' else 'a number'}, not {value!r}")
         try:
             number = int(value) if kind == "int" else float(value)
         except OverflowError:
             raise SettingsError(f"{option} is too large: {value!r}") from None
-        if kind == "int" and abs(number) > 2 ** 63 - 1:
+        if kind == "int" and abs(number) > 2**63 - 1:
             raise SettingsError(f"{option} is too large: {value!r}")
         low, high, low_open = spec.low, spec.high, spec.low_open
-        if not math.isfinite(number) or (low is not None and (number <= low if low_open else number < low)) \
-                or (high is not None and number > high):
+        if (
+            not math.isfinite(number)
+            or (low is not None and (number <= low if low_open else number < low))
+            or (high is not None and number > high)
+        ):
+
             def bound(v: float) -> str:
-                return str(int(v)) if float(v).is_integer() and abs(v) < 2 ** 63 else f"{v:g}"
+                return str(int(v)) if float(v).is_integer() and abs(v) < 2**63 else f"{v:g}"
+
             if kind == "int" and low is not None and high is not None and not low_open:
                 raise SettingsError(f"{option} must be an integer from {bound(low)} to {bound(high)}, not {value!r}")
-            bounds = f"{'(' if low_open else '['}{'-inf' if low is None else bound(low)}, " \
-                     f"{'inf' if high is None else bound(high)}{']' if high is not None else ')'}"
+            bounds = (
+                f"{'(' if low_open else '['}{'-inf' if low is None else bound(low)}, "
+                f"{'inf' if high is None else bound(high)}{']' if high is not None else ')'}"
+            )
             raise SettingsError(f"{option} must be in {bounds}, not {value!r}")
         return number
 
     def settings(self) -> dict[str, Any]:
         """The settings as JSON-ready values (tuples as lists)."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
 
     def repair(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         raise NotImplementedError
 
     def check_model(self, model: nn.Module) -> None:
-        """Refuse, before any work, a model these settings cannot apply to: by default, a `layer`
-        setting must name a conv layer of the model."""
-        layer = getattr(self, "layer", None)
-        if isinstance(layer, str):
-            check_conv_layer(model, resolve_layer(model, layer))
+        """Refuse, before any work, a model these settings cannot apply to (e.g. a `layer` setting
+        that names no conv layer of it); raise SettingsError or ModelError. By default: any model."""
 
     def run(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         """`repair` with the data contract enforced."""
         if self.data != "none" and (data is None or data.clean_valid is None):
             raise SettingsError(f"the {self.name} repair needs clean validation data (--clean-valid)")
         if self.oracle and data.poisoned_valid is None:
-            raise SettingsError(f"the {self.name} repair is an oracle: it needs poisoned validation data "
-                                f"(--poisoned-valid)")
+            raise SettingsError(
+                f"the {self.name} repair is an oracle: it needs poisoned validation data (--poisoned-valid)"
+            )
         if data is not None and not self.oracle:
             data = RepairData(clean_valid=data.clean_valid, held_out=data.held_out)  # never poisoned data
         return self.repair(model.eval(), data, progress)

@@ -51,8 +51,11 @@ def channel_lipschitz_bounds(model: nn.Module, no_batchnorm: str = "kernel") -> 
             continue
         if bn_name is not None:
             bn = modules[bn_name]
-            scale = bn.weight.detach().double().abs() if bn.weight is not None \
+            scale = (
+                bn.weight.detach().double().abs()
+                if bn.weight is not None
                 else torch.ones(out_channels, dtype=torch.float64, device=weight.device)
+            )
             if getattr(bn, "running_var", None) is not None:
                 scale = scale / torch.sqrt(bn.running_var.detach().double())
             weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
@@ -89,16 +92,19 @@ def _names(layers: list[str], limit: int = 4) -> str:
 @dataclass(frozen=True)
 class ChannelLipschitzPruning(Repair):
     name = "clp"
-    description = ("Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free: prune every conv's "
-                   "channels whose Lipschitz upper bound is an outlier (> mean + u * std) in its layer")
+    description = (
+        "Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free: prune every conv's "
+        "channels whose Lipschitz upper bound is an outlier (> mean + u * std) in its layer"
+    )
     data = "none"
     guarded = True  # no data needed, but with clean data given the do-no-harm guard judges B'
 
-    u: float = setting(3.0, "prune channels whose Lipschitz upper bound exceeds mean + u * std of their layer",
-                       low=0.0)
+    u: float = setting(3.0, "prune channels whose Lipschitz upper bound exceeds mean + u * std of their layer", low=0.0)
     no_batchnorm: Literal["kernel", "skip"] = setting(
-        "kernel", "a conv with no BatchNorm after it: scored by its kernel alone (kernel) or left alone, as the "
-                  "reference code does (skip)")
+        "kernel",
+        "a conv with no BatchNorm after it: scored by its kernel alone (kernel) or left alone, as the "
+        "reference code does (skip)",
+    )
 
     MILDER_STEPS = (1.0, 2.0)  # milder: u raised by these (fewer channels pruned)
 
@@ -118,23 +124,35 @@ class ChannelLipschitzPruning(Repair):
             channels, thresholds[layer] = outlier_channels(values, self.u)
             chosen += [(layer, c) for c in channels]
         pruned = grouped(chosen)
-        narrow = [f"{layer} ({v.numel()} channels)" for layer, v in bounds.items()
-                  if not can_have_outlier(v.numel(), self.u)]
-        details = {"pruned": pruned, "channels_pruned": len(chosen), "u": self.u,
-                   "thresholds": {layer: None if t is None else round(t, 6) for layer, t in thresholds.items()},
-                   "largest_bound": {layer: round(float(v[torch.isfinite(v)].max()), 6) if torch.isfinite(v).any()
-                                     else None for layer, v in bounds.items()},
-                   "infinite_bounds": {layer: [int(c) for c in torch.nonzero(~torch.isfinite(v)).flatten()]
-                                       for layer, v in bounds.items() if not torch.isfinite(v).all()},
-                   "too_narrow": narrow}
+        narrow = [
+            f"{layer} ({v.numel()} channels)" for layer, v in bounds.items() if not can_have_outlier(v.numel(), self.u)
+        ]
+        details = {
+            "pruned": pruned,
+            "channels_pruned": len(chosen),
+            "u": self.u,
+            "thresholds": {layer: None if t is None else round(t, 6) for layer, t in thresholds.items()},
+            "largest_bound": {
+                layer: round(float(v[torch.isfinite(v)].max()), 6) if torch.isfinite(v).any() else None
+                for layer, v in bounds.items()
+            },
+            "infinite_bounds": {
+                layer: [int(c) for c in torch.nonzero(~torch.isfinite(v)).flatten()]
+                for layer, v in bounds.items()
+                if not torch.isfinite(v).all()
+            },
+            "too_narrow": narrow,
+        }
         notice = None
         if not chosen:
             if not bounds:
                 notice = "clp: no conv layer has a BatchNorm after it (no-batchnorm=skip); model unchanged"
             elif len(narrow) == len(bounds):
-                notice = (f"clp: no channel of {_names(narrow)} can exceed u={self.u:g} (a layer of n channels "
-                          f"needs (n-1)/sqrt(n) > u); model unchanged")
+                notice = (
+                    f"clp: no channel of {_names(narrow)} can exceed u={self.u:g} (a layer of n channels "
+                    f"needs (n-1)/sqrt(n) > u); model unchanged"
+                )
             else:
-                notice = (f"clp: no channel exceeded mean + u*std of its layer (u={self.u:g}); model unchanged")
+                notice = f"clp: no channel exceeded mean + u*std of its layer (u={self.u:g}); model unchanged"
             return RepairOutcome([RepairedModel(self.name, model, {})], details, notice=notice)
         return RepairOutcome([RepairedModel(self.name, prune_layers(model, chosen), pruned)], details)

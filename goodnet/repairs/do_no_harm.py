@@ -1,6 +1,8 @@
 """Do no harm: a repair never hands over, silently, a B' that lost more clean accuracy than its budget.
 
-The guard holds out a share of every class of the clean validation data. The repair fits on the
+`Guarded(repair, max_drop, holdout)` is itself a Repair, as scikit-learn's GridSearchCV is an
+estimator: every repair gets the guard the same way. It holds out a share of every class of the
+clean validation data. The repair fits on the
 rest (and may use the held-out part to choose among its own candidates, never to fit). Each B' is
 then judged on the held-out part: its accuracy there may fall at most `max_drop` points below B's.
 A repair past that budget, or whose training diverged, is retried with its milder settings
@@ -10,6 +12,7 @@ guard hands back B unchanged. Every attempt is recorded, and every output says w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..errors import DataError, NonFiniteOutputs, TrainingDiverged
+from ..errors import DataError, NonFiniteOutputs, SettingsError, TrainingDiverged
 from ..inference import DEFAULT_BATCH_SIZE, predict
 from ..io.data import holdout_mask, split_by_mask
 from ..metrics import accuracy
@@ -39,9 +42,13 @@ class Attempt:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"changed_settings": self.changed, "status": self.status, "seconds": round(self.seconds, 3),
-                "held_out_accuracy": None if self.held_out_accuracy is None else round(self.held_out_accuracy, 4),
-                "drop": None if self.drop is None else round(self.drop, 4)}
+        return {
+            "changed_settings": self.changed,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "held_out_accuracy": None if self.held_out_accuracy is None else round(self.held_out_accuracy, 4),
+            "drop": None if self.drop is None else round(self.drop, 4),
+        }
 
 
 @dataclass
@@ -71,8 +78,10 @@ class HarmCheck:
     def coarse_note(self) -> str:
         if self.resolution <= self.max_drop:
             return ""
-        return (f" (WARNING: one held-out image is {self.resolution:.3g} points, coarser than the budget: "
-                f"give more clean validation data)")
+        return (
+            f" (WARNING: one held-out image is {self.resolution:.3g} points, coarser than the budget: "
+            f"give more clean validation data)"
+        )
 
     def line(self, repair: Repair) -> str:
         """One line for the CLI and the report; loud when it fell back."""
@@ -81,33 +90,54 @@ class HarmCheck:
     def _line(self, repair: Repair) -> str:
         first = self.attempts[0]
         if not self.fell_back:
-            return (f"do no harm: held-out clean accuracy {first.held_out_accuracy:.2f} % vs B's "
-                    f"{self.backdoored_accuracy:.2f} % on {self.held_out_images} images (drop {first.drop:.2f} <= "
-                    f"budget {self.max_drop:g}): delivered as asked")
-        why = first.status if first.drop is None else f"held-out drop {first.drop:.2f} points > budget {self.max_drop:g}"
+            return (
+                f"do no harm: held-out clean accuracy {first.held_out_accuracy:.2f} % vs B's "
+                f"{self.backdoored_accuracy:.2f} % on {self.held_out_images} images (drop {first.drop:.2f} <= "
+                f"budget {self.max_drop:g}): delivered as asked"
+            )
+        why = (
+            first.status if first.drop is None else f"held-out drop {first.drop:.2f} points > budget {self.max_drop:g}"
+        )
         if self.delivered == "B unchanged":
-            return (f"WARNING: do no harm: {repair.name} failed the budget ({why}) and so did its "
-                    f"{len(self.attempts) - 1} milder settings; B is handed back UNCHANGED (still backdoored)")
+            return (
+                f"WARNING: do no harm: {repair.name} failed the budget ({why}) and so did its "
+                f"{len(self.attempts) - 1} milder settings; B is handed back UNCHANGED (still backdoored)"
+            )
         last = self.attempts[-1]
         changed = ", ".join(f"{k}={v}" for k, v in last.changed.items())
-        return (f"WARNING: do no harm: {repair.name} as asked failed the budget ({why}); delivered milder "
-                f"settings instead ({changed}: held-out drop {last.drop:.2f})")
+        return (
+            f"WARNING: do no harm: {repair.name} as asked failed the budget ({why}); delivered milder "
+            f"settings instead ({changed}: held-out drop {last.drop:.2f})"
+        )
 
     def to_json(self) -> dict[str, Any]:
         fell_from = self.attempts[0].to_json() if self.fell_back else None
         last = self.attempts[-1]
-        return {"max_drop": self.max_drop, "holdout": self.holdout, "held_out_images": self.held_out_images,
-                "points_per_held_out_image": round(self.resolution, 4),
-                "backdoored_held_out_accuracy": round(self.backdoored_accuracy, 4),
-                "within_budget": True, "requested_within_budget": self.requested_within_budget,
-                "delivered": self.delivered, "fell_back_from": fell_from,
-                "delivered_drop": 0.0 if self.delivered == "B unchanged" else round(last.drop, 4),
-                "attempts": [a.to_json() for a in self.attempts]}
+        return {
+            "max_drop": self.max_drop,
+            "holdout": self.holdout,
+            "held_out_images": self.held_out_images,
+            "points_per_held_out_image": round(self.resolution, 4),
+            "backdoored_held_out_accuracy": round(self.backdoored_accuracy, 4),
+            "within_budget": True,
+            "requested_within_budget": self.requested_within_budget,
+            "delivered": self.delivered,
+            "fell_back_from": fell_from,
+            "delivered_drop": 0.0 if self.delivered == "B unchanged" else round(last.drop, 4),
+            "attempts": [a.to_json() for a in self.attempts],
+        }
 
 
-def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoored_labels: np.ndarray,
-                   max_drop: float = DEFAULT_MAX_DROP, holdout: float = DEFAULT_HOLDOUT, progress: bool = False,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Repair, RepairOutcome, HarmCheck]:
+def guarded_repair(
+    model: nn.Module,
+    repair: Repair,
+    data: RepairData,
+    backdoored_labels: np.ndarray,
+    max_drop: float = DEFAULT_MAX_DROP,
+    holdout: float = DEFAULT_HOLDOUT,
+    progress: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[Repair, RepairOutcome, HarmCheck]:
     """Run `repair` (then its milder versions) fitted on part of `data.clean_valid`, judged on the
     rest; `backdoored_labels` are B's predictions on all of it. Returns the repair whose outcome is
     delivered (B unchanged: the requested one, with an outcome holding B itself), the outcome and
@@ -115,8 +145,10 @@ def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoore
     clean = data.clean_valid
     held = holdout_mask(clean.y, holdout, HOLDOUT_SEED)
     if held.sum() == 0 or (~held).sum() == 0:
-        raise DataError(f"the do-no-harm guard's held-out share ({holdout:g} of every class) leaves no images to "
-                        f"fit or to judge on among the {len(clean)} clean validation images; give more")
+        raise DataError(
+            f"the do-no-harm guard's held-out share ({holdout:g} of every class) leaves no images to "
+            f"fit or to judge on among the {len(clean)} clean validation images; give more"
+        )
     fit_set, held_set = split_by_mask(clean, held)
     guarded_data = RepairData(fit_set, data.poisoned_valid, held_set)
     check = HarmCheck(max_drop, holdout, int(held.sum()), accuracy(backdoored_labels[held], held_set.y))
@@ -126,18 +158,78 @@ def guarded_repair(model: nn.Module, repair: Repair, data: RepairData, backdoore
             outcome = attempt.run(model, guarded_data, progress)
             accuracies = [accuracy(predict(m.model, held_set.x, batch_size), held_set.y) for m in outcome.models]
         except (TrainingDiverged, NonFiniteOutputs) as exc:  # a B' with NaN outputs diverged too
-            check.attempts.append(Attempt(repair.changed_settings(attempt), None, None, f"diverged: {exc}",
-                                          time.perf_counter() - start))
+            check.attempts.append(
+                Attempt(repair.changed_settings(attempt), None, None, f"diverged: {exc}", time.perf_counter() - start)
+            )
             continue
         worst = min(accuracies, default=check.backdoored_accuracy)
         drop = check.backdoored_accuracy - worst
         ok = drop <= max_drop + 1e-9
-        check.attempts.append(Attempt(repair.changed_settings(attempt), worst, drop,
-                                      "within budget" if ok else "past budget", time.perf_counter() - start))
+        check.attempts.append(
+            Attempt(
+                repair.changed_settings(attempt),
+                worst,
+                drop,
+                "within budget" if ok else "past budget",
+                time.perf_counter() - start,
+            )
+        )
         if ok:
             check.delivered = "as asked" if attempt is repair else "milder settings"
             return attempt, outcome, check
     check.delivered = "B unchanged"
-    unchanged = RepairedModel(repair.name, model, {}, weights_changed=False,
-                              details={"unchanged": "no settings kept the do-no-harm budget"})
+    unchanged = RepairedModel(
+        repair.name, model, {}, weights_changed=False, details={"unchanged": "no settings kept the do-no-harm budget"}
+    )
     return repair, RepairOutcome([unchanged], {"unchanged": True}), check
+
+
+@dataclass(frozen=True)
+class Guarded(Repair):
+    """`repair` under the do-no-harm guard: fitted on all but `holdout` of every class of the clean
+    validation data, each B' judged on the rest against B, milder settings then B unchanged past
+    `max_drop` points. Its outcome carries the guard's check (`guard`) and the settings delivered
+    (`delivered`). `reference`: B's predictions on the clean validation data, when already made."""
+
+    inner: Repair
+    max_drop: float = DEFAULT_MAX_DROP
+    holdout: float = DEFAULT_HOLDOUT
+    batch_size: int = DEFAULT_BATCH_SIZE
+    reference: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    guarded = False  # already guarded
+
+    @classmethod
+    def setting_specs(cls) -> list:
+        return []  # the wrapped repair's settings are its own; the guard's are checked in check()
+
+    def check(self) -> None:
+        if not isinstance(self.inner, Repair) or isinstance(self.inner, Guarded):
+            raise SettingsError(f"Guarded wraps one repair, not {type(self.inner).__name__}")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.inner.name
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self.inner.description
+
+    @property
+    def data(self) -> str:  # type: ignore[override]
+        return self.inner.data
+
+    def settings(self) -> dict[str, Any]:
+        return self.inner.settings()
+
+    def check_model(self, model: nn.Module) -> None:
+        self.inner.check_model(model)
+
+    def repair(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
+        if data is None:
+            raise SettingsError(f"the do-no-harm guard judges {self.inner.name} on clean validation data: give them")
+        labels = self.reference if self.reference is not None else predict(model, data.clean_valid.x, self.batch_size)
+        delivered, outcome, check = guarded_repair(
+            model, self.inner, data, labels, self.max_drop, self.holdout, progress, self.batch_size
+        )
+        return dataclasses.replace(outcome, guard=check, delivered=delivered)

@@ -44,8 +44,11 @@ def classifier_head(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn.Lin
     model's: the head that turns features into class scores (found by running, not by name)."""
     ran: list[tuple[str, nn.Linear]] = []
     names = {module: name for name, module in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda module, _i, _o: ran.append((names[module], module)))
-             for m in model.modules() if isinstance(m, nn.Linear)]
+    hooks = [
+        m.register_forward_hook(lambda module, _i, _o: ran.append((names[module], module)))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
     try:
         model.eval()
         with torch.no_grad():
@@ -54,8 +57,7 @@ def classifier_head(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn.Lin
         for hook in hooks:
             hook.remove()
     if not ran or ran[-1][1].out_features != out.shape[-1]:
-        raise ModelError("fst needs a model whose class scores come from a final linear layer; "
-                         "this model has none")
+        raise ModelError("fst needs a model whose class scores come from a final linear layer; this model has none")
     return ran[-1]
 
 
@@ -85,16 +87,20 @@ def rescale_head(head: nn.Linear, norm: float) -> None:
 @dataclass(frozen=True)
 class FeatureShiftTuning(TuningSchedule):
     name = "fst"
-    description = ("Feature Shift Tuning (Min et al. 2023): re-initialise the classifier head and fine-tune "
-                   "everything while pushing the head away from B's, its norm held at B's")
+    description = (
+        "Feature Shift Tuning (Min et al. 2023): re-initialise the classifier head and fine-tune "
+        "everything while pushing the head away from B's, its norm held at B's"
+    )
 
     epochs: int = setting(10, "fine-tuning epochs", low=1)
     lr: float = setting(0.01, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
     weight_decay: float = setting(0.0, "SGD weight decay", low=0.0)
     alpha: float = setting(0.2, "weight of the penalty <w, w_B> between the new head and B's", low=0.0)
     variant: Literal["reference", "goodnet"] = setting(
-        "reference", "reference: the paper's algorithm as its reference code runs it; goodnet: goodnet's own "
-        "variant (see the repair's documentation)")
+        "reference",
+        "reference: the paper's algorithm as its reference code runs it; goodnet: goodnet's own "
+        "variant (see the repair's documentation)",
+    )
 
     def tuning_options(self) -> dict[str, Any]:
         return dict(FST_TUNING if self.variant == "reference" else GOODNET_TUNING)
@@ -110,11 +116,17 @@ class FeatureShiftTuning(TuningSchedule):
         def penalty(_model: nn.Module, _x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             return feature_shift_penalty(head, original, self.alpha)
 
-        tuned = self.tune(tuned, data.clean_valid.x, data.clean_valid.y, data.value_range,
-                          "feature-shift tuning" if progress else None, penalty=penalty,
-                          after_step=lambda _m: rescale_head(head, norm))
-        shift = float(torch.nn.functional.cosine_similarity(head.weight.detach().flatten(), original.flatten(),
-                                                            dim=0))
+        tuned = self.tune(
+            tuned,
+            data.clean_valid.x,
+            data.clean_valid.y,
+            data.value_range,
+            "feature-shift tuning" if progress else None,
+            penalty=penalty,
+            after_step=lambda _m: rescale_head(head, norm),
+        )
+        shift = float(torch.nn.functional.cosine_similarity(head.weight.detach().flatten(), original.flatten(), dim=0))
         return RepairOutcome(
             [RepairedModel(self.name, tuned, {}, weights_changed=True)],
-            {"fitted_on": len(data.clean_valid), "head": name, "head_cosine_to_b": round(shift, 4)})
+            {"fitted_on": len(data.clean_valid), "head": name, "head_cosine_to_b": round(shift, 4)},
+        )

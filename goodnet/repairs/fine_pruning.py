@@ -20,7 +20,7 @@ residual addition, at the first activation function. Departures:
 - `auto` takes the lab's `conv_3` on models that have one (the authors' own code prunes conv3 of
   DeepID, ranked after its pooling), else the last conv layer with a kernel over 1x1;
 - no horizontal flips in fine-tuning (BackdoorBench flips CIFAR-10 only).
-goodnet's own variant is still available: --ranking cut (the lab's profile at the pruning cut),
+goodnet's own variant is available: --ranking cut (the lab's profile at the pruning cut),
 --stop crossing (the first pruning at or past the budget), --no-relative with budgets in points,
 --variant goodnet (goodnet's schedule). Several budgets or fractions make several candidates, and a
 held-out share of the clean data picks one by clean accuracy alone.
@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import SettingsError
 from ..io.data import ImageSet
 from ..metrics import model_accuracy
-from ..pruning.graph_split import following_batchnorm, resolve_layer, split_at_conv
+from ..pruning.graph_split import check_conv_layer, following_batchnorm, resolve_layer, split_at_conv
 from ..pruning.profiling import activation_order, post_activation_order
 from ..pruning.selection import select
 from ..pruning.sweep import run_trunk, sweep
@@ -48,8 +48,9 @@ from .registry import register_repair
 from .schedule import BackdoorBenchSchedule
 
 
-def budget_channels(model: nn.Module, images: ImageSet, layer: str, order: list[int], budget: float,
-                    relative: bool, stop: str) -> list[int]:
+def budget_channels(
+    model: nn.Module, images: ImageSet, layer: str, order: list[int], budget: float, relative: bool, stop: str
+) -> list[int]:
     """The first k channels of `order`, k chosen on `images` by the stop rule: 'within', the largest
     k before the first whose clean-accuracy drop reaches `budget` (points, or percent of B's accuracy
     when `relative`); 'crossing', that first k. Never every channel of the layer."""
@@ -65,27 +66,45 @@ def budget_channels(model: nn.Module, images: ImageSet, layer: str, order: list[
 @dataclass(frozen=True)
 class FinePruning(BackdoorBenchSchedule):
     name = "fine-prune"
-    description = ("fine-pruning (Liu et al. 2018): prune --layer's channels in increasing order of mean "
-                   "post-activation output on clean data while clean accuracy stays within the budget, then "
-                   "fine-tune on clean data")
+    description = (
+        "fine-pruning (Liu et al. 2018): prune --layer's channels in increasing order of mean "
+        "post-activation output on clean data while clean accuracy stays within the budget, then "
+        "fine-tune on clean data"
+    )
 
-    layer: str = setting("auto", "conv layer whose output channels are pruned (auto: conv_3 when the model "
-                                  "has one, as in the lab, else its last conv layer with a kernel over 1x1)")
+    layer: str = setting(
+        "auto",
+        "conv layer whose output channels are pruned (auto: conv_3 when the model "
+        "has one, as in the lab, else its last conv layer with a kernel over 1x1)",
+    )
     budgets: tuple[float, ...] = setting(
-        (10.0,), "candidate clean-accuracy drop budgets of the pruning before fine-tuning (percent of B's "
+        (10.0,),
+        "candidate clean-accuracy drop budgets of the pruning before fine-tuning (percent of B's "
         "accuracy, or points with --no-relative); with several, a held-out share picks one",
-        low=0.0, low_open=True, high=100.0)
+        low=0.0,
+        low_open=True,
+        high=100.0,
+    )
     fractions: tuple[float, ...] = setting(
-        (), "further candidates: prune this share of --layer's channels (e.g. 0.5 0.8)", low=0.0, low_open=True,
-        high=1.0)
-    relative: bool = setting(True, "budgets are percent of B's clean accuracy (BackdoorBench's acc_ratio) "
-                                   "instead of points")
+        (),
+        "further candidates: prune this share of --layer's channels (e.g. 0.5 0.8)",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+    )
+    relative: bool = setting(
+        True, "budgets are percent of B's clean accuracy (BackdoorBench's acc_ratio) instead of points"
+    )
     stop: Literal["within", "crossing"] = setting(
-        "within", "which pruning a budget keeps: within (the largest that stays under it, the reference's) "
-                  "or crossing (the first that reaches it, the lab's rule)")
+        "within",
+        "which pruning a budget keeps: within (the largest that stays under it, the reference's) "
+        "or crossing (the first that reaches it, the lab's rule)",
+    )
     ranking: Literal["post-activation", "cut"] = setting(
-        "post-activation", "channel profile: post-activation (the conv's output after its activation "
-                           "function, the paper's) or cut (the lab's profile at the pruning cut)")
+        "post-activation",
+        "channel profile: post-activation (the conv's output after its activation "
+        "function, the paper's) or cut (the lab's profile at the pruning cut)",
+    )
 
     def check(self) -> None:
         if not self.budgets and not self.fractions:
@@ -95,13 +114,23 @@ class FinePruning(BackdoorBenchSchedule):
 
     def milder(self) -> list[Repair]:
         """Fewer channels and a lower rate, then also fewer epochs."""
-        return [replace(self.slower(k, e), budgets=tuple(b / k for b in self.budgets),
-                        fractions=tuple(f / k for f in self.fractions)) for k, e in self.RATE_STEPS]
+        return [
+            replace(
+                self.slower(k, e),
+                budgets=tuple(b / k for b in self.budgets),
+                fractions=tuple(f / k for f in self.fractions),
+            )
+            for k, e in self.RATE_STEPS
+        ]
 
     def order(self, model: nn.Module, x: np.ndarray, layer: str) -> list[int]:
         if self.ranking == "cut":
             return activation_order(model, x, layer)
         return post_activation_order(model, x, layer)
+
+    def check_model(self, model: nn.Module) -> None:
+        """The `layer` setting must name a conv layer of the model."""
+        check_conv_layer(model, resolve_layer(model, self.layer))
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         layer = resolve_layer(model, self.layer)
@@ -109,15 +138,22 @@ class FinePruning(BackdoorBenchSchedule):
         fit, held = data.fit_and_choose(self.seed) if several else (data.clean_valid, None)
         bn = following_batchnorm(model, layer)
         order = self.order(model, fit.x, layer)
-        plans = [(f"budget={b:g}", budget_channels(model, fit, layer, order, b, self.relative, self.stop))
-                 for b in self.budgets]
-        plans += [(f"fraction={f:g}", order[:int(round(f * len(order)))]) for f in self.fractions]
+        plans = [
+            (f"budget={b:g}", budget_channels(model, fit, layer, order, b, self.relative, self.stop))
+            for b in self.budgets
+        ]
+        plans += [(f"fraction={f:g}", order[: int(round(f * len(order)))]) for f in self.fractions]
         candidates = []
         for label, channels in plans:
             torch.manual_seed(self.seed)
-            tuned = self.tune(pruned_copy(model, layer, channels), fit.x, fit.y, data.value_range,
-                              f"fine-tuning ({label})" if progress else None,
-                              after_step=lambda m, c=channels: zero_channels(m, layer, c, bn))
+            tuned = self.tune(
+                pruned_copy(model, layer, channels),
+                fit.x,
+                fit.y,
+                data.value_range,
+                f"fine-tuning ({label})" if progress else None,
+                after_step=lambda m, c=channels: zero_channels(m, layer, c, bn),
+            )
             accuracy = model_accuracy(tuned, held.x, held.y) if held is not None else 0.0
             candidates.append((accuracy, -len(channels), label, channels, tuned))
         best = max(candidates, key=lambda c: c[:2])  # ties: fewer channels pruned
@@ -126,7 +162,10 @@ class FinePruning(BackdoorBenchSchedule):
             details["held_out_accuracy"] = {c[2]: round(c[0], 4) for c in candidates}
         notice = None
         if not best[3]:
-            notice = (f"fine-prune: pruning even one channel of {layer} costs more clean accuracy than the "
-                      f"budget; nothing pruned, fine-tuned only")
-        return RepairOutcome([RepairedModel(self.name, best[4], {layer: best[3]}, weights_changed=True)],
-                             details, notice=notice)
+            notice = (
+                f"fine-prune: pruning even one channel of {layer} costs more clean accuracy than the "
+                f"budget; nothing pruned, fine-tuned only"
+            )
+        return RepairOutcome(
+            [RepairedModel(self.name, best[4], {layer: best[3]}, weights_changed=True)], details, notice=notice
+        )

@@ -30,12 +30,20 @@ from .schedule import BackdoorBenchSchedule
 @dataclass(frozen=True)
 class FineTuning(BackdoorBenchSchedule):
     name = "fine-tune"
-    description = ("plain fine-tuning on clean validation data (BackdoorBench's ft baseline: SGD 0.01, "
-                   "100 epochs, random crops): the baseline")
+    description = (
+        "plain fine-tuning on clean validation data (BackdoorBench's ft baseline: SGD 0.01, "
+        "100 epochs, random crops): the baseline"
+    )
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
-        tuned = self.tune(copy.deepcopy(model), data.clean_valid.x, data.clean_valid.y, data.value_range,
-                          "fine-tuning" if progress else None)
-        return RepairOutcome([RepairedModel(self.name, tuned, {}, weights_changed=True)],
-                             {"fitted_on": len(data.clean_valid)})
+        tuned = self.tune(
+            copy.deepcopy(model),
+            data.clean_valid.x,
+            data.clean_valid.y,
+            data.value_range,
+            "fine-tuning" if progress else None,
+        )
+        return RepairOutcome(
+            [RepairedModel(self.name, tuned, {}, weights_changed=True)], {"fitted_on": len(data.clean_valid)}
+        )

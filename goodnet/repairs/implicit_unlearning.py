@@ -41,8 +41,9 @@ Departures:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +56,14 @@ from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 
 
-def fixed_point_hypergradient(params: list[torch.Tensor], delta: torch.Tensor,
-                              outer_loss: Callable[[torch.Tensor], torch.Tensor],
-                              inner_map: Callable[[torch.Tensor], torch.Tensor],
-                              fixed_point_steps: int, tol: float = 1e-10,
-                              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+def fixed_point_hypergradient(
+    params: list[torch.Tensor],
+    delta: torch.Tensor,
+    outer_loss: Callable[[torch.Tensor], torch.Tensor],
+    inner_map: Callable[[torch.Tensor], torch.Tensor],
+    fixed_point_steps: int,
+    tol: float = 1e-10,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """(outer loss, hypergradient, plain gradient) in `params` at the inner solution `delta`, by the
     fixed-point method: v <- (dPhi/ddelta)^T v + dL_out/ddelta, `fixed_point_steps` times from v = 0
     (stopping early once v moves less than `tol`), then dL_out/dtheta + (dPhi/dtheta)^T v.
@@ -85,22 +89,30 @@ def fixed_point_hypergradient(params: list[torch.Tensor], delta: torch.Tensor,
     return loss.detach(), hyper, plain
 
 
-def descent_map(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rate: float, penalty: float,
-                perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                ) -> Callable[[torch.Tensor], torch.Tensor]:
+def descent_map(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rate: float,
+    penalty: float,
+    perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The inner player's map Phi(delta) = delta - rate * grad_delta L_in, L_in = -CE(f(x + delta),
     y) + penalty * ||delta||^2 (the reference's; `perturb` replaces x + delta, e.g. by a clamped
     sum), built with create_graph so that it can be differentiated again."""
+
     def phi(delta: torch.Tensor) -> torch.Tensor:
         images = x + delta if perturb is None else perturb(x, delta)
         inner = -F.cross_entropy(model(images), y) + penalty * delta.pow(2).sum()
         (grad,) = torch.autograd.grad(inner, delta, create_graph=True)
         return delta - rate * grad
+
     return phi
 
 
-def universal_ascent(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], rate: float,
-                     penalty: float) -> torch.Tensor:
+def universal_ascent(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], rate: float, penalty: float
+) -> torch.Tensor:
     """The reference's perturbation for one round: from zero, one SGD step of `rate` per batch on
     -CE(f(x + delta), f's labels on x) + penalty * ||delta||^2, one pass in the given order."""
     delta = torch.zeros_like(batches[0][0][:1])
@@ -152,30 +164,59 @@ class SharedPerturbation:
 @dataclass(frozen=True)
 class ImplicitUnlearning(Repair):
     name = "i-bau"
-    description = ("i-BAU (Zeng et al. 2022): minimax unlearning of the universal perturbation that fools B most, "
-                   "the model updated by the implicit hypergradient")
+    description = (
+        "i-BAU (Zeng et al. 2022): minimax unlearning of the universal perturbation that fools B most, "
+        "the model updated by the implicit hypergradient"
+    )
 
     variant: Literal["reference", "goodnet"] = setting(
-        "reference", "reference: the authors' defense.py; goodnet: our bounded, interleaved minimax "
-                     "(tuned with --rounds 10 --perturbed-share 0.1)")
+        "reference",
+        "reference: the authors' defense.py; goodnet: our bounded, interleaved minimax "
+        "(tuned with --rounds 10 --perturbed-share 0.1)",
+    )
     rounds: int = setting(5, "rounds over the clean data (the reference's 5)", low=1)
     lr: float = setting(1e-3, "Adam rate of the model's update (the reference's 0.001)", low=0.0, low_open=True)
     batch_size: int = setting(100, "images per batch (the reference's 100)", low=1)
-    perturbation_lr: float = setting(10.0, "reference: SGD rate of the perturbation, one step per batch, in units "
-                                           "of the value range squared (the reference's 10 on [0, 1] data)",
-                                     low=0.0, low_open=True)
-    perturbation_penalty: float = setting(1e-3, "reference: weight of ||delta||^2 in the perturbation's loss, in "
-                                                "units of 1 / range squared (the reference's 0.001)", low=0.0)
-    fixed_point_steps: int = setting(5, "fixed-point iterations K of the implicit hypergradient (0: plain gradient)",
-                                     low=0)
-    inner_rate: float = setting(0.1, "rate a of the inner map delta - a * grad L_in, in units of the value range "
-                                     "squared (the reference's 0.1 on [0, 1] data)", low=0.0)
-    perturbed_share: float = setting(0.01, "share of each batch that carries the perturbation in the model's loss "
-                                           "(the reference's 1 %, rounded down)", low=0.0, low_open=True, high=1.0)
-    radius: float = setting(0.18, "goodnet variant: largest RMS of the perturbation, as a share of the value range",
-                            low=0.0, low_open=True, high=1.0)
+    perturbation_lr: float = setting(
+        10.0,
+        "reference: SGD rate of the perturbation, one step per batch, in units "
+        "of the value range squared (the reference's 10 on [0, 1] data)",
+        low=0.0,
+        low_open=True,
+    )
+    perturbation_penalty: float = setting(
+        1e-3,
+        "reference: weight of ||delta||^2 in the perturbation's loss, in "
+        "units of 1 / range squared (the reference's 0.001)",
+        low=0.0,
+    )
+    fixed_point_steps: int = setting(
+        5, "fixed-point iterations K of the implicit hypergradient (0: plain gradient)", low=0
+    )
+    inner_rate: float = setting(
+        0.1,
+        "rate a of the inner map delta - a * grad L_in, in units of the value range "
+        "squared (the reference's 0.1 on [0, 1] data)",
+        low=0.0,
+    )
+    perturbed_share: float = setting(
+        0.01,
+        "share of each batch that carries the perturbation in the model's loss (the reference's 1 %, rounded down)",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+    )
+    radius: float = setting(
+        0.18,
+        "goodnet variant: largest RMS of the perturbation, as a share of the value range",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+    )
     steps: int = setting(5, "goodnet variant: normalised ascent steps on the perturbation per batch", low=1)
-    seed: int = setting(0, "seed of the batch order and of the images that carry the perturbation", low=0, high=2**63 - 1)
+    seed: int = setting(
+        0, "seed of the batch order and of the images that carry the perturbation", low=0, high=2**63 - 1
+    )
 
     # milder: (rate divided by, rounds divided by), mildest last
     MILDER = ((2, 1), (5, 2), (10, 5))
@@ -206,8 +247,9 @@ class ImplicitUnlearning(Repair):
         run = self._reference if self.variant == "reference" else self._goodnet
         corrections: list[float] = []
         carried = [0]  # images that carried the perturbation in the model's loss, all rounds
-        delta = run(tuned, params, optimiser, xs, ys, high - low, (low, high), generator, corrections, carried,
-                    progress)
+        delta = run(
+            tuned, params, optimiser, xs, ys, high - low, (low, high), generator, corrections, carried, progress
+        )
         tuned.zero_grad(set_to_none=True)
         if not all(torch.isfinite(p).all() for p in tuned.parameters()):
             raise TrainingDiverged(f"i-bau diverged: weights are no longer finite (rate {self.lr:g})")
@@ -216,19 +258,29 @@ class ImplicitUnlearning(Repair):
         rms = float(delta.pow(2).mean().sqrt()) / (high - low)
         notice = None
         if carried[0] == 0:
-            notice = (f"i-bau: no image carried the perturbation (int({self.perturbed_share:g} x batch of "
-                      f"{min(self.batch_size, len(clean))}) = 0); the model was only fine-tuned on clean images")
-        return RepairOutcome([RepairedModel(self.name, tuned.eval(), {}, weights_changed=True)],
-                             {"fitted_on": len(clean), "variant": self.variant,
-                              "last_perturbation_rms": round(rms, 4), "perturbed_images": carried[0],
-                              "mean_hypergradient_correction": round(sum(corrections) / max(len(corrections), 1), 4)},
-                             notice=notice)
+            notice = (
+                f"i-bau: no image carried the perturbation (int({self.perturbed_share:g} x batch of "
+                f"{min(self.batch_size, len(clean))}) = 0); the model was only fine-tuned on clean images"
+            )
+        return RepairOutcome(
+            [RepairedModel(self.name, tuned.eval(), {}, weights_changed=True)],
+            {
+                "fitted_on": len(clean),
+                "variant": self.variant,
+                "last_perturbation_rms": round(rms, 4),
+                "perturbed_images": carried[0],
+                "mean_hypergradient_correction": round(sum(corrections) / max(len(corrections), 1), 4),
+            },
+            notice=notice,
+        )
 
     def _step(self, tuned, params, optimiser, hypergradient, round_, corrections) -> None:
         loss, hyper, plain = hypergradient
         if not torch.isfinite(loss) or not all(torch.isfinite(g).all() for g in hyper):
-            raise TrainingDiverged(f"i-bau diverged: the loss or its hypergradient stopped being finite in "
-                                   f"round {round_ + 1} (rate {self.lr:g})")
+            raise TrainingDiverged(
+                f"i-bau diverged: the loss or its hypergradient stopped being finite in "
+                f"round {round_ + 1} (rate {self.lr:g})"
+            )
         plain_norm = torch.sqrt(sum(g.pow(2).sum() for g in plain))
         change = torch.sqrt(sum((h - g).pow(2).sum() for h, g in zip(hyper, plain)))
         corrections.append(float(change / plain_norm.clamp_min(1e-30)))
@@ -237,17 +289,20 @@ class ImplicitUnlearning(Repair):
             p.grad = g
         optimiser.step()
 
-    def _reference(self, tuned, params, optimiser, xs, ys, span, value_range, generator, corrections, carried,
-                   progress):
+    def _reference(
+        self, tuned, params, optimiser, xs, ys, span, value_range, generator, corrections, carried, progress
+    ):
         """The authors' defense.py, rates and penalty scaled to the value range (span = high - low)."""
         order = torch.randperm(len(xs), generator=generator)  # one order, kept every round
-        batches = [(to_model(xs[idx], tuned), to_model(ys[idx], tuned))
-                   for idx in (order[s:s + self.batch_size] for s in range(0, len(xs), self.batch_size))]
-        penalty = self.perturbation_penalty / span ** 2
-        phi = descent_map(tuned, *batches[0], self.inner_rate * span ** 2, penalty)  # always the first batch
+        batches = [
+            (to_model(xs[idx], tuned), to_model(ys[idx], tuned))
+            for idx in (order[s : s + self.batch_size] for s in range(0, len(xs), self.batch_size))
+        ]
+        penalty = self.perturbation_penalty / span**2
+        phi = descent_map(tuned, *batches[0], self.inner_rate * span**2, penalty)  # always the first batch
         delta = torch.zeros_like(batches[0][0][:1])
         for round_ in progress_bar(range(self.rounds), "i-BAU unlearning" if progress else None):
-            delta = universal_ascent(tuned, batches, self.perturbation_lr * span ** 2, penalty)
+            delta = universal_ascent(tuned, batches, self.perturbation_lr * span**2, penalty)
             for x, y in batches:
                 count = int(len(x) * self.perturbed_share)
                 carried[0] += count
@@ -257,21 +312,25 @@ class ImplicitUnlearning(Repair):
                 def outer(d: torch.Tensor, x=x, y=y, carries=carries) -> torch.Tensor:
                     return F.cross_entropy(tuned(x + carries * d), y)
 
-                self._step(tuned, params, optimiser,
-                           fixed_point_hypergradient(params, delta, outer, phi, self.fixed_point_steps),
-                           round_, corrections)
+                self._step(
+                    tuned,
+                    params,
+                    optimiser,
+                    fixed_point_hypergradient(params, delta, outer, phi, self.fixed_point_steps),
+                    round_,
+                    corrections,
+                )
         return delta
 
-    def _goodnet(self, tuned, params, optimiser, xs, ys, span, value_range, generator, corrections, carried,
-                 progress):
+    def _goodnet(self, tuned, params, optimiser, xs, ys, span, value_range, generator, corrections, carried, progress):
         """Our bounded, interleaved minimax (see the module docstring)."""
         adversary = SharedPerturbation(tuple(xs.shape[1:]), value_range, self.radius, self.steps)
-        rate = self.inner_rate * span ** 2
+        rate = self.inner_rate * span**2
         for round_ in progress_bar(range(self.rounds), "i-BAU unlearning" if progress else None):
             adversary.reset()
             order = torch.randperm(len(xs), generator=generator)
             for start in range(0, len(xs), self.batch_size):
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 x, y = to_model(xs[idx], tuned), to_model(ys[idx], tuned)
                 adversary.delta = adversary.delta.to(x.device)
                 delta = adversary.maximise(tuned, x, y)
@@ -285,7 +344,12 @@ class ImplicitUnlearning(Repair):
 
                 # ascent map on the current batch: delta + a grad CE = delta - a grad(-CE), no penalty
                 phi = descent_map(tuned, x, y, rate, 0.0, adversary.apply)
-                self._step(tuned, params, optimiser,
-                           fixed_point_hypergradient(params, delta, outer, phi, self.fixed_point_steps),
-                           round_, corrections)
+                self._step(
+                    tuned,
+                    params,
+                    optimiser,
+                    fixed_point_hypergradient(params, delta, outer, phi, self.fixed_point_steps),
+                    round_,
+                    corrections,
+                )
         return adversary.delta

@@ -17,8 +17,8 @@ from torch import nn
 from ..errors import SettingsError
 from ..io.data import ImageSet
 from ..metrics import model_accuracy
-from ..pruning.graph_split import resolve_layer
 from ..pruning.curve import PruningCurve, profile_and_sweep
+from ..pruning.graph_split import check_conv_layer, resolve_layer
 from ..pruning.selection import RULES, select
 from ..pruning.zeroing import pruned_copy
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
@@ -27,8 +27,15 @@ from .registry import register_repair
 CLEAN_VALID = "clean_valid"
 
 
-def sweep_and_select(model: nn.Module, images: ImageSet, layer: str, thresholds: tuple[float, ...],
-                     order: str = "ascending", drop: str = "absolute", progress: bool = False) -> PruningCurve:
+def sweep_and_select(
+    model: nn.Module,
+    images: ImageSet,
+    layer: str,
+    thresholds: tuple[float, ...],
+    order: str = "ascending",
+    drop: str = "absolute",
+    progress: bool = False,
+) -> PruningCurve:
     """The pruning curve of `layer` on `images` (as data set 'clean_valid'), with both stopping
     rules' choices for every budget in `thresholds`."""
     curve = profile_and_sweep(model, layer, CLEAN_VALID, images.x, order, progress=progress)
@@ -39,8 +46,9 @@ def sweep_and_select(model: nn.Module, images: ImageSet, layer: str, thresholds:
     return curve
 
 
-def lab_pruning_channels(model: nn.Module, images: ImageSet, layer: str, x: float, rule: str = "crossing",
-                         progress: bool = False) -> list[int]:
+def lab_pruning_channels(
+    model: nn.Module, images: ImageSet, layer: str, x: float, rule: str = "crossing", progress: bool = False
+) -> list[int]:
     """The channels the lab's sweep prunes at budget `x`, decided on `images` alone."""
     curve = sweep_and_select(model, images, layer, (x,), progress=progress)
     chosen = next(s for s in curve.selections if s.rule == rule)
@@ -54,22 +62,35 @@ def lab_pruning_channels(model: nn.Module, images: ImageSet, layer: str, x: floa
 class LabPruning(Repair):
     name = "prune"
     guarded = False  # its budgets X are its purpose: the sweep reports every one
-    description = ("the lab's defense: prune --layer's channels in order of mean clean activation; keep B' "
-                   "per accuracy budget X (full curve and both stopping rules in the report)")
+    description = (
+        "the lab's defense: prune --layer's channels in order of mean clean activation; keep B' "
+        "per accuracy budget X (full curve and both stopping rules in the report)"
+    )
     # compare judges one B' per repair against a 2-point budget; `within` is the model that keeps it
     comparison = {"thresholds": (2.0,), "rule": "within"}
 
-    layer: str = setting("auto", "conv layer whose output channels are pruned (auto: conv_3 when the model "
-                                  "has one, as in the lab, else its last conv layer with a kernel over 1x1)")
+    layer: str = setting(
+        "auto",
+        "conv layer whose output channels are pruned (auto: conv_3 when the model "
+        "has one, as in the lab, else its last conv layer with a kernel over 1x1)",
+    )
     thresholds: tuple[float, ...] = setting(
-        (2.0, 4.0, 10.0, 30.0), "accuracy-drop budgets X, in percentage points of clean validation accuracy "
-        "(with --relative: percent of B's)", low=0.0, low_open=True, high=100.0, nonempty=True)
+        (2.0, 4.0, 10.0, 30.0),
+        "accuracy-drop budgets X, in percentage points of clean validation accuracy (with --relative: percent of B's)",
+        low=0.0,
+        low_open=True,
+        high=100.0,
+        nonempty=True,
+    )
     order: Literal["ascending", "descending"] = setting(
-        "ascending", "prune channels in this order of mean clean activation")
+        "ascending", "prune channels in this order of mean clean activation"
+    )
     relative: bool = setting(False, "measure the drop relative to B's accuracy instead of in points")
     rule: Literal["crossing", "within", "both"] = setting(
-        "crossing", "which B' is kept per X: 'crossing' (the lab's: first model with drop >= X), 'within' "
-        "(the one before it, drop < X) or both")
+        "crossing",
+        "which B' is kept per X: 'crossing' (the lab's: first model with drop >= X), 'within' "
+        "(the one before it, drop < X) or both",
+    )
 
     def check(self) -> None:
         repeated = sorted({x for x in self.thresholds if self.thresholds.count(x) > 1})
@@ -80,20 +101,42 @@ class LabPruning(Repair):
     def saved_rules(self) -> tuple[str, ...]:
         return RULES if self.rule == "both" else (self.rule,)
 
+    def check_model(self, model: nn.Module) -> None:
+        """The `layer` setting must name a conv layer of the model."""
+        check_conv_layer(model, resolve_layer(model, self.layer))
+
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         layer = resolve_layer(model, self.layer)
         if self.relative and model_accuracy(model, data.clean_valid.x, data.clean_valid.y) == 0:
-            raise SettingsError("--relative measures drops as a share of B's clean validation accuracy, which "
-                                "is 0 here: no drop can be measured (drop --relative)")
-        curve = sweep_and_select(model, data.clean_valid, layer, self.thresholds, self.order,
-                                 "relative" if self.relative else "absolute", progress)
+            raise SettingsError(
+                "--relative measures drops as a share of B's clean validation accuracy, which "
+                "is 0 here: no drop can be measured (drop --relative)"
+            )
+        curve = sweep_and_select(
+            model,
+            data.clean_valid,
+            layer,
+            self.thresholds,
+            self.order,
+            "relative" if self.relative else "absolute",
+            progress,
+        )
         models = []
         for sel in curve.selections:
             if sel.rule in self.saved_rules and sel.channels_pruned is not None:
                 channels = curve.pruned_channels(sel.channels_pruned)
-                models.append(RepairedModel(
-                    sel.name, pruned_copy(model, layer, channels), {layer: channels},
-                    curve_step=sel.channels_pruned, details={"x": sel.x, "rule": sel.rule}))
+                models.append(
+                    RepairedModel(
+                        sel.name,
+                        pruned_copy(model, layer, channels),
+                        {layer: channels},
+                        curve_step=sel.channels_pruned,
+                        details={"x": sel.x, "rule": sel.rule},
+                    )
+                )
         dead = int(np.sum(curve.mean_activation == 0))
-        return RepairOutcome(models, {"layer": layer, "cut": curve.cut, "dead_channels": dead,
-                                      "saved_rules": list(self.saved_rules)}, curve)
+        return RepairOutcome(
+            models,
+            {"layer": layer, "cut": curve.cut, "dead_channels": dead, "saved_rules": list(self.saved_rules)},
+            curve,
+        )

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..inspection.trigger_reversal import TriggerScan, reverse_triggers
+from ..inspection.trigger_reversal import reverse_triggers
+from ..inspection.trigger_scan import TriggerScan
 from .base import FitMemo, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import BackdoorBenchSchedule
@@ -42,14 +43,15 @@ from .schedule import BackdoorBenchSchedule
 _last_scan = FitMemo(1)  # milder retries of the guard scan the same B and data
 
 
-def unlearning_set(x: np.ndarray, y: np.ndarray, masks: np.ndarray, patterns: np.ndarray, share: float,
-                   seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unlearning_set(
+    x: np.ndarray, y: np.ndarray, masks: np.ndarray, patterns: np.ndarray, share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference's fine-tuning set: a seeded `share` of the images (at least one) replaced by
     their copies stamped with each flagged label's trigger (masks (S, H, W), patterns (S, C, H, W)),
     true labels kept; returns (x, y, indices of the stamped images in `x`)."""
     order = np.random.default_rng(seed).permutation(len(x))
     k = min(len(x), max(1, int(round(share * len(x)))))
-    keep, chosen = np.sort(order[:len(x) - k]), np.sort(order[len(x) - k:])
+    keep, chosen = np.sort(order[: len(x) - k]), np.sort(order[len(x) - k :])
     parts, labels = [x[keep]], [y[keep]]
     for mask, pattern in zip(masks, patterns):
         parts.append(((1 - mask[None, None]) * x[chosen] + mask[None, None] * pattern[None]).astype(x.dtype))
@@ -61,31 +63,52 @@ def unlearning_set(x: np.ndarray, y: np.ndarray, masks: np.ndarray, patterns: np
 @dataclass(frozen=True)
 class NeuralCleanse(BackdoorBenchSchedule):
     name = "nc"
-    description = ("Neural Cleanse (Wang et al. 2019): reverse a trigger per label on clean data; if a label's is "
-                   "anomalously small, fine-tune with 20 % of the images stamped with it, true labels")
+    description = (
+        "Neural Cleanse (Wang et al. 2019): reverse a trigger per label on clean data; if a label's is "
+        "anomalously small, fine-tune with 20 % of the images stamped with it, true labels"
+    )
 
-    stamped_share: float = setting(0.2, "share of the fine-tuning images stamped with a flagged label's reversed "
-                                        "trigger (true labels)", low=0.0, low_open=True, high=1.0)
+    stamped_share: float = setting(
+        0.2,
+        "share of the fine-tuning images stamped with a flagged label's reversed trigger (true labels)",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+    )
     stamping: Literal["replace", "add"] = setting(
-        "replace", "replace: that share of the images is replaced by its stamped copies once (the reference); "
-                   "add: every batch also shows that share stamped, on top of its clean images")
+        "replace",
+        "replace: that share of the images is replaced by its stamped copies once (the reference); "
+        "add: every batch also shows that share stamped, on top of its clean images",
+    )
     scan_steps: int = setting(1000, "trigger scan: most optimisation steps per label", low=1)
     scan_batch: int = setting(32, "trigger scan: clean images per label and step", low=1)
     scan_group: int = setting(10, "trigger scan: labels optimised together in one batched forward pass", low=1)
     scan_schedule: Literal["reference", "goodnet"] = setting(
-        "reference", "trigger scan (nc's, and --scan's): the authors' lambda schedule and flagging (reference) "
-                     "or goodnet's faster one (goodnet)")
+        "reference",
+        "trigger scan (nc's, and --scan's): the authors' lambda schedule and flagging (reference) "
+        "or goodnet's faster one (goodnet)",
+    )
 
     def scan(self, model: nn.Module, data: RepairData, progress: bool = False) -> TriggerScan:
         """The trigger scan of B on the clean images the repair fits on (remembered for the next call
         with the same B, data and scan settings: the guard's milder retries)."""
         clean = data.clean_valid
-        settings = {"seed": self.seed, "steps": self.scan_steps, "batch_size": self.scan_batch,
-                    "group": self.scan_group, "schedule": self.scan_schedule}
-        scan, _ = _last_scan.get(model, clean.x, clean.y, {**settings, "value_range": data.value_range},
-                                 lambda: reverse_triggers(model, clean, data.value_range,
-                                                          progress="reversing triggers" if progress else False,
-                                                          **settings))
+        settings = {
+            "seed": self.seed,
+            "steps": self.scan_steps,
+            "batch_size": self.scan_batch,
+            "group": self.scan_group,
+            "schedule": self.scan_schedule,
+        }
+        scan, _ = _last_scan.get(
+            model,
+            clean.x,
+            clean.y,
+            {**settings, "value_range": data.value_range},
+            lambda: reverse_triggers(
+                model, clean, data.value_range, progress="reversing triggers" if progress else False, **settings
+            ),
+        )
         return scan
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
@@ -95,21 +118,34 @@ class NeuralCleanse(BackdoorBenchSchedule):
         suspects = scan.suspects
         if not suspects:
             details["unchanged"] = f"the trigger scan flagged no label ({scan.verdict}): nothing to unlearn"
-            return RepairOutcome([RepairedModel(self.name, model, {}, weights_changed=False,
-                                                details={"unchanged": details["unchanged"]})], details,
-                                 notice=f"nc: the trigger scan flagged no label ({scan.verdict}); model unchanged")
+            return RepairOutcome(
+                [
+                    RepairedModel(
+                        self.name, model, {}, weights_changed=False, details={"unchanged": details["unchanged"]}
+                    )
+                ],
+                details,
+                notice=f"nc: the trigger scan flagged no label ({scan.verdict}); model unchanged",
+            )
         position = {int(label): i for i, label in enumerate(scan.labels)}
         rows = [position[t] for t in suspects]
         progress_label = "unlearning reversed triggers" if progress else None
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
         if self.stamping == "replace":
-            x, y, stamped = unlearning_set(clean.x, clean.y, scan.masks[rows], scan.patterns[rows],
-                                           self.stamped_share, self.seed)
+            x, y, stamped = unlearning_set(
+                clean.x, clean.y, scan.masks[rows], scan.patterns[rows], self.stamped_share, self.seed
+            )
             details["stamped_images"] = int(len(stamped))
             tuned = self.tune(copy.deepcopy(model), x, y, data.value_range, progress_label)
         else:
-            tuned = self.tune(copy.deepcopy(model), clean.x, clean.y, data.value_range, progress_label,
-                              penalty=self._stamped_loss(scan, rows))
+            tuned = self.tune(
+                copy.deepcopy(model),
+                clean.x,
+                clean.y,
+                data.value_range,
+                progress_label,
+                penalty=self._stamped_loss(scan, rows),
+            )
         details["unlearned_labels"] = suspects
         return RepairOutcome([RepairedModel(self.name, tuned, {}, weights_changed=True)], details)
 

@@ -88,11 +88,14 @@ class UniversalPerturbation:
 @dataclass(frozen=True)
 class PerturbationUnlearning(TuningSchedule):
     name = "unlearn-uap"
-    description = ("unlearn universal adversarial perturbations found on clean data (after i-BAU, Zeng et al. "
-                   "2022): fine-tuning on clean images with and without the perturbation that fools B most")
+    description = (
+        "unlearn universal adversarial perturbations found on clean data (after i-BAU, Zeng et al. "
+        "2022): fine-tuning on clean images with and without the perturbation that fools B most"
+    )
 
-    radius: float = setting(0.1, "largest RMS of the perturbation, as a share of the data's value range",
-                            low=0.0, low_open=True, high=1.0)
+    radius: float = setting(
+        0.1, "largest RMS of the perturbation, as a share of the data's value range", low=0.0, low_open=True, high=1.0
+    )
     steps: int = setting(2, "gradient-ascent steps on the perturbation per batch", low=1)
     weight: float = setting(1.0, "weight of the loss on perturbed images", low=0.0)
 
@@ -111,8 +114,16 @@ class PerturbationUnlearning(TuningSchedule):
                 perturbed = tuned(adversary.apply(x, delta))
             return self.weight * F.cross_entropy(perturbed, y)
 
-        tuned = self.tune(copy.deepcopy(model), clean.x, clean.y, data.value_range,
-                          "unlearning perturbations" if progress else None, penalty=penalty)
+        tuned = self.tune(
+            copy.deepcopy(model),
+            clean.x,
+            clean.y,
+            data.value_range,
+            "unlearning perturbations" if progress else None,
+            penalty=penalty,
+        )
         rms = float(adversary.delta.pow(2).mean().sqrt()) / (adversary.high - adversary.low)
-        return RepairOutcome([RepairedModel(self.name, tuned, {}, weights_changed=True)],
-                             {"fitted_on": len(clean), "last_perturbation_rms": round(rms, 4)})
+        return RepairOutcome(
+            [RepairedModel(self.name, tuned, {}, weights_changed=True)],
+            {"fitted_on": len(clean), "last_perturbation_rms": round(rms, 4)},
+        )

@@ -12,21 +12,43 @@ both are code the user chose to install or name, never something a model or data
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 import os
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 
 from ..errors import SettingsError
-from .base import DATA_NEEDS, Repair, SettingSpec
+from ..io.data import shown
+from .base import DATA_NEEDS, MAX_SEED, Repair, SettingSpec
 
 REPAIRS: dict[str, type[Repair]] = {}
 PLUGIN_VARIABLE = "GOODNET_PLUGINS"
 ENTRY_POINT_GROUP = "goodnet.repairs"
 _plugins_loaded = False
 # names the command line uses for itself: a setting may not take them
-RESERVED_SETTINGS = {"model", "arch", "factory", "repair", "clean_valid", "poisoned_valid", "clean_test",
-                     "poisoned_test", "input_scale", "out", "onnx", "force", "quiet", "help",
-                     "cache_dir", "retrain", "kinds", "repairs", "max_drop", "holdout", "no_strip", "scan"}
+RESERVED_SETTINGS = {
+    "model",
+    "arch",
+    "factory",
+    "repair",
+    "clean_valid",
+    "poisoned_valid",
+    "clean_test",
+    "poisoned_test",
+    "input_scale",
+    "out",
+    "onnx",
+    "force",
+    "quiet",
+    "help",
+    "cache_dir",
+    "retrain",
+    "kinds",
+    "repairs",
+    "max_drop",
+    "holdout",
+    "no_strip",
+    "scan",
+}
 
 
 def register_repair(cls: type[Repair]) -> type[Repair]:
@@ -35,8 +57,9 @@ def register_repair(cls: type[Repair]) -> type[Repair]:
         raise TypeError(f"{cls!r} is not a Repair subclass")
     params = vars(cls).get("__dataclass_params__")
     if params is None or not params.frozen:
-        raise TypeError(f"{cls.__name__} must be a frozen dataclass: put @dataclass(frozen=True) under "
-                        f"@register_repair")
+        raise TypeError(
+            f"{cls.__name__} must be a frozen dataclass: put @dataclass(frozen=True) under @register_repair"
+        )
     for attr in ("name", "description"):
         if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
             raise TypeError(f"{cls.__name__} must set a non-empty `{attr}`")
@@ -53,8 +76,10 @@ def register_repair(cls: type[Repair]) -> type[Repair]:
     for spec in specs:
         other = known.get(spec.name)
         if other is not None and (other[0].kind, other[0].choices) != (spec.kind, spec.choices):
-            raise TypeError(f"{cls.__name__}.{spec.name} is a {spec.kind} but the setting of that name in "
-                            f"{', '.join(other[1])} is a {other[0].kind}: one name, one meaning")
+            raise TypeError(
+                f"{cls.__name__}.{spec.name} is a {spec.kind} but the setting of that name in "
+                f"{', '.join(other[1])} is a {other[0].kind}: one name, one meaning"
+            )
     unknown = set(cls.comparison) - {s.name for s in specs}
     if unknown:
         raise TypeError(f"{cls.__name__}.comparison names unknown settings {sorted(unknown)}")
@@ -72,8 +97,9 @@ def load_plugins() -> None:
         try:
             point.load()
         except Exception as exc:  # a broken plugin is the user's code; name it, do not crash
-            raise SettingsError(f"repair plugin '{point.name}' ({point.value}) failed to load: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise SettingsError(
+                f"repair plugin '{point.name}' ({point.value}) failed to load: {type(exc).__name__}: {exc}"
+            ) from None
     for module in filter(None, (m.strip() for m in os.environ.get(PLUGIN_VARIABLE, "").split(","))):
         try:
             importlib.import_module(module)
@@ -112,8 +138,9 @@ def build_repair(name: str, given: dict | None = None, comparison: bool = False)
     at the settings `goodnet compare` uses). A setting the repair does not take is refused."""
     cls = repair_class(name)
     if given is not None and not isinstance(given, Mapping):
-        raise SettingsError(f"the settings of the {name} repair must be a dict of setting -> value, not "
-                            f"{type(given).__name__}")
+        raise SettingsError(
+            f"the settings of the {name} repair must be a dict of setting -> value, not {type(given).__name__}"
+        )
     given = dict(given or {})
     takes = {s.name for s in cls.setting_specs()}
     foreign = sorted(set(given) - takes)
@@ -123,3 +150,19 @@ def build_repair(name: str, given: dict | None = None, comparison: bool = False)
         raise SettingsError(f"the {name} repair does not take {options} (its settings: {own})")
     settings = {**(cls.comparison if comparison else {}), **given}
     return cls(**settings)
+
+
+def checked_repair(repair: object) -> Repair:
+    """A Repair; a registered repair's name (or a Repair class) is built with its default settings."""
+    if isinstance(repair, str):
+        repair = build_repair(repair)  # an unknown name: SettingsError listing the known ones
+    elif isinstance(repair, type) and issubclass(repair, Repair) and repair is not Repair:
+        repair = repair()
+    if not isinstance(repair, Repair):
+        raise SettingsError(
+            f"repair must be a Repair or a repair name ({', '.join(repair_names())}), not {shown(repair)}"
+        )
+    seed = getattr(repair, "seed", None)  # one meaning across repairs: a seed of numpy's and torch's generators
+    if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+        raise SettingsError(f"{repair.name}: seed must be an integer from 0 to {MAX_SEED}, not {seed!r}")
+    return repair

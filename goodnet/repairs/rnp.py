@@ -41,7 +41,6 @@ from ..pruning.zeroing import DESCRIPTION_ATTRIBUTES
 from .base import FitMemo, Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 
-
 # masks of recent fits, so the guard's milder attempts (lower threshold or budget) do not redo them
 _MASK_CACHE = FitMemo(2)
 
@@ -49,12 +48,13 @@ _MASK_CACHE = FitMemo(2)
 def _batches(n: int, size: int, generator: torch.Generator):
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, size):
-        yield order[start:start + size]
+        yield order[start : start + size]
 
 
 def _is_batchnorm(module: nn.Module) -> bool:
-    return (isinstance(module, nn.BatchNorm2d) or getattr(module, "original_name", None) == "BatchNorm2d") \
-        and getattr(module, "weight", None) is not None
+    return (isinstance(module, nn.BatchNorm2d) or getattr(module, "original_name", None) == "BatchNorm2d") and getattr(
+        module, "weight", None
+    ) is not None
 
 
 def mask_sites(model: nn.Module) -> tuple[str, list[str]]:
@@ -82,8 +82,10 @@ def masked_output(out: torch.Tensor, module: nn.Module, mask: torch.Tensor) -> t
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> list:
     """Forward hooks applying `masks` (module name -> one value per channel); remove them when done."""
     modules = dict(model.named_modules())
-    return [modules[name].register_forward_hook(lambda module, inputs, out, m=mask: masked_output(out, module, m))
-            for name, mask in masks.items()]
+    return [
+        modules[name].register_forward_hook(lambda module, inputs, out, m=mask: masked_output(out, module, m))
+        for name, mask in masks.items()
+    ]
 
 
 def prune_scales(model: nn.Module, chosen: dict[str, list[int]]) -> nn.Module:
@@ -104,23 +106,42 @@ def prune_scales(model: nn.Module, chosen: dict[str, list[int]]) -> nn.Module:
 @dataclass(frozen=True)
 class ReconstructiveNeuronPruning(Repair):
     name = "rnp"
-    description = ("Reconstructive Neuron Pruning (Li et al. 2023): unlearn clean data, learn BatchNorm-scale "
-                   "masks that recover it, zero the scale of every channel whose mask is at or below a threshold")
-    fit_settings: ClassVar[tuple[str, ...]] = ("unlearn_lr", "unlearn_floor", "unlearn_epochs", "unlearn_schedule",
-                                               "recover_lr", "recover_alpha", "recover_epochs", "batch_size", "seed")
+    description = (
+        "Reconstructive Neuron Pruning (Li et al. 2023): unlearn clean data, learn BatchNorm-scale "
+        "masks that recover it, zero the scale of every channel whose mask is at or below a threshold"
+    )
+    fit_settings: ClassVar[tuple[str, ...]] = (
+        "unlearn_lr",
+        "unlearn_floor",
+        "unlearn_epochs",
+        "unlearn_schedule",
+        "recover_lr",
+        "recover_alpha",
+        "recover_epochs",
+        "batch_size",
+        "seed",
+    )
 
     pruning_by: Literal["threshold", "budget"] = setting(
-        "threshold", "threshold: prune every channel whose mask is at or below --threshold (the paper's rule); "
-                     "budget: prune in increasing mask order while the clean drop stays below --budget")
+        "threshold",
+        "threshold: prune every channel whose mask is at or below --threshold (the paper's rule); "
+        "budget: prune in increasing mask order while the clean drop stays below --budget",
+    )
     threshold: float = setting(0.2, "prune channels whose recovered mask is at or below this", low=0.0, high=1.0)
-    budget: float = setting(2.0, "with --pruning-by budget: clean validation accuracy budget, in points",
-                            low=0.0, low_open=True, high=100.0)
+    budget: float = setting(
+        2.0, "with --pruning-by budget: clean validation accuracy budget, in points", low=0.0, low_open=True, high=100.0
+    )
     unlearn_lr: float = setting(0.01, "unlearning learning rate (gradient ascent, SGD)", low=0.0, low_open=True)
-    unlearn_floor: float = setting(20.0, "stop unlearning after the first epoch whose training accuracy is at or "
-                                         "below this (%)", low=0.0, high=100.0)
+    unlearn_floor: float = setting(
+        20.0,
+        "stop unlearning after the first epoch whose training accuracy is at or below this (%)",
+        low=0.0,
+        high=100.0,
+    )
     unlearn_epochs: int = setting(20, "most unlearning epochs", low=1)
-    unlearn_schedule: tuple[int, ...] = setting((10, 20), "epochs after which the unlearning rate is divided by 10",
-                                                low=1)
+    unlearn_schedule: tuple[int, ...] = setting(
+        (10, 20), "epochs after which the unlearning rate is divided by 10", low=1
+    )
     recover_lr: float = setting(0.2, "mask recovery learning rate", low=0.0, low_open=True)
     recover_alpha: float = setting(0.2, "weight of the clean loss in mask recovery", low=0.0, low_open=True)
     recover_epochs: int = setting(20, "mask recovery epochs", low=1)
@@ -138,27 +159,42 @@ class ReconstructiveNeuronPruning(Repair):
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
         settings = {k: v for k, v in self.settings().items() if k in self.fit_settings}
-        (kind, masks, epochs_used), reused = _MASK_CACHE.get(model, clean.x, clean.y, settings,
-                                                             lambda: self.fit(model, clean.x, clean.y))
+        (kind, masks, epochs_used), reused = _MASK_CACHE.get(
+            model, clean.x, clean.y, settings, lambda: self.fit(model, clean.x, clean.y)
+        )
         # the reference ranks the masks as written to its mask file, to 4 decimals, in module order
-        ranked = sorted(((round(float(v), 4), name, c) for name, m in masks.items() for c, v in enumerate(m)),
-                        key=lambda t: t[0])
+        ranked = sorted(
+            ((round(float(v), 4), name, c) for name, m in masks.items() for c, v in enumerate(m)), key=lambda t: t[0]
+        )
         if self.pruning_by == "threshold":
             chosen = [(name, c) for v, name, c in ranked if v <= self.threshold]
         else:
             chosen = self._within_budget(model, ranked, clean)
-        pruned = {name: sorted(c for n, c in chosen if n == name) for name in masks
-                  if any(n == name for n, _ in chosen)}
-        details = {"pruned": pruned, "channels_pruned": len(chosen), "masked": kind, "unlearn_epochs": epochs_used,
-                   "masks_reused": reused, "masks": {n: [round(float(v), 4) for v in m] for n, m in masks.items()}}
+        pruned = {
+            name: sorted(c for n, c in chosen if n == name) for name in masks if any(n == name for n, _ in chosen)
+        }
+        details = {
+            "pruned": pruned,
+            "channels_pruned": len(chosen),
+            "masked": kind,
+            "unlearn_epochs": epochs_used,
+            "masks_reused": reused,
+            "masks": {n: [round(float(v), 4) for v in m] for n, m in masks.items()},
+        }
         notice = None
         if not chosen:
-            rule = f"at or below {self.threshold:g}" if self.pruning_by == "threshold" else \
-                f"prunable within a {self.budget:g}-point budget"
+            rule = (
+                f"at or below {self.threshold:g}"
+                if self.pruning_by == "threshold"
+                else f"prunable within a {self.budget:g}-point budget"
+            )
             notice = f"rnp: no channel's recovered mask is {rule}; model unchanged"
         # weights_changed: a pruned BN channel outputs its shift, not 0, so B' is not "B with channels zeroed"
-        return RepairOutcome([RepairedModel(self.name, prune_scales(model, pruned), pruned,
-                                            weights_changed=bool(chosen))], details, notice=notice)
+        return RepairOutcome(
+            [RepairedModel(self.name, prune_scales(model, pruned), pruned, weights_changed=bool(chosen))],
+            details,
+            notice=notice,
+        )
 
     def _within_budget(self, model: nn.Module, ranked: list, clean) -> list[tuple[str, int]]:
         base = model_accuracy(model, clean.x, clean.y)
@@ -182,8 +218,9 @@ class ReconstructiveNeuronPruning(Repair):
         masks = self.recover(unlearned, sites, xs, ys, generator)
         return kind, masks, epochs_used
 
-    def unlearn(self, model: nn.Module, xs: torch.Tensor, ys: torch.Tensor,
-                generator: torch.Generator) -> tuple[nn.Module, int, list[float]]:
+    def unlearn(
+        self, model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, generator: torch.Generator
+    ) -> tuple[nn.Module, int, list[float]]:
         """(the unlearned copy, epochs run, training accuracy (%) of each epoch)."""
         unlearned = copy.deepcopy(model)
         unlearned.train()
@@ -218,8 +255,9 @@ class ReconstructiveNeuronPruning(Repair):
                 break
         return unlearned, len(accuracies), accuracies
 
-    def recover(self, unlearned: nn.Module, sites: list[str], xs: torch.Tensor, ys: torch.Tensor,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def recover(
+        self, unlearned: nn.Module, sites: list[str], xs: torch.Tensor, ys: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """The masks (one per channel of each module in `sites`) after recovery (see module doc)."""
         modules = dict(unlearned.named_modules())
         width = {name: modules[name].weight.shape[0] for name in sites}

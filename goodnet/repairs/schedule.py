@@ -36,7 +36,7 @@ class TuningSchedule(Repair):
 
     RATE_STEPS = ((2, 1), (4, 2), (10, 4))  # milder: (rate divided by, epochs divided by)
 
-    def slower(self, rate_divisor: float, epochs_divisor: int) -> "TuningSchedule":
+    def slower(self, rate_divisor: float, epochs_divisor: int) -> TuningSchedule:
         return replace(self, lr=self.lr / rate_divisor, epochs=max(1, self.epochs // epochs_divisor))
 
     def milder(self) -> list[Repair]:
@@ -48,16 +48,37 @@ class TuningSchedule(Repair):
         label smoothing); empty: goodnet's schedule."""
         return {}
 
-    def tune(self, model: nn.Module, x: np.ndarray, y: np.ndarray, value_range: tuple[float, float],
-             progress: str | None = None, **hooks) -> nn.Module:
+    def tune(
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        value_range: tuple[float, float],
+        progress: str | None = None,
+        **hooks,
+    ) -> nn.Module:
         """fine_tune `model` in place with this schedule (`hooks`: after_step, penalty, sharpness, ...)."""
-        return fine_tune(model, x, y, self.epochs, self.seed, lr=self.lr, momentum=self.momentum,
-                         weight_decay=self.weight_decay, value_range=value_range, progress=progress,
-                         **{**self.tuning_options(), **hooks})
+        return fine_tune(
+            model,
+            x,
+            y,
+            self.epochs,
+            self.seed,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            value_range=value_range,
+            progress=progress,
+            **{**self.tuning_options(), **hooks},
+        )
 
 
-BACKDOORBENCH_TUNING: dict[str, Any] = {"batch_size": 256, "augmentation": "crop", "anneal": "epoch",
-                                        "max_grad_norm": None}
+BACKDOORBENCH_TUNING: dict[str, Any] = {
+    "batch_size": 256,
+    "augmentation": "crop",
+    "anneal": "epoch",
+    "max_grad_norm": None,
+}
 GOODNET_TUNING: dict[str, Any] = {}  # fine_tune's defaults: batches of 64, shift-erase, per-batch cosine, clip 5
 
 
@@ -68,8 +89,10 @@ class BackdoorBenchSchedule(TuningSchedule):
     epochs: int = setting(100, "fine-tuning epochs", low=1)
     lr: float = setting(0.01, "fine-tuning learning rate (SGD, cosine decay)", low=0.0, low_open=True)
     variant: Literal["reference", "goodnet"] = setting(
-        "reference", "reference: the paper's algorithm as its reference code runs it; goodnet: goodnet's own "
-        "variant (see the repair's documentation)")
+        "reference",
+        "reference: the paper's algorithm as its reference code runs it; goodnet: goodnet's own "
+        "variant (see the repair's documentation)",
+    )
 
     def tuning_options(self) -> dict[str, Any]:
         return dict(BACKDOORBENCH_TUNING if self.variant == "reference" else GOODNET_TUNING)

@@ -38,13 +38,20 @@ LABEL_SMOOTHING = 0.1  # BackdoorBench's ft-sam config
 @dataclass(frozen=True)
 class SharpnessAwareTuning(BackdoorBenchSchedule):
     name = "ft-sam"
-    description = ("FT-SAM (Zhu et al. 2023): fine-tuning whose every step is sharpness-aware (adaptive SAM), "
-                   "which shrinks the large-norm neurons that carry a backdoor")
+    description = (
+        "FT-SAM (Zhu et al. 2023): fine-tuning whose every step is sharpness-aware (adaptive SAM), "
+        "which shrinks the large-norm neurons that carry a backdoor"
+    )
 
-    rho: float = setting(2.0, "radius of the sharpness-aware weight perturbation (relative to each weight's "
-                              "size when adaptive)", low=0.0, low_open=True)
-    adaptive: bool = setting(True, "ASAM's adaptive radius, relative to each weight's size (the paper's), "
-                                   "instead of SAM's plain radius")
+    rho: float = setting(
+        2.0,
+        "radius of the sharpness-aware weight perturbation (relative to each weight's size when adaptive)",
+        low=0.0,
+        low_open=True,
+    )
+    adaptive: bool = setting(
+        True, "ASAM's adaptive radius, relative to each weight's size (the paper's), instead of SAM's plain radius"
+    )
 
     def milder(self) -> list[Repair]:
         """A lower rate, then also fewer epochs; the radius halves with the rate (a smaller radius is
@@ -60,8 +67,16 @@ class SharpnessAwareTuning(BackdoorBenchSchedule):
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
-        tuned = self.tune(copy.deepcopy(model), clean.x, clean.y, data.value_range,
-                          "sharpness-aware fine-tuning" if progress else None, sharpness=self.rho,
-                          adaptive=self.adaptive)
-        return RepairOutcome([RepairedModel(self.name, tuned, {}, weights_changed=True)],
-                             {"fitted_on": len(clean), "rho": self.rho, "adaptive": self.adaptive})
+        tuned = self.tune(
+            copy.deepcopy(model),
+            clean.x,
+            clean.y,
+            data.value_range,
+            "sharpness-aware fine-tuning" if progress else None,
+            sharpness=self.rho,
+            adaptive=self.adaptive,
+        )
+        return RepairOutcome(
+            [RepairedModel(self.name, tuned, {}, weights_changed=True)],
+            {"fitted_on": len(clean), "rho": self.rho, "adaptive": self.adaptive},
+        )

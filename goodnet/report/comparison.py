@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -21,64 +22,136 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..errors import SettingsError  # noqa: E402
 from ..inspection.detection_scores import DetectionScore  # noqa: E402
 from ..io.output_dir import atomic_directory  # noqa: E402
-from .html_page import write_page  # noqa: E402
+from ..measure.measurement import Measurement  # noqa: E402
 from ..repairs.base import Repair  # noqa: E402
-from ..repairs.runner import RepairResult  # noqa: E402
 from ..zoo.badnets import BadNetSettings  # noqa: E402
 from ..zoo.catalog import part_of  # noqa: E402
+from .html_page import write_page  # noqa: E402
 
 ASR_LIMIT = 2.0
 ACCURACY_GAP = 2.0
-COLUMNS = ["badnet", "repair", "oracle", "b_clean_acc", "b_asr", "clean_acc", "asr", "clean_drop", "g_clean_acc",
-           "g_asr", "detection", "false_alarm", "g_auroc", "g_tpr", "delivered", "seconds", "meets_bar"]
-HEADERS = ["BadNet (attack/arch/range/poison/seed)", "repair", "uses poisoned data", "B clean acc", "B ASR",
-           "B' clean acc", "B' ASR", "clean drop", "G clean acc", "G ASR", "G detection", "G false alarms",
-           "G AUROC", "G TPR at 5 % FPR", "delivered", "time (s)", "ASR <= 2 and drop <= 2"]
-EXTRA = ["attack", "arch", "scale", "poison_rate", "seed", "part", "badnet_meets_bar", "requested_within_budget",
-         "strip_auroc", "strip_tpr", "scan_b_anomaly", "scan_b_suspect", "scan_target", "scan_hit",
-         "scan_after_anomaly", "scan_after_suspect", "notice"]
+COLUMNS = [
+    "badnet",
+    "repair",
+    "oracle",
+    "b_clean_acc",
+    "b_asr",
+    "clean_acc",
+    "asr",
+    "clean_drop",
+    "g_clean_acc",
+    "g_asr",
+    "detection",
+    "false_alarm",
+    "g_auroc",
+    "g_tpr",
+    "delivered",
+    "seconds",
+    "meets_bar",
+]
+HEADERS = [
+    "BadNet (attack/arch/range/poison/seed)",
+    "repair",
+    "uses poisoned data",
+    "B clean acc",
+    "B ASR",
+    "B' clean acc",
+    "B' ASR",
+    "clean drop",
+    "G clean acc",
+    "G ASR",
+    "G detection",
+    "G false alarms",
+    "G AUROC",
+    "G TPR at 5 % FPR",
+    "delivered",
+    "time (s)",
+    "ASR <= 2 and drop <= 2",
+]
+EXTRA = [
+    "attack",
+    "arch",
+    "scale",
+    "poison_rate",
+    "seed",
+    "part",
+    "badnet_meets_bar",
+    "requested_within_budget",
+    "strip_auroc",
+    "strip_tpr",
+    "scan_b_anomaly",
+    "scan_b_suspect",
+    "scan_target",
+    "scan_hit",
+    "scan_after_anomaly",
+    "scan_after_suspect",
+    "notice",
+]
 
 
-PROTOCOL_NOTE = ("Each defense named after a paper runs at its paper's and reference code's settings (see the "
-                 "conformance page); goodnet's own repairs' settings were chosen on the development part of the zoo "
-                 "(seed 0), on clean validation data, and frozen in code; scores on the evaluation part (seed 1) "
-                 "choose nothing. Per zoo part and repair: BadNets (among those "
-                 "that met their own bar) repaired to the bar, test ASR and clean test drop (median, worst), how "
-                 "often the do-no-harm guard fell back, and the total repair time.")
+PROTOCOL_NOTE = (
+    "Each defense named after a paper runs at its paper's and reference code's settings (see the "
+    "conformance page); goodnet's own repairs' settings were chosen on the development part of the zoo "
+    "(seed 0), on clean validation data, and frozen in code; scores on the evaluation part (seed 1) "
+    "choose nothing. Per zoo part and repair: BadNets (among those "
+    "that met their own bar) repaired to the bar, test ASR and clean test drop (median, worst), how "
+    "often the do-no-harm guard fell back, and the total repair time."
+)
 
 
-DETECTION_TEXT = ("AUROC and TPR at 5 % FPR on the test sets, clean inputs negative and poisoned inputs positive. "
-                  "G's score is B''s doubt in B's answer (1 - P_B'(B's label)); STRIP's is minus the mean entropy "
-                  "of B's predictions on 20 blends with clean validation images (at most 2,000 inputs per set).")
+DETECTION_TEXT = (
+    "AUROC and TPR at 5 % FPR on the test sets, clean inputs negative and poisoned inputs positive. "
+    "G's score is B''s doubt in B's answer (1 - P_B'(B's label)); STRIP's is minus the mean entropy "
+    "of B's predictions on 20 blends with clean validation images (at most 2,000 inputs per set)."
+)
 
 
-def comparison_row(badnet: BadNetSettings, badnet_meets_bar: bool, result: RepairResult,
-                   strip: DetectionScore | None = None) -> dict[str, Any]:
+def comparison_row(
+    badnet: BadNetSettings, badnet_meets_bar: bool, result: Measurement, strip: DetectionScore | None = None
+) -> dict[str, Any]:
     """The table row of one repair on one zoo BadNet: its (first) B' on the test sets (and STRIP's
     detection on B, the same for every repair of that BadNet, when measured)."""
     kind = badnet.label()
     if not result.models:
-        raise SettingsError(f"the {result.repair.name} repair handed over no B' on the {kind} BadNet; "
-                            f"compare needs one")
-    metrics = result.metrics(result.models[0].labels)
+        raise SettingsError(
+            f"the {result.repair.name} repair handed over no B' on the {kind} BadNet; compare needs one"
+        )
+    metrics = result.models[0].metrics
     test, poisoned = metrics["clean_test"], metrics["poisoned_test"]
-    drop = test["backdoored"] - test["repaired"]
+    drop = result.models[0].test_drop
     meets = poisoned["repaired"] <= ASR_LIMIT and drop <= ACCURACY_GAP
     harm = result.harm
     g_detection = result.models[0].detection
-    return {"badnet": kind, "attack": badnet.kind, "arch": badnet.arch, "scale": badnet.scale,
-            "poison_rate": badnet.poison_rate, "seed": badnet.seed, "part": part_of(badnet),
-            "badnet_meets_bar": bool(badnet_meets_bar), "repair": result.repair.name, "oracle": result.repair.oracle,
-            "b_clean_acc": test["backdoored"], "b_asr": poisoned["backdoored"],
-            "clean_acc": test["repaired"], "asr": poisoned["repaired"], "clean_drop": drop,
-            "g_clean_acc": test["goodnet"], "g_asr": poisoned["goodnet"],
-            "detection": poisoned["flagged"], "false_alarm": test["flagged"],
-            "g_auroc": None if g_detection is None else g_detection.auroc,
-            "g_tpr": None if g_detection is None else g_detection.tpr,
-            "strip_auroc": None if strip is None else strip.auroc, "strip_tpr": None if strip is None else strip.tpr,
-            "delivered": "–" if harm is None else harm.delivered,
-            "requested_within_budget": None if harm is None else harm.requested_within_budget,
-            "seconds": result.seconds, "meets_bar": bool(meets), "notice": result.notice}
+    return {
+        "badnet": kind,
+        "attack": badnet.kind,
+        "arch": badnet.arch,
+        "scale": badnet.scale,
+        "poison_rate": badnet.poison_rate,
+        "seed": badnet.seed,
+        "part": part_of(badnet),
+        "badnet_meets_bar": bool(badnet_meets_bar),
+        "repair": result.repair.name,
+        "oracle": result.repair.oracle,
+        "b_clean_acc": test["backdoored"],
+        "b_asr": poisoned["backdoored"],
+        "clean_acc": test["repaired"],
+        "asr": poisoned["repaired"],
+        "clean_drop": drop,
+        "g_clean_acc": test["goodnet"],
+        "g_asr": poisoned["goodnet"],
+        "detection": poisoned["flagged"],
+        "false_alarm": test["flagged"],
+        "g_auroc": None if g_detection is None else g_detection.auroc,
+        "g_tpr": None if g_detection is None else g_detection.tpr,
+        "strip_auroc": None if strip is None else strip.auroc,
+        "strip_tpr": None if strip is None else strip.tpr,
+        "delivered": "–" if harm is None else harm.delivered,
+        "requested_within_budget": None if harm is None else harm.requested_within_budget,
+        "seconds": result.seconds,
+        "meets_bar": bool(meets),
+        "notice": result.notice,
+    }
 
 
 def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,20 +164,51 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not mine:
             continue
         asr, drop = [r["asr"] for r in mine], [r["clean_drop"] for r in mine]
-        out.append({"part": part, "repair": repair, "oracle": mine[0]["oracle"], "badnets": len(mine),
-                    "meets_bar": sum(r["meets_bar"] for r in mine),
-                    "median_asr": float(np.median(asr)), "worst_asr": max(asr),
-                    "median_drop": float(np.median(drop)), "worst_drop": max(drop),
-                    "fell_back": sum(r["delivered"] not in ("as asked", "–") for r in mine),
-                    "median_g_auroc": _median([r.get("g_auroc") for r in mine]),
-                    "seconds": sum(r["seconds"] for r in mine)})
+        out.append(
+            {
+                "part": part,
+                "repair": repair,
+                "oracle": mine[0]["oracle"],
+                "badnets": len(mine),
+                "meets_bar": sum(r["meets_bar"] for r in mine),
+                "median_asr": float(np.median(asr)),
+                "worst_asr": max(asr),
+                "median_drop": float(np.median(drop)),
+                "worst_drop": max(drop),
+                "fell_back": sum(r["delivered"] not in ("as asked", "–") for r in mine),
+                "median_g_auroc": _median([r.get("g_auroc") for r in mine]),
+                "seconds": sum(r["seconds"] for r in mine),
+            }
+        )
     return out
 
 
-SUMMARY_COLUMNS = ["part", "repair", "oracle", "meets_bar", "median_asr", "worst_asr", "median_drop", "worst_drop",
-                   "median_g_auroc", "fell_back", "seconds"]
-SUMMARY_HEADERS = ["zoo part", "repair", "uses poisoned data", "BadNets repaired to the bar", "median ASR", "worst ASR",
-                   "median clean drop", "worst clean drop", "median G AUROC", "guard fell back", "total time (s)"]
+SUMMARY_COLUMNS = [
+    "part",
+    "repair",
+    "oracle",
+    "meets_bar",
+    "median_asr",
+    "worst_asr",
+    "median_drop",
+    "worst_drop",
+    "median_g_auroc",
+    "fell_back",
+    "seconds",
+]
+SUMMARY_HEADERS = [
+    "zoo part",
+    "repair",
+    "uses poisoned data",
+    "BadNets repaired to the bar",
+    "median ASR",
+    "worst ASR",
+    "median clean drop",
+    "worst clean drop",
+    "median G AUROC",
+    "guard fell back",
+    "total time (s)",
+]
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -120,18 +224,32 @@ def strip_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["badnet"] == badnet]
         g = [r for r in mine if r.get("g_auroc") is not None]
         best = max(g, key=lambda r: r["g_auroc"], default=None)
-        out.append({"badnet": badnet, "part": mine[0]["part"], "badnet_meets_bar": mine[0]["badnet_meets_bar"],
-                    "strip_auroc": mine[0].get("strip_auroc"), "strip_tpr": mine[0].get("strip_tpr"),
-                    "best_g": None if best is None else best["repair"],
-                    "best_g_auroc": None if best is None else best["g_auroc"],
-                    "best_g_tpr": None if best is None else best["g_tpr"],
-                    "median_g_auroc": _median([r["g_auroc"] for r in g])})
+        out.append(
+            {
+                "badnet": badnet,
+                "part": mine[0]["part"],
+                "badnet_meets_bar": mine[0]["badnet_meets_bar"],
+                "strip_auroc": mine[0].get("strip_auroc"),
+                "strip_tpr": mine[0].get("strip_tpr"),
+                "best_g": None if best is None else best["repair"],
+                "best_g_auroc": None if best is None else best["g_auroc"],
+                "best_g_tpr": None if best is None else best["g_tpr"],
+                "median_g_auroc": _median([r["g_auroc"] for r in g]),
+            }
+        )
     return out
 
 
 STRIP_COLUMNS = ["badnet", "strip_auroc", "strip_tpr", "best_g", "best_g_auroc", "best_g_tpr", "median_g_auroc"]
-STRIP_HEADERS = ["BadNet", "STRIP AUROC", "STRIP TPR at 5 % FPR", "best G (repair)", "its AUROC",
-                 "its TPR at 5 % FPR", "median G AUROC over repairs"]
+STRIP_HEADERS = [
+    "BadNet",
+    "STRIP AUROC",
+    "STRIP TPR at 5 % FPR",
+    "best G (repair)",
+    "its AUROC",
+    "its TPR at 5 % FPR",
+    "median G AUROC over repairs",
+]
 
 
 def strip_table(rows: list[dict[str, Any]]) -> str:
@@ -209,23 +327,34 @@ def scan_table(rows: list[dict[str, Any]]) -> str | None:
     scanned = [r for r in rows if r.get("scan_b_anomaly") is not None]
     if not scanned:
         return None
-    lines = ["| BadNet | true target | B: top suspect | B: anomaly index | scan named the target | "
-             "anomaly index after each repair (* met the bar) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| BadNet | true target | B: top suspect | B: anomaly index | scan named the target | "
+        "anomaly index after each repair (* met the bar) |",
+        "|---|---|---|---|---|---|",
+    ]
     for badnet in dict.fromkeys(r["badnet"] for r in scanned):
         mine = [r for r in scanned if r["badnet"] == badnet]
         first = mine[0]
         after = ", ".join(f"{r['repair']} {r['scan_after_anomaly']:.2f}{'*' if r['meets_bar'] else ''}" for r in mine)
         hit = "– (all-to-all)" if first["scan_target"] is None else _cell(first["scan_hit"], "")
-        lines.append(f"| {badnet}{'' if first['badnet_meets_bar'] else ' (missed the BadNet bar)'} | "
-                     f"{_cell(first['scan_target'], '')} | {_cell(first['scan_b_suspect'], '')} | "
-                     f"{first['scan_b_anomaly']:.2f} | {hit} | {after} |")
-    single = [r for r in dict((r["badnet"], r) for r in scanned if r["badnet_meets_bar"]).values()
-              if r["scan_target"] is not None]
+        lines.append(
+            f"| {badnet}{'' if first['badnet_meets_bar'] else ' (missed the BadNet bar)'} | "
+            f"{_cell(first['scan_target'], '')} | {_cell(first['scan_b_suspect'], '')} | "
+            f"{first['scan_b_anomaly']:.2f} | {hit} | {after} |"
+        )
+    single = [
+        r
+        for r in dict((r["badnet"], r) for r in scanned if r["badnet_meets_bar"]).values()
+        if r["scan_target"] is not None
+    ]
     cleaned = [r for r in scanned if r["meets_bar"] and r["badnet_meets_bar"]]
-    lines += ["", f"Scan hit rate on the single-target BadNets that met their bar: "
-              f"{sum(bool(r['scan_hit']) for r in single)} of {len(single)}. After a repair that met the bar, the "
-              f"anomaly index was below 2 in {sum(r['scan_after_anomaly'] < 2 for r in cleaned)} of {len(cleaned)} "
-              f"cells."]
+    lines += [
+        "",
+        f"Scan hit rate on the single-target BadNets that met their bar: "
+        f"{sum(bool(r['scan_hit']) for r in single)} of {len(single)}. After a repair that met the bar, the "
+        f"anomaly index was below 2 in {sum(r['scan_after_anomaly'] < 2 for r in cleaned)} of {len(cleaned)} "
+        f"cells.",
+    ]
     return "\n".join(lines)
 
 
@@ -234,21 +363,49 @@ def _scan_section(rows: list[dict[str, Any]]) -> str:
     return "" if table is None else ("## Trigger scan (Neural Cleanse, clean data only)\n\n" + table + "\n\n")
 
 
-def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, Any],
-                     repairs: Sequence[Repair], runner: dict[str, Any] | None = None) -> None:
+def write_comparison(
+    out_dir: str,
+    rows: list[dict[str, Any]],
+    zoo: dict[str, Any],
+    repairs: Sequence[Repair],
+    runner: dict[str, Any] | None = None,
+) -> None:
     with atomic_directory(out_dir, marker="comparison.json") as stage:
         with open(os.path.join(stage, "comparison.md"), "w") as f:
-            ran = "" if not runner else (f"Ran {runner['runner']}, {runner['threads_per_cell']} PyTorch thread(s) per cell, "
-                                         f"on {runner.get('device', 'cpu')}.\n\n")
-            f.write("# goodnet: repairs on the attack zoo\n\n" + PROTOCOL_NOTE + "\n\n" + ran + "## Per repair\n\n"
-                    + summary_table(rows) + "\n\n## Detection: G against STRIP\n\n" + strip_table(rows) + "\n\n"
-                    + DETECTION_TEXT + "\n\n" + _scan_section(rows) + "## Every BadNet\n\n" + markdown_table(rows) + "\n\n"
-                    "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
-                    "(detection: share of poisoned test inputs flagged; false alarms: share of clean "
-                    "test inputs flagged). Oracle repairs use poisoned validation data.\n\n"
-                    + ("Repairs that could not act:\n\n" + "\n".join(notice_lines(rows)) + "\n\n"
-                       if notice_lines(rows) else "")
-                    + "![comparison](comparison.png)\n")
+            ran = (
+                ""
+                if not runner
+                else (
+                    f"Ran {runner['runner']}, {runner['threads_per_cell']} PyTorch thread(s) per cell, "
+                    f"on {runner.get('device', 'cpu')}.\n\n"
+                )
+            )
+            f.write(
+                "# goodnet: repairs on the attack zoo\n\n"
+                + PROTOCOL_NOTE
+                + "\n\n"
+                + ran
+                + "## Per repair\n\n"
+                + summary_table(rows)
+                + "\n\n## Detection: G against STRIP\n\n"
+                + strip_table(rows)
+                + "\n\n"
+                + DETECTION_TEXT
+                + "\n\n"
+                + _scan_section(rows)
+                + "## Every BadNet\n\n"
+                + markdown_table(rows)
+                + "\n\n"
+                "ASR and accuracy are on test data; G flags inputs where B and B' disagree "
+                "(detection: share of poisoned test inputs flagged; false alarms: share of clean "
+                "test inputs flagged). Oracle repairs use poisoned validation data.\n\n"
+                + (
+                    "Repairs that could not act:\n\n" + "\n".join(notice_lines(rows)) + "\n\n"
+                    if notice_lines(rows)
+                    else ""
+                )
+                + "![comparison](comparison.png)\n"
+            )
         with open(os.path.join(stage, "comparison.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS + EXTRA)
             writer.writeheader()
@@ -257,10 +414,18 @@ def write_comparison(out_dir: str, rows: list[dict[str, Any]], zoo: dict[str, An
         plot_comparison(rows, os.path.join(stage, "comparison.png"))
         write_page(stage, "comparison.md", "comparison.html", "goodnet: repairs on the attack zoo")
         with open(os.path.join(stage, "comparison.json"), "w") as f:
-            json.dump({"rows": rows, "summary": summary_rows(rows), "detection": strip_rows(rows), "zoo": zoo, "badnets": list(zoo),
-                       "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
-                       "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP},
-                       "runner": runner}, f, indent=2)
+            json.dump(
+                {
+                    "rows": rows,
+                    "summary": summary_rows(rows),
+                    "detection": strip_rows(rows),
+                    "zoo": zoo,
+                    "badnets": list(zoo),
+                    "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
+                    "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP},
+                    "runner": runner,
+                },
+                f,
+                indent=2,
+            )
             f.write("\n")
-
-

@@ -14,8 +14,13 @@ from html.parser import HTMLParser
 
 from markdown_it import MarkdownIt
 
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml",
-               ".gif": "image/gif"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".svg": "image/svg+xml",
+    ".gif": "image/gif",
+}
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1100px;
@@ -84,11 +89,13 @@ def _renderer(directory: str) -> MarkdownIt:
 def render_page(markdown_text: str, directory: str, title: str) -> str:
     """The whole HTML document for `markdown_text`, its images read from `directory`."""
     body = _renderer(directory).render(markdown_text)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}"
-            "<footer>Written by goodnet from the report.md beside this file; every image is embedded, "
-            "nothing is loaded from elsewhere.</footer>\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}"
+        "<footer>Written by goodnet from the report.md beside this file; every image is embedded, "
+        "nothing is loaded from elsewhere.</footer>\n</body>\n</html>\n"
+    )
 
 
 def write_page(directory: str, markdown_name: str, html_name: str, title: str) -> str:

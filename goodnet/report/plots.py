@@ -18,11 +18,13 @@ from ..pruning.curve import PruningCurve  # noqa: E402
 def plot_curve(curve: PruningCurve, rows: list[dict[str, Any]], path: str) -> None:
     frac = [row["fraction_pruned"] for row in rows]
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    series = [("valid_accuracy", "B' clean valid accuracy", "tab:blue", "-"),
-              ("test_accuracy", "B' clean test accuracy", "tab:blue", "--"),
-              ("valid_asr", "B' valid ASR", "tab:red", "-"),
-              ("test_asr", "B' test ASR", "tab:red", "--"),
-              ("goodnet_test_asr", "G test ASR", "tab:purple", ":")]
+    series = [
+        ("valid_accuracy", "B' clean valid accuracy", "tab:blue", "-"),
+        ("test_accuracy", "B' clean test accuracy", "tab:blue", "--"),
+        ("valid_asr", "B' valid ASR", "tab:red", "-"),
+        ("test_asr", "B' test ASR", "tab:red", "--"),
+        ("goodnet_test_asr", "G test ASR", "tab:purple", ":"),
+    ]
     for column, label, color, style in series:
         if rows[0][column] is not None:
             ax.plot(frac, [row[column] for row in rows], style, color=color, label=label)
@@ -48,8 +50,11 @@ def plot_activations(curve: PruningCurve, path: str) -> None:
     ax.bar(steps, means, color="tab:blue")
     dead_steps = steps[means == 0]
     ax.plot(dead_steps, np.zeros(len(dead_steps)), "x", color="tab:red", label="dead (mean 0)")
-    ax.set_title(f"mean activation at {curve.cut} on clean validation data, in pruning order "
-                 f"({len(dead_steps)} of {len(means)} channels dead, red x)", fontsize=9)
+    ax.set_title(
+        f"mean activation at {curve.cut} on clean validation data, in pruning order "
+        f"({len(dead_steps)} of {len(means)} channels dead, red x)",
+        fontsize=9,
+    )
     ax.set_xlabel("pruning step")
     ax.set_ylabel("mean activation")
     fig.tight_layout()
@@ -64,8 +69,16 @@ def _as_picture(image: np.ndarray) -> np.ndarray:
     return picture[..., 0] if picture.shape[2] == 1 else picture[..., :3]
 
 
-def plot_samples(images: ImageSet, labels_b: np.ndarray, labels_g: np.ndarray, extra_class: int,
-                 title: str, path: str, poisoned: bool, count: int = 8) -> None:
+def plot_samples(
+    images: ImageSet,
+    labels_b: np.ndarray,
+    labels_g: np.ndarray,
+    extra_class: int,
+    title: str,
+    path: str,
+    poisoned: bool,
+    count: int = 8,
+) -> None:
     count = min(count, len(images))
     fig, axes = plt.subplots(1, count, figsize=(1.6 * count, 2.2))
     for i, ax in enumerate(np.atleast_1d(axes)):

@@ -13,12 +13,14 @@ from .html_page import write_page
 from .plots import plot_mask_norms, plot_triggers
 
 SCAN_MARKER = "scan.json"
-SCAN_NOTE = ("Neural Cleanse (Wang et al. 2019): for every label, the smallest mask (with a pattern) that sends "
-             "clean images to that label. A backdoor target needs a much smaller mask than the other labels; the "
-             "anomaly index is how many median absolute deviations (x 1.4826) a label's mask norm lies below the "
-             "median, and labels above 2 are suspected targets. No poisoned data is used. An all-to-all backdoor, "
-             "or a trigger as large as an image, has no single outlier: \"no single target found\" does not prove "
-             "a model clean.")
+SCAN_NOTE = (
+    "Neural Cleanse (Wang et al. 2019): for every label, the smallest mask (with a pattern) that sends "
+    "clean images to that label. A backdoor target needs a much smaller mask than the other labels; the "
+    "anomaly index is how many median absolute deviations (x 1.4826) a label's mask norm lies below the "
+    "median, and labels above 2 are suspected targets. No poisoned data is used. An all-to-all backdoor, "
+    'or a trigger as large as an image, has no single outlier: "no single target found" does not prove '
+    "a model clean."
+)
 
 
 def scan_figures(stage: str, scan, value_range: tuple[float, float], stem: str, title: str) -> list[str]:
@@ -31,13 +33,17 @@ def scan_figures(stage: str, scan, value_range: tuple[float, float], stem: str, 
 
 def scan_table(scans: dict[str, Any]) -> str:
     """One row per scanned model: its verdict, largest anomaly index and suspected targets."""
-    lines = ["| model | largest anomaly index | suspected targets | smallest mask (label, L1 norm) | verdict |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| model | largest anomaly index | suspected targets | smallest mask (label, L1 norm) | verdict |",
+        "|---|---|---|---|---|",
+    ]
     for name, scan in scans.items():
         smallest = int(min(range(len(scan.norms)), key=lambda i: scan.norms[i]))
         suspects = ", ".join(str(int(t)) for t in scan.suspects) or "none"
-        lines.append(f"| {name} | {scan.max_anomaly:.2f} | {suspects} | {int(scan.labels[smallest])}, "
-                     f"{scan.norms[smallest]:.1f} | {scan.verdict} |")
+        lines.append(
+            f"| {name} | {scan.max_anomaly:.2f} | {suspects} | {int(scan.labels[smallest])}, "
+            f"{scan.norms[smallest]:.1f} | {scan.verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -55,8 +61,16 @@ def write_scan(out_dir: str, scan, value_range: tuple[float, float], inputs: dic
             json.dump(doc, f, indent=2)
             f.write("\n")
         with open(os.path.join(stage, "report.md"), "w") as f:
-            f.write("\n".join(["# goodnet: trigger scan", "",
-                               "Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in inputs.items()), ""]
-                              + scan_markdown({"B": scan}, figures)))
+            f.write(
+                "\n".join(
+                    [
+                        "# goodnet: trigger scan",
+                        "",
+                        "Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in inputs.items()),
+                        "",
+                    ]
+                    + scan_markdown({"B": scan}, figures)
+                )
+            )
         write_page(stage, "report.md", "report.html", "goodnet: trigger scan")
     return doc

@@ -3,17 +3,22 @@ rules' choices when the repair selected from a pruning curve."""
 
 from __future__ import annotations
 
-from ..repairs.runner import RepairResult
-from .results import goodnet_scores, model_scores, valid_drop
+from ..measure.measurement import Measurement
 
-ORACLE_NOTE = ("ORACLE: this repair used poisoned validation data, which the lab's rules forbid for "
-               "design; it shows what knowing the trigger buys, not a deployable defense.")
-FORCED_NOTE = ("FORCED: B was not clearly better than chance on the clean validation data ({accuracy:.2f} % of "
-               "{images} images, chance {chance:.2f} %); the numbers below are of a model that may be broken or "
-               "fed data it was not made for (--force).")
-SUMMARY_NOTE = ("Accuracies and ASR in %. *flagged poisoned* is G's detection rate on poisoned test inputs; "
-                "*flagged clean* is its false-alarm rate on clean test inputs. G answers B's label where B "
-                "and B' agree, and the extra class (\"poisoned\") where they do not.")
+ORACLE_NOTE = (
+    "ORACLE: this repair used poisoned validation data, which the lab's rules forbid for "
+    "design; it shows what knowing the trigger buys, not a deployable defense."
+)
+FORCED_NOTE = (
+    "FORCED: B was not clearly better than chance on the clean validation data ({accuracy:.2f} % of "
+    "{images} images, chance {chance:.2f} %); the numbers below are of a model that may be broken or "
+    "fed data it was not made for (--force)."
+)
+SUMMARY_NOTE = (
+    "Accuracies and ASR in %. *flagged poisoned* is G's detection rate on poisoned test inputs; "
+    "*flagged clean* is its false-alarm rate on clean test inputs. G answers B's label where B "
+    'and B\' agree, and the extra class ("poisoned") where they do not.'
+)
 
 
 def _pct(value: float | None) -> str:
@@ -24,73 +29,122 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def summary_table(result: RepairResult) -> str:
+def summary_table(result: Measurement) -> str:
     """B, then every B' with its G, on the validation and test sets given."""
-    lines = [_row(["model", "B'", "channels pruned", "valid acc", "valid ASR", "test acc", "test ASR",
-                   "flagged poisoned", "flagged clean"]), "|---" * 9 + "|"]
-    base = model_scores(result, result.backdoored)
-    lines.append(_row(["B (backdoored)", "–", "0", *(_pct(base[k]) for k in
-                                                     ("valid_accuracy", "valid_asr", "test_accuracy", "test_asr")),
-                       "–", "–"]))
+    lines = [
+        _row(
+            [
+                "model",
+                "B'",
+                "channels pruned",
+                "valid acc",
+                "valid ASR",
+                "test acc",
+                "test ASR",
+                "flagged poisoned",
+                "flagged clean",
+            ]
+        ),
+        "|---" * 9 + "|",
+    ]
+    base = result.baseline
+    lines.append(
+        _row(
+            [
+                "B (backdoored)",
+                "–",
+                "0",
+                *(_pct(base[k]) for k in ("valid_accuracy", "valid_asr", "test_accuracy", "test_asr")),
+                "–",
+                "–",
+            ]
+        )
+    )
     by_name = {m.name: m for m in result.models}
     names = [m.name for m in result.models]
     saved = result.details.get("saved_rules")
     if result.curve is not None and saved is not None:  # in selection order, with budgets never reached
-        names = [s.name for s in result.curve.selections if s.rule in saved]
+        names = [c.name for c in result.thresholds if c.rule in saved]
     for name in names:
         m = by_name.get(name)
         if m is None:
             lines.append(_row(["B'", name, "never reached", *["–"] * 6]))
             continue
         count = str(sum(len(c) for c in m.repaired.pruned.values()))
-        b, v, t = model_scores(result, m.labels), goodnet_scores(result, m.labels, "valid"), \
-            goodnet_scores(result, m.labels, "test")
-        lines.append(_row(["B'", name, count, *(_pct(b[k]) for k in
-                                                ("valid_accuracy", "valid_asr", "test_accuracy", "test_asr")),
-                           "–", "–"]))
-        lines.append(_row(["G", name, count, _pct(v["valid_accuracy"]), _pct(v["valid_asr"]),
-                           _pct(t["test_accuracy"]), _pct(t["test_asr"]), _pct(t["flagged_poisoned"]),
-                           _pct(t["flagged_clean"])]))
+        b, v, t = m.scores, m.goodnet_valid, m.goodnet_test
+        lines.append(
+            _row(
+                [
+                    "B'",
+                    name,
+                    count,
+                    *(_pct(b[k]) for k in ("valid_accuracy", "valid_asr", "test_accuracy", "test_asr")),
+                    "–",
+                    "–",
+                ]
+            )
+        )
+        lines.append(
+            _row(
+                [
+                    "G",
+                    name,
+                    count,
+                    _pct(v["valid_accuracy"]),
+                    _pct(v["valid_asr"]),
+                    _pct(t["test_accuracy"]),
+                    _pct(t["test_asr"]),
+                    _pct(t["flagged_poisoned"]),
+                    _pct(t["flagged_clean"]),
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
-DETECTION_NOTE = ("Clean test inputs are the negatives, poisoned test inputs the positives. G's score is B''s doubt "
-                  "in B's answer, 1 - P_B'(B's label); STRIP's is minus the mean entropy of B on blends with "
-                  "clean validation images (Gao et al. 2019). AUROC 50 is chance; TPR is the share of "
-                  "poisoned inputs caught at the threshold that flags at most 5 % of the clean ones.")
+DETECTION_NOTE = (
+    "Clean test inputs are the negatives, poisoned test inputs the positives. G's score is B''s doubt "
+    "in B's answer, 1 - P_B'(B's label); STRIP's is minus the mean entropy of B on blends with "
+    "clean validation images (Gao et al. 2019). AUROC 50 is chance; TPR is the share of "
+    "poisoned inputs caught at the threshold that flags at most 5 % of the clean ones."
+)
 
 
-def detection_table(result: RepairResult) -> str | None:
+def detection_table(result: Measurement) -> str | None:
     """AUROC and TPR at 5 % FPR of every G, and of STRIP on B; None without both test sets."""
     rows = [(f"G ({m.name})", m.detection) for m in result.models if m.detection is not None]
     if result.strip is not None:
         rows.append(("STRIP on B", result.strip))
     if not rows:
         return None
-    lines = [_row(["detector", "AUROC", f"TPR at {rows[0][1].fpr:g} % FPR", "clean inputs", "poisoned inputs"]),
-             "|---" * 5 + "|"]
+    lines = [
+        _row(["detector", "AUROC", f"TPR at {rows[0][1].fpr:g} % FPR", "clean inputs", "poisoned inputs"]),
+        "|---" * 5 + "|",
+    ]
     for name, score in rows:
         lines.append(_row([name, _pct(score.auroc), _pct(score.tpr), str(score.clean), str(score.poisoned)]))
     return "\n".join(lines)
 
 
-def rules_table(result: RepairResult) -> str:
+def rules_table(result: Measurement) -> str:
     """Both stopping rules' choices per budget X: channels pruned and clean validation drop."""
-    lines = ["| X | crossing: channels | crossing: valid drop | within: channels | within: valid drop |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| X | crossing: channels | crossing: valid drop | within: channels | within: valid drop |",
+        "|---|---|---|---|---|",
+    ]
     by_x: dict[float, dict] = {}
-    for sel in result.curve.selections:
-        by_x.setdefault(sel.x, {})[sel.rule] = sel
+    for choice in result.thresholds:
+        by_x.setdefault(choice.x, {})[choice.rule] = choice
     for x, rules in by_x.items():
         cells = []
         for rule in ("crossing", "within"):
-            k = rules[rule].channels_pruned
-            cells += ["never" if k is None else str(k), "–" if k is None else f"{valid_drop(result, k):.2f}"]
+            k, drop = rules[rule].channels_pruned, rules[rule].valid_drop
+            cells += ["never" if k is None else str(k), "–" if k is None else f"{drop:.2f}"]
         lines.append(f"| {x:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def pruned_summary(result: RepairResult) -> str:
+def pruned_summary(result: Measurement) -> str:
     """What each B' pruned, in one line."""
     parts = []
     for m in result.models:
@@ -99,15 +153,17 @@ def pruned_summary(result: RepairResult) -> str:
     return "; ".join(parts) or "no B' (no budget was reached)"
 
 
-def summary_lines(result: RepairResult) -> list[str]:
+def summary_lines(result: Measurement) -> list[str]:
     """What `goodnet defend` prints: the oracle warning, what was done, the table."""
     lines = [ORACLE_NOTE] if result.repair.oracle else []
     if forced_past_sanity(result):
         lines.append(forced_note(result))
     if result.curve is not None:
         curve = result.curve
-        lines.append(f"layer {curve.layer} (cut {curve.cut}): {int((curve.mean_activation == 0).sum())} of "
-                     f"{curve.num_channels} channels dead on clean validation data")
+        lines.append(
+            f"layer {curve.layer} (cut {curve.cut}): {result.dead_channels} of "
+            f"{curve.num_channels} channels dead on clean validation data"
+        )
     else:
         lines.append(f"repair {result.repair.name}: {pruned_summary(result)} ({result.seconds:.1f} s)")
     if result.harm is not None:
@@ -119,10 +175,10 @@ def summary_lines(result: RepairResult) -> list[str]:
     return lines
 
 
-def forced_past_sanity(result: RepairResult) -> bool:
-    return result.sanity is not None and not result.sanity.above_chance and result.sanity.forced
+def forced_past_sanity(result: Measurement) -> bool:
+    return result.sanity is not None and result.sanity.forced_past
 
 
-def forced_note(result: RepairResult) -> str:
+def forced_note(result: Measurement) -> str:
     s = result.sanity
     return FORCED_NOTE.format(accuracy=s.valid_accuracy, images=s.images, chance=s.chance)

@@ -4,21 +4,18 @@
 mixed in at 10 %), `all-to-all` (the patch, but label y becomes y+1 mod N), `sunglasses` (a
 larger occluding shape, like the lab's trigger), `wanet` (a fixed smooth warp of the whole image,
 Nguyen & Tran 2021), `sig` (a faint horizontal sinusoid, Barni et al. 2019, here poison-label:
-see below) and `moving-patch` (a 4x4 checkerboard patch at a random place in every image; a
-solid one reached only 53 % ASR, see triggers.MovingPatchTrigger). Poisoned
-evaluation sets hold every image the attack can change: for a one-target attack, those whose true
-label is not the target.
+see below) and `moving-patch` (a 4x4 checkerboard patch at a random place in every image; see
+triggers.MovingPatchTrigger for why it is not solid). Poisoned evaluation sets hold every image the
+attack can change: for a one-target attack, those whose true label is not the target.
 
 Triggers work in any pixel range: `value_range` (default raw 0..255) is passed through to them.
 
 Why the zoo's `sig` relabels its poisoned images: the paper's SIG is clean-label: only
-target-class training images get the sinusoid and every label is kept. At the zoo's settings
-(delta 20 of 255, frequency 6, poison rate 0.1 = 300 images, which is every one of the 300
-target-class images among the 3,000 attacker-train images; SmallCNN, 20 epochs) that BadNet reached
-a test ASR of 0.11 % (clean accuracy 96.8 %): the digits' shapes explain the target class
-completely, so the faint signal is never needed. So the zoo uses the poison-label variant (10 % of
-the non-target images get the signal and the target label, like the other attacks); the paper's
-clean-label form stays available as Attack("sig", clean_label=True).
+target-class training images get the sinusoid and every label is kept. On the zoo's digits that
+plants no backdoor, even with every target-class training image carrying the signal: the digits'
+shapes explain the target class completely, so the faint signal is never needed. The zoo therefore
+uses the poison-label variant (10 % of the non-target images get the signal and the target label,
+like the other attacks); the paper's clean-label form is available as Attack("sig", clean_label=True).
 """
 
 from __future__ import annotations
@@ -30,8 +27,16 @@ import numpy as np
 
 from ..errors import SettingsError
 from ..io.data import ImageSet
-from .triggers import (RAW_RANGE, BlendTrigger, MovingPatchTrigger, PatchTrigger, SinusoidTrigger,
-                       SunglassesTrigger, ValueRange, WarpTrigger)
+from .triggers import (
+    RAW_RANGE,
+    BlendTrigger,
+    MovingPatchTrigger,
+    PatchTrigger,
+    SinusoidTrigger,
+    SunglassesTrigger,
+    ValueRange,
+    WarpTrigger,
+)
 
 KINDS = ("patch", "blended", "all-to-all", "sunglasses", "wanet", "sig", "moving-patch")
 
@@ -86,17 +91,32 @@ class Attack:
             raise SettingsError(f"target {self.target} is not a class (0..{num_classes - 1})")
         return np.full(len(y), self.target, dtype=np.int64)
 
-    def poisoned_set(self, images: ImageSet, num_classes: int, name: str,
-                     value_range: ValueRange = RAW_RANGE, rng: np.random.Generator | None = None) -> ImageSet:
+    def poisoned_set(
+        self,
+        images: ImageSet,
+        num_classes: int,
+        name: str,
+        value_range: ValueRange = RAW_RANGE,
+        rng: np.random.Generator | None = None,
+    ) -> ImageSet:
         """Every eligible image, triggered and labelled as the attacker wants. `rng`: for triggers
         that draw per image (the moving patch); without one they use their own seeded generator."""
         keep = self.eligible(images.y)
-        return ImageSet(x=self.trigger.apply(images.x[keep], value_range, rng),
-                        y=self.target_labels(images.y[keep], num_classes), name=name)
+        return ImageSet(
+            x=self.trigger.apply(images.x[keep], value_range, rng),
+            y=self.target_labels(images.y[keep], num_classes),
+            name=name,
+        )
 
-    def poison_training_set(self, x: np.ndarray, y: np.ndarray, rate: float, num_classes: int,
-                            rng: np.random.Generator, value_range: ValueRange = RAW_RANGE
-                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def poison_training_set(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        rate: float,
+        num_classes: int,
+        rng: np.random.Generator,
+        value_range: ValueRange = RAW_RANGE,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Trigger round(rate * len(y)) training images and relabel them (a clean-label attack
         triggers target-class images and keeps their labels); return x, y, indices. `rng` picks
         the images and then draws whatever the trigger draws per image."""
@@ -107,8 +127,9 @@ class Attack:
         count = int(round(rate * len(y)))
         if count > len(candidates):
             which = f"target-class (label {self.target}) " if self.clean_label else ""
-            raise SettingsError(f"poison rate {rate} needs {count} images but only {len(candidates)} "
-                                f"{which}can be poisoned")
+            raise SettingsError(
+                f"poison rate {rate} needs {count} images but only {len(candidates)} {which}can be poisoned"
+            )
         if self.clean_label and not 0 <= self.target < num_classes:
             raise SettingsError(f"target {self.target} is not a class (0..{num_classes - 1})")
         chosen = rng.choice(candidates, size=count, replace=False)
@@ -118,5 +139,9 @@ class Attack:
         return x, y, chosen
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "target": None if self.all_to_all else self.target,
-                "clean_label": self.clean_label, "trigger": self.trigger.describe()}
+        return {
+            "kind": self.kind,
+            "target": None if self.all_to_all else self.target,
+            "clean_label": self.clean_label,
+            "trigger": self.trigger.describe(),
+        }

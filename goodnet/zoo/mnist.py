@@ -29,6 +29,6 @@ def split_per_class(y: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np
             raise DataError(f"class {label} has {len(members)} images, fewer than {sum(sizes)}")
         start = 0
         for part, size in zip(parts, sizes):
-            part.append(members[start:start + size])
+            part.append(members[start : start + size])
             start += size
     return [rng.permutation(np.concatenate(p)) for p in parts]

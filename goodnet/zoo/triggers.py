@@ -5,9 +5,9 @@ pixels lie in `value_range = (low, high)`, and the result lies there too. Levels
 the range, so one trigger works on raw 0..255 pixels and on 0..1 data alike: a solid pixel at
 `level` is low + level * (high - low) (level 1.0: `high`), a blend pattern is drawn in [low, high],
 and an additive signal given in 0..255 units is scaled by (high - low) / 255 and the result clipped
-to [low, high]. At the default (0, 255) the demo's triggers give exactly the arrays they always
-did. `rng` is used only by triggers that draw something per image (the moving patch); the others
-ignore it. `describe()` is JSON-ready (it is part of the zoo cache's fingerprint).
+to [low, high]. The default range (0, 255) is raw 8-bit pixels, as in the demo's data. `rng` is
+used only by triggers that draw something per image (the moving patch); the others ignore it.
+`describe()` is JSON-ready (it is part of the zoo cache's fingerprint).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ class PatchTrigger:
         bottom, right = height - self.margin, width - self.margin
         return slice(bottom - self.size, bottom), slice(right - self.size, right)
 
-    def apply(self, x: np.ndarray, value_range: ValueRange = RAW_RANGE,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+    def apply(
+        self, x: np.ndarray, value_range: ValueRange = RAW_RANGE, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         out = x.copy()
         rows, cols = self.region(x.shape[2], x.shape[3])
         out[:, :, rows, cols] = _level(self.level, value_range)
@@ -77,8 +78,9 @@ class BlendTrigger:
     def region(self, height: int, width: int) -> tuple[slice, slice]:
         return slice(0, height), slice(0, width)
 
-    def apply(self, x: np.ndarray, value_range: ValueRange = RAW_RANGE,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+    def apply(
+        self, x: np.ndarray, value_range: ValueRange = RAW_RANGE, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         mixed = (1 - self.ratio) * x + self.ratio * self.pattern(x.shape[1:], value_range)[None]
         return _clip(mixed, value_range, x.dtype)  # a convex mix: clipping only catches rounding
 
@@ -90,8 +92,9 @@ class BlendTrigger:
 class SunglassesTrigger:
     """A larger occluding shape near the top: two solid lenses and a bridge, like the lab's
     sunglasses (for 28x28 digits: lenses 4x6 at rows 2-5, 52 pixels, over three times the patch).
-    Placed lower (rows 6-10, 74 pixels) it erased half the digits' identity even for a clean model,
-    so no repair could tell a surviving backdoor from plain misreading. Solid at relative `level`."""
+    It sits near the top so that it covers little of the digit: lower down it would hide the digit
+    even from a clean model, and no repair could tell a surviving backdoor from plain misreading.
+    Solid at relative `level`."""
 
     level: float = 1.0
     top: int = 2
@@ -103,13 +106,14 @@ class SunglassesTrigger:
         m = np.zeros((height, width), dtype=bool)
         left = (width - 2 * self.lens_width - self.gap) // 2
         rows = slice(self.top, self.top + self.lens_height)
-        m[rows, left:left + self.lens_width] = True
-        m[rows, left + self.lens_width + self.gap:left + 2 * self.lens_width + self.gap] = True
-        m[self.top + 1, left + self.lens_width:left + self.lens_width + self.gap] = True  # bridge
+        m[rows, left : left + self.lens_width] = True
+        m[rows, left + self.lens_width + self.gap : left + 2 * self.lens_width + self.gap] = True
+        m[self.top + 1, left + self.lens_width : left + self.lens_width + self.gap] = True  # bridge
         return m
 
-    def apply(self, x: np.ndarray, value_range: ValueRange = RAW_RANGE,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+    def apply(
+        self, x: np.ndarray, value_range: ValueRange = RAW_RANGE, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         out = x.copy()
         out[:, :, self.mask(x.shape[2], x.shape[3])] = _level(self.level, value_range)
         return out
@@ -131,8 +135,8 @@ class WarpTrigger:
     Left out: the paper's "noise mode" (training images given random warps and their correct
     labels, to keep the backdoor from firing on any warp); it is a training-time regulariser of the
     attacker's, not part of the trigger. Strength 1.0 (about 0.4 pixel of mean displacement on
-    28x28, 1 at most), twice the paper's 0.5: with random-shift augmentation in training, 0.5
-    reached only 70 % ASR on the zoo's development small CNN; 1.0 over 30 epochs reached 98.6 %."""
+    28x28, 1 at most) is twice the paper's 0.5, so that a model trained with random-shift
+    augmentation still learns the warp (chosen on the zoo's development seed)."""
 
     strength: float = 1.0
     grid_size: int = 4
@@ -146,8 +150,11 @@ class WarpTrigger:
         k = self.grid_size
         coarse = np.random.default_rng(self.seed).uniform(-1.0, 1.0, (1, 2, k, k))
         coarse = coarse / np.abs(coarse).mean()
-        fine = F.interpolate(torch.from_numpy(coarse), size=(height, width), mode="bicubic",
-                             align_corners=True)[0].permute(1, 2, 0).numpy()
+        fine = (
+            F.interpolate(torch.from_numpy(coarse), size=(height, width), mode="bicubic", align_corners=True)[0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         return self.strength * fine / height
 
     def grid(self, height: int, width: int) -> np.ndarray:
@@ -156,16 +163,22 @@ class WarpTrigger:
         identity = np.stack([xs, ys], axis=-1)
         return np.clip(identity + self.offsets(height, width), -1.0, 1.0)
 
-    def apply(self, x: np.ndarray, value_range: ValueRange = RAW_RANGE,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+    def apply(
+        self, x: np.ndarray, value_range: ValueRange = RAW_RANGE, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
         n, _, height, width = x.shape
         grid = torch.from_numpy(self.grid(height, width)).to(torch.float32)[None].expand(n, -1, -1, -1)
         with torch.no_grad():
-            warped = F.grid_sample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), grid,
-                                   mode="bilinear", padding_mode="border", align_corners=True).numpy()
+            warped = F.grid_sample(
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                grid,
+                mode="bilinear",
+                padding_mode="border",
+                align_corners=True,
+            ).numpy()
         return _clip(warped, value_range, x.dtype)
 
     def describe(self) -> dict:
@@ -186,8 +199,9 @@ class SinusoidTrigger:
         columns = np.arange(width, dtype=np.float64)
         return self.delta * (high - low) / 255.0 * np.sin(2 * np.pi * columns * self.frequency / width)
 
-    def apply(self, x: np.ndarray, value_range: ValueRange = RAW_RANGE,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+    def apply(
+        self, x: np.ndarray, value_range: ValueRange = RAW_RANGE, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         return _clip(x + self.signal(x.shape[3], value_range)[None, None, None, :], value_range, x.dtype)
 
     def describe(self) -> dict:
@@ -201,9 +215,9 @@ class MovingPatchTrigger:
     `rng` given to apply, or from a generator seeded with `seed` when none is.
 
     pattern "checker": the square is a checkerboard of `level` and the range's bottom (top-left at
-    `level`) instead of solid. On the zoo's MNIST BadNet the solid square reached only 52.9 % test
-    ASR (clean accuracy 94.6 % against the clean model's 96.9 %): a white blob anywhere looks like
-    a piece of stroke. The checkerboard reached 99.6 % (96.0 %)."""
+    `level`) instead of solid. The zoo uses the checkerboard: on digits a solid white blob anywhere
+    looks like a piece of stroke, so a BadNet learns it poorly, while a checkerboard looks like no
+    stroke."""
 
     size: int = 4
     level: float = 1.0
@@ -221,21 +235,20 @@ class MovingPatchTrigger:
             on[np.add.outer(np.arange(self.size), np.arange(self.size)) % 2 == 1] = _bounds(value_range)[0]
         return on
 
-    def positions(self, n: int, height: int, width: int,
-                  rng: np.random.Generator | None = None) -> np.ndarray:
+    def positions(self, n: int, height: int, width: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """(n, 2) top-left corners (row, column), each uniform over every place the patch fits."""
         if self.size > min(height, width):
             raise ValueError(f"a {self.size}x{self.size} patch does not fit a {height}x{width} image")
         rng = np.random.default_rng(self.seed) if rng is None else rng
-        return np.stack([rng.integers(0, height - self.size + 1, n),
-                         rng.integers(0, width - self.size + 1, n)], axis=1)
+        return np.stack([rng.integers(0, height - self.size + 1, n), rng.integers(0, width - self.size + 1, n)], axis=1)
 
-    def apply(self, x: np.ndarray, value_range: ValueRange = RAW_RANGE,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+    def apply(
+        self, x: np.ndarray, value_range: ValueRange = RAW_RANGE, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         out = x.copy()
         block = self.block(value_range)
         for i, (row, col) in enumerate(self.positions(len(x), x.shape[2], x.shape[3], rng)):
-            out[i, :, row:row + self.size, col:col + self.size] = block
+            out[i, :, row : row + self.size, col : col + self.size] = block
         return out
 
     def describe(self) -> dict:

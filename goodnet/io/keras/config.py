@@ -24,8 +24,11 @@ def _pair(value: Any, what: str, layer: str) -> list[int]:
     least = 0 if what == "padding" else 1
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value, value]
-    if isinstance(value, (list, tuple)) and len(value) == 2 \
-            and all(isinstance(v, int) and not isinstance(v, bool) and least <= v < 2 ** 16 for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and least <= v < 2**16 for v in value)
+    ):
         return [int(v) for v in value]
     raise ModelError(f"layer '{layer}': cannot read {what} {value!r} (whole numbers of at least {least})")
 
@@ -36,15 +39,15 @@ def _activation(value: Any, layer: str) -> str:
     if isinstance(value, dict):  # Keras 3 may serialise built-in activations as objects
         value = value.get("config", {}).get("name", value.get("class_name"))
     if value not in ACTIVATIONS:
-        raise ModelError(f"layer '{layer}': unsupported activation {value!r} "
-                           f"(supported: {', '.join(ACTIVATIONS)})")
+        raise ModelError(f"layer '{layer}': unsupported activation {value!r} (supported: {', '.join(ACTIVATIONS)})")
     return value
 
 
 def _channels_last(config: dict[str, Any], layer: str) -> None:
     if config.get("data_format") not in (None, "channels_last"):
-        raise ModelError(f"layer '{layer}': data_format '{config['data_format']}' is not supported "
-                           f"(channels_last only)")
+        raise ModelError(
+            f"layer '{layer}': data_format '{config['data_format']}' is not supported (channels_last only)"
+        )
 
 
 def _padding(value: Any, layer: str) -> str:
@@ -59,42 +62,59 @@ def _refuse_custom(layer: dict[str, Any], name: str) -> None:
     module = layer.get("module")
     registered = layer.get("registered_name")
     if (module is not None and not str(module).startswith("keras")) or registered not in (None, layer["class_name"]):
-        raise ModelError(f"layer '{name}' is a custom layer ({registered or layer['class_name']} from "
-                           f"{module}): it carries code, which goodnet never runs")
+        raise ModelError(
+            f"layer '{name}' is a custom layer ({registered or layer['class_name']} from "
+            f"{module}): it carries code, which goodnet never runs"
+        )
 
 
 def _layer_op(class_name: str, config: dict[str, Any], name: str) -> dict[str, Any]:
     """The op description of one layer: which computation, with which parameters."""
     if class_name in CODE_LAYERS:
-        raise ModelError(f"layer '{name}' is a {class_name} layer: it carries Python code, which goodnet "
-                           f"never runs; rebuild the model without it")
+        raise ModelError(
+            f"layer '{name}' is a {class_name} layer: it carries Python code, which goodnet "
+            f"never runs; rebuild the model without it"
+        )
     if class_name in NESTED_MODELS:
         raise ModelError(f"layer '{name}' is a nested {class_name}: flatten the model into one first")
     if class_name == "InputLayer":
         return {"op": "input"}
     if class_name == "Conv2D":
         _channels_last(config, name)
-        return {"op": "conv", "filters": int(config["filters"]),
-                "kernel_size": _pair(config["kernel_size"], "kernel_size", name),
-                "strides": _pair(config.get("strides", 1), "strides", name),
-                "dilation": _pair(config.get("dilation_rate", 1), "dilation_rate", name),
-                "padding": _padding(config.get("padding", "valid"), name),
-                "groups": int(config.get("groups", 1)), "use_bias": bool(config.get("use_bias", True)),
-                "activation": _activation(config.get("activation"), name)}
+        return {
+            "op": "conv",
+            "filters": int(config["filters"]),
+            "kernel_size": _pair(config["kernel_size"], "kernel_size", name),
+            "strides": _pair(config.get("strides", 1), "strides", name),
+            "dilation": _pair(config.get("dilation_rate", 1), "dilation_rate", name),
+            "padding": _padding(config.get("padding", "valid"), name),
+            "groups": int(config.get("groups", 1)),
+            "use_bias": bool(config.get("use_bias", True)),
+            "activation": _activation(config.get("activation"), name),
+        }
     if class_name == "Dense":
-        return {"op": "dense", "units": int(config["units"]), "use_bias": bool(config.get("use_bias", True)),
-                "activation": _activation(config.get("activation"), name)}
+        return {
+            "op": "dense",
+            "units": int(config["units"]),
+            "use_bias": bool(config.get("use_bias", True)),
+            "activation": _activation(config.get("activation"), name),
+        }
     if class_name in ("MaxPooling2D", "AveragePooling2D"):
         _channels_last(config, name)
         pool = _pair(config.get("pool_size", 2), "pool_size", name)
         strides = config.get("strides")
-        return {"op": "max_pool" if class_name.startswith("Max") else "avg_pool", "pool_size": pool,
-                "strides": pool if strides is None else _pair(strides, "strides", name),
-                "padding": _padding(config.get("padding", "valid"), name)}
+        return {
+            "op": "max_pool" if class_name.startswith("Max") else "avg_pool",
+            "pool_size": pool,
+            "strides": pool if strides is None else _pair(strides, "strides", name),
+            "padding": _padding(config.get("padding", "valid"), name),
+        }
     if class_name in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
         _channels_last(config, name)
-        return {"op": "global_max_pool" if "Max" in class_name else "global_avg_pool",
-                "keepdims": bool(config.get("keepdims", False))}
+        return {
+            "op": "global_max_pool" if "Max" in class_name else "global_avg_pool",
+            "keepdims": bool(config.get("keepdims", False)),
+        }
     if class_name == "ZeroPadding2D":
         _channels_last(config, name)
         value = config.get("padding", 1)
@@ -118,8 +138,11 @@ def _layer_op(class_name: str, config: dict[str, Any], name: str) -> dict[str, A
         if float(config.get("threshold") or 0) != 0:
             raise ModelError(f"layer '{name}': ReLU with a threshold is not supported")
         max_value = config.get("max_value")
-        return {"op": "relu", "max_value": None if max_value is None else float(max_value),
-                "negative_slope": float(config.get("negative_slope") or 0)}
+        return {
+            "op": "relu",
+            "max_value": None if max_value is None else float(max_value),
+            "negative_slope": float(config.get("negative_slope") or 0),
+        }
     if class_name == "Softmax":
         return {"op": "softmax", "axis": int(config.get("axis", -1))}
     if class_name == "Add":
@@ -132,14 +155,34 @@ def _layer_op(class_name: str, config: dict[str, Any], name: str) -> dict[str, A
             if len(axis) != 1:
                 raise ModelError(f"layer '{name}': BatchNormalization over several axes is not supported")
             axis = axis[0]
-        return {"op": "batch_norm", "axis": int(axis), "epsilon": float(config.get("epsilon", 1e-3)),
-                "center": bool(config.get("center", True)), "scale": bool(config.get("scale", True))}
+        return {
+            "op": "batch_norm",
+            "axis": int(axis),
+            "epsilon": float(config.get("epsilon", 1e-3)),
+            "center": bool(config.get("center", True)),
+            "scale": bool(config.get("scale", True)),
+        }
     raise ModelError(f"layer '{name}' has unsupported type {class_name} (supported: {', '.join(SUPPORTED)})")
 
 
-SUPPORTED = ("InputLayer", "Conv2D", "Dense", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
-             "GlobalMaxPooling2D", "ZeroPadding2D", "Flatten", "Dropout", "Activation", "ReLU", "Softmax",
-             "Add", "Concatenate", "BatchNormalization")
+SUPPORTED = (
+    "InputLayer",
+    "Conv2D",
+    "Dense",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "ZeroPadding2D",
+    "Flatten",
+    "Dropout",
+    "Activation",
+    "ReLU",
+    "Softmax",
+    "Add",
+    "Concatenate",
+    "BatchNormalization",
+)
 
 
 def _input_shape(config: dict[str, Any]) -> list[int | None] | None:
@@ -180,8 +223,10 @@ def _inbound(layer: dict[str, Any], name: str) -> list[str]:
         records = [list(entry[:3]) for entry in node]
     for source, node_index, tensor_index in (r[:3] for r in records):
         if node_index != 0 or tensor_index != 0:
-            raise ModelError(f"layer '{name}' reads output {tensor_index} of call {node_index} of "
-                               f"'{source}'; shared layers are not supported")
+            raise ModelError(
+                f"layer '{name}' reads output {tensor_index} of call {node_index} of "
+                f"'{source}'; shared layers are not supported"
+            )
     return [str(r[0]) for r in records]
 
 
@@ -190,8 +235,9 @@ def _endpoint(value: Any, what: str) -> str:
     if isinstance(value, list) and value and isinstance(value[0], str):
         value = [value]
     if not isinstance(value, list) or len(value) != 1:
-        raise ModelError(f"the model has {len(value) if isinstance(value, list) else '?'} {what}s; "
-                           f"goodnet needs exactly one")
+        raise ModelError(
+            f"the model has {len(value) if isinstance(value, list) else '?'} {what}s; goodnet needs exactly one"
+        )
     return str(value[0][0])
 
 
@@ -212,7 +258,9 @@ def parse_model_config(model_config: str | dict[str, Any], source: str = "model"
         raise ModelError(f"{shown_path(source)}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as exc:
         raise ModelError(f"{shown_path(source)}: malformed model_config ({type(exc).__name__}: {exc})") from None
-    raise ModelError(f"{shown_path(source)}: model class {class_name} is not supported (Sequential or functional Model)")
+    raise ModelError(
+        f"{shown_path(source)}: model class {class_name} is not supported (Sequential or functional Model)"
+    )
 
 
 def _sequential(body: dict[str, Any], source: str) -> dict[str, Any]:
@@ -273,8 +321,9 @@ def _topological(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ready = [layer for layer in pending if all(i in done for i in layer["inputs"])]
         if not ready:
             missing = sorted({i for layer in pending for i in layer["inputs"] if i not in by_name})
-            raise ModelError(f"layers read unknown layer(s) {', '.join(missing)}" if missing
-                               else "the layer graph has a cycle")
+            raise ModelError(
+                f"layers read unknown layer(s) {', '.join(missing)}" if missing else "the layer graph has a cycle"
+            )
         for layer in ready:
             ordered.append(layer)
             done.add(layer["name"])

@@ -18,8 +18,14 @@ from torch import nn
 
 from ...errors import ModelError, OutputError
 from ..output_dir import check_not_an_input, shown_path, write_file_atomically
-from .native import (ARCHIVE_SUFFIX, WEIGHTS_SUFFIX, is_native_weights, variable_paths, write_archive_like,
-                     write_weights_like)
+from .native import (
+    ARCHIVE_SUFFIX,
+    WEIGHTS_SUFFIX,
+    is_native_weights,
+    variable_paths,
+    write_archive_like,
+    write_weights_like,
+)
 from .weights import WEIGHTED_MODULES, _text, keras_array, keras_names, read_keras_weights
 
 KERAS_VERSION = "2.3.1"
@@ -40,7 +46,9 @@ def keras_suffix(source: str) -> str:
 
 def _check_value(source: str, name: str, short: str, dataset, value: np.ndarray) -> None:
     if dataset.shape != value.shape:
-        raise ModelError(f"{shown_path(source)}: layer '{name}' {short} has shape {dataset.shape}, the model's is {value.shape}")
+        raise ModelError(
+            f"{shown_path(source)}: layer '{name}' {short} has shape {dataset.shape}, the model's is {value.shape}"
+        )
 
 
 def _overwrite_native(model_modules: dict[str, nn.Module], source: str):
@@ -74,8 +82,10 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
     if os.path.isdir(out):
         raise OutputError(f"{shown_path(out)}: is a directory; name the file to write")
     if keras_suffix(source) != keras_suffix(out):
-        raise OutputError(f"{shown_path(out)}: must end in {keras_suffix(source)}, like the Keras file it copies "
-                          f"(Keras reads a file by its suffix)")
+        raise OutputError(
+            f"{shown_path(out)}: must end in {keras_suffix(source)}, like the Keras file it copies "
+            f"(Keras reads a file by its suffix)"
+        )
     modules = _weighted(model)
     read_keras_weights(source, config)  # a clear error for a missing, damaged or non-Keras file
     if source.lower().endswith(ARCHIVE_SUFFIX):
@@ -84,8 +94,9 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
     with h5py.File(source, "r") as f:
         native = is_native_weights(f)
     if native:
-        write_file_atomically(out, lambda tmp: write_weights_like(source, tmp, _overwrite_native(modules, source),
-                                                                  config))
+        write_file_atomically(
+            out, lambda tmp: write_weights_like(source, tmp, _overwrite_native(modules, source), config)
+        )
         return
 
     def write(tmp: str) -> None:
@@ -124,8 +135,10 @@ def write_keras_weights(model: nn.Module, out: str) -> None:
     if os.path.isdir(out):
         raise OutputError(f"{shown_path(out)}: is a directory; name the file to write")
     if keras_suffix(out) not in (".h5", ".hdf5") or not out.lower().endswith((".h5", ".hdf5")):
-        raise OutputError(f"{shown_path(out)}: a Keras 2 weights file is named .h5 or .hdf5, not "
-                          f"'{os.path.splitext(out)[1] or 'without a suffix'}'")
+        raise OutputError(
+            f"{shown_path(out)}: a Keras 2 weights file is named .h5 or .hdf5, not "
+            f"'{os.path.splitext(out)[1] or 'without a suffix'}'"
+        )
     modules = _weighted(model)
     bad = [name for name in modules if "." in name or "/" in name]
     if bad:

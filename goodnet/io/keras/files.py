@@ -11,10 +11,10 @@ from typing import Any
 import h5py
 
 from ...errors import ModelError, shown_path
-from .config import parse_model_config
-from .native import ARCHIVE_SUFFIX, MAX_CONFIG_BYTES, read_archive_config
 from ...models.keras_graph import KerasModel
 from ..external import refuse_oversized
+from .config import parse_model_config
+from .native import ARCHIVE_SUFFIX, MAX_CONFIG_BYTES, read_archive_config
 from .weights import load_keras_weights, read_keras_weights
 
 
@@ -32,7 +32,9 @@ def read_keras_config(path: str) -> dict[str, Any] | None:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
-            raise ModelError(f"{shown_path(path)}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a model description")
+            raise ModelError(
+                f"{shown_path(path)}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a model description"
+            )
     else:
         try:
             with h5py.File(path, "r") as f:
@@ -64,9 +66,13 @@ def read_architecture(path: str) -> dict[str, Any]:
     return graph
 
 
-def load_keras_model(path: str, graph: dict[str, Any] | None = None,
-                     input_shape: tuple[int, int, int] | None = None, input_divisor: float = 1.0,
-                     config: dict[str, Any] | None = None) -> KerasModel:
+def load_keras_model(
+    path: str,
+    graph: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    input_divisor: float = 1.0,
+    config: dict[str, Any] | None = None,
+) -> KerasModel:
     """Build the Keras model of `path` (or `graph`, for a weights-only file, with `config` its raw
     Keras description) and load its weights."""
     if graph is None:
@@ -76,12 +82,11 @@ def load_keras_model(path: str, graph: dict[str, Any] | None = None,
         graph = parse_model_config(config, path)
     shape = graph.get("input_shape")
     if input_shape is not None and shape is not None and None not in shape and tuple(shape) != tuple(input_shape):
-        raise ModelError(f"{shown_path(path)}: the model takes {tuple(shape)} (C, H, W) images, the data has "
-                           f"{tuple(input_shape)}")
+        raise ModelError(
+            f"{shown_path(path)}: the model takes {tuple(shape)} (C, H, W) images, the data has {tuple(input_shape)}"
+        )
     fixed = None if shape is not None and None not in shape else input_shape
     refuse_oversized(lambda: KerasModel(graph, input_shape=fixed, input_divisor=input_divisor), path)
     model = KerasModel(graph, input_shape=fixed, input_divisor=input_divisor)
     load_keras_weights(model, read_keras_weights(path, config), path)
     return model.eval()
-
-

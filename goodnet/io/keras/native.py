@@ -20,7 +20,8 @@ import os
 import re
 import shutil
 import zipfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -35,8 +36,11 @@ WEIGHTS_MEMBER = "model.weights.h5"
 MAX_CONFIG_BYTES = 64 * 2**20  # an architecture description, not data
 
 # The variables of each weighted layer class, in the order Keras 3 numbers them.
-VARIABLE_NAMES = {"conv2d": ("kernel", "bias"), "dense": ("kernel", "bias"),
-                  "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance")}
+VARIABLE_NAMES = {
+    "conv2d": ("kernel", "bias"),
+    "dense": ("kernel", "bias"),
+    "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+}
 
 
 def snake_case(class_name: str) -> str:
@@ -126,8 +130,10 @@ def _short_names(base: str, count: int, layer: dict[str, Any] | None, where: str
         if count == 2:
             return names[2:]
         if layer is None:
-            raise ModelError(f"{where}: a BatchNormalization with 3 variables (center or scale switched off); "
-                             f"give the architecture (a .keras or model.to_json() .json file) to say which")
+            raise ModelError(
+                f"{where}: a BatchNormalization with 3 variables (center or scale switched off); "
+                f"give the architecture (a .keras or model.to_json() .json file) to say which"
+            )
         kept = [n for n, on in (("gamma", config.get("scale", True)), ("beta", config.get("center", True))) if on]
         return (*kept, *names[2:])
     if count == 1:
@@ -137,14 +143,17 @@ def _short_names(base: str, count: int, layer: dict[str, Any] | None, where: str
     return names[:count]
 
 
-def _native_layers(f: h5py.File, source: str, config: dict[str, Any] | None
-                   ) -> Iterator[tuple[str, str, dict[str, Any] | None, str | None, h5py.Group]]:
+def _native_layers(
+    f: h5py.File, source: str, config: dict[str, Any] | None
+) -> Iterator[tuple[str, str, dict[str, Any] | None, str | None, h5py.Group]]:
     """(where, class key, the layer's config entry or None, its name or None, its `vars` group) for
     every layer of Keras 3's layout, in file order; links and missing `vars` groups refused."""
     by_key = keys_to_layers(config)
     for key in f["layers"]:
         if not isinstance(f["layers"].get(key, getlink=True), h5py.HardLink):
-            raise ModelError(f"{shown_path(source)}: layers/{key} is a link to elsewhere; goodnet reads only what is inside the file")
+            raise ModelError(
+                f"{shown_path(source)}: layers/{key} is a link to elsewhere; goodnet reads only what is inside the file"
+            )
         group = f["layers"][key]
         where = f"{shown_path(source)}: layers/{key}"
         vars_group = group.get("vars") if isinstance(group, h5py.Group) else None
@@ -157,22 +166,26 @@ def _native_layers(f: h5py.File, source: str, config: dict[str, Any] | None
         yield where, re.sub(r"_\d+$", "", key), layer, name, vars_group
 
 
-def _weight_names(where: str, base: str, layer: dict[str, Any] | None, name: str | None,
-                  count: int) -> tuple[str, ...]:
+def _weight_names(where: str, base: str, layer: dict[str, Any] | None, name: str | None, count: int) -> tuple[str, ...]:
     """Which weight each of a layer's `count` numbered variables is; refuses what cannot be placed."""
     if name is None:
-        raise ModelError(f"{where}: the file does not name its layers (written by an older Keras 3); "
-                         f"give the architecture as a .keras or model.to_json() .json file")
+        raise ModelError(
+            f"{where}: the file does not name its layers (written by an older Keras 3); "
+            f"give the architecture as a .keras or model.to_json() .json file"
+        )
     if base not in VARIABLE_NAMES:
-        raise ModelError(f"{where}: layer '{name}' of kind '{base}' has weights goodnet cannot place "
-                         f"(supported: Conv2D, Dense, BatchNormalization)")
+        raise ModelError(
+            f"{where}: layer '{name}' of kind '{base}' has weights goodnet cannot place "
+            f"(supported: Conv2D, Dense, BatchNormalization)"
+        )
     if count > len(VARIABLE_NAMES[base]):
         raise ModelError(f"{where}: {count} variables, a {base} layer has at most {len(VARIABLE_NAMES[base])}")
     return _short_names(base, count, layer, where)
 
 
-def read_native_weights(f: h5py.File, source: str, config: dict[str, Any] | None = None
-                        ) -> dict[str, dict[str, np.ndarray]]:
+def read_native_weights(
+    f: h5py.File, source: str, config: dict[str, Any] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """{layer name: {weight: array}} from Keras 3's layout; `config` (the model's Keras config)
     names layers for files that do not store names."""
     layers: dict[str, dict[str, np.ndarray]] = {}
@@ -189,8 +202,9 @@ def read_native_weights(f: h5py.File, source: str, config: dict[str, Any] | None
     return layers
 
 
-def variable_paths(f: h5py.File, source: str, config: dict[str, Any] | None = None
-                   ) -> Iterator[tuple[str, str, h5py.Dataset]]:
+def variable_paths(
+    f: h5py.File, source: str, config: dict[str, Any] | None = None
+) -> Iterator[tuple[str, str, h5py.Dataset]]:
     """(layer name, weight name, dataset) for every weighted variable, for writing in place into a
     copy of a file `read_native_weights` accepted (no value is read here)."""
     for where, base, layer, name, vars_group in _native_layers(f, source, config):
@@ -201,6 +215,7 @@ def variable_paths(f: h5py.File, source: str, config: dict[str, Any] | None = No
 
 
 # ----- the .keras archive -----
+
 
 def _open_archive(path: str) -> zipfile.ZipFile:
     if not os.path.isfile(path):
@@ -217,8 +232,10 @@ def _open_archive(path: str) -> zipfile.ZipFile:
     elif len(names) != len(listed):
         problem = "the archive holds two members of one name"
     else:
-        odd = next((n for n in listed if n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/")
-                    or ":" in n), None)
+        odd = next(
+            (n for n in listed if n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/") or ":" in n),
+            None,
+        )
         if odd is not None:
             problem = f"the archive holds a member named {odd!r}, which points outside it"
     if problem is not None:
@@ -234,8 +251,10 @@ def _member(archive: zipfile.ZipFile, name: str, path: str, limit: int | None) -
     info = archive.getinfo(name)
     cap = limit if limit is not None else available_memory()
     if cap is not None and info.file_size > cap:
-        raise ModelError(f"{shown_path(path)}: {name} declares {info.file_size / 2**20:.0f} MiB, more than "
-                         f"{cap / 2**20:.0f} MiB {'allowed' if limit is not None else 'of memory available'}")
+        raise ModelError(
+            f"{shown_path(path)}: {name} declares {info.file_size / 2**20:.0f} MiB, more than "
+            f"{cap / 2**20:.0f} MiB {'allowed' if limit is not None else 'of memory available'}"
+        )
     try:
         with archive.open(info) as member:
             data = member.read(info.file_size + 1)
@@ -263,8 +282,10 @@ def _archive_weights(archive: zipfile.ZipFile, path: str) -> bytes:
     names = set(archive.namelist())
     if WEIGHTS_MEMBER not in names:
         sharded = any(n.startswith("model.weights") for n in names)
-        raise ModelError(f"{shown_path(path)}: no {WEIGHTS_MEMBER} in the archive" +
-                         (" (sharded weights are not supported; save without max_shard_size)" if sharded else ""))
+        raise ModelError(
+            f"{shown_path(path)}: no {WEIGHTS_MEMBER} in the archive"
+            + (" (sharded weights are not supported; save without max_shard_size)" if sharded else "")
+        )
     return _member(archive, WEIGHTS_MEMBER, path, None)
 
 
@@ -304,5 +325,15 @@ def write_weights_like(source: str, tmp: str, overwrite, config: dict[str, Any] 
         overwrite(f, config)
 
 
-__all__ = ["ARCHIVE_SUFFIX", "WEIGHTS_SUFFIX", "is_native_weights", "read_archive_config", "read_archive_weights",
-           "read_native_weights", "snake_case", "variable_paths", "write_archive_like", "write_weights_like"]
+__all__ = [
+    "ARCHIVE_SUFFIX",
+    "WEIGHTS_SUFFIX",
+    "is_native_weights",
+    "read_archive_config",
+    "read_archive_weights",
+    "read_native_weights",
+    "snake_case",
+    "variable_paths",
+    "write_archive_like",
+    "write_weights_like",
+]

@@ -55,11 +55,15 @@ def read_keras_weights(path: str, config: dict | None = None) -> dict[str, dict[
                         raise ModelError(f"{shown_path(path)}: layer '{name}' lacks its weight '{weight}'")
                     short = weight.rsplit("/", 1)[-1].split(":")[0]
                     if isinstance(group.get(weight, getlink=True), (h5py.ExternalLink, h5py.SoftLink)):
-                        raise ModelError(f"{shown_path(path)}: layer '{name}' weight '{weight}' is a link to elsewhere; "
-                                         f"goodnet reads only what is inside the file")
+                        raise ModelError(
+                            f"{shown_path(path)}: layer '{name}' weight '{weight}' is a link to elsewhere; "
+                            f"goodnet reads only what is inside the file"
+                        )
                     if not isinstance(group[weight], h5py.Dataset):
                         raise ModelError(f"{shown_path(path)}: layer '{name}' weight '{weight}' is not a dataset")
-                    refuse_outside_storage(group[weight], f"{shown_path(path)}: layer '{name}' weight '{weight}'", ModelError)
+                    refuse_outside_storage(
+                        group[weight], f"{shown_path(path)}: layer '{name}' weight '{weight}'", ModelError
+                    )
                     weights[short] = np.asarray(group[weight][()])
                 layers[name] = weights
             return layers
@@ -73,8 +77,12 @@ WEIGHTED_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 def keras_names(module: nn.Module) -> list[tuple[str, str]]:
     """(Keras weight short name, PyTorch tensor name) pairs of a module, in Keras's order."""
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return [("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
-                ("moving_variance", "running_var")]
+        return [
+            ("gamma", "weight"),
+            ("beta", "bias"),
+            ("moving_mean", "running_mean"),
+            ("moving_variance", "running_var"),
+        ]
     return [("kernel", "weight"), ("bias", "bias")]
 
 
@@ -95,8 +103,9 @@ def load_keras_weights(model: nn.Module, layers: dict[str, dict[str, np.ndarray]
         raise ModelError(f"{shown_path(source)}: no weights for layer(s) {', '.join(missing)}")
     extra = sorted(with_weights - set(targets))
     if extra:
-        raise ModelError(f"{shown_path(source)}: layer(s) {', '.join(extra)} do not exist in the "
-                           f"{type(model).__name__} architecture")
+        raise ModelError(
+            f"{shown_path(source)}: layer(s) {', '.join(extra)} do not exist in the {type(model).__name__} architecture"
+        )
     with torch.no_grad():
         for name, module in targets.items():
             weights = dict(layers[name])
@@ -115,9 +124,11 @@ def load_keras_weights(model: nn.Module, layers: dict[str, dict[str, np.ndarray]
                 value = _torch_layout(module, short, stored)
                 if tuple(value.shape) != tuple(param.shape):
                     expected = _keras_shape(module, short, tuple(param.shape))
-                    raise ModelError(f"{shown_path(source)}: layer '{name}' {short} has shape {tuple(stored.shape)} "
-                                       f"but the model expects {expected}; is the input size or "
-                                       f"architecture right?")
+                    raise ModelError(
+                        f"{shown_path(source)}: layer '{name}' {short} has shape {tuple(stored.shape)} "
+                        f"but the model expects {expected}; is the input size or "
+                        f"architecture right?"
+                    )
                 param.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
             if weights:
                 raise ModelError(f"{shown_path(source)}: layer '{name}' has unexpected weights {', '.join(weights)}")
@@ -136,7 +147,9 @@ def output_size(layers: dict[str, dict[str, np.ndarray]], final_layer: str, sour
     """Number of classes, read off the final dense layer's kernel."""
     kernel = layers.get(final_layer, {}).get("kernel")
     if kernel is None or kernel.ndim != 2:
-        raise ModelError(f"{shown_path(source)}: no dense layer named '{final_layer}' to read the number of classes from")
+        raise ModelError(
+            f"{shown_path(source)}: no dense layer named '{final_layer}' to read the number of classes from"
+        )
     return int(kernel.shape[1])
 
 

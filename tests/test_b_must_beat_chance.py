@@ -7,16 +7,16 @@ import os
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from goodnet.io.data import ImageSet, load_images, save_images
 from goodnet.metrics import binomial_tail
 
-from conftest import assert_one_line_error, run_cli
-
 
 def test_binomial_tail_matches_the_exact_sum():
     def exact(k, n, p):
-        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
     for k, n, p in ((13, 100, 0.1), (110, 1000, 0.1), (5, 5, 0.5), (30, 40, 0.25)):
         assert binomial_tail(k, n, p) == pytest.approx(exact(k, n, p), rel=1e-9)
     assert binomial_tail(5, 100, 0.1) == 1.0 and binomial_tail(960, 1000, 0.1) < 1e-300
@@ -33,8 +33,20 @@ def test_a_model_at_chance_is_refused_unless_forced(demo_run, tmp_path, capsys):
     clean = load_images(inputs["clean_valid"])
     shuffled = str(tmp_path / "shuffled.h5")
     save_images(shuffled, ImageSet(clean.x, np.random.default_rng(0).permutation(clean.y), "shuffled"))
-    argv = ["defend", "--model", model, "--clean-valid", shuffled, "--clean-test", inputs["clean_test"],
-            "--thresholds", "2", "--out", tmp_path / "out", "--quiet"]
+    argv = [
+        "defend",
+        "--model",
+        model,
+        "--clean-valid",
+        shuffled,
+        "--clean-test",
+        inputs["clean_test"],
+        "--thresholds",
+        "2",
+        "--out",
+        tmp_path / "out",
+        "--quiet",
+    ]
     code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, "B is not clearly better than chance on the clean validation data")
     assert "--input-scale" in err and "labels" in err and "--force" in err and not (tmp_path / "out").exists()

@@ -4,8 +4,8 @@ without poisoned data runs (`goodnet scan`, `goodnet defend --scan`, `goodnet co
 import html
 import json
 
+from conftest import assert_one_line_error, assert_self_contained_page, run_cli
 
-from conftest import assert_self_contained_page, assert_one_line_error, run_cli
 from goodnet.repairs import repair_names
 
 
@@ -21,8 +21,21 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     clean = demo_run["inputs"]["clean_valid"]
     # the faster schedule: the authors' (the default) takes minutes per model on a CPU; on the demo its
     # label 0 is the most anomalous, below 2 (tests/test_conformance_nc.py pins that schedule)
-    code, out, err = run_cli(capsys, ["scan", "--model", demo_run["model"], "--clean-valid", clean,
-                                      "--scan-schedule", "goodnet", "--out", tmp_path / "scan", "--quiet"])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "scan",
+            "--model",
+            demo_run["model"],
+            "--clean-valid",
+            clean,
+            "--scan-schedule",
+            "goodnet",
+            "--out",
+            tmp_path / "scan",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "scan" / "scan.json").read_text())
     scan = doc["scan"]  # the demo's target, label 0, has the smallest trigger and the largest anomaly index
@@ -35,11 +48,31 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, ["scan", "--model", demo_run["model"], "--out", tmp_path / "s2"])
     assert code == 2 and "--clean-valid" in err  # argparse's own refusal: --clean-valid is required
 
-    code, out, err = run_cli(capsys, ["defend", "--model", demo_run["model"], "--repair", "fine-tune",
-                                      "--variant", "goodnet", "--lr", "0.05", "--epochs", "15", "--clean-valid", clean,
-                                      "--scan", "--scan-schedule", "goodnet",
-                                      "--no-strip",
-                                      "--out", tmp_path / "d", "--quiet"])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            demo_run["model"],
+            "--repair",
+            "fine-tune",
+            "--variant",
+            "goodnet",
+            "--lr",
+            "0.05",
+            "--epochs",
+            "15",
+            "--clean-valid",
+            clean,
+            "--scan",
+            "--scan-schedule",
+            "goodnet",
+            "--no-strip",
+            "--out",
+            tmp_path / "d",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "d" / "results.json").read_text())
     before, after = doc["scan"]["B"], doc["scan"]["B' fine-tune"]
@@ -49,8 +82,9 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     report = (tmp_path / "d" / "report.md").read_text()
     assert "Trigger scan" in report and "b_prime_1_triggers.png" in report
     assert "Trigger scan" in assert_self_contained_page(tmp_path / "d")  # the reversed triggers embedded
-    code, out, err = run_cli(capsys, ["defend", "--model", demo_run["model"], "--repair", "fine-tune", "--scan",
-                                      "--out", tmp_path / "d2"])
+    code, out, err = run_cli(
+        capsys, ["defend", "--model", demo_run["model"], "--repair", "fine-tune", "--scan", "--out", tmp_path / "d2"]
+    )
     assert_one_line_error(code, err, "--clean-valid")
     assert not (tmp_path / "d2").exists()
 
@@ -59,12 +93,36 @@ def test_compare_scan_table_reports_the_hit_rate_and_the_index_after():
     from goodnet.report.comparison import scan_table
 
     base = {"badnet_meets_bar": True, "scan_b_anomaly": 5.0, "scan_b_suspect": 0}
-    rows = [{**base, "badnet": "patch", "repair": "a", "meets_bar": True, "scan_target": 0, "scan_hit": True,
-             "scan_after_anomaly": 1.0},
-            {**base, "badnet": "patch", "repair": "b", "meets_bar": False, "scan_target": 0, "scan_hit": True,
-             "scan_after_anomaly": 4.0},
-            {**base, "badnet": "all-to-all", "repair": "a", "meets_bar": True, "scan_target": None,
-             "scan_hit": None, "scan_after_anomaly": 0.5, "scan_b_suspect": None}]
+    rows = [
+        {
+            **base,
+            "badnet": "patch",
+            "repair": "a",
+            "meets_bar": True,
+            "scan_target": 0,
+            "scan_hit": True,
+            "scan_after_anomaly": 1.0,
+        },
+        {
+            **base,
+            "badnet": "patch",
+            "repair": "b",
+            "meets_bar": False,
+            "scan_target": 0,
+            "scan_hit": True,
+            "scan_after_anomaly": 4.0,
+        },
+        {
+            **base,
+            "badnet": "all-to-all",
+            "repair": "a",
+            "meets_bar": True,
+            "scan_target": None,
+            "scan_hit": None,
+            "scan_after_anomaly": 0.5,
+            "scan_b_suspect": None,
+        },
+    ]
     table = scan_table(rows)
     assert "hit rate on the single-target BadNets that met their bar: 1 of 1" in table
     assert "below 2 in 2 of 2 cells" in table and "a 1.00*" in table and "– (all-to-all)" in table

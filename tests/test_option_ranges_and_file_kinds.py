@@ -17,8 +17,8 @@ import threading
 import h5py
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli_captured
+
 from goodnet.errors import DataError
 from goodnet.io.data import check_input_range, load_images
 from goodnet.io.file_checks import check_input_file, holds_onnx, input_file_problem, shown_path
@@ -36,8 +36,13 @@ def _h5(path, data, label):
 def files(demo_run, tmp_path_factory):
     d = tmp_path_factory.mktemp("numbers_and_files")
     inputs, model = demo_run["inputs"], demo_run["model"]
-    p = {"model": model, "clean": inputs["clean_valid"], "poisoned": inputs["poisoned_valid"], "dir": str(d),
-         "out": str(d / "out")}
+    p = {
+        "model": model,
+        "clean": inputs["clean_valid"],
+        "poisoned": inputs["poisoned_valid"],
+        "dir": str(d),
+        "out": str(d / "out"),
+    }
     for name in ("pipe.safetensors", "pipe.h5", "pipe.png"):
         os.mkfifo(d / name)
         p[name.replace(".", "_")] = str(d / name)
@@ -57,6 +62,7 @@ def files(demo_run, tmp_path_factory):
     # B exported to ONNX (which goodnet writes but does not read), then named as PyTorch files
     from goodnet.io.model_files import load_model
     from goodnet.io.onnx_export import export_onnx
+
     export_onnx(load_model(model), str(d / "b.onnx"))
     blob = (d / "b.onnx").read_bytes()
     for name in ("b_onnx.pt", "b_onnx.pth", "b_onnx.safetensors"):
@@ -146,8 +152,11 @@ CASES = [
     ("export-shape-huge", _export("--input-shape", "3,65536,65536"), "values per image, more than the"),
     # pixel scales and budgets
     ("defend-scale-inf", _defend("--input-scale", "inf"), "argument --input-scale: must be a positive number"),
-    ("eval-scale-negative-zero", _eval("{model}", "{clean}", "{poisoned}", "--input-scale", "-0"),
-     "must be a positive number, not '-0'"),
+    (
+        "eval-scale-negative-zero",
+        _eval("{model}", "{clean}", "{poisoned}", "--input-scale", "-0"),
+        "must be a positive number, not '-0'",
+    ),
     ("classify-scale-nan", ["classify", "{model}", "{a_file}", "--input-scale", "nan"], "must be a positive number"),
     ("scan-scale-zero", _scan("--input-scale", "0"), "argument --input-scale: must be a positive number"),
     ("defend-max-drop-inf", _defend("--max-drop", "inf"), "argument --max-drop: must be between 0 and 100"),
@@ -167,20 +176,29 @@ CASES = [
     ("model-symlink-loop", _defend(model="{model_loop}"), "loop_a.safetensors': is a symbolic link loop"),
     ("model-dangling-link", _eval("{model_dangling}"), "is a symbolic link to a missing file 'gone.safetensors'"),
     ("model-onnx-as-pt", _eval("{b_onnx_pt}"), "b_onnx.pt': holds an ONNX model"),
-    ("model-onnx-as-pth-factory", _eval("{b_onnx_pth}", "{clean}", "{poisoned}", "--factory",
-                                        "user_models:tiny_resnet"), "holds an ONNX model"),
+    (
+        "model-onnx-as-pth-factory",
+        _eval("{b_onnx_pth}", "{clean}", "{poisoned}", "--factory", "user_models:tiny_resnet"),
+        "holds an ONNX model",
+    ),
     ("model-onnx-as-safetensors", _eval("{b_onnx_safetensors}"), "holds an ONNX model"),
     ("model-onnx", _defend(model="{onnx}"), "holds an ONNX model, which goodnet writes"),
     ("model-under-a-file", _eval("{a_file}/m.safetensors"), "no such file"),
-    ("model-newline-directory", _eval("{dir}/new\nline.safetensors"),
-     "new\\nline.safetensors': is a directory, not a model file"),
+    (
+        "model-newline-directory",
+        _eval("{dir}/new\nline.safetensors"),
+        "new\\nline.safetensors': is a directory, not a model file",
+    ),
     ("model-escape-missing", _eval("{dir}/\x1b[2Jgone.safetensors"), "\\x1b[2Jgone.safetensors': no such file"),
     # data files
     ("data-fifo", _defend(clean="{pipe_h5}"), "pipe.h5': is not a regular file (a named pipe)"),
     ("data-dev-zero", _eval("{model}", "/dev/zero"), "is not a regular file (a character device)"),
     ("data-symlink-loop", _defend(clean="{data_loop}"), "is a symbolic link loop"),
-    ("data-dangling-link", _eval("{model}", "{clean}", "{data_dangling}"),
-     "is a symbolic link to a missing file 'gone.h5'"),
+    (
+        "data-dangling-link",
+        _eval("{model}", "{clean}", "{data_dangling}"),
+        "is a symbolic link to a missing file 'gone.h5'",
+    ),
     ("data-newline-missing", _defend(clean="{dir}/new\nline.h5"), "new\\nline.h5': no such file"),
     ("data-one-class", _defend(clean="{one_class}"), "holds images of one class only (label 3, 100 images)"),
     ("data-one-class-forced", _defend("--force", clean="{one_class}"), "holds images of one class only"),
@@ -234,13 +252,16 @@ def test_an_unreadable_file_is_refused_for_permission(files, tmp_path, capsys):
     assert code == 2 and "permission denied" in captured.err and captured.err.count("\n") == 1
 
 
-@pytest.mark.parametrize("path, shown", [
-    ("/data/valid.h5", "'/data/valid.h5'"),
-    ("new\nline.h5", "'new\\nline.h5'"),
-    ("cr\rtab\t.h5", "'cr\\rtab\\t.h5'"),
-    ("\x1b[31mred.h5", "'\\x1b[31mred.h5'"),
-    ("sep\u2028arator.h5", "'sep\\u2028arator.h5'"),
-])
+@pytest.mark.parametrize(
+    "path, shown",
+    [
+        ("/data/valid.h5", "'/data/valid.h5'"),
+        ("new\nline.h5", "'new\\nline.h5'"),
+        ("cr\rtab\t.h5", "'cr\\rtab\\t.h5'"),
+        ("\x1b[31mred.h5", "'\\x1b[31mred.h5'"),
+        ("sep\u2028arator.h5", "'sep\\u2028arator.h5'"),
+    ],
+)
 def test_shown_path_is_one_quoted_line(path, shown):
     assert shown_path(path) == shown
     assert len(f"goodnet: error: {shown_path(path)}: no such file".splitlines()) == 1

@@ -13,11 +13,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli_captured
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from conftest import assert_one_line_error, run_cli_captured
 
 
 class Payload:  # pickles as a call to print: loading it must never run it
@@ -47,8 +46,10 @@ def _sequential(*layers):
 
 
 def _conv(kernel, name="c"):
-    return {"class_name": "Conv2D", "config": {"name": name, "filters": 2, "kernel_size": kernel,
-                                                "activation": "relu", "padding": "valid"}}
+    return {
+        "class_name": "Conv2D",
+        "config": {"name": name, "filters": 2, "kernel_size": kernel, "activation": "relu", "padding": "valid"},
+    }
 
 
 def _h5(path, data, label):
@@ -64,8 +65,14 @@ def files(demo_run, tmp_path_factory):
     inputs, model = demo_run["inputs"], demo_run["model"]
     goodnet = os.path.join(demo_run["out"], "models", "goodnet_x2_crossing.safetensors")
     x = np.zeros((4, 1, 28, 28), dtype=np.float32)
-    p = {"model": model, "goodnet": goodnet, "clean": inputs["clean_valid"], "poisoned": inputs["poisoned_valid"],
-         "dir": str(d), "out": str(d / "out")}
+    p = {
+        "model": model,
+        "goodnet": goodnet,
+        "clean": inputs["clean_valid"],
+        "poisoned": inputs["poisoned_valid"],
+        "dir": str(d),
+        "out": str(d / "out"),
+    }
 
     def put(name, data: bytes):
         (d / name).write_bytes(data)
@@ -80,6 +87,7 @@ def files(demo_run, tmp_path_factory):
     p["evil_pt"] = str(d / "evil.pt")
     p["onnx"] = put("model.onnx", b"onnx")
     from safetensors.numpy import save_file as save_np
+
     save_np({"w": np.zeros(2, dtype=np.float32)}, str(d / "foreign.safetensors"))
     p["foreign"] = str(d / "foreign.safetensors")
     (d / "a_dir.safetensors").mkdir()
@@ -130,42 +138,54 @@ def files(demo_run, tmp_path_factory):
     # model headers
     def divisor(v):
         return lambda m: m["config"].__setitem__("input_divisor", v)
+
     p["div0"] = _rewrite_header(model, str(d / "div0.safetensors"), divisor(0))
     p["divneg"] = _rewrite_header(model, str(d / "divneg.safetensors"), divisor(-255))
     p["divnan"] = _rewrite_header(model, str(d / "divnan.safetensors"), divisor(float("nan")))
     p["divtext"] = _rewrite_header(model, str(d / "divtext.safetensors"), divisor("255"))
-    p["classes0"] = _rewrite_header(model, str(d / "classes0.safetensors"),
-                                    lambda m: m["config"].__setitem__("num_classes", 0))
-    p["shape_bad"] = _rewrite_header(model, str(d / "shape.safetensors"),
-                                     lambda m: m["config"].__setitem__("input_shape", [1, -28, 28]))
-    p["width_absurd"] = _rewrite_header(model, str(d / "width.safetensors"),
-                                        lambda m: m["config"].__setitem__("width", 10 ** 7))
+    p["classes0"] = _rewrite_header(
+        model, str(d / "classes0.safetensors"), lambda m: m["config"].__setitem__("num_classes", 0)
+    )
+    p["shape_bad"] = _rewrite_header(
+        model, str(d / "shape.safetensors"), lambda m: m["config"].__setitem__("input_shape", [1, -28, 28])
+    )
+    p["width_absurd"] = _rewrite_header(
+        model, str(d / "width.safetensors"), lambda m: m["config"].__setitem__("width", 10**7)
+    )
     p["arch_not_text"] = _rewrite_header(model, str(d / "archlist.safetensors"), lambda m: m.__setitem__("arch", []))
     p["arch_unknown"] = _rewrite_header(model, str(d / "arch.safetensors"), lambda m: m.__setitem__("arch", "vgg99"))
     p["kind_unknown"] = _rewrite_header(model, str(d / "kind.safetensors"), lambda m: m.__setitem__("kind", "zip"))
-    p["range_bad"] = _rewrite_header(model, str(d / "range.safetensors"),
-                                     lambda m: m.__setitem__("input_range", [255, 0]))
+    p["range_bad"] = _rewrite_header(
+        model, str(d / "range.safetensors"), lambda m: m.__setitem__("input_range", [255, 0])
+    )
 
     def pruned(v):
         return lambda m: m.__setitem__("pruned", v)
+
     p["pruned_neg"] = _rewrite_header(goodnet, str(d / "pneg.safetensors"), pruned([-1, 2]))
     p["pruned_bool"] = _rewrite_header(goodnet, str(d / "pbool.safetensors"), pruned([True, 2]))
     p["pruned_dup"] = _rewrite_header(goodnet, str(d / "pdup.safetensors"), pruned([3, 3]))
-    p["pruned_range"] = _rewrite_header(goodnet, str(d / "prange.safetensors"), pruned([0, 10 ** 6]))
-    p["pruned_layer"] = _rewrite_header(goodnet, str(d / "player.safetensors"),
-                                        lambda m: m.__setitem__("layer", "fc_1"))
+    p["pruned_range"] = _rewrite_header(goodnet, str(d / "prange.safetensors"), pruned([0, 10**6]))
+    p["pruned_layer"] = _rewrite_header(
+        goodnet, str(d / "player.safetensors"), lambda m: m.__setitem__("layer", "fc_1")
+    )
 
     # Keras descriptions
     p["k_layers_text"] = _keras(str(d / "k1.h5"), {"class_name": "Sequential", "config": {"layers": "conv"}})
     p["k_neg_kernel"] = _keras(str(d / "k2.h5"), _sequential(_conv([-1, 3])))
     p["k_bool_kernel"] = _keras(str(d / "k3.h5"), _sequential(_conv(True)))
-    p["k_huge_kernel"] = _keras(str(d / "k4.h5"), _sequential(_conv([10 ** 9, 3])))
-    p["k_lambda"] = _keras(str(d / "k5.h5"), _sequential({"class_name": "Lambda", "config": {
-        "name": "l", "function": ["gANjYnVpbHRpbnMKcHJpbnQKcQAu", None, None]}}))
+    p["k_huge_kernel"] = _keras(str(d / "k4.h5"), _sequential(_conv([10**9, 3])))
+    p["k_lambda"] = _keras(
+        str(d / "k5.h5"),
+        _sequential(
+            {"class_name": "Lambda", "config": {"name": "l", "function": ["gANjYnVpbHRpbnMKcHJpbnQKcQAu", None, None]}}
+        ),
+    )
     conv = _conv([3, 3])
-    conv["config"]["filters"] = 10 ** 9
-    p["k_huge_filters"] = _keras(str(d / "k8.h5"), _sequential(conv, {"class_name": "Flatten",
-                                                                     "config": {"name": "f"}}))
+    conv["config"]["filters"] = 10**9
+    p["k_huge_filters"] = _keras(
+        str(d / "k8.h5"), _sequential(conv, {"class_name": "Flatten", "config": {"name": "f"}})
+    )
     p["k_class"] = _keras(str(d / "k6.h5"), {"class_name": "Pipeline", "config": {}})
     p["k_not_json"] = str(d / "k7.h5")
     with h5py.File(p["k_not_json"], "w") as f:
@@ -191,9 +211,15 @@ def files(demo_run, tmp_path_factory):
     p["a_file"] = put("a_file.txt", b"text")
     (d / "taken").mkdir()
     p["taken"] = str(d / "taken")
-    p["repaired"] = os.path.join(demo_run["out"], "models", next(
-        n for n in sorted(os.listdir(os.path.join(demo_run["out"], "models")))
-        if n.startswith("repaired_") and n.endswith(".safetensors")))
+    p["repaired"] = os.path.join(
+        demo_run["out"],
+        "models",
+        next(
+            n
+            for n in sorted(os.listdir(os.path.join(demo_run["out"], "models")))
+            if n.startswith("repaired_") and n.endswith(".safetensors")
+        ),
+    )
     return p
 
 
@@ -214,13 +240,19 @@ CASES = [
     ("model-empty", _defend("{empty_model}"), "not a readable safetensors"),
     ("model-text-as-h5", _defend("{text_h5}"), "not a readable HDF5"),
     ("model-pickle-pt", _defend("{pickle_pt}"), "pass --factory"),
-    ("model-pickle-pt-factory", _defend("{evil_pt}", "{clean}", "--factory", "user_models:tiny_resnet"),
-     "holds pickled Python objects"),
+    (
+        "model-pickle-pt-factory",
+        _defend("{evil_pt}", "{clean}", "--factory", "user_models:tiny_resnet"),
+        "holds pickled Python objects",
+    ),
     ("model-unknown-suffix", _defend("{onnx}"), "unknown model format"),
     ("model-foreign-safetensors", _defend("{foreign}"), "without a goodnet header"),
     ("model-arch-on-ours", _defend("{model}", "{clean}", "--arch", "deepid"), "--arch goes with a Keras"),
-    ("model-factory-on-keras", _defend("{k_neg_kernel}", "{clean}", "--factory", "os:getcwd"),
-     "--factory goes with a PyTorch"),
+    (
+        "model-factory-on-keras",
+        _defend("{k_neg_kernel}", "{clean}", "--factory", "os:getcwd"),
+        "--factory goes with a PyTorch",
+    ),
     ("model-goodnet-as-b", _defend("{goodnet}"), "is a GoodNet"),
     ("model-factory-on-ours", _eval("{model}") + ["--factory", "user_models:tiny_resnet"], "drop --factory"),
     ("eval-model-directory", _eval("{model_dir}"), "is a directory, not a model file"),
@@ -263,8 +295,11 @@ CASES = [
     ("repair-unknown", _defend("{model}", "{clean}", "--repair", "magic"), "invalid choice"),
     ("option-unknown", _defend("{model}", "{clean}", "--bogus"), "unrecognized arguments"),
     ("number-not-a-number", _defend("{model}", "{clean}", "--max-drop", "two"), "--max-drop"),
-    ("setting-not-taken", _defend("{model}", "{clean}", "--repair", "rnp", "--thresholds", "2"),
-     "does not take --thresholds"),
+    (
+        "setting-not-taken",
+        _defend("{model}", "{clean}", "--repair", "rnp", "--thresholds", "2"),
+        "does not take --thresholds",
+    ),
     ("setting-epochs-zero", _defend("{model}", "{clean}", "--repair", "fine-tune", "--epochs", "0"), "epochs"),
     ("setting-lr-zero", _defend("{model}", "{clean}", "--repair", "fine-tune", "--lr", "0"), "lr"),
     ("channels-empty", _defend("{model}", "{clean}", "--channels", ""), "channels"),
@@ -275,8 +310,7 @@ CASES = [
     ("layer-not-conv", _defend("{model}", "{clean}", "--layer", "fc_1"), "not a Conv2d"),
     ("thresholds-zero", _defend("{model}", "{clean}", "--thresholds", "0"), "thresholds"),
     ("guard-option-on-prune", _defend("{model}", "{clean}", "--max-drop", "5"), "does not use"),
-    ("guard-option-on-channels", _defend("{model}", "{clean}", "--channels", "1", "--holdout", "0.3"),
-     "does not use"),
+    ("guard-option-on-channels", _defend("{model}", "{clean}", "--channels", "1", "--holdout", "0.3"), "does not use"),
     ("oracle-without-poisoned", _defend("{model}", "{clean}", "--repair", "attack-aware"), "poisoned"),
     # model headers (data, never code)
     ("header-divisor-zero", _defend("{div0}"), "input_divisor must be a finite positive"),
@@ -312,10 +346,16 @@ CASES = [
     ("image-missing", ["classify", "{model}", "{dir}/absent.png"], "no such file"),
     ("image-scale-overflow", ["classify", "{model}", "{img_28}", "--input-scale", "1e-40"], "overflow"),
     # outputs
-    ("out-unrelated-directory", ["defend", "--model", "{model}", "--clean-valid", "{clean}", "--out", "{unrelated}",
-                                 "--quiet"], "not a goodnet output directory"),
-    ("out-is-a-file", ["defend", "--model", "{model}", "--clean-valid", "{clean}", "--out", "{a_file}", "--quiet"],
-     "exists and is not a directory"),
+    (
+        "out-unrelated-directory",
+        ["defend", "--model", "{model}", "--clean-valid", "{clean}", "--out", "{unrelated}", "--quiet"],
+        "not a goodnet output directory",
+    ),
+    (
+        "out-is-a-file",
+        ["defend", "--model", "{model}", "--clean-valid", "{clean}", "--out", "{a_file}", "--quiet"],
+        "exists and is not a directory",
+    ),
     ("export-onto-directory", ["export", "{repaired}", "--to", "keras", "--out", "{taken}"], "is a directory"),
     ("export-missing-folder", ["export", "{repaired}", "--to", "keras", "--out", "{dir}/no/m.h5"], "does not exist"),
     ("export-goodnet-to-keras", ["export", "{goodnet}", "--to", "keras", "--out", "{dir}/g.h5"], "no Keras form"),
@@ -364,13 +404,27 @@ def test_an_image_past_the_pixel_limit_is_refused(files, capsys, monkeypatch):
 
 def test_relative_budgets_need_a_model_that_is_right_somewhere(files, tmp_path, capsys):
     with h5py.File(files["clean"], "r") as f:
-        x, y = f["data"][:100], f["label"][:100]
+        x = f["data"][:100]
     pred = torch.from_numpy(x)
-    from goodnet.io.model_files import load_model
     from goodnet.inference import predict
+    from goodnet.io.model_files import load_model
+
     wrong = (predict(load_model(files["model"]), pred.numpy()) + 1) % 10  # labels B never gives
     bad = _h5(tmp_path / "wrong.h5", x, wrong)
-    code, captured = run_cli_captured(capsys, ["defend", "--model", files["model"], "--clean-valid", str(bad), "--relative", "--force",
-                           "--out", str(tmp_path / "out"), "--quiet"])
+    code, captured = run_cli_captured(
+        capsys,
+        [
+            "defend",
+            "--model",
+            files["model"],
+            "--clean-valid",
+            str(bad),
+            "--relative",
+            "--force",
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+    )
     assert code == 2 and "--relative measures drops" in captured.err, captured.err
     assert not (tmp_path / "out").exists()

@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from goodnet.io.data import ImageSet, save_images
 from goodnet.zoo.attacks import Attack
 from goodnet.zoo.mnist import mnist_subset, split_per_class
-
-from conftest import run_cli
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -54,8 +53,22 @@ def test_fine_prune_on_an_outside_keras_badnet(scale, tmp_path, capsys):
     model = str(tmp_path / "outside.h5")
     files = _keras_badnet(scale, model, tmp_path)
     args = sum(([f"--{role.replace('_', '-')}", path] for role, path in files.items()), [])
-    code, out, err = run_cli(capsys, ["defend", "--model", model, "--repair", "fine-prune", "--layer", "conv_2",
-                                      *args, "--out", tmp_path / "o", "--quiet"])
+    code, out, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            model,
+            "--repair",
+            "fine-prune",
+            "--layer",
+            "conv_2",
+            *args,
+            "--out",
+            tmp_path / "o",
+            "--quiet",
+        ],
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
     assert doc["value_range"]["clean_valid"][1] == pytest.approx(scale, rel=0.01)
@@ -74,8 +87,10 @@ def test_field_repair_on_an_outside_keras3_archive(scale, repair, tmp_path, caps
     model = str(tmp_path / "outside.keras")
     files = _keras_badnet(scale, model, tmp_path)
     args = sum(([f"--{role.replace('_', '-')}", path] for role, path in files.items()), [])
-    code, out, err = run_cli(capsys, ["defend", "--model", model, "--repair", repair, *args,
-                                      "--out", tmp_path / "o", "--quiet", "--no-strip"])
+    code, out, err = run_cli(
+        capsys,
+        ["defend", "--model", model, "--repair", repair, *args, "--out", tmp_path / "o", "--quiet", "--no-strip"],
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
     b, repaired = doc["baseline"], doc["metrics"]

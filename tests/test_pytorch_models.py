@@ -9,18 +9,17 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from goodnet.models import ResNet8
-from goodnet.pruning.graph_split import conv_layers, split_at_conv
-from goodnet.io.model_files import load_model
-from goodnet.pruning.profiling import channel_means, pruning_order
-from goodnet.pruning.zeroing import pruned_copy
-from goodnet.inference import predict
-from goodnet.pruning.sweep import naive_sweep, run_trunk, sweep
-from goodnet.models.training import train_classifier
-
 from conftest import assert_one_line_error, run_cli
 from user_models import tiny_resnet
+
+from goodnet.inference import predict
+from goodnet.io.model_files import load_model
+from goodnet.models import ResNet8
+from goodnet.models.training import train_classifier
+from goodnet.pruning.graph_split import conv_layers, split_at_conv
+from goodnet.pruning.profiling import channel_means, pruning_order
+from goodnet.pruning.sweep import naive_sweep, run_trunk, sweep
+from goodnet.pruning.zeroing import pruned_copy
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +98,37 @@ def _targets(data):
 
 
 def test_user_class_via_factory(tmp_path, mnist, capsys):
-    model = train_classifier(tiny_resnet(), mnist[0][:1500], mnist[1][:1500], epochs=2, seed=0, lr=3e-3,
-                             progress=False).eval()
+    model = train_classifier(
+        tiny_resnet(), mnist[0][:1500], mnist[1][:1500], epochs=2, seed=0, lr=3e-3, progress=False
+    ).eval()
     x = mnist[0][:200]
     for layer in ("stem.0", "block.conv1", "block.conv2"):
         _assert_cached_equals_naive(model, layer, x)
     torch.save(model.state_dict(), tmp_path / "w.pt")
     data = _user_data(tmp_path, mnist)
     out = tmp_path / "out"
-    code, stdout, err = run_cli(capsys, ["defend", "--model", tmp_path / "w.pt", "--factory", "user_models:tiny_resnet",
-                                         "--layer", "block.conv1", "--clean-valid", data, "--clean-test", data,
-                                         "--thresholds", "2", "--out", out, "--quiet", "--force"])
+    code, stdout, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            tmp_path / "w.pt",
+            "--factory",
+            "user_models:tiny_resnet",
+            "--layer",
+            "block.conv1",
+            "--clean-valid",
+            data,
+            "--clean-test",
+            data,
+            "--thresholds",
+            "2",
+            "--out",
+            out,
+            "--quiet",
+            "--force",
+        ],
+    )
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     assert doc["thresholds"][0]["reached"], doc["thresholds"][0]
@@ -117,7 +136,9 @@ def test_user_class_via_factory(tmp_path, mnist, capsys):
     # G names the factory, but loading it needs the user to name it too
     code, _, err = run_cli(capsys, ["eval", data, _targets(data), out / files["goodnet"]])
     assert_one_line_error(code, err, "pass --factory user_models:tiny_resnet")
-    code, stdout, err = run_cli(capsys, ["eval", data, _targets(data), out / files["goodnet"], "--factory", "user_models:tiny_resnet"])
+    code, stdout, err = run_cli(
+        capsys, ["eval", data, _targets(data), out / files["goodnet"], "--factory", "user_models:tiny_resnet"]
+    )
     assert code == 0, err
     g_acc = float(stdout.splitlines()[0].split(":")[1])
     assert abs(g_acc - doc["thresholds"][0]["goodnet"]["test_accuracy"]) < 1e-3
@@ -127,13 +148,18 @@ def test_weights_file_with_code_is_refused(tmp_path, capsys, mnist):
     class Payload:
         def __reduce__(self):
             return (print, ("this must never run",))
+
     torch.save({"w": Payload()}, tmp_path / "evil.pt")
     data = _user_data(tmp_path, mnist, 20)
-    code, out, err = run_cli(capsys, ["eval", data, _targets(data), tmp_path / "evil.pt", "--factory", "user_models:tiny_resnet"])
+    code, out, err = run_cli(
+        capsys, ["eval", data, _targets(data), tmp_path / "evil.pt", "--factory", "user_models:tiny_resnet"]
+    )
     assert_one_line_error(code, err, "holds pickled Python objects, not only tensors")
     assert "weights_only=False" not in err  # never advice to unpickle
     assert "this must never run" not in out
-    code, _, err = run_cli(capsys, ["eval", data, _targets(data), tmp_path / "evil.pt", "--factory", "user_models:nope"])
+    code, _, err = run_cli(
+        capsys, ["eval", data, _targets(data), tmp_path / "evil.pt", "--factory", "user_models:nope"]
+    )
     assert_one_line_error(code, err, "has no attribute 'nope'")
 
 
@@ -141,24 +167,57 @@ def test_torchscript_model(tmp_path, mnist, capsys):
     model = tiny_resnet().eval()
     torch.jit.save(torch.jit.script(model), str(tmp_path / "b.pt"))
     data = _user_data(tmp_path, mnist)
-    code, _, err = run_cli(capsys, ["defend", "--model", tmp_path / "b.pt", "--layer", "block.conv1",
-                                    "--clean-valid", data, "--out", tmp_path / "x", "--force", "--trust-model-code"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            tmp_path / "b.pt",
+            "--layer",
+            "block.conv1",
+            "--clean-valid",
+            data,
+            "--out",
+            tmp_path / "x",
+            "--force",
+            "--trust-model-code",
+        ],
+    )
     assert_one_line_error(code, err, "TorchScript model cannot be profiled")
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, ["defend", "--model", tmp_path / "b.pt", "--layer", "block.conv1",
-                                    "--channels", "1,4", "--clean-test", data, "--out", out, "--onnx",
-                                    "--trust-model-code"])
+    code, _, err = run_cli(
+        capsys,
+        [
+            "defend",
+            "--model",
+            tmp_path / "b.pt",
+            "--layer",
+            "block.conv1",
+            "--channels",
+            "1,4",
+            "--clean-test",
+            data,
+            "--out",
+            out,
+            "--onnx",
+            "--trust-model-code",
+        ],
+    )
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     expected = pruned_copy(model, "block.conv1", [1, 4])
     b_prime = load_model(str(out / doc["files"]["repaired"]), trust_code=True)
     x = torch.from_numpy(mnist[0][:64])
     assert torch.allclose(b_prime(x), expected(x), atol=1e-5)
-    code, stdout, err = run_cli(capsys, ["eval", data, _targets(data), out / doc["files"]["goodnet"], "--trust-model-code"])
+    code, stdout, err = run_cli(
+        capsys, ["eval", data, _targets(data), out / doc["files"]["goodnet"], "--trust-model-code"]
+    )
     assert code == 0, err
     assert abs(float(stdout.splitlines()[0].split(":")[1]) - doc["metrics"]["clean_test"]["goodnet"]) < 1e-3
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(out / doc["files"]["goodnet_onnx"]), providers=["CPUExecutionProvider"])
     images = mnist[0][:200]
-    np.testing.assert_array_equal(session.run(["label"], {"image": images})[0],
-                                  predict(load_model(str(out / doc["files"]["goodnet"]), trust_code=True), images))
+    np.testing.assert_array_equal(
+        session.run(["label"], {"image": images})[0],
+        predict(load_model(str(out / doc["files"]["goodnet"]), trust_code=True), images),
+    )

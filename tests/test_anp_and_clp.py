@@ -12,11 +12,11 @@ from torch import nn
 from goodnet.errors import ModelError
 from goodnet.io.data import ImageSet, load_images
 from goodnet.io.model_files import load_model
+from goodnet.measure import run_repair
 from goodnet.metrics import model_accuracy
 from goodnet.repairs import RepairData, build_repair, repair_names
 from goodnet.repairs.adversarial_neuron_pruning import _MASK_CACHE, AdversarialNeuronPruning, NeuronPerturbation
 from goodnet.repairs.channel_lipschitz import ChannelLipschitzPruning, channel_lipschitz_bounds
-from goodnet.repairs.runner import run_repair
 
 
 def _demo(demo_run, *roles):
@@ -48,8 +48,9 @@ def test_clp_prunes_the_channel_with_the_huge_kernel_batchnorm_scale_included():
         bn.running_var[11] = 1e-4  # an ordinary kernel that BatchNorm blows up (|gamma| / sqrt(var) = 100)
     bounds = channel_lipschitz_bounds(model)["0"]
     scale = bn.weight.detach().abs() / torch.sqrt(bn.running_var)  # the reference's sigma: no eps
-    expected = torch.stack([torch.linalg.svdvals(conv.weight[c].detach().reshape(2, 9))[0] * scale[c]
-                            for c in range(16)])
+    expected = torch.stack(
+        [torch.linalg.svdvals(conv.weight[c].detach().reshape(2, 9))[0] * scale[c] for c in range(16)]
+    )
     assert torch.allclose(bounds, expected, rtol=1e-5)
     outcome = ChannelLipschitzPruning(u=2.0).repair(model, None)
     assert outcome.models[0].pruned == {"0": [5, 11]}  # not 9: its BatchNorm takes its size back
@@ -119,8 +120,10 @@ def test_anp_masks_stay_in_the_unit_interval_and_are_deterministic():
     masks = repair.optimise_masks(model, x, y)["1"]  # keyed by the BatchNorm whose gamma is masked
     assert masks.min() >= 0 and masks.max() <= 1 and masks.min() < 1  # they moved, within [0, 1]
     assert torch.equal(masks, repair.optimise_masks(model, x, y)["1"])
-    assert not torch.equal(masks, AdversarialNeuronPruning(iterations=20, batch_size=16, mask_lr=2.0, seed=1)
-                           .optimise_masks(model, x, y)["1"])
+    assert not torch.equal(
+        masks,
+        AdversarialNeuronPruning(iterations=20, batch_size=16, mask_lr=2.0, seed=1).optimise_masks(model, x, y)["1"],
+    )
     _MASK_CACHE.clear()
     outcome = repair.repair(model, RepairData(ImageSet(x, y, "clean")))
     pruned = [c for c in range(16) if round(float(masks[c]), 4) <= repair.threshold]
@@ -152,19 +155,30 @@ def test_anp_on_the_demo_badnet_keeps_the_budget_and_never_sees_poisoned_data(de
     # This test checks the contract and the budget, not an ASR drop (fewer iterations than the
     # reference's 2000, to stay quick).
     model, (clean, poisoned_valid, clean_test, poisoned_test) = _demo(
-        demo_run, "clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+        demo_run, "clean_valid", "poisoned_valid", "clean_test", "poisoned_test"
+    )
     _SEEN.clear()
     _MASK_CACHE.clear()
-    result = run_repair(model, _SpyANP(iterations=40), {"clean_valid": clean, "poisoned_valid": poisoned_valid,
-                                                        "clean_test": clean_test, "poisoned_test": poisoned_test})
+    result = run_repair(
+        model,
+        _SpyANP(iterations=40),
+        {
+            "clean_valid": clean,
+            "poisoned_valid": poisoned_valid,
+            "clean_test": clean_test,
+            "poisoned_test": poisoned_test,
+        },
+    )
     assert _SEEN and all(d.poisoned_valid is None and d.held_out is not None for d in _SEEN)
     assert all(len(d.clean_valid) < len(clean) for d in _SEEN)  # fitted on the guard's share only
     repaired = result.models[0].repaired
     harm = result.harm
     # the reference's sign-step ANP may cost this BN-free CNN too much; the guard then hands back B
     assert harm is not None and (harm.attempts[-1].status == "within budget" or harm.delivered == "B unchanged")
-    assert model_accuracy(model, clean_test.x, clean_test.y) - model_accuracy(repaired.model, clean_test.x,
-                                                                              clean_test.y) < 3
+    assert (
+        model_accuracy(model, clean_test.x, clean_test.y) - model_accuracy(repaired.model, clean_test.x, clean_test.y)
+        < 3
+    )
     assert repaired.weights_changed == bool(repaired.pruned)  # kernels zeroed, their biases kept (the reference's)
     if harm.delivered == "B unchanged":
         assert repaired.pruned == {}
@@ -177,7 +191,8 @@ def test_anp_on_the_demo_badnet_keeps_the_budget_and_never_sees_poisoned_data(de
 
 def test_clp_runs_data_free_and_guarded_through_the_runner(demo_run):
     model, (clean, poisoned_valid, clean_test, poisoned_test) = _demo(
-        demo_run, "clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+        demo_run, "clean_valid", "poisoned_valid", "clean_test", "poisoned_test"
+    )
     tests = {"clean_test": clean_test, "poisoned_test": poisoned_test}
     _SEEN.clear()
     unguarded = run_repair(model, _SpyCLP(), tests)  # no clean data: it still runs, unjudged
@@ -191,5 +206,4 @@ def test_clp_runs_data_free_and_guarded_through_the_runner(demo_run):
     again = run_repair(model, ChannelLipschitzPruning(), tests).models[0].repaired
     first = unguarded.models[0].repaired
     assert again.pruned == first.pruned
-    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
-                                                  first.model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), first.model.state_dict().values()))

@@ -12,11 +12,11 @@ from torch import nn
 from goodnet.errors import ModelError, SettingsError
 from goodnet.io.data import ImageSet, load_images
 from goodnet.io.model_files import load_model
+from goodnet.measure import run_repair
 from goodnet.metrics import model_accuracy
 from goodnet.models.training import fine_tune
 from goodnet.repairs import RepairData, build_repair, repair_names
 from goodnet.repairs.attention_distillation import AttentionDistillation, distillation_loss, stage_outputs, tapped
-from goodnet.repairs.runner import run_repair
 from goodnet.repairs.sharpness_aware import SharpnessAwareTuning
 
 
@@ -113,13 +113,15 @@ def test_the_distillation_loss_is_the_reference_codes():
     a_s, a_t = a_s / (a_s.norm(dim=1, keepdim=True) + 1e-6), a_t / (a_t.norm(dim=1, keepdim=True) + 1e-6)
     # the mean over images and positions of (a_s - a_t)^2, as the authors' at.py computes it
     assert float(distillation_loss(student, teacher)) == pytest.approx(float((a_s - a_t).pow(2).mean()), rel=1e-5)
-    assert float(distillation_loss(3 * student, teacher)) == pytest.approx(float(distillation_loss(student, teacher)),
-                                                                           rel=1e-4)  # normalised: scale-free
+    assert float(distillation_loss(3 * student, teacher)) == pytest.approx(
+        float(distillation_loss(student, teacher)), rel=1e-4
+    )  # normalised: scale-free
 
 
 def _bn_net():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 36, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)
+    )
 
 
 def test_a_sharpness_aware_step_puts_the_weights_back_and_leaves_batchnorm_statistics_alone():
@@ -131,8 +133,19 @@ def test_a_sharpness_aware_step_puts_the_weights_back_and_leaves_batchnorm_stati
     def tuned(lr, sharpness):
         model = _bn_net()
         model.load_state_dict(start.state_dict())
-        return fine_tune(model, x, y, 2, 0, value_range=(0.0, 1.0), lr=lr, momentum=0.0, weight_decay=0.0,
-                         batch_size=8, sharpness=sharpness)
+        return fine_tune(
+            model,
+            x,
+            y,
+            2,
+            0,
+            value_range=(0.0, 1.0),
+            lr=lr,
+            momentum=0.0,
+            weight_decay=0.0,
+            batch_size=8,
+            sharpness=sharpness,
+        )
 
     # with a vanishing rate, the weights end where they began: every perturbation was undone
     frozen = tuned(1e-12, 2.0)
@@ -168,22 +181,36 @@ _SEEN = []
 # test): plain fine-tuning for 10 epochs leaves 24 % ASR; FT-SAM for 15 epochs 4 %; NAD (10 teacher + 10 student epochs)
 # 57 %: on this BN-free small CNN the attention term holds the student near B's maps, and NAD only
 # beats fine-tuning on the development zoo's BatchNorm ResNets (see its module docstring).
-@pytest.mark.parametrize("repair,most", [(_SpySAM(epochs=15, lr=0.05, variant="goodnet"), 10), (_SpyNAD(epochs=10, teacher_epochs=10, variant="goodnet", lr=0.05), 75)],
-                         ids=["ft-sam", "nad"])
+@pytest.mark.parametrize(
+    "repair,most",
+    [
+        (_SpySAM(epochs=15, lr=0.05, variant="goodnet"), 10),
+        (_SpyNAD(epochs=10, teacher_epochs=10, variant="goodnet", lr=0.05), 75),
+    ],
+    ids=["ft-sam", "nad"],
+)
 def test_each_lowers_the_demo_asr_within_budget_and_never_sees_poisoned_data(demo_run, repair, most):
     model, (clean, poisoned_valid, clean_test, poisoned_test) = _demo(
-        demo_run, "clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+        demo_run, "clean_valid", "poisoned_valid", "clean_test", "poisoned_test"
+    )
     _SEEN.clear()
-    result = run_repair(model, repair, {"clean_valid": clean, "poisoned_valid": poisoned_valid,
-                                        "clean_test": clean_test, "poisoned_test": poisoned_test})
+    result = run_repair(
+        model,
+        repair,
+        {
+            "clean_valid": clean,
+            "poisoned_valid": poisoned_valid,
+            "clean_test": clean_test,
+            "poisoned_test": poisoned_test,
+        },
+    )
     assert _SEEN and all(d.poisoned_valid is None and d.held_out is not None for d in _SEEN)
     assert all(len(d.clean_valid) < len(clean) for d in _SEEN)  # fitted on the guard's share only
     assert result.harm.attempts[0].status == "within budget" and result.harm.delivered == "as asked"
     repaired = result.models[0].repaired.model
     assert model_accuracy(model, poisoned_test.x, poisoned_test.y) > 90
     assert model_accuracy(repaired, poisoned_test.x, poisoned_test.y) < most
-    assert model_accuracy(model, clean_test.x, clean_test.y) - model_accuracy(repaired, clean_test.x,
-                                                                              clean_test.y) < 2
+    assert model_accuracy(model, clean_test.x, clean_test.y) - model_accuracy(repaired, clean_test.x, clean_test.y) < 2
 
 
 def test_nad_pulls_the_students_attention_to_the_teachers_and_is_deterministic(demo_run):
@@ -193,15 +220,18 @@ def test_nad_pulls_the_students_attention_to_the_teachers_and_is_deterministic(d
     # maps within two epochs (a silent map has no attention to compare)
     distilled = AttentionDistillation(epochs=2, teacher_epochs=1, variant="goodnet", lr=0.05)
     first = distilled.repair(model, RepairData(short))
-    free = AttentionDistillation(epochs=2, teacher_epochs=1, variant="goodnet", lr=0.05,
-                                 betas=(0.0,) * 3).repair(model, RepairData(short))
+    free = AttentionDistillation(epochs=2, teacher_epochs=1, variant="goodnet", lr=0.05, betas=(0.0,) * 3).repair(
+        model, RepairData(short)
+    )
     assert len(first.details["distilled"]) == 3
     # the distance on the last batch, per distilled layer: far smaller when it is penalised
     for layer, distance in first.details["last_batch_distance"].items():
         assert distance < 0.5 * free.details["last_batch_distance"][layer]
     again = distilled.repair(model, RepairData(short))
-    assert all(torch.equal(a, b) for a, b in zip(first.models[0].model.state_dict().values(),
-                                                 again.models[0].model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.models[0].model.state_dict().values(), again.models[0].model.state_dict().values())
+    )
 
 
 def test_ft_sam_is_deterministic(demo_run):

@@ -13,9 +13,14 @@ from torch import nn
 from goodnet.errors import ModelError
 from goodnet.io.data import ImageSet, load_images
 from goodnet.io.model_files import load_model
-from goodnet.repairs import RepairData, build_repair, repair_names, run_repair
-from goodnet.repairs.implicit_unlearning import (ImplicitUnlearning, SharedPerturbation, descent_map,
-                                                 fixed_point_hypergradient)
+from goodnet.measure import run_repair
+from goodnet.repairs import RepairData, build_repair, repair_names
+from goodnet.repairs.implicit_unlearning import (
+    ImplicitUnlearning,
+    SharedPerturbation,
+    descent_map,
+    fixed_point_hypergradient,
+)
 
 
 def test_registered_with_the_papers_settings_and_milder_versions():
@@ -23,8 +28,15 @@ def test_registered_with_the_papers_settings_and_milder_versions():
     repair = build_repair("i-bau", {"rounds": 3})
     assert isinstance(repair, ImplicitUnlearning) and repair.rounds == 3
     default = ImplicitUnlearning()
-    assert (default.variant, default.rounds, default.lr, default.batch_size, default.fixed_point_steps,
-            default.inner_rate, default.perturbed_share) == ("reference", 5, 1e-3, 100, 5, 0.1, 0.01)
+    assert (
+        default.variant,
+        default.rounds,
+        default.lr,
+        default.batch_size,
+        default.fixed_point_steps,
+        default.inner_rate,
+        default.perturbed_share,
+    ) == ("reference", 5, 1e-3, 100, 5, 0.1, 0.01)
     assert build_repair("i-bau", {"variant": "goodnet"}).variant == "goodnet"
     milder = default.milder()
     assert [m.lr for m in milder] == sorted((m.lr for m in milder), reverse=True) and milder[0].lr < default.lr
@@ -115,8 +127,9 @@ def test_the_goodnet_variants_perturbation_stays_in_its_relative_bound_and_the_d
     assert F.cross_entropy(model(perturbed), y).item() > before  # the ascent raised the loss
     # and through the whole repair, on images of this range
     images = ImageSet((torch.rand(40, 1, 4, 4) * (high - low) + low).numpy(), torch.randint(0, 3, (40,)).numpy())
-    outcome = ImplicitUnlearning(variant="goodnet", rounds=1, batch_size=20, radius=0.1).repair(model,
-                                                                                               RepairData(images))
+    outcome = ImplicitUnlearning(variant="goodnet", rounds=1, batch_size=20, radius=0.1).repair(
+        model, RepairData(images)
+    )
     assert 0 < outcome.details["last_perturbation_rms"] <= 0.1
 
 
@@ -172,13 +185,15 @@ def test_goodnet_variant_removes_the_demo_backdoor_within_the_guards_budget(demo
     about 2 held-out points, the edge of the default budget, so the guard here gets 3 points: one image
     either way must not flip the test."""
     model = load_model(demo_run["model"])
-    sets = {role: load_images(demo_run["inputs"][role])
-            for role in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")}
+    sets = {
+        role: load_images(demo_run["inputs"][role])
+        for role in ("clean_valid", "poisoned_valid", "clean_test", "poisoned_test")
+    }
     _SEEN.clear()
     result = run_repair(model, _SpyIBAU(variant="goodnet", rounds=10, perturbed_share=0.1), sets, max_drop=3.0)
     assert _SEEN and all(d.poisoned_valid is None and d.held_out is not None for d in _SEEN)
     assert all(len(d.clean_valid) < len(sets["clean_valid"]) for d in _SEEN)  # the guard's share only
-    scores = result.metrics(result.models[0].labels)
+    scores = result.models[0].metrics
     assert scores["poisoned_test"]["backdoored"] > 90
     assert result.harm.delivered == "as asked"
     assert scores["poisoned_test"]["repaired"] < 10

@@ -1,0 +1,234 @@
+"""One function per `goodnet` command: it turns the parsed options into library arguments (through
+`options`), makes one library call and prints what came back. Deciding, loading, checking and
+writing are the library's.
+
+Each command imports the library module it calls when it runs: those modules bring in plotting,
+training and export code that `goodnet --help` and the other commands must not wait for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from ..errors import GoodnetWarning, SettingsError, one_line
+from .options import (
+    data_paths,
+    given_settings,
+    grid_arguments,
+    model_source,
+    repair_arguments,
+)
+
+
+def _print_run(run, out: str) -> None:
+    """A defense's summary on stdout; its notice, warnings and any hand-back on stderr."""
+    from ..report.scan_report import scan_table
+    from ..report.tables import summary_lines
+
+    print("\n".join(summary_lines(run.result)))
+    if run.scans:
+        print("trigger scan (no poisoned data; anomaly index > 2 flags a suspected target):")
+        print(scan_table(run.scans))
+    if run.result.notice:
+        print(f"goodnet: {run.result.notice}", file=sys.stderr)
+    for line in run.result.warnings:
+        print(f"goodnet: warning: {one_line(line)}", file=sys.stderr)
+    harm = run.result.harm
+    if harm is not None and harm.fell_back:
+        print(f"goodnet: {harm.line(run.result.repair)}", file=sys.stderr)
+    print(f"\nwrote {os.path.abspath(out)}/ (report.html, report.md, results.json, metrics.csv, plots, models/)")
+
+
+def cmd_defend(args: argparse.Namespace) -> None:
+    from ..defend import defend
+    from ..inspection.strip import StripSettings
+    from ..spec import DefenseSpec
+
+    spec = DefenseSpec.build(
+        model_source(args),
+        data_paths(args),
+        args.out,
+        **repair_arguments(args, guard_note=" (its budgets are its own settings)"),
+        input_scale=args.input_scale,
+        onnx=args.onnx,
+        progress=not args.quiet,
+        force=args.force,
+        strip=None if args.no_strip else StripSettings(),
+        scan=args.scan,
+    )
+    run = defend(spec)
+    _print_run(run, args.out)
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from ..batch import run_batch
+    from ..report.batch_report import batch_table
+
+    run = run_batch(
+        args.manifest,
+        args.out,
+        **repair_arguments(args),
+        **grid_arguments(args),
+        progress=not args.quiet,
+        strip=not args.no_strip,
+        scan=args.scan,
+        force=args.force,
+        trust_code=args.trust_model_code,
+    )
+    print(batch_table(run.rows))
+    print(f"\nwrote {os.path.abspath(args.out)}/ (batch.md, batch.html, batch.csv, batch.json, models/)")
+    if run.refused:
+        raise SettingsError(run.refused)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from ..evaluation import evaluate_files
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GoodnetWarning)
+        clean, asr = evaluate_files(args.clean, args.poisoned, model_source(args), input_scale=args.input_scale)
+    for warning in caught:
+        if issubclass(warning.category, GoodnetWarning):
+            print(f"goodnet: warning: {one_line(warning.message)}", file=sys.stderr)
+    print("Clean Classification accuracy:", clean)
+    print("Attack Success Rate:", asr)
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from ..evaluation import classify_files
+
+    for label in classify_files(model_source(args), args.images, input_scale=args.input_scale):
+        print(label)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from ..export import export_model_file
+
+    export_model_file(model_source(args), args.to, args.out, like=args.like, input_shape=args.input_shape)
+    print(f"wrote {os.path.abspath(args.out)}")
+
+
+def cmd_attack(args: argparse.Namespace) -> None:
+    from ..attack import attack_files
+    from ..zoo.badnets import BadNetSettings
+
+    settings = BadNetSettings(
+        kind=args.kind,
+        target=args.target,
+        poison_rate=args.poison_rate,
+        seed=args.seed,
+        epochs=args.epochs,
+        arch=args.arch,
+        scale=args.scale,
+        augment=args.augment,
+    )
+    run = attack_files(settings, args.out, args.cache_dir, progress=not args.quiet)
+    b, sizes = run.manifest["badnet"], run.manifest["sizes"]
+    print(
+        f"{args.kind} BadNet: clean test accuracy {b['clean_test_accuracy']:.2f} % (clean model "
+        f"{run.reference['clean_test_accuracy']:.2f} %), test ASR {b['poisoned_test_asr']:.2f} %, "
+        f"{sizes['poisoned_in_train']} of {sizes['attacker_train']} training images poisoned"
+    )
+    print(
+        f"bar (ASR >= 90, clean accuracy within 2 points of the clean model): {'met' if run.meets_bar else 'NOT met'}"
+    )
+    print(f"wrote {os.path.abspath(args.out)}/ (clean/poisoned valid/test .h5, badnet.safetensors, manifest.json)")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from ..compare import run_comparison
+    from ..report.comparison import markdown_table, summary_table
+
+    rows = run_comparison(
+        args.out,
+        args.repairs,
+        args.part,
+        args.only,
+        args.cache_dir,
+        **grid_arguments(args),
+        progress=not args.quiet,
+        scan=args.scan,
+        scan_schedule=args.scan_schedule,
+    )
+    print(markdown_table(rows))
+    print()
+    print(summary_table(rows))
+    print(
+        f"\nwrote {os.path.abspath(args.out)}/ (comparison.html, comparison.md, comparison.csv, comparison.png, comparison.json)"
+    )
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    from ..report.scan_report import scan_table
+    from ..scan import scan_files
+
+    run = scan_files(
+        model_source(args),
+        args.clean_valid,
+        args.out,
+        input_scale=args.input_scale,
+        progress=not args.quiet,
+        force=args.force,
+        seed=args.seed,
+        schedule=args.scan_schedule,
+    )
+    print(scan_table({"B": run.scan}))
+    print(f"\nwrote {os.path.abspath(args.out)}/ (report.html, report.md, scan.json, b_triggers.png, b_norms.png)")
+
+
+def _announce_demo(out: str):
+    """What the demo says once its BadNet is ready, before the defense runs."""
+
+    def announce(badnet) -> None:
+        b = badnet.manifest["badnet"]
+        if badnet.shipped:
+            print(
+                f"built from the BadNet weights shipped with goodnet (--retrain trains it instead): {badnet.directory}"
+            )
+        else:
+            print(f"{'reused cached' if badnet.reused else 'trained'} BadNet in {badnet.directory}")
+        trigger = badnet.settings.attack.trigger.size
+        print(
+            f"  B: clean test accuracy {b['clean_test_accuracy']:.2f} %, test ASR {b['poisoned_test_asr']:.2f} % "
+            f"(trigger: {trigger}x{trigger} white patch, target {badnet.settings.target})"
+        )
+        print(
+            "  same as: goodnet defend --model "
+            + badnet.model_path
+            + " "
+            + " ".join(f"--{role.replace('_', '-')} {path}" for role, path in badnet.data_paths.items())
+            + f" --out {out}"
+        )
+
+    return announce
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from ..demo import run_demo
+
+    run = run_demo(
+        args.out,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        retrain=args.retrain,
+        repair_settings=given_settings(args),
+        progress=not args.quiet,
+        ready=_announce_demo(args.out),
+    )
+    _print_run(run, args.out)
+
+
+COMMANDS = {
+    "defend": cmd_defend,
+    "eval": cmd_eval,
+    "classify": cmd_classify,
+    "export": cmd_export,
+    "attack": cmd_attack,
+    "compare": cmd_compare,
+    "scan": cmd_scan,
+    "demo": cmd_demo,
+    "batch": cmd_batch,
+}

@@ -1,0 +1,124 @@
+"""DefenseSpec: everything one defense of one model needs, checked once and frozen. The CLI, batch
+and the demo build one from their inputs and hand it to goodnet.defend; nothing downstream takes
+loose options or checks them again."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DataError, OutputError, SettingsError
+from .inspection.strip import StripSettings
+from .inspection.trigger_reversal import SCHEDULES
+from .io.data import ROLES, as_path, checked_scale, shown
+from .io.model_files import ModelSource, model_source
+from .measure.runner import check_options
+from .repairs.base import Repair
+from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
+from .repairs.registry import checked_repair
+
+
+def data_files(data_paths: Any) -> dict[str, str | None]:
+    """`data_paths` (role -> file path, str or os.PathLike, or None) with str paths; unknown roles
+    and anything but paths refused."""
+    if not isinstance(data_paths, Mapping):
+        raise DataError(
+            f"data_paths must be a dict of role -> file path (roles: {', '.join(ROLES)}), not {shown(data_paths)}"
+        )
+    unknown = set(data_paths) - set(ROLES)
+    if unknown:
+        raise SettingsError(f"unknown data roles {sorted(map(str, unknown))} (known: {', '.join(ROLES)})")
+    return {
+        role: None
+        if path is None
+        else as_path(path, f"data_paths[{role!r}]", DataError, "a file path (str or os.PathLike) or None")
+        for role, path in data_paths.items()
+    }
+
+
+def check_flags(**flags: Any) -> None:
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be True or False, not {shown(value)}")
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The do-no-harm guard's budget: `max_drop` points of held-out clean accuracy (None: no guard,
+    library use only), judged on a `holdout` share of every class of the clean validation data."""
+
+    max_drop: float | None = DEFAULT_MAX_DROP
+    holdout: float = DEFAULT_HOLDOUT
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense: B (`source`), the data files by role, the output folder, the repair and how to
+    run it. Build it with `DefenseSpec.build`, which checks every field before any work."""
+
+    source: ModelSource
+    data: dict[str, str | None]  # role -> file path (None: not given)
+    out_dir: str
+    repair: Repair
+    input_scale: float = 1.0
+    onnx: bool = False  # also write G and B' as ONNX
+    progress: bool = True
+    force: bool = False  # go on past the checks that B is worth repairing
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    strip: StripSettings | None = StripSettings()  # STRIP on B beside G's detection (None: not STRIP)
+    scan: bool = False  # reverse triggers of B and every B' (Neural Cleanse) on clean validation data
+    scan_schedule: str = "reference"
+
+    @classmethod
+    def build(
+        cls,
+        source: ModelSource | str | os.PathLike,
+        data_paths: dict[str, str | os.PathLike | None],
+        out_dir: str | os.PathLike,
+        repair: Repair | str,
+        input_scale: float = 1.0,
+        onnx: bool = False,
+        progress: bool = True,
+        force: bool = False,
+        max_drop: float | None = DEFAULT_MAX_DROP,
+        holdout: float = DEFAULT_HOLDOUT,
+        strip: StripSettings | None = StripSettings(),
+        scan: bool = False,
+        scan_schedule: str = "reference",
+    ) -> DefenseSpec:
+        """The spec of these inputs, every one checked: paths may be str or os.PathLike; `repair` a
+        Repair or a registered repair's name (its default settings)."""
+        source = model_source(source)
+        data = data_files(data_paths)
+        out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
+        repair = checked_repair(repair)
+        input_scale = checked_scale(input_scale)
+        check_flags(onnx=onnx, scan=scan)
+        check_options(progress=progress, force=force, max_drop=max_drop, holdout=holdout, strip=strip)
+        if scan:
+            if not isinstance(scan_schedule, str) or scan_schedule not in SCHEDULES:
+                raise SettingsError(
+                    f"trigger scan: schedule must be one of {', '.join(SCHEDULES)}, not {shown(scan_schedule)}"
+                )
+            if not data.get("clean_valid"):
+                raise SettingsError("--scan reverses triggers on clean validation data: give --clean-valid")
+        return cls(
+            source,
+            data,
+            out_dir,
+            repair,
+            input_scale,
+            onnx,
+            progress,
+            force,
+            GuardSettings(max_drop, holdout),
+            strip,
+            scan,
+            scan_schedule,
+        )
+
+    def input_files(self) -> list[str | None]:
+        """Every file this defense reads: B's files and the data files."""
+        return self.source.input_files() + list(self.data.values())
