@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every format goodnet reads and writes, one runnable example each (the README's "Formats" section).
+# Every format goodnet reads and writes, one runnable example each (docs/formats.md).
 # Run from the repository root after the demo command: bash examples/formats.sh
 # It installs Keras 3, onnx and onnxruntime into .venv (Keras only writes the example Keras files).
 set -euo pipefail
