@@ -204,3 +204,36 @@ def test_a_malformed_registration_is_refused(options, problem):
     with pytest.raises(TypeError, match=problem):
         register_data_reader("broken", **options)
     assert "broken" not in [r.name for r in data_readers()]
+
+
+def test_export_formats_are_registered_writers_and_a_new_one_is_used(tmp_path):
+    from goodnet.errors import SettingsError
+    from goodnet.export import EXPORT_WRITERS, export_formats, export_model_file, register_export_writer
+    from goodnet.io.model_files import ModelSource
+
+    assert export_formats() == ("keras", "onnx")
+    model = _small_cnn()
+    save_model(model, str(tmp_path / "b.safetensors"))
+    written = []
+
+    @register_export_writer("npz-weights")
+    def write(model, out, like, source):
+        np.savez(out, **{k: v.numpy() for k, v in model.state_dict().items()})
+        written.append(out)
+
+    try:
+        assert "npz-weights" in export_formats()
+        out = str(tmp_path / "b.npz")
+        export_model_file(ModelSource(str(tmp_path / "b.safetensors")), "npz-weights", out)
+        assert written == [out] and set(np.load(out)) == set(model.state_dict())
+        with pytest.raises(SettingsError, match="--like only applies to --to keras"):
+            export_model_file(
+                ModelSource(str(tmp_path / "b.safetensors")),
+                "npz-weights",
+                str(tmp_path / "c.npz"),
+                like=str(tmp_path / "b.safetensors"),
+            )
+    finally:
+        EXPORT_WRITERS.pop("npz-weights", None)
+    with pytest.raises(SettingsError, match="export writes keras or onnx, not 'npz-weights'"):
+        export_model_file(ModelSource(str(tmp_path / "b.safetensors")), "npz-weights", str(tmp_path / "d.npz"))

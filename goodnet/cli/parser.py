@@ -166,7 +166,9 @@ def _add_export(sub) -> None:
         "layout), or B, B' or G as ONNX.",
     )
     add_model_argument(p)
-    p.add_argument("--to", choices=["keras", "onnx"], required=True, help="output format")
+    from ..export import export_formats  # the registered writers
+
+    p.add_argument("--to", choices=list(export_formats()), required=True, help="output format")
     add_output_option(p, what="file")
     p.add_argument(
         "--like",
