@@ -1,9 +1,10 @@
 """goodnet: repair backdoored neural networks, and prove the repair with numbers.
 
 What a user calls, by level: read data and models (`load_images`, `load_model`, `ModelSource`),
-pick and run a repair (`build_repair`, `repair_names`, `run_repair`), write every output
-(`write_outputs`) or do all of it from files (`defend_files`), and write your own repair
-(`Repair`, `setting`, `register_repair`). Names are imported on first use, so `goodnet --help`
+pick a repair (`build_repair`, `repair_names`; `Guarded` puts any repair under the do-no-harm
+guard), run and measure it (`run_repair` returns a frozen `Measurement`), write every output
+(`write_outputs`) or do all of it from files (`DefenseSpec` and `defend`, or `defend_files`), and
+write your own repair (`Repair`, `setting`, `register_repair`). Names are imported on first use, so `goodnet --help`
 does not pay for plotting or training code.
 
 Paths may be given as str or os.PathLike (e.g. pathlib.Path); a repair as a `Repair` or a
@@ -55,6 +56,8 @@ _EXPORTS = {
     "write_outputs": "goodnet.outputs",
     "ModelExports": "goodnet.io.repaired_files",
     "defend_files": "goodnet.defend",
+    "defend": "goodnet.defend",
+    "DefenseSpec": "goodnet.spec",
     "evaluate_files": "goodnet.evaluation",
     # errors
     "GoodnetError": "goodnet.errors",
