@@ -196,15 +196,15 @@ def _copied_inputs(demo_run, tmp_path):
 def _counting_defend(monkeypatch, fail_first=False):
     import goodnet.batch as batch_module
 
-    real, calls = batch_module.defend_files, []
+    real, calls = batch_module.defend, []
 
-    def defend(source, data, out_dir, *args, **kwargs):
-        calls.append(out_dir)
+    def defend(spec):
+        calls.append(spec.out_dir)
         if fail_first and len(calls) == 1:
-            raise OutputError(f"{out_dir}: cannot write the output (No space left on device)")
-        return real(source, data, out_dir, *args, **kwargs)
+            raise OutputError(f"{spec.out_dir}: cannot write the output (No space left on device)")
+        return real(spec)
 
-    monkeypatch.setattr(batch_module, "defend_files", defend)
+    monkeypatch.setattr(batch_module, "defend", defend)
     return calls
 
 

@@ -2,23 +2,27 @@
 guard (do_no_harm, a Repair wrapping a Repair), and one defense per file, each registering itself.
 A repair fits and returns models; measuring them is goodnet.measure's job."""
 
-from .adversarial_neuron_pruning import AdversarialNeuronPruning
-from .attack_aware import AttackAwarePruning
-from .attention_distillation import AttentionDistillation
+# The order of these imports is the registry's order: the order of `--repair` choices, of
+# `goodnet defend --help` and of compare's roster and tables (the lab's sweep first, the plain
+# baseline next). Sorting them would reorder every one of those.
+# ruff: noqa: I001
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
-from .channel_lipschitz import ChannelLipschitzPruning
-from .channels import ExplicitChannels
-from .do_no_harm import Guarded
-from .feature_shift import FeatureShiftTuning
+from .registry import REPAIRS, build_repair, checked_repair, register_repair, repair_class, repair_names
+from .lab_pruning import LabPruning
 from .fine_pruning import FinePruning
 from .fine_tuning import FineTuning
-from .implicit_unlearning import ImplicitUnlearning
-from .lab_pruning import LabPruning
-from .neural_cleanse import NeuralCleanse
+from .feature_shift import FeatureShiftTuning
 from .perturbation_unlearning import PerturbationUnlearning
-from .registry import REPAIRS, build_repair, checked_repair, register_repair, repair_class, repair_names
 from .rnp import ReconstructiveNeuronPruning
+from .adversarial_neuron_pruning import AdversarialNeuronPruning
+from .channel_lipschitz import ChannelLipschitzPruning
+from .attention_distillation import AttentionDistillation
 from .sharpness_aware import SharpnessAwareTuning
+from .implicit_unlearning import ImplicitUnlearning
+from .neural_cleanse import NeuralCleanse
+from .attack_aware import AttackAwarePruning
+from .channels import ExplicitChannels
+from .do_no_harm import Guarded
 
 __all__ = [
     "AdversarialNeuronPruning",
