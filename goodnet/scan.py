@@ -22,6 +22,7 @@ from .io.output_dir import check_output_dir, release_output
 from .measure.sanity import SanityCheck
 from .repairs.base import MAX_SEED
 from .report.scan_report import SCAN_MARKER, write_scan
+from .spec import check_flags
 
 # what `**settings` may name: reverse_triggers' own keywords, less those scan_files sets itself
 SCAN_SETTINGS = tuple(
@@ -55,9 +56,7 @@ def scan_files(
     clean_path = as_path(clean_path, "clean_path")
     out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
     input_scale = checked_scale(input_scale)
-    for name, value in (("progress", progress), ("force", force)):
-        if not isinstance(value, bool):
-            raise SettingsError(f"{name} must be True or False, not {shown(value)}")
+    check_flags(progress=progress, force=force)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise SettingsError(f"seed must be an integer from 0 to {MAX_SEED}, not {shown(seed)}")
     unknown = sorted(set(settings) - set(SCAN_SETTINGS))
