@@ -185,7 +185,7 @@ def defend_entry(
 def _summary(row: dict[str, Any]) -> str:
     if row["error"]:
         return f"refused: {row['error']}"
-    parts = [f"{row['delivered']}"]
+    parts = [f"{row['delivered']}"] + ([f"backdoor {row['backdoor']}"] if row.get("backdoor") else [])
     if row["clean_drop"] is not None:
         parts.append(f"clean drop {row['clean_drop']:.2f}")
     if row["asr"] is not None:

@@ -10,11 +10,12 @@ from typing import Any
 
 from torch import nn
 
+from .devices import compute_device
 from .errors import SettingsError
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
 from .io import output_dir
-from .io.data import load_sets
+from .io.data import load_sets, trained_range
 from .io.model_files import ModelSource
 from .io.output_dir import check_output_dir, release_output
 from .io.repaired_files import ModelExports
@@ -94,7 +95,19 @@ def _defend(spec: DefenseSpec) -> DefenseRun:
     sets = load_sets(spec.data, spec.input_scale)
     doubts = role_warnings(sets, spec.data)  # and a refusal where a number would mean nothing
     model = source.load_backdoored(next(iter(sets.values())).image_shape if sets else None)
-    inputs = RunInputs({role: path for role, path in spec.data.items() if path}, float(spec.input_scale), tuple(doubts))
+    value_range = {"values": None, "from": None}
+    if trained_range(model) is not None:
+        value_range = {"values": list(trained_range(model)), "from": "B's file"}
+    elif sets:  # B beat chance on these values (the sanity check): its B' and G files record them
+        role = "clean_valid" if "clean_valid" in sets else next(iter(sets))
+        model.input_range = tuple(float(v) for v in sets[role].value_range)
+        value_range = {"values": list(model.input_range), "from": f"the {role} data (B's file records none)"}
+    inputs = RunInputs(
+        {role: path for role, path in spec.data.items() if path},
+        float(spec.input_scale),
+        tuple(doubts),
+        {**spec.provenance(str(compute_device())), "input_range": value_range},
+    )
     result = run_repair(
         model,
         spec.repair,

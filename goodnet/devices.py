@@ -19,13 +19,13 @@ import re
 from collections.abc import Iterator
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import SettingsError
+from .lazy_torch import nn, torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-_CURRENT: contextvars.ContextVar[torch.device] = contextvars.ContextVar("goodnet_device", default=torch.device("cpu"))  # noqa: B039 - a torch.device is immutable
+# the device of the current command; None: the CPU (a torch.device here would import PyTorch)
+_CURRENT: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar("goodnet_device", default=None)
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -54,7 +54,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def compute_device() -> torch.device:
     """The device the current command runs models on (the CPU unless `using_device` says otherwise)."""
-    return _CURRENT.get()
+    device = _CURRENT.get()
+    return torch.device("cpu") if device is None else device
 
 
 @contextlib.contextmanager

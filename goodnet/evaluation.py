@@ -16,6 +16,7 @@ from .io.data import (
     as_path,
     check_fits_model,
     check_input_range,
+    checked_range,
     checked_scale,
     load_images,
     read_image,
@@ -56,8 +57,18 @@ def evaluate_files(
     return accuracy(clean_labels, clean.y), accuracy(poisoned_labels, poisoned.y)
 
 
-def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale: float = 1.0) -> list[int]:
-    """One label per image: in [0, N-1] for a classifier, [0, N] for a GoodNet (N = poisoned)."""
+def classify_files(
+    source: ModelSource,
+    image_paths: Sequence[str],
+    input_scale: float = 1.0,
+    input_range: tuple[float, float] | None = None,
+) -> list[int]:
+    """One label per image: in [0, N-1] for a classifier, [0, N] for a GoodNet (N = poisoned).
+    The images are checked against the value range the model's file records; a file that records
+    none is refused unless `input_range` states it, since images on the wrong scale would get a
+    wrong label each without a word."""
+    source = model_source(source)
+    stated = None if input_range is None else checked_range(input_range)
     images = [read_image(p, input_scale) for p in image_paths]
     model = source.load(images[0].shape)
     expected = tuple(model.input_shape)
@@ -67,9 +78,19 @@ def classify_files(source: ModelSource, image_paths: Sequence[str], input_scale:
                 f"{shown_path(path)}: image is {'x'.join(map(str, image.shape))} (C x H x W) but the "
                 f"model takes {'x'.join(map(str, expected))}"
             )
+    recorded = trained_range(model)
+    if recorded is None and stated is None:
+        raise DataError(
+            f"{shown_path(source.path)}: records no input range, so goodnet cannot check that the images "
+            f"are on the scale it was trained on: state it with --input-range LOW,HIGH (the values after "
+            f"--input-scale, e.g. 0,1 or 0,255)"
+        )
+    if recorded is not None and stated is not None and not np.allclose(recorded, stated):
+        raise DataError(
+            f"{shown_path(source.path)}: records the input range {recorded[0]:g},{recorded[1]:g}, not the "
+            f"{stated[0]:g},{stated[1]:g} given by --input-range"
+        )
     stacked = np.stack(images)
-    check_input_range(
-        ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), trained_range(model), "images"
-    )
+    check_input_range(ImageSet(stacked, np.zeros(len(stacked), dtype=np.int64), "images"), recorded or stated, "images")
     with placed(model):
         return [int(v) for v in predict(model, stacked)]

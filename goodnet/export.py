@@ -3,22 +3,23 @@
 Each output format is a registered writer (`register_export_writer`), as repairs and readers are:
 `keras` writes B or B' as Keras weights (HDF5) or in the layout of a given Keras file, `onnx` writes
 B, B' or G. The output is checked against the inputs and the model's recorded input shape before
-anything is written.
+anything is written. A writer imports its format's code when it runs, so listing the formats (the
+command line's `--to` choices) does not import PyTorch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import ModelError, SettingsError, shown_path
-from .io.keras.export import export_like, keras_suffix, write_keras_weights
-from .io.model_files import ModelSource
-from .io.onnx_export import export_onnx
 from .io.output_dir import check_not_an_input
-from .models.goodnet import GoodNet
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .io.model_files import ModelSource
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ def export_formats() -> tuple[str, ...]:
 
 @register_export_writer("keras", takes_like=True)
 def _write_keras(model: nn.Module, out: str, like: str | None, source: ModelSource) -> None:
+    from .io.keras.export import export_like, keras_suffix, write_keras_weights
+    from .models.goodnet import GoodNet
+
     if isinstance(model, GoodNet):
         raise ModelError(
             f"{shown_path(source.path)}: a GoodNet has no Keras form (it is two models); export B' "
@@ -70,6 +74,8 @@ def _write_keras(model: nn.Module, out: str, like: str | None, source: ModelSour
 
 @register_export_writer("onnx")
 def _write_onnx(model: nn.Module, out: str, like: str | None, source: ModelSource) -> None:
+    from .io.onnx_export import export_onnx
+
     export_onnx(model, out)
 
 

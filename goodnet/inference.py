@@ -5,11 +5,10 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-import torch
-from torch import nn
 
 from .devices import to_model, to_numpy
 from .errors import NonFiniteOutputs, SettingsError
+from .lazy_torch import nn, torch
 
 DEFAULT_BATCH_SIZE = 512
 

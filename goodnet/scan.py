@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from .devices import compute_device
 from .errors import DataError, OutputError, SettingsError
 from .inference import predict
 from .inspection.trigger_reversal import reverse_triggers
@@ -22,7 +23,7 @@ from .io.output_dir import check_output_dir, release_output
 from .measure.sanity import SanityCheck
 from .repairs.base import MAX_SEED
 from .report.scan_report import SCAN_MARKER, write_scan
-from .spec import check_flags
+from .spec import check_flags, environment, file_record, model_record
 
 # what `**settings` may name: reverse_triggers' own keywords, less those scan_files sets itself
 SCAN_SETTINGS = tuple(
@@ -76,7 +77,14 @@ def scan_files(
             raise DataError(sanity.refusal(clean.value_range))
         scan = reverse_triggers(model, clean, clean.value_range, seed=int(seed), progress=progress, **settings)
         inputs = {"model": source.path, "clean_valid": clean_path, "input_scale": float(input_scale)}
-        return ScanRun(scan, write_scan(out_dir, scan, clean.value_range, inputs), model)
+        provenance = {
+            **environment(str(compute_device())),
+            "model": model_record(source),
+            "data": {"clean_valid": file_record(clean_path)},
+            "seed": int(seed),
+            "options": {"input_scale": float(input_scale), "force": force, **settings},
+        }
+        return ScanRun(scan, write_scan(out_dir, scan, clean.value_range, inputs, provenance), model)
     finally:  # written, refused or interrupted: the output is free again
         if not claimed_before:
             release_output(out_dir)

@@ -4,7 +4,11 @@ loose options or checks them again."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
+import platform
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +18,10 @@ from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import SCHEDULES
 from .io.data import ROLES, as_path, checked_scale, shown
 from .io.model_files import ModelSource, model_source
+from .io.output_dir import file_sha256
 from .measure.runner import check_options
 from .repairs.base import Repair
-from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
+from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP, HOLDOUT_SEED
 from .repairs.registry import checked_repair
 
 
@@ -122,3 +127,77 @@ class DefenseSpec:
     def input_files(self) -> list[str | None]:
         """Every file this defense reads: B's files and the data files."""
         return self.source.input_files() + list(self.data.values())
+
+    def provenance(self, device: str | None = None) -> dict[str, Any]:
+        """What produced a result, so it can be cited and reproduced: each file read (absolute path,
+        size, SHA-256), the factory's source file, the versions of goodnet, PyTorch, NumPy and
+        Python, the seeds and every option. `device`: where the work ran."""
+        settings = self.repair.settings()
+        return {
+            **environment(device),
+            "model": model_record(self.source),
+            "data": {role: file_record(path) for role, path in self.data.items() if path},
+            "seed": settings.get("seed"),
+            "holdout_seed": HOLDOUT_SEED if self.guard.max_drop is not None and self.repair.guarded else None,
+            "options": {
+                "repair": self.repair.name,
+                "settings": settings,
+                "input_scale": self.input_scale,
+                "max_drop": self.guard.max_drop,
+                "holdout": self.guard.holdout,
+                "strip": None if self.strip is None else self.strip.to_json(),
+                "scan": self.scan,
+                "scan_schedule": self.scan_schedule if self.scan else None,
+                "onnx": self.onnx,
+                "force": self.force,
+            },
+        }
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """The versions and the machine a result was computed with."""
+    return {
+        "goodnet": _version("goodnet"),
+        "torch": _version("torch"),
+        "numpy": _version("numpy"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+
+
+def model_record(source: ModelSource) -> dict[str, Any]:
+    """A model as provenance records it: its file, and the architecture file or factory it needs."""
+    return {
+        **file_record(source.path),
+        "arch": source.arch,
+        "arch_file": file_record(source.arch) if source.arch and os.path.isfile(source.arch) else None,
+        "factory": source.factory,
+        "factory_file": _factory_record(source.factory),
+        "trust_code": source.trust_code,
+    }
+
+
+def file_record(path: str) -> dict[str, Any]:
+    """A file as provenance records it: absolute path, size in bytes and SHA-256 of its bytes."""
+    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
+def _factory_record(factory: str | None) -> dict[str, Any] | None:
+    """The source file of a factory's module (`package.module:function`), when it has one."""
+    if not factory:
+        return None
+    try:
+        spec = importlib.util.find_spec(factory.split(":", 1)[0])
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    return file_record(origin) if origin and os.path.isfile(origin) else None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        module = sys.modules.get(package)
+        return getattr(module, "__version__", None)

@@ -22,7 +22,7 @@ from goodnet.io.model_files import (
 from goodnet.models import SmallCNN
 
 DATA_EXPECTED = "expected .h5/.hdf5 with data/label or .npz with x/y"
-MODEL_EXPECTED = "expected .safetensors, Keras .h5, or a PyTorch .pt/.pth file"
+MODEL_EXPECTED = "expected .safetensors, Keras .h5/.keras, or a PyTorch .pt/.pth file"
 ONNX_BYTES = b"\x08\x07\x3a\x00"  # ir_version 7 and an empty graph: the smallest file holds_onnx takes
 
 

@@ -3,6 +3,7 @@ without poisoned data runs (`goodnet scan`, `goodnet defend --scan`, `goodnet co
 
 import html
 import json
+import os
 
 from conftest import assert_one_line_error, assert_self_contained_page, run_cli
 
@@ -42,9 +43,16 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     assert scan["mask_norms"][0] == min(scan["mask_norms"]) and scan["anomaly_index"][0] == scan["max_anomaly_index"]
     assert scan["suspects"] in ([], [0]) and scan["verdict"] in out
     assert doc["value_range"] == [0.0, 255.0]
-    for name in ("b_triggers.png", "b_norms.png", "report.md"):
+    prov = doc["provenance"]  # what produced the scan, as results.json records it
+    assert prov["model"]["path"] == os.path.abspath(demo_run["model"]) and len(prov["model"]["sha256"]) == 64
+    assert prov["data"]["clean_valid"]["sha256"] and prov["seed"] == 0 and prov["torch"]
+    for name in ("model_triggers.png", "model_norms.png", "report.md"):
         assert (tmp_path / "scan" / name).stat().st_size > 0
-    assert html.escape(scan["verdict"], quote=False) in assert_self_contained_page(tmp_path / "scan")
+    page = assert_self_contained_page(tmp_path / "scan")
+    assert html.escape(scan["verdict"], quote=False) in page
+    # the scanned file is named by its file name, never called B (it may be a repaired B')
+    report = (tmp_path / "scan" / "report.md").read_text()
+    assert f"| `{os.path.basename(demo_run['model'])}` |" in report and "| B |" not in report
     code, _, err = run_cli(capsys, ["scan", "--model", demo_run["model"], "--out", tmp_path / "s2"])
     assert code == 2 and "--clean-valid" in err  # argparse's own refusal: --clean-valid is required
 

@@ -100,7 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_classify(args: argparse.Namespace) -> None:
     from ..evaluation import classify_files
 
-    for label in classify_files(model_source(args), args.images, input_scale=args.input_scale):
+    labels = classify_files(model_source(args), args.images, input_scale=args.input_scale, input_range=args.input_range)
+    for label in labels:
         print(label)
 
 

@@ -147,6 +147,18 @@ def input_shape(text: str) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
+def value_range(text: str) -> tuple[float, float]:
+    """--input-range LOW,HIGH: two finite numbers, LOW below HIGH."""
+    parts = text.split(",")
+    try:
+        low, high = (float(v) for v in parts)
+    except ValueError:
+        low = high = float("nan")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise argparse.ArgumentTypeError(f"must be LOW,HIGH: two finite numbers, LOW below HIGH, not {_given(text)}")
+    return low, high
+
+
 # option groups, and what reads them back
 
 
@@ -214,6 +226,16 @@ def data_paths(args: argparse.Namespace) -> dict[str, str | None]:
 
 def add_input_scale_option(p: argparse.ArgumentParser, help: str = INPUT_SCALE_HELP) -> None:
     p.add_argument("--input-scale", type=positive_number, default=1.0, help=help)
+
+
+def add_input_range_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-range",
+        type=value_range,
+        metavar="LOW,HIGH",
+        help="the pixel values the model was trained on, after --input-scale (e.g. 0,1 or 0,255): needed "
+        "when its file records none (a state dict, TorchScript or Keras file goodnet did not write)",
+    )
 
 
 def add_output_option(p: argparse.ArgumentParser, default: str | None = None, what: str = "directory") -> None:

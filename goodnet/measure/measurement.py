@@ -25,6 +25,7 @@ from ..repairs.base import Repair, RepairedModel, RepairOutcome
 from ..repairs.do_no_harm import HarmCheck
 from .sanity import SanityCheck
 from .scores import curve_valid_drop, goodnet_scores, model_scores, role_metrics, test_drop
+from .verdict import NextStep, Verdict, next_step, verdict
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class RunInputs:
     files: dict[str, str] = field(default_factory=dict)
     input_scale: float = 1.0
     warnings: tuple[str, ...] = ()
+    provenance: dict[str, Any] = field(default_factory=dict)  # what produced the result (DefenseSpec.provenance)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class ModelMeasurement:
     # G's continuous score (B''s doubt in B's answer) on clean vs poisoned test inputs; None when
     # either test set is missing
     detection: DetectionScore | None = None
+    # was the backdoor removed, at what clean cost, within the budget? (with confidence intervals)
+    verdict: Verdict | None = None
 
     @property
     def name(self) -> str:
@@ -90,6 +94,7 @@ class Measurement:
     inputs: dict[str, str] = field(default_factory=dict)  # role -> file, when read from files
     input_scale: float = 1.0
     warnings: tuple[str, ...] = ()  # what is doubtful about the inputs (io.role_checks)
+    provenance: dict[str, Any] = field(default_factory=dict)  # files, hashes, versions, seeds, options
     sanity: SanityCheck | None = None  # None when no clean validation data was given
     harm: HarmCheck | None = None  # the do-no-harm guard's check (None: the repair was not guarded)
     delivered: Repair | None = None  # the settings whose B' was delivered (milder ones after a fallback)
@@ -100,6 +105,11 @@ class Measurement:
     thresholds: tuple[ThresholdChoice, ...] = ()  # a sweep's stopping rules' choices
     curve_rows: tuple[dict[str, Any], ...] = ()  # a sweep's every step (curve.csv)
     dead_channels: int | None = None  # a sweep's channels with mean activation 0 on clean validation data
+    next_step: NextStep | None = None  # what to try when no B' removed the backdoor within its budget
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return tuple(m.verdict for m in self.models if m.verdict is not None)
 
     @property
     def extra_class(self) -> int:
@@ -151,9 +161,14 @@ def measure(
             for role, images in data.items()
         }
     extra = int(model.num_classes)
+    truth = {role: images.y for role, images in data.items()}
+    # the clean-accuracy budget each B' was given: the guard's, or a sweep's X for its B'
+    budgets = {} if curve is None else {sel.name: float(sel.x) for sel in curve.selections}
+    guard_budget = None if outcome.guard is None else float(outcome.guard.max_drop)
 
     def measured(repaired: RepairedModel, labels: dict[str, np.ndarray]) -> ModelMeasurement:
         metrics = {role: role_metrics(backdoored[role], labels[role], images.y, extra) for role, images in data.items()}
+        budget = budgets.get(repaired.name, guard_budget)
         return ModelMeasurement(
             repaired,
             labels,
@@ -163,6 +178,7 @@ def measure(
             goodnet_scores(data, backdoored, labels, extra, "test"),
             test_drop(metrics),
             goodnet_detection(repaired.model, data, backdoored, batch_size),
+            verdict(repaired.name, truth, backdoored, labels, budget) if data else None,
         )
 
     models = []
@@ -203,6 +219,7 @@ def measure(
         inputs=dict(inputs.files),
         input_scale=float(inputs.input_scale),
         warnings=doubts,
+        provenance=dict(inputs.provenance),
         sanity=sanity,
         harm=outcome.guard,
         delivered=outcome.delivered or repair,
@@ -213,6 +230,7 @@ def measure(
         thresholds=thresholds,
         curve_rows=rows,
         dead_channels=None if curve is None else int((curve.mean_activation == 0).sum()),
+        next_step=next_step(repair.name, tuple(m.verdict for m in models if m.verdict is not None)),
     )
 
 

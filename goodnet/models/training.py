@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..devices import to_model
 from ..errors import TrainingDiverged
+from ..lazy_torch import F, nn, torch
 from ..progress import progress as progress_bar
 
 
@@ -147,6 +145,23 @@ def running_stats_kept(model: nn.Module):
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
+    # A TorchScript BatchNorm's momentum is a constant of its compiled code: its running buffers are
+    # swapped for copies for the duration instead, and the originals (never written, so backward,
+    # which may hold the copies, is not disturbed) put back afterwards.
+    scripted = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.jit.ScriptModule)
+        and getattr(m, "original_name", None) in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+        and getattr(m, "running_mean", None) is not None
+    ]
+    originals = [
+        {k: getattr(m, k) for k in ("running_mean", "running_var", "num_batches_tracked") if hasattr(m, k)}
+        for m in scripted
+    ]
+    for m, buffers in zip(scripted, originals):
+        for k, v in buffers.items():
+            setattr(m, k, v.clone())
     try:
         yield
     finally:
@@ -155,6 +170,9 @@ def running_stats_kept(model: nn.Module):
                 m.momentum = momentum
                 if count is not None:
                     m.num_batches_tracked.copy_(count)
+        for m, buffers in zip(scripted, originals):
+            for k, v in buffers.items():
+                setattr(m, k, v)
 
 
 def _finite(model: nn.Module) -> bool:

@@ -11,10 +11,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..inference import DEFAULT_BATCH_SIZE
+from ..lazy_torch import nn, torch
 from .graph_split import CutSplit, split_at_conv
 from .profiling import channel_means, pruning_order
 from .selection import Selection

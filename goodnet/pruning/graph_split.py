@@ -11,47 +11,59 @@ the cut and is cached.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from typing import Any
 
 from ..devices import device_of
 from ..errors import ModelError, SettingsError
+from ..lazy_torch import F, fx, nn, torch
 
-ZERO_PRESERVING_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-)
-ZERO_PRESERVING_FUNCTIONS = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    torch.tanh,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-}
 ZERO_PRESERVING_METHODS = {"relu", "tanh"}
+
+
+# The modules and functions that keep a zero channel zero: built on first use, since they are
+# PyTorch's and this module is imported without importing PyTorch (see lazy_torch).
+@functools.cache
+def zero_preserving_modules() -> tuple[type[nn.Module], ...]:
+    return (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.ELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Tanh,
+        nn.Hardtanh,
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+        nn.Dropout,
+        nn.Dropout2d,
+        nn.Identity,
+    )
+
+
+@functools.cache
+def zero_preserving_functions() -> frozenset[Callable[..., Any]]:
+    return frozenset(
+        {
+            F.relu,
+            torch.relu,
+            F.relu6,
+            F.leaky_relu,
+            F.elu,
+            F.gelu,
+            F.silu,
+            torch.tanh,
+            F.max_pool2d,
+            F.avg_pool2d,
+            F.adaptive_avg_pool2d,
+            F.adaptive_max_pool2d,
+        }
+    )
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -69,9 +81,9 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def _zero_preserving(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return isinstance(modules[node.target], ZERO_PRESERVING_MODULES)
+        return isinstance(modules[node.target], zero_preserving_modules())
     if node.op == "call_function":
-        return node.target in ZERO_PRESERVING_FUNCTIONS
+        return node.target in zero_preserving_functions()
     if node.op == "call_method":
         return node.target in ZERO_PRESERVING_METHODS
     return False

@@ -3,16 +3,17 @@ profile, which `prune` uses), or after the conv's activation function (fine-prun
 
 from __future__ import annotations
 
+import functools
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
 
 from ..devices import to_model
 from ..errors import ModelError
 from ..inference import DEFAULT_BATCH_SIZE, batches
+from ..lazy_torch import F, fx, nn, torch
 from .graph_split import check_conv_layer, split_at_conv, trace
 from .sweep import run_trunk
 
@@ -39,60 +40,76 @@ def activation_order(model: nn.Module, x: np.ndarray, layer: str, order: str = "
 
 
 # Fine-pruning's neuron: what a conv channel outputs after its activation function. Tracing forward
-# from the conv, these pass the channel on unchanged in meaning: its BatchNorm, a residual addition
-# (ResNet blocks activate after adding the shortcut), channel-wise pooling and identities.
-_ACTIVATION_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Sigmoid,
-    nn.PReLU,
-    nn.Mish,
-    nn.Hardswish,
-)
-_ACTIVATION_FUNCTIONS = {
-    F.relu,
-    F.relu_,
-    torch.relu,
-    torch.relu_,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    torch.tanh,
-    torch.sigmoid,
-    F.hardtanh,
-    F.mish,
-    F.hardswish,
-}
+# from the conv, what `_passes` names passes the channel on unchanged in meaning: its BatchNorm, a
+# residual addition (ResNet blocks activate after adding the shortcut), channel-wise pooling and
+# identities; the trace ends at what `_activations` names. Both are built on first use: they name
+# PyTorch's classes and functions, and this module is imported without PyTorch (see lazy_torch).
 _ACTIVATION_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
-_PASS_MODULES = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Identity,
-)
-_PASS_FUNCTIONS = {
-    operator.add,
-    operator.iadd,
-    torch.add,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-    F.dropout,
-}
 _PASS_METHODS = {"add", "add_"}
+
+
+@functools.cache
+def _activations() -> tuple[tuple[type[nn.Module], ...], frozenset[Callable[..., Any]]]:
+    modules = (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.ELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Tanh,
+        nn.Hardtanh,
+        nn.Sigmoid,
+        nn.PReLU,
+        nn.Mish,
+        nn.Hardswish,
+    )
+    functions = frozenset(
+        {
+            F.relu,
+            F.relu_,
+            torch.relu,
+            torch.relu_,
+            F.relu6,
+            F.leaky_relu,
+            F.elu,
+            F.gelu,
+            F.silu,
+            torch.tanh,
+            torch.sigmoid,
+            F.hardtanh,
+            F.mish,
+            F.hardswish,
+        }
+    )
+    return modules, functions
+
+
+@functools.cache
+def _passes() -> tuple[tuple[type[nn.Module], ...], frozenset[Callable[..., Any]]]:
+    modules = (
+        nn.modules.batchnorm._BatchNorm,
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+        nn.Dropout,
+        nn.Dropout2d,
+        nn.Identity,
+    )
+    functions = frozenset(
+        {
+            operator.add,
+            operator.iadd,
+            torch.add,
+            F.max_pool2d,
+            F.avg_pool2d,
+            F.adaptive_avg_pool2d,
+            F.adaptive_max_pool2d,
+            F.dropout,
+        }
+    )
+    return modules, functions
 
 
 def _matches(node: fx.Node, modules: dict[str, nn.Module], kinds, functions, methods) -> bool:
@@ -115,9 +132,9 @@ def post_activation_node(gm: fx.GraphModule, layer: str) -> fx.Node:
     node = calls[0]
     while len(node.users) == 1:
         user = next(iter(node.users))
-        if _matches(user, modules, _ACTIVATION_MODULES, _ACTIVATION_FUNCTIONS, _ACTIVATION_METHODS):
+        if _matches(user, modules, *_activations(), _ACTIVATION_METHODS):
             return user
-        if not _matches(user, modules, _PASS_MODULES, _PASS_FUNCTIONS, _PASS_METHODS):
+        if not _matches(user, modules, *_passes(), _PASS_METHODS):
             break
         node = user
     return node

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..devices import to_model, to_numpy
 from ..inference import DEFAULT_BATCH_SIZE, batches, check_finite_scores, predict
+from ..lazy_torch import nn, torch
 from ..progress import progress
 from .graph_split import CutSplit
 from .zeroing import pruned_copy

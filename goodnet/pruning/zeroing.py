@@ -6,24 +6,19 @@ minus the normalised mean) and the channel would not be gone."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 
-import torch
-from torch import nn
-
 from ..errors import SettingsError
+from ..lazy_torch import nn, torch
+from ..model_copies import DESCRIPTION_ATTRIBUTES, copy_model
 from .graph_split import conv_layers, following_batchnorm
 
-DESCRIPTION_ATTRIBUTES = ("num_classes", "input_shape", "goodnet_factory", "input_range")
+__all__ = ["DESCRIPTION_ATTRIBUTES", "grouped", "prune_layers", "pruned_copy", "zero_channels"]
 
 
 def pruned_copy(model: nn.Module, layer: str, channels: Iterable[int]) -> nn.Module:
     """A copy of `model` whose conv `layer` outputs zero on every channel in `channels`."""
-    pruned = copy.deepcopy(model)
-    for attr in DESCRIPTION_ATTRIBUTES:  # deepcopy of TorchScript drops plain Python attributes
-        if hasattr(model, attr) and not hasattr(pruned, attr):
-            setattr(pruned, attr, getattr(model, attr))
+    pruned = copy_model(model)  # a TorchScript copy keeps num_classes, input_shape, ...
     modules = dict(pruned.named_modules())
     conv = modules.get(layer)
     if conv is None or layer not in conv_layers(pruned):
@@ -53,7 +48,7 @@ def zero_channels(model: nn.Module, layer: str, channels: Iterable[int], batchno
 
 def prune_layers(model: nn.Module, channels: Iterable[tuple[str, int]]) -> nn.Module:
     """A copy of `model` with every (layer, channel) pruned, over several conv layers."""
-    pruned = copy.deepcopy(model)
+    pruned = copy_model(model)  # a TorchScript copy keeps num_classes, input_shape, ...
     for layer, chosen in grouped(channels).items():
         zero_channels(pruned, layer, chosen)
     return pruned

@@ -35,12 +35,10 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..devices import device_of, to_model
 from ..errors import DataError, ModelError
+from ..lazy_torch import F, nn, torch
 from ..models.training import random_shift
 from ..progress import progress as progress_bar
 from ..pruning.graph_split import conv_layers, following_batchnorm
@@ -202,11 +200,9 @@ class AdversarialNeuronPruning(Repair):
         return [replace(self, threshold=self.threshold * k) for k in self.MILDER_THRESHOLDS]
 
     def check_model(self, model: nn.Module) -> None:
-        if isinstance(model, torch.jit.ScriptModule):
-            raise ModelError(
-                "the anp repair masks neurons with forward hooks, which a TorchScript model does "
-                "not run; load its PyTorch class with --factory"
-            )
+        self.refuse_torchscript(
+            model, "it masks neurons with forward hooks, which TorchScript's compiled forward does not run"
+        )
         if not conv_layers(model):
             raise ModelError("the anp repair prunes conv channels, and the model has no Conv2d layer")
 

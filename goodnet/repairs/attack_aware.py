@@ -13,8 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
-from torch import nn
-
+from ..lazy_torch import nn
 from ..metrics import model_accuracy
 from ..pruning.graph_split import conv_layers
 from ..pruning.profiling import activation_order
@@ -48,6 +47,13 @@ class AttackAwarePruning(Repair):
     def milder(self) -> list[Repair]:
         """A smaller pruning budget."""
         return [replace(self, budget=self.budget / k) for k in (2, 4)]
+
+    def check_model(self, model: nn.Module) -> None:
+        self.refuse_torchscript(
+            model,
+            "it ranks conv channels by their activations through the model's torch.fx graph, and a "
+            "TorchScript model cannot be profiled (its forward is compiled code)",
+        )
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean, poisoned = data.clean_valid, data.poisoned_valid

@@ -35,17 +35,15 @@ instead (with `--lr 0.05 --epochs 40 --weight-decay 5e-4`, a `nad` row then diff
 from __future__ import annotations
 
 import copy
+import functools
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..devices import to_model
 from ..errors import ModelError, TrainingDiverged
+from ..lazy_torch import F, fx, nn, torch
 from ..models.training import random_shift
 from ..progress import progress as progress_bar
 from ..pruning.graph_split import trace
@@ -53,40 +51,50 @@ from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import TuningSchedule
 
+if TYPE_CHECKING:
+    from ..models.with_maps import WithMaps
+
 EPS = 1e-6  # the reference's guard against a zero norm
-ACTIVATION_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Hardtanh,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardswish,
-    nn.Mish,
-    nn.PReLU,
-)
-ACTIVATION_FUNCTIONS = {
-    F.relu,
-    torch.relu,
-    torch.relu_,
-    F.relu_,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    F.hardtanh,
-    torch.tanh,
-    torch.sigmoid,
-    F.hardswish,
-    F.mish,
-}
 ACTIVATION_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
-ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-CONV_FUNCTIONS = {F.conv2d}
+
+
+@functools.cache
+def _activations() -> tuple[tuple[type[nn.Module], ...], frozenset[Callable[..., Any]]]:
+    """The activations' (module types, functions): built on first use, since they are PyTorch's
+    and this module is imported without PyTorch (see lazy_torch)."""
+    modules = (
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.ELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Hardtanh,
+        nn.Tanh,
+        nn.Sigmoid,
+        nn.Hardswish,
+        nn.Mish,
+        nn.PReLU,
+    )
+    functions = frozenset(
+        {
+            F.relu,
+            torch.relu,
+            torch.relu_,
+            F.relu_,
+            F.relu6,
+            F.leaky_relu,
+            F.elu,
+            F.gelu,
+            F.silu,
+            F.hardtanh,
+            torch.tanh,
+            torch.sigmoid,
+            F.hardswish,
+            F.mish,
+        }
+    )
+    return modules, functions
 
 
 def attention(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -123,21 +131,22 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
 def _is_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules[node.target], nn.Conv2d)
-    return node.op == "call_function" and node.target in CONV_FUNCTIONS
+    return node.op == "call_function" and node.target is F.conv2d
 
 
 def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    kinds, functions = _activations()
     if node.op == "call_module":
-        return isinstance(modules[node.target], ACTIVATION_MODULES)
+        return isinstance(modules[node.target], kinds)
     if node.op == "call_function":
-        return node.target in ACTIVATION_FUNCTIONS
+        return node.target in functions
     return node.op == "call_method" and node.target in ACTIVATION_METHODS
 
 
 def _is_residual_add(node: fx.Node) -> bool:
     """An addition of two feature maps of the node's own shape (not a bias or a constant)."""
     if not (
-        (node.op == "call_function" and node.target in ADD_FUNCTIONS)
+        (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add))
         or (node.op == "call_method" and node.target in ("add", "add_", "__add__", "__iadd__"))
     ):
         return False
@@ -156,6 +165,8 @@ def _rearranges(node: fx.Node) -> bool:
 
 
 def _traced(model: nn.Module, sample: torch.Tensor) -> fx.GraphModule:
+    from torch.fx.passes.shape_prop import ShapeProp
+
     gm = trace(model)
     was_training = model.training
     try:
@@ -217,19 +228,6 @@ def tapped(model: nn.Module, stages: list[StageOutput]) -> fx.GraphModule:
     out.args = ((out.args[0], tuple(by_name[s.node] for s in stages)),)
     gm.recompile()
     return gm
-
-
-class _WithMaps(nn.Module):
-    """Runs a tapped graph: returns the logits, keeps the stage maps of the latest pass."""
-
-    def __init__(self, graph: fx.GraphModule):
-        super().__init__()
-        self.graph_module = graph
-        self.maps: tuple[torch.Tensor, ...] = ()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, self.maps = self.graph_module(x)
-        return logits
 
 
 def reference_augment(x: torch.Tensor, generator: torch.Generator, low: float, flip: bool) -> torch.Tensor:
@@ -296,13 +294,18 @@ class AttentionDistillation(TuningSchedule):
         return [self.slower(k, e) for k, e in self.RATE_STEPS]
 
     def check_model(self, model: nn.Module) -> None:
+        self.refuse_torchscript(
+            model,
+            "it taps the feature maps it distils out of the model's torch.fx graph, which TorchScript's "
+            "compiled forward cannot give",
+        )
         if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise ModelError(
                 "nad distils the attention of convolutional feature maps, and the model has no Conv2d layer"
             )
         trace(model)  # refuses, in one line, a model torch.fx cannot trace
 
-    def _train(self, net: _WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
+    def _train(self, net: WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
         """The authors' loop: SGD (Nesterov) with the step schedule and their augmentation; `distil`
         (student maps -> loss) is added to the cross-entropy."""
         generator = torch.Generator().manual_seed(self.seed)
@@ -333,7 +336,7 @@ class AttentionDistillation(TuningSchedule):
             raise TrainingDiverged(f"nad diverged: weights are no longer finite (rate {self.lr:g})")
         return net.eval()
 
-    def _run(self, net: _WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
+    def _run(self, net: WithMaps, x, y, value_range, epochs: int, progress: str | None, distil=None):
         if self.variant == "reference":
             return self._train(net, x, y, value_range, epochs, progress, distil)
         return TuningSchedule.tune(
@@ -347,6 +350,8 @@ class AttentionDistillation(TuningSchedule):
         )
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
+        from ..models.with_maps import WithMaps
+
         clean = data.clean_valid
         stages = stage_outputs(model, to_model(clean.x[:2], model))
         if not stages:
@@ -354,7 +359,7 @@ class AttentionDistillation(TuningSchedule):
         stages = stages[-len(self.betas) :]
         betas = self.betas[-len(stages) :]  # a model with fewer stages gets the deepest stages' weights
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
-        teacher = _WithMaps(tapped(copy.deepcopy(model), stages))
+        teacher = WithMaps(tapped(copy.deepcopy(model), stages))
         self._run(
             teacher,
             clean.x,
@@ -367,10 +372,10 @@ class AttentionDistillation(TuningSchedule):
         for p in teacher.parameters():
             p.requires_grad_(False)
         student_model = copy.deepcopy(model)
-        student = _WithMaps(tapped(student_model, stages))
+        student = WithMaps(tapped(student_model, stages))
         last: dict[str, float] = {}
 
-        def distil(net: _WithMaps, x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+        def distil(net: WithMaps, x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 teacher(x)
             losses = [distillation_loss(s, t, self.power) for s, t in zip(net.maps, teacher.maps)]

@@ -11,6 +11,7 @@ output labels. Nothing gets test data: measuring B' on test data is the runner's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import numbers
@@ -21,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from torch import nn
 
 from ..errors import SettingsError
 from ..io.data import ImageSet, split_holdout
+from ..lazy_torch import nn
 from ..pruning.curve import PruningCurve
 
 DATA_NEEDS = ("none", "clean", "oracle")
@@ -79,6 +80,17 @@ def _kind(annotation: Any) -> tuple[str, tuple[str, ...]]:
         f"unsupported setting type {annotation!r} (int, float, str, bool, Literal[...], "
         f"tuple[int, ...] or tuple[float, ...])"
     )
+
+
+@functools.cache  # a class's settings are fixed; registering, the CLI and every build ask for them
+def _setting_specs(cls: type[Repair]) -> tuple[SettingSpec, ...]:
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        kind, choices = _kind(hints[f.name])
+        meta = {k: v for k, v in f.metadata.items() if k in ("low", "high", "low_open", "nonempty")}
+        specs.append(SettingSpec(f.name, kind, f.default, f.metadata.get("help", ""), choices, **meta))
+    return tuple(specs)
 
 
 @dataclass(frozen=True)
@@ -217,13 +229,7 @@ class Repair:
 
     @classmethod
     def setting_specs(cls) -> list[SettingSpec]:
-        hints = typing.get_type_hints(cls)
-        specs = []
-        for f in dataclasses.fields(cls):
-            kind, choices = _kind(hints[f.name])
-            meta = {k: v for k, v in f.metadata.items() if k in ("low", "high", "low_open", "nonempty")}
-            specs.append(SettingSpec(f.name, kind, f.default, f.metadata.get("help", ""), choices, **meta))
-        return specs
+        return list(_setting_specs(cls))
 
     def _checked(self, spec: SettingSpec, value: Any) -> Any:
         option = f"{self.name}: {spec.name.replace('_', '-')}"
@@ -294,6 +300,18 @@ class Repair:
     def check_model(self, model: nn.Module) -> None:
         """Refuse, before any work, a model these settings cannot apply to (e.g. a `layer` setting
         that names no conv layer of it); raise SettingsError or ModelError. By default: any model."""
+
+    def refuse_torchscript(
+        self, model: nn.Module, reason: str, instead: str = "load the model's PyTorch class with --factory instead"
+    ) -> None:
+        """For check_model: refuse a TorchScript model in one line when the repair needs what compiled
+        code cannot give (a torch.fx graph, forward hooks); `reason` says what the repair needs,
+        `instead` what the user can do."""
+        from ..errors import ModelError
+        from ..lazy_torch import torch
+
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ModelError(f"the {self.name} repair cannot run on a TorchScript model: {reason}; {instead}")
 
     def run(self, model: nn.Module, data: RepairData | None, progress: bool = False) -> RepairOutcome:
         """`repair` with the data contract enforced."""

@@ -28,10 +28,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
-from torch import nn
-
 from ..errors import ModelError
+from ..lazy_torch import nn, torch
 from ..pruning.graph_split import conv_layers, following_batchnorm
 from ..pruning.zeroing import grouped, prune_layers
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from ..errors import SettingsError
+from ..lazy_torch import nn
 from ..pruning.graph_split import check_conv_layer, resolve_layer
 from ..pruning.zeroing import pruned_copy
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting

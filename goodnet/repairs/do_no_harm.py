@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from ..errors import DataError, NonFiniteOutputs, SettingsError, TrainingDiverged
 from ..inference import DEFAULT_BATCH_SIZE, predict
 from ..io.data import holdout_mask, split_by_mask
-from ..metrics import accuracy
+from ..lazy_torch import nn
+from ..metrics import accuracy, paired_change_interval
 from .base import Repair, RepairData, RepairedModel, RepairOutcome
 
 DEFAULT_MAX_DROP = 2.0  # points of held-out clean accuracy a repair may cost
@@ -40,6 +40,8 @@ class Attempt:
     drop: float | None
     status: str  # "within budget", "past budget", "diverged: ..."
     seconds: float
+    # 95 % interval of the drop (points), paired on the held-out images (None with the drop)
+    drop_interval: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class Attempt:
             "seconds": round(self.seconds, 3),
             "held_out_accuracy": None if self.held_out_accuracy is None else round(self.held_out_accuracy, 4),
             "drop": None if self.drop is None else round(self.drop, 4),
+            "drop_interval": None if self.drop_interval is None else [round(v, 4) for v in self.drop_interval],
         }
 
 
@@ -75,12 +78,23 @@ class HarmCheck:
         """Points of held-out accuracy one image is worth."""
         return 100.0 / max(self.held_out_images, 1)
 
+    @property
+    def decided_on_noise(self) -> bool:
+        """The held-out images were too few for some decision: an attempt's drop interval reaches
+        both sides of `max_drop` (or one held-out image is worth more than the budget)."""
+        if self.resolution > self.max_drop:
+            return True
+        return any(
+            a.drop_interval is not None and a.drop_interval[0] <= self.max_drop < a.drop_interval[1]
+            for a in self.attempts
+        )
+
     def coarse_note(self) -> str:
-        if self.resolution <= self.max_drop:
+        if not self.decided_on_noise:
             return ""
         return (
-            f" (WARNING: one held-out image is {self.resolution:.3g} points, coarser than the budget: "
-            f"give more clean validation data)"
+            f"; WARNING: {self.held_out_images} held-out images cannot tell a drop of {self.max_drop:g} points "
+            f"from none, so this decision may be noise: give more clean validation data"
         )
 
     def line(self, repair: Repair) -> str:
@@ -92,11 +106,13 @@ class HarmCheck:
         if not self.fell_back:
             return (
                 f"do no harm: held-out clean accuracy {first.held_out_accuracy:.2f} % vs B's "
-                f"{self.backdoored_accuracy:.2f} % on {self.held_out_images} images (drop {first.drop:.2f} <= "
-                f"budget {self.max_drop:g}): delivered as asked"
+                f"{self.backdoored_accuracy:.2f} % on {self.held_out_images} images: drop {first.drop:.2f} points"
+                f"{_interval_text(first)}, within the budget of {self.max_drop:g}: delivered as asked"
             )
         why = (
-            first.status if first.drop is None else f"held-out drop {first.drop:.2f} points > budget {self.max_drop:g}"
+            first.status
+            if first.drop is None
+            else f"held-out drop {first.drop:.2f} points{_interval_text(first)} > budget {self.max_drop:g}"
         )
         if self.delivered == "B unchanged":
             return (
@@ -124,8 +140,15 @@ class HarmCheck:
             "delivered": self.delivered,
             "fell_back_from": fell_from,
             "delivered_drop": 0.0 if self.delivered == "B unchanged" else round(last.drop, 4),
+            "decided_on_noise": self.decided_on_noise,
             "attempts": [a.to_json() for a in self.attempts],
         }
+
+
+def _interval_text(attempt: Attempt) -> str:
+    if attempt.drop_interval is None:
+        return ""
+    return f" (95 % CI {attempt.drop_interval[0]:+.2f} to {attempt.drop_interval[1]:+.2f})"
 
 
 def guarded_repair(
@@ -152,18 +175,24 @@ def guarded_repair(
     fit_set, held_set = split_by_mask(clean, held)
     guarded_data = RepairData(fit_set, data.poisoned_valid, held_set)
     check = HarmCheck(max_drop, holdout, int(held.sum()), accuracy(backdoored_labels[held], held_set.y))
+    reference_right = backdoored_labels[held] == held_set.y
     for attempt in [repair] + repair.milder():
         start = time.perf_counter()
         try:
             outcome = attempt.run(model, guarded_data, progress)
-            accuracies = [accuracy(predict(m.model, held_set.x, batch_size), held_set.y) for m in outcome.models]
+            labels = [predict(m.model, held_set.x, batch_size) for m in outcome.models]
         except (TrainingDiverged, NonFiniteOutputs) as exc:  # a B' with NaN outputs diverged too
             check.attempts.append(
                 Attempt(repair.changed_settings(attempt), None, None, f"diverged: {exc}", time.perf_counter() - start)
             )
             continue
+        accuracies = [accuracy(found, held_set.y) for found in labels]
         worst = min(accuracies, default=check.backdoored_accuracy)
         drop = check.backdoored_accuracy - worst
+        interval = None
+        if labels:  # paired on the same held-out images as B: far less noisy than two samples
+            change = paired_change_interval(reference_right, labels[int(np.argmin(accuracies))] == held_set.y)
+            interval = (-change.high, -change.low)
         ok = drop <= max_drop + 1e-9
         check.attempts.append(
             Attempt(
@@ -172,6 +201,7 @@ def guarded_repair(
                 drop,
                 "within budget" if ok else "past budget",
                 time.perf_counter() - start,
+                interval,
             )
         )
         if ok:

@@ -27,11 +27,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-from torch import nn
-
 from ..devices import to_model
 from ..errors import ModelError
+from ..lazy_torch import nn, torch
 from .base import RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import GOODNET_TUNING, TuningSchedule
@@ -104,6 +102,13 @@ class FeatureShiftTuning(TuningSchedule):
 
     def tuning_options(self) -> dict[str, Any]:
         return dict(FST_TUNING if self.variant == "reference" else GOODNET_TUNING)
+
+    def check_model(self, model: nn.Module) -> None:
+        self.refuse_torchscript(
+            model,
+            "it finds the classifier head by running the model with forward hooks, which TorchScript's "
+            "compiled forward does not run",
+        )
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         tuned = copy.deepcopy(model)

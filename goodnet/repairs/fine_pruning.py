@@ -32,11 +32,10 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import SettingsError
 from ..io.data import ImageSet
+from ..lazy_torch import nn, torch
 from ..metrics import model_accuracy
 from ..pruning.graph_split import check_conv_layer, following_batchnorm, resolve_layer, split_at_conv
 from ..pruning.profiling import activation_order, post_activation_order
@@ -129,7 +128,13 @@ class FinePruning(BackdoorBenchSchedule):
         return post_activation_order(model, x, layer)
 
     def check_model(self, model: nn.Module) -> None:
-        """The `layer` setting must name a conv layer of the model."""
+        """The `layer` setting must name a conv layer of the model, which torch.fx can trace."""
+        self.refuse_torchscript(
+            model,
+            "it profiles a conv layer's channels through the model's torch.fx graph, and a TorchScript "
+            "model cannot be profiled or swept (its forward is compiled code)",
+            "load its PyTorch class with --factory (or prune an explicit list, without fine-tuning, with --channels)",
+        )
         check_conv_layer(model, resolve_layer(model, self.layer))
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:

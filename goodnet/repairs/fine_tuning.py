@@ -15,12 +15,10 @@ Departures from BackdoorBench's ft.py:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
+from ..lazy_torch import nn, torch
+from ..model_copies import copy_model
 from .base import RepairData, RepairedModel, RepairOutcome
 from .registry import register_repair
 from .schedule import BackdoorBenchSchedule
@@ -38,7 +36,7 @@ class FineTuning(BackdoorBenchSchedule):
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
         tuned = self.tune(
-            copy.deepcopy(model),
+            copy_model(model),
             data.clean_valid.x,
             data.clean_valid.y,
             data.value_range,

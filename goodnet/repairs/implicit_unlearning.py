@@ -40,17 +40,14 @@ Departures:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from ..devices import to_model
 from ..errors import ModelError, SettingsError, TrainingDiverged
+from ..lazy_torch import F, nn, torch
+from ..model_copies import copy_model
 from ..progress import progress as progress_bar
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
@@ -237,7 +234,7 @@ class ImplicitUnlearning(Repair):
             raise SettingsError("i-bau needs clean images that are not all one value (their range is empty)")
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
-        tuned = copy.deepcopy(model).eval()  # evaluation mode throughout, as in the reference
+        tuned = copy_model(model).eval()  # evaluation mode throughout, as in the reference
         frozen = {p for p in tuned.parameters() if not p.requires_grad}
         params = [p for p in tuned.parameters() if p.is_floating_point()]
         for p in params:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from torch import nn
 
 from ..errors import SettingsError
 from ..io.data import ImageSet
+from ..lazy_torch import nn
 from ..metrics import model_accuracy
 from ..pruning.curve import PruningCurve, profile_and_sweep
 from ..pruning.graph_split import check_conv_layer, resolve_layer
@@ -102,7 +102,13 @@ class LabPruning(Repair):
         return RULES if self.rule == "both" else (self.rule,)
 
     def check_model(self, model: nn.Module) -> None:
-        """The `layer` setting must name a conv layer of the model."""
+        """The `layer` setting must name a conv layer of the model, which torch.fx can trace."""
+        self.refuse_torchscript(
+            model,
+            "it profiles a conv layer's channels through the model's torch.fx graph, and a TorchScript "
+            "model cannot be profiled or swept (its forward is compiled code)",
+            "prune an explicit list with --channels, or load its PyTorch class with --factory",
+        )
         check_conv_layer(model, resolve_layer(model, self.layer))
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:

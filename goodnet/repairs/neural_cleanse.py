@@ -25,17 +25,15 @@ guard's milder retries reuse it (same B, same data, same scan settings).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..inspection.trigger_reversal import reverse_triggers
 from ..inspection.trigger_scan import TriggerScan
+from ..lazy_torch import F, nn, torch
+from ..model_copies import copy_model
 from .base import FitMemo, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import BackdoorBenchSchedule
@@ -136,10 +134,10 @@ class NeuralCleanse(BackdoorBenchSchedule):
                 clean.x, clean.y, scan.masks[rows], scan.patterns[rows], self.stamped_share, self.seed
             )
             details["stamped_images"] = int(len(stamped))
-            tuned = self.tune(copy.deepcopy(model), x, y, data.value_range, progress_label)
+            tuned = self.tune(copy_model(model), x, y, data.value_range, progress_label)
         else:
             tuned = self.tune(
-                copy.deepcopy(model),
+                copy_model(model),
                 clean.x,
                 clean.y,
                 data.value_range,

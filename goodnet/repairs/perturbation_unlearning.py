@@ -26,13 +26,10 @@ keeps the model in evaluation mode throughout.
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from ..lazy_torch import F, nn, torch
+from ..model_copies import copy_model
 from ..models.training import running_stats_kept
 from .base import RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
@@ -115,7 +112,7 @@ class PerturbationUnlearning(TuningSchedule):
             return self.weight * F.cross_entropy(perturbed, y)
 
         tuned = self.tune(
-            copy.deepcopy(model),
+            copy_model(model),
             clean.x,
             clean.y,
             data.value_range,

@@ -29,12 +29,9 @@ import copy
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from ..devices import device_of, to_model
 from ..errors import ModelError
+from ..lazy_torch import F, nn, torch
 from ..metrics import model_accuracy
 from ..pruning.graph_split import conv_layers
 from ..pruning.zeroing import DESCRIPTION_ATTRIBUTES
@@ -155,6 +152,12 @@ class ReconstructiveNeuronPruning(Repair):
         if self.threshold == 0:  # nothing milder than pruning nothing
             return []
         return [replace(self, threshold=self.threshold / k) for k in (2, 4)]
+
+    def check_model(self, model: nn.Module) -> None:
+        self.refuse_torchscript(
+            model,
+            "it learns its channel masks through forward hooks, which TorchScript's compiled forward does not run",
+        )
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid

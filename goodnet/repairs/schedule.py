@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
-from torch import nn
 
+from ..lazy_torch import nn
 from ..models.training import fine_tune
 from .base import Repair, setting
 

@@ -20,13 +20,11 @@ and weight decay 5e-4, batches of 256, 100 epochs, random crops, no clipping. De
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
-from torch import nn
-
+from ..lazy_torch import nn, torch
+from ..model_copies import copy_model
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import BackdoorBenchSchedule
@@ -68,7 +66,7 @@ class SharpnessAwareTuning(BackdoorBenchSchedule):
         clean = data.clean_valid
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
         tuned = self.tune(
-            copy.deepcopy(model),
+            copy_model(model),
             clean.x,
             clean.y,
             data.value_range,

@@ -19,6 +19,8 @@ COLUMNS = [
     "status",
     "repair",
     "delivered",
+    "backdoor",
+    "budget",
     "measured_on",
     "b_clean_acc",
     "b_asr",
@@ -40,6 +42,8 @@ HEADERS = [
     "status",
     "repair",
     "delivered",
+    "backdoor",
+    "clean cost vs budget",
     "measured on",
     "B clean acc",
     "B ASR",
@@ -71,12 +75,15 @@ def batch_row(name: str, model: str, document: dict[str, Any], seconds: float) -
     scans = document.get("scan") or {}
     scan_names = list(scans)
     detection = (first or {}).get("detection") or {}
+    verdict = (first or {}).get("verdict") or {}
     return {
         "name": name,
         "model": model,
         "status": "B unchanged" if harm.get("delivered") == "B unchanged" else "repaired",
         "repair": document["repair"],
         "delivered": harm.get("delivered", first["name"] if first else None),
+        "backdoor": verdict.get("backdoor"),
+        "budget": verdict.get("budget_status"),
         "measured_on": None if clean_role is None else clean_role.split("_")[1],
         "b_clean_acc": b_clean,
         "b_asr": value(poisoned_role, "backdoored"),

@@ -30,6 +30,9 @@ def results_document(result: Measurement, files: dict[str, dict[str, str]]) -> d
         "mode": "repair",
         "repair": repair.name,
         "oracle": repair.oracle,
+        "verdicts": [v.to_json() for v in result.verdicts],
+        "next_step": None if result.next_step is None else result.next_step.to_json(),
+        "provenance": result.provenance or None,
         "settings": repair.settings(),
         "details": result.details,
         "notice": result.notice,
@@ -58,6 +61,7 @@ def results_document(result: Measurement, files: dict[str, dict[str, str]]) -> d
                 "details": m.repaired.details,
                 "metrics": {role: _rounded(v) for role, v in m.metrics.items()},
                 "detection": None if m.detection is None else m.detection.to_json(),
+                "verdict": None if m.verdict is None else m.verdict.to_json(),
                 "files": files.get(m.name),
             }
             for m in result.models

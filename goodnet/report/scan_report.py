@@ -52,11 +52,20 @@ def scan_markdown(scans: dict[str, Any], figures: list[str], heading: str = "##"
     return parts + [f"![{name}]({name})" for name in figures] + [""]
 
 
-def write_scan(out_dir: str, scan, value_range: tuple[float, float], inputs: dict[str, Any]) -> dict[str, Any]:
-    """The whole `goodnet scan` output directory, written atomically; returns scan.json."""
+def write_scan(
+    out_dir: str,
+    scan,
+    value_range: tuple[float, float],
+    inputs: dict[str, Any],
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole `goodnet scan` output directory, written atomically; returns scan.json
+    (`provenance`: what produced it, as results.json records it)."""
     with atomic_directory(out_dir, marker=SCAN_MARKER) as stage:
-        figures = scan_figures(stage, scan, value_range, "b", "B")
-        doc = {"inputs": inputs, "value_range": list(value_range), "scan": scan.to_json()}
+        # the scanned file may be B, a B' or anyone's model: it is named by its file, never "B"
+        name = f"`{os.path.basename(str(inputs.get('model', 'model')))}`"
+        figures = scan_figures(stage, scan, value_range, "model", name)
+        doc = {"inputs": inputs, "value_range": list(value_range), "scan": scan.to_json(), "provenance": provenance}
         with open(os.path.join(stage, SCAN_MARKER), "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
@@ -69,7 +78,7 @@ def write_scan(out_dir: str, scan, value_range: tuple[float, float], inputs: dic
                         "Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in inputs.items()),
                         "",
                     ]
-                    + scan_markdown({"B": scan}, figures)
+                    + scan_markdown({name: scan}, figures)
                 )
             )
         write_page(stage, "report.md", "report.html", "goodnet: trigger scan")

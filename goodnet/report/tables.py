@@ -102,6 +102,16 @@ def summary_table(result: Measurement) -> str:
     return "\n".join(lines)
 
 
+VERDICT_NOTE = (
+    "Measured on the test sets (the validation sets only when no test set was given). Intervals are "
+    "95 %: Wilson's for an ASR or an accuracy, Newcombe's paired interval for the change in clean "
+    "accuracy, which B and B' are measured on the same images for. The backdoor is *removed* when "
+    "B''s ASR is at most 2 %, *reduced* when its ASR fell by more than the images' noise explains. "
+    "A cost is *within budget* only when the whole interval of the drop is; *not shown* means the "
+    "images are too few to tell."
+)
+
+
 DETECTION_NOTE = (
     "Clean test inputs are the negatives, poisoned test inputs the positives. G's score is B''s doubt "
     "in B's answer, 1 - P_B'(B's label); STRIP's is minus the mean entropy of B on blends with "
@@ -153,8 +163,17 @@ def pruned_summary(result: Measurement) -> str:
     return "; ".join(parts) or "no B' (no budget was reached)"
 
 
+def verdict_lines(result: Measurement) -> list[str]:
+    """One verdict per B' (with 95 % intervals), then the next step when the backdoor survived."""
+    lines = ["verdict: " + v.line() for v in result.verdicts]
+    if result.next_step is not None:
+        lines.append(result.next_step.line())
+    return lines
+
+
 def summary_lines(result: Measurement) -> list[str]:
-    """What `goodnet defend` prints: the oracle warning, what was done, the table."""
+    """What `goodnet defend` prints: the oracle warning, what was done, the table, and last the
+    verdict on each B' and the next step."""
     lines = [ORACLE_NOTE] if result.repair.oracle else []
     if forced_past_sanity(result):
         lines.append(forced_note(result))
@@ -172,7 +191,7 @@ def summary_lines(result: Measurement) -> list[str]:
     detection = detection_table(result)
     if detection is not None:
         lines += ["detection (AUROC, TPR at 5 % FPR on the test sets):", detection]
-    return lines
+    return lines + verdict_lines(result)
 
 
 def forced_past_sanity(result: Measurement) -> bool:

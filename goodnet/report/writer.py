@@ -23,6 +23,7 @@ from .tables import (
     DETECTION_NOTE,
     ORACLE_NOTE,
     SUMMARY_NOTE,
+    VERDICT_NOTE,
     detection_table,
     forced_note,
     forced_past_sanity,
@@ -119,6 +120,11 @@ def report_markdown(
         parts += [f"**{ORACLE_NOTE}**", ""]
     if forced_past_sanity(result):
         parts += [f"**{forced_note(result)}**", ""]
+    if result.verdicts:
+        parts += ["## Verdict", ""] + [f"- {v.line()}" for v in result.verdicts] + [""]
+        if result.next_step is not None:
+            parts += [f"**Next step:** {result.next_step.reason}.", ""]
+        parts += [VERDICT_NOTE, ""]
     parts += [f"{repair.description[:1].upper()}{repair.description[1:]}.", "", f"Settings: {settings}.", ""]
     if curve is not None:
         parts += [

@@ -94,9 +94,12 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
     with h5py.File(source, "r") as f:
         native = is_native_weights(f)
     if native:
-        write_file_atomically(
-            out, lambda tmp: write_weights_like(source, tmp, _overwrite_native(modules, source), config)
-        )
+
+        def write_native(tmp: str) -> None:
+            write_weights_like(source, tmp, _overwrite_native(modules, source), config)
+            record_input_range(tmp, model)
+
+        write_file_atomically(out, write_native)
         return
 
     def write(tmp: str) -> None:
@@ -125,8 +128,26 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
             missing = sorted(set(modules) - seen)
             if missing:
                 raise ModelError(f"{shown_path(source)}: has no weights for layer(s) {', '.join(missing)}")
+            _set_range(f, model)
 
     write_file_atomically(out, write)
+
+
+RANGE_ATTRIBUTE = "goodnet_input_range"  # an HDF5 Keras file's root attribute: [low, high]
+
+
+def record_input_range(path: str, model: nn.Module) -> None:
+    """Record the value range `model` was trained on (when known) in the HDF5 Keras file `path`,
+    as goodnet's own files do; Keras ignores the attribute, goodnet reads it back."""
+    if getattr(model, "input_range", None) is not None:
+        with h5py.File(path, "r+") as f:
+            _set_range(f, model)
+
+
+def _set_range(f: h5py.File, model: nn.Module) -> None:
+    value = getattr(model, "input_range", None)
+    if value is not None:
+        f.attrs[RANGE_ATTRIBUTE] = np.asarray([float(v) for v in value], dtype=np.float64)
 
 
 def write_keras_weights(model: nn.Module, out: str) -> None:
@@ -149,6 +170,7 @@ def write_keras_weights(model: nn.Module, out: str) -> None:
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = KERAS_VERSION.encode()
             f.attrs["layer_names"] = np.array([n.encode() for n in modules])
+            _set_range(f, model)
             for name, module in modules.items():
                 group = f.create_group(name)
                 names = []
