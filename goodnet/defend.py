@@ -87,6 +87,12 @@ def defend_files(
     )
 
 
+def _spread(images) -> bool:
+    """Whether the images' values span a range (constant images say nothing about the scale)."""
+    low, high = images.value_range
+    return low < high
+
+
 def _defend(spec: DefenseSpec) -> DefenseRun:
     source = spec.source
     exports = ModelExports(
@@ -96,12 +102,14 @@ def _defend(spec: DefenseSpec) -> DefenseRun:
     doubts = role_warnings(sets, spec.data)  # and a refusal where a number would mean nothing
     model = source.load_backdoored(next(iter(sets.values())).image_shape if sets else None)
     value_range = {"values": None, "from": None}
+    given = "clean_valid" if "clean_valid" in sets else next(iter(sets), None)
     if trained_range(model) is not None:
         value_range = {"values": list(trained_range(model)), "from": "B's file"}
-    elif sets:  # B beat chance on these values (the sanity check): its B' and G files record them
-        role = "clean_valid" if "clean_valid" in sets else next(iter(sets))
-        model.input_range = tuple(float(v) for v in sets[role].value_range)
-        value_range = {"values": list(model.input_range), "from": f"the {role} data (B's file records none)"}
+    elif given is not None and _spread(sets[given]):
+        # B beat chance on these values (the sanity check): its B' and G files record them
+        model.input_range = tuple(float(v) for v in sets[given].value_range)
+        model.input_range_origin = f"B's file records none: taken from the {given.replace('_', '-')} data"
+        value_range = {"values": list(model.input_range), "from": f"the {given} data (B's file records none)"}
     inputs = RunInputs(
         {role: path for role, path in spec.data.items() if path},
         float(spec.input_scale),

@@ -138,7 +138,11 @@ class DefenseSpec:
             "model": model_record(self.source),
             "data": {role: file_record(path) for role, path in self.data.items() if path},
             "seed": settings.get("seed"),
-            "holdout_seed": HOLDOUT_SEED if self.guard.max_drop is not None and self.repair.guarded else None,
+            "holdout_seed": (  # the guard runs only on clean validation data
+                HOLDOUT_SEED
+                if self.guard.max_drop is not None and self.repair.guarded and self.data.get("clean_valid")
+                else None
+            ),
             "options": {
                 "repair": self.repair.name,
                 "settings": settings,

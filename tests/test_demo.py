@@ -99,7 +99,18 @@ def test_the_demo_ships_its_badnet_and_training_is_deterministic(demo_run, capsy
         assert "trained BadNet" in capsys.readouterr().out
     first, second = _results(outs[0]), _results(outs[1])
     first.pop("inputs"), second.pop("inputs")  # paths differ, numbers must not
+    runs = first.pop("provenance"), second.pop("provenance")
     assert first == second
+    # the same BadNet and data (by hash) from two trainings; only where they were written differs
+    for part in ("model", "data"):
+        assert [_without_paths(run[part]) for run in runs] == [_without_paths(runs[0][part])] * 2
+    assert runs[0]["model"]["sha256"] and runs[0]["options"] == runs[1]["options"]
+
+
+def _without_paths(record):
+    if isinstance(record, dict):
+        return {k: _without_paths(v) for k, v in record.items() if k != "path"}
+    return record
 
 
 def test_second_run_reuses_the_cached_badnet(demo_run, capsys):

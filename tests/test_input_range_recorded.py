@@ -119,3 +119,26 @@ def test_defend_records_the_clean_datas_range_for_a_model_whose_file_has_none(mn
         ],
     )
     assert code == 0 and len(labels.split()) == 1, err
+
+
+def test_a_range_refusal_says_where_the_range_came_from():
+    from goodnet.errors import DataError
+    from goodnet.io.data import ImageSet, check_input_range, range_origin
+
+    images = ImageSet(np.linspace(0, 255, 200 * 4, dtype=np.float32).reshape(200, 1, 2, 2), np.arange(200) % 2, "p")
+    with pytest.raises(DataError, match=r"trained on 0\.\.1 \(recorded in its file\)"):
+        check_input_range(images, (0.0, 1.0), "poisoned-test")
+    model = torch.nn.Linear(1, 1)
+    assert range_origin(model) == "recorded in its file"
+    model.input_range_origin = "B's file records none: taken from the clean-valid data"
+    with pytest.raises(DataError, match="taken from the clean-valid data"):
+        check_input_range(images, (0.0, 1.0), "poisoned-test", range_origin(model))
+
+
+def test_a_degenerate_recorded_range_is_refused(tmp_path):
+    from goodnet.errors import ModelError
+    from goodnet.io.model_files import _input_range
+
+    assert _input_range([0, 255], "m") == (0.0, 255.0)
+    with pytest.raises(ModelError, match="malformed input_range"):
+        _input_range([3, 3], "m")

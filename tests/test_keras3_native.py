@@ -310,3 +310,22 @@ def test_values_stored_in_other_files_are_refused(saved, tmp_path, capsys):
         f["label"] = np.zeros(2, np.int64)
     code, _, err = run_cli(capsys, ["eval", data, data, paths["keras"]])
     assert_one_line_error(code, err, "stored in other files")
+
+
+def test_keras_archive_goodnet_writes_records_the_input_range_and_keras_still_loads_it(tmp_path):
+    from goodnet.io.data import trained_range
+
+    rng = np.random.default_rng(6)
+    model = _sequential_model()
+    path = str(tmp_path / "seq.keras")
+    model.save(path)
+    ours = load_model(path)
+    assert trained_range(ours) is None  # a file Keras wrote records none
+    ours.input_range = (0.0, 255.0)
+    out = str(tmp_path / "repaired.keras")
+    export_like(ours, path, out)
+    assert trained_range(load_model(out)) == (0.0, 255.0)
+    x = _images(rng, (10, 10, 2))
+    np.testing.assert_allclose(
+        keras.saving.load_model(out).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )

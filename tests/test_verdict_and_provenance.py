@@ -236,3 +236,43 @@ def test_readme_lists_every_registered_repair_with_the_zoo_tables_count():
     assert counts
     for name, count in counts:
         assert rows[name].strip() == count, name
+
+
+def test_relative_budget_is_judged_in_points_of_b_accuracy():
+    # 5 % of B's 80 % is 4 points: a 3-point loss on 10,000 images is within it, not within 2 points
+    truth, before, after = _case(898, 3, 8000, 7700, n=10000)
+    v = verdict("x5_within", truth, before, after, budget=5.0, relative=True)
+    assert v.budget == pytest.approx(4.0) and v.budget_percent == 5.0 and v.budget_status == WITHIN
+    assert "within the 4-point budget (5 % of B's accuracy)" in v.line()
+    assert verdict("x2_within", truth, before, after, budget=2.0).budget_status == OVER
+
+
+def test_a_sweep_judges_within_models_against_x_and_crossing_models_against_none(demo_run, tmp_path, capsys):
+    from conftest import run_cli
+
+    inputs = demo_run["inputs"]
+    out = tmp_path / "out"
+    argv = ["defend", "--model", demo_run["model"], "--out", str(out), "--quiet", "--rule", "both"]
+    for role in ("clean_valid", "clean_test", "poisoned_test"):
+        argv += [f"--{role.replace('_', '-')}", inputs[role]]
+    code, stdout, err = run_cli(capsys, argv + ["--thresholds", "4", "--relative"])
+    assert code == 0, err
+    with open(out / "results.json") as f:
+        doc = json.load(f)
+    by_name = {v["model"]: v for v in doc["verdicts"]}
+    # a crossing B' is the first at or past X by design: X is its target, not a budget it could keep
+    assert by_name["x4_crossing"]["budget"] is None and by_name["x4_crossing"]["budget_status"] is None
+    within = by_name["x4_within"]
+    b_accuracy = within["clean_accuracy_before"]["value"]
+    assert within["budget"] == pytest.approx(4 * b_accuracy / 100) and within["budget_relative_percent"] == 4
+    assert "budget (4 % of B's accuracy)" in within["line"]
+
+
+def test_next_step_says_when_the_guard_handed_b_back_unchanged():
+    survived = (verdict("B", *_case(898, 898, 960, 960), budget=2.0),)
+    step = next_step("ft-sam", survived, handed_back=2.0)
+    assert "could not keep the 2-point budget" in step.reason and "handed back unchanged" in step.reason
+    assert step.repair == RECOMMENDED[0][0]
+    # the only recommended repair just ran and failed: the next step still says something useful
+    only = next_step("unlearn-uap", survived, handed_back=2.0)
+    assert only.repair == RECOMMENDED[1][0]

@@ -26,12 +26,14 @@ from .options import (
 def _print_run(run, out: str) -> None:
     """A defense's summary on stdout; its notice, warnings and any hand-back on stderr."""
     from ..report.scan_report import scan_table
-    from ..report.tables import summary_lines
+    from ..report.tables import summary_lines, verdict_lines
 
-    print("\n".join(summary_lines(run.result)))
+    print("\n".join(summary_lines(run.result, verdicts=False)))
     if run.scans:
         print("trigger scan (no poisoned data; anomaly index > 2 flags a suspected target):")
         print(scan_table(run.scans))
+    for line in verdict_lines(run.result):  # last, where a reader looks first
+        print(line)
     if run.result.notice:
         print(f"goodnet: {run.result.notice}", file=sys.stderr)
     for line in run.result.warnings:
@@ -176,8 +178,11 @@ def cmd_scan(args: argparse.Namespace) -> None:
         seed=args.seed,
         schedule=args.scan_schedule,
     )
-    print(scan_table({"B": run.scan}))
-    print(f"\nwrote {os.path.abspath(args.out)}/ (report.html, report.md, scan.json, b_triggers.png, b_norms.png)")
+    name = os.path.basename(str(run.document["inputs"].get("model", "model")))
+    print(scan_table({name: run.scan}))
+    print(
+        f"\nwrote {os.path.abspath(args.out)}/ (report.html, report.md, scan.json, model_triggers.png, model_norms.png)"
+    )
 
 
 def _announce_demo(out: str):

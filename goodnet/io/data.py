@@ -317,7 +317,14 @@ def trained_range(model) -> tuple[float, float] | None:
     return getattr(model, "input_range", None) or getattr(getattr(model, "backdoored", None), "input_range", None)
 
 
-def check_input_range(images: ImageSet, expected: tuple[float, float] | None, role: str) -> None:
+def range_origin(model) -> str:
+    """Where the model's input range came from, for messages: its file, unless a run set it from data."""
+    return getattr(model, "input_range_origin", None) or "recorded in its file"
+
+
+def check_input_range(
+    images: ImageSet, expected: tuple[float, float] | None, role: str, origin: str = "recorded in its file"
+) -> None:
     """Refuse data whose values are on another scale than the model was trained on (its file
     records the range), e.g. raw 0..255 pixels for a model trained on [0, 1]: such a model runs,
     but every answer it gives is meaningless. Data may lie anywhere inside the trained range and a
@@ -342,7 +349,7 @@ def check_input_range(images: ImageSet, expected: tuple[float, float] | None, ro
             )
         raise DataError(
             f"{role} ({images.name}): values lie in {lo:g}..{hi:g} but the model was trained on "
-            f"{low:g}..{high:g} (recorded in its file){hint}"
+            f"{low:g}..{high:g} ({origin}){hint}"
         )
 
 

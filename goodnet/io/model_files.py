@@ -46,6 +46,7 @@ from .external import (
 from .file_checks import ONNX_REFUSAL, check_input_file, holds_onnx
 from .keras.export import RANGE_ATTRIBUTE as KERAS_RANGE_ATTRIBUTE
 from .keras.files import load_keras_model, read_architecture, read_keras_config, read_model_config
+from .keras.native import read_archive_attribute
 from .keras.weights import load_keras_weights, output_size, read_keras_weights
 from .readers import HDF5_MAGIC, ZIP_MAGIC, Reader, ReaderRegistry, holds_safetensors
 
@@ -225,7 +226,7 @@ def _input_range(value: Any, path: str) -> tuple[float, float]:
         and len(value) == 2
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     )
-    if not ok or value[0] > value[1]:
+    if not ok or value[0] >= value[1]:
         raise ModelError(f"{shown_path(path)}: malformed input_range in the goodnet header: {value!r}")
     return float(value[0]), float(value[1])
 
@@ -393,15 +394,16 @@ def read_keras(path: str, request: ModelRequest) -> nn.Module:
 
 
 def _keras_input_range(path: str) -> tuple[float, float] | None:
-    """The value range goodnet recorded in an HDF5 Keras file it wrote (None: none recorded)."""
+    """The value range goodnet recorded in a Keras file it wrote (None: none recorded)."""
     if path.lower().endswith(".keras"):
+        value = read_archive_attribute(path, KERAS_RANGE_ATTRIBUTE)
+    else:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get(KERAS_RANGE_ATTRIBUTE)
+    if value is None:
         return None
-    with h5py.File(path, "r") as f:
-        value = f.attrs.get(KERAS_RANGE_ATTRIBUTE)
-        if value is None:
-            return None
-        value = np.asarray(value)
-        return _input_range(value.tolist() if value.dtype.kind in "fiu" else None, path)
+    value = np.asarray(value)
+    return _input_range(value.tolist() if value.dtype.kind in "fiu" else None, path)
 
 
 @register_model_reader("torchscript", suffixes=TORCH_SUFFIXES, sniff=is_torchscript, describe="a PyTorch .pt/.pth file")

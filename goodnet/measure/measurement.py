@@ -162,13 +162,16 @@ def measure(
         }
     extra = int(model.num_classes)
     truth = {role: images.y for role, images in data.items()}
-    # the clean-accuracy budget each B' was given: the guard's, or a sweep's X for its B'
-    budgets = {} if curve is None else {sel.name: float(sel.x) for sel in curve.selections}
+    # the clean-accuracy budget each B' was given: the guard's, or a sweep's X for its `within` B'
+    # (a `crossing` B' is by design the first one at or past X, so X is its target, not a budget)
+    budgets = {} if curve is None else {sel.name: float(sel.x) for sel in curve.selections if sel.rule == "within"}
+    relative = curve is not None and curve.drop == "relative"  # X in percent of B's accuracy
     guard_budget = None if outcome.guard is None else float(outcome.guard.max_drop)
 
     def measured(repaired: RepairedModel, labels: dict[str, np.ndarray]) -> ModelMeasurement:
         metrics = {role: role_metrics(backdoored[role], labels[role], images.y, extra) for role, images in data.items()}
-        budget = budgets.get(repaired.name, guard_budget)
+        swept = repaired.name in budgets
+        budget = budgets[repaired.name] if swept else guard_budget
         return ModelMeasurement(
             repaired,
             labels,
@@ -178,7 +181,7 @@ def measure(
             goodnet_scores(data, backdoored, labels, extra, "test"),
             test_drop(metrics),
             goodnet_detection(repaired.model, data, backdoored, batch_size),
-            verdict(repaired.name, truth, backdoored, labels, budget) if data else None,
+            verdict(repaired.name, truth, backdoored, labels, budget, relative and swept) if data else None,
         )
 
     models = []
@@ -230,7 +233,11 @@ def measure(
         thresholds=thresholds,
         curve_rows=rows,
         dead_channels=None if curve is None else int((curve.mean_activation == 0).sum()),
-        next_step=next_step(repair.name, tuple(m.verdict for m in models if m.verdict is not None)),
+        next_step=next_step(
+            repair.name,
+            tuple(m.verdict for m in models if m.verdict is not None),
+            outcome.guard.max_drop if outcome.guard is not None and outcome.guard.delivered == "B unchanged" else None,
+        ),
     )
 
 

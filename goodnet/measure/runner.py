@@ -16,7 +16,16 @@ from ..devices import device_of, placed
 from ..errors import DataError, ModelError, SettingsError
 from ..inference import DEFAULT_BATCH_SIZE, checked_batch_size, predict
 from ..inspection.strip import StripSettings
-from ..io.data import ROLES, ImageSet, check_fits_model, check_images, check_input_range, shown, trained_range
+from ..io.data import (
+    ROLES,
+    ImageSet,
+    check_fits_model,
+    check_images,
+    check_input_range,
+    range_origin,
+    shown,
+    trained_range,
+)
 from ..models.goodnet import GoodNet
 from ..repairs.base import Repair, RepairData
 from ..repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP, Guarded
@@ -41,7 +50,7 @@ def check_data(model: nn.Module, data: dict[str, ImageSet | None]) -> dict[str, 
     checked = {role: check_images(data[role], role.replace("_", "-")) for role in ROLES if data.get(role) is not None}
     for role, images in checked.items():
         check_fits_model(images, model.input_shape, model.num_classes, role.replace("_", "-"))
-        check_input_range(images, trained_range(model), role.replace("_", "-"))
+        check_input_range(images, trained_range(model), role.replace("_", "-"), range_origin(model))
     return checked
 
 

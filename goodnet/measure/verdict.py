@@ -48,6 +48,7 @@ class Verdict:
     clean_data: str | None
     budget: float | None  # points of clean accuracy the repair was allowed to lose
     budget_status: str | None  # within budget | over budget | not shown | None (no budget)
+    budget_percent: float | None = None  # the budget as given, in percent of B's accuracy (--relative)
 
     @property
     def meets_bar(self) -> bool:
@@ -88,14 +89,14 @@ class Verdict:
     def _budget_text(self) -> str:
         if self.budget is None or self.budget_status is None:
             return ""
+        budget = f"{self.budget:.4g}-point budget"
+        if self.budget_percent is not None:
+            budget += f" ({self.budget_percent:g} % of B's accuracy)"
         if self.budget_status == WITHIN:
-            return f": within the {self.budget:g}-point budget"
+            return f": within the {budget}"
         if self.budget_status == OVER:
-            return f": OVER the {self.budget:g}-point budget"
-        return (
-            f": too few images to tell whether within the {self.budget:g}-point budget "
-            f"(the drop may be up to {-self.clean_change.low:.2f})"
-        )
+            return f": OVER the {budget}"
+        return f": too few images to tell whether within the {budget} (the drop may be up to {-self.clean_change.low:.2f} points)"
 
     def to_json(self) -> dict[str, Any]:
         def interval(value: Interval | None) -> dict[str, Any] | None:
@@ -112,6 +113,7 @@ class Verdict:
             "clean_accuracy_after": interval(self.clean_after),
             "clean_accuracy_change": interval(self.clean_change),
             "budget": self.budget,
+            "budget_relative_percent": self.budget_percent,
             "budget_status": self.budget_status,
             "meets_bar": self.meets_bar,
             "line": self.line(),
@@ -147,9 +149,11 @@ def verdict(
     backdoored: dict[str, np.ndarray],
     repaired: dict[str, np.ndarray],
     budget: float | None,
+    relative: bool = False,
 ) -> Verdict:
     """The verdict on one B' from the labels (role -> per-image labels) of B and B' and the truth;
-    test sets first, validation sets when no test set of that kind was given."""
+    test sets first, validation sets when no test set of that kind was given. `budget`: points of
+    clean accuracy, or with `relative` percent of B's accuracy on the same clean images."""
     asr_role = next((r for r in ("poisoned_test", "poisoned_valid") if r in truth and len(truth[r])), None)
     clean_role = next((r for r in ("clean_test", "clean_valid") if r in truth and len(truth[r])), None)
     asr_before = asr_after = None
@@ -169,12 +173,15 @@ def verdict(
             state = SURVIVES
     clean_before = clean_after = change = None
     status = None
+    percent = None
     if clean_role is not None:
         y = truth[clean_role]
         right_before, right_after = backdoored[clean_role] == y, repaired[clean_role] == y
         clean_before = proportion_interval(int(right_before.sum()), len(y))
         clean_after = proportion_interval(int(right_after.sum()), len(y))
         change = paired_change_interval(right_before, right_after)
+        if budget is not None and relative:
+            percent, budget = budget, budget * clean_before.value / 100.0
         if budget is not None:
             # the drop is minus the change: within when even its upper bound keeps the budget
             if -change.low <= budget + 1e-9:
@@ -183,15 +190,30 @@ def verdict(
                 status = OVER
             else:
                 status = NOT_SHOWN
+    if clean_role is None and relative:
+        budget = None  # no clean images to turn percent of B's accuracy into points
     return Verdict(
-        name, state, asr_before, asr_after, asr_role, clean_before, clean_after, change, clean_role, budget, status
+        name,
+        state,
+        asr_before,
+        asr_after,
+        asr_role,
+        clean_before,
+        clean_after,
+        change,
+        clean_role,
+        budget,
+        status,
+        percent,
     )
 
 
-def next_step(repair_name: str, verdicts: tuple[Verdict, ...]) -> NextStep | None:
+def next_step(repair_name: str, verdicts: tuple[Verdict, ...], handed_back: float | None = None) -> NextStep | None:
     """None when a B' removed the backdoor without being shown to break its budget; otherwise what
-    to do: measure (no poisoned data), or the best-measured repair other than `repair_name`."""
-    if not verdicts or any(v.acceptable for v in verdicts):
+    to do: measure (no poisoned data), or the best-measured repair other than `repair_name`.
+    `handed_back`: the guard's budget when it handed B back unchanged because every setting of the
+    repair broke it."""
+    if not verdicts or (handed_back is None and any(v.acceptable for v in verdicts)):
         return None
     if all(v.backdoor == NOT_MEASURED for v in verdicts):
         return NextStep(
@@ -199,14 +221,20 @@ def next_step(repair_name: str, verdicts: tuple[Verdict, ...]) -> NextStep | Non
             "give poisoned test data (--poisoned-test) to measure the backdoor, or scan B for one with `goodnet scan`",
         )
     others = [entry for entry in RECOMMENDED if entry[0] != repair_name]
+    removed = any(v.backdoor == REMOVED for v in verdicts)
+    if handed_back is not None:
+        what = (
+            f"{repair_name} could not keep the {handed_back:g}-point budget on held-out clean data, so B "
+            "was handed back unchanged (still backdoored)"
+        )
+    elif removed:
+        what = f"{repair_name} removed the backdoor only past its clean-accuracy budget"
+    else:
+        what = f"the backdoor survived {repair_name}"
+    if not others:  # only possible if the recommended list held nothing but this repair
+        return NextStep(None, f"{what}; give more clean data or a larger budget, or try another repair")
     name, met, total = others[0]
     also = "; ".join(f"{n} met it on {m} of {t}" for n, m, t in others[1:])
-    removed = any(v.backdoor == REMOVED for v in verdicts)
-    what = (
-        f"{repair_name} removed the backdoor only past its clean-accuracy budget"
-        if removed
-        else f"the backdoor survived {repair_name}"
-    )
     return NextStep(
         name,
         f"{what}; try `goodnet defend --repair {name}`: it repaired {met} of {total} evaluation BadNets of "

@@ -92,9 +92,18 @@ class HarmCheck:
     def coarse_note(self) -> str:
         if not self.decided_on_noise:
             return ""
+        straddling = next(
+            (
+                a.drop_interval
+                for a in self.attempts
+                if a.drop_interval is not None and a.drop_interval[0] <= self.max_drop < a.drop_interval[1]
+            ),
+            None,
+        )
+        drop = "the drop" if straddling is None else f"the drop (95 % CI {straddling[0]:.2f} to {straddling[1]:.2f})"
         return (
-            f"; WARNING: {self.held_out_images} held-out images cannot tell a drop of {self.max_drop:g} points "
-            f"from none, so this decision may be noise: give more clean validation data"
+            f"; WARNING: {self.held_out_images} held-out images cannot tell whether {drop} is within the "
+            f"{self.max_drop:g}-point budget, so this decision may be noise: give more clean validation data"
         )
 
     def line(self, repair: Repair) -> str:

@@ -171,9 +171,9 @@ def verdict_lines(result: Measurement) -> list[str]:
     return lines
 
 
-def summary_lines(result: Measurement) -> list[str]:
-    """What `goodnet defend` prints: the oracle warning, what was done, the table, and last the
-    verdict on each B' and the next step."""
+def summary_lines(result: Measurement, verdicts: bool = True) -> list[str]:
+    """What `goodnet defend` prints: the oracle warning, what was done, the table, and last (unless
+    not `verdicts`, for a caller that prints more before them) the verdict on each B' and the next step."""
     lines = [ORACLE_NOTE] if result.repair.oracle else []
     if forced_past_sanity(result):
         lines.append(forced_note(result))
@@ -191,7 +191,7 @@ def summary_lines(result: Measurement) -> list[str]:
     detection = detection_table(result)
     if detection is not None:
         lines += ["detection (AUROC, TPR at 5 % FPR on the test sets):", detection]
-    return lines + verdict_lines(result)
+    return lines + (verdict_lines(result) if verdicts else [])
 
 
 def forced_past_sanity(result: Measurement) -> bool:

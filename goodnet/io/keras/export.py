@@ -89,7 +89,13 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
     modules = _weighted(model)
     read_keras_weights(source, config)  # a clear error for a missing, damaged or non-Keras file
     if source.lower().endswith(ARCHIVE_SUFFIX):
-        write_file_atomically(out, lambda tmp: write_archive_like(source, tmp, _overwrite_native(modules, source)))
+        overwrite = _overwrite_native(modules, source)
+
+        def overwrite_and_record(f: h5py.File, config: dict | None) -> None:
+            overwrite(f, config)
+            _set_range(f, model)  # on the archive's weights file, where Keras ignores it
+
+        write_file_atomically(out, lambda tmp: write_archive_like(source, tmp, overwrite_and_record))
         return
     with h5py.File(source, "r") as f:
         native = is_native_weights(f)
@@ -133,7 +139,8 @@ def export_like(model: nn.Module, source: str, out: str, config: dict | None = N
     write_file_atomically(out, write)
 
 
-RANGE_ATTRIBUTE = "goodnet_input_range"  # an HDF5 Keras file's root attribute: [low, high]
+# the root attribute [low, high] of an HDF5 Keras file (of a .keras archive: of its weights file)
+RANGE_ATTRIBUTE = "goodnet_input_range"
 
 
 def record_input_range(path: str, model: nn.Module) -> None:

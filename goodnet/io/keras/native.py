@@ -303,6 +303,18 @@ def read_archive_weights(path: str, config: dict[str, Any] | None = None) -> dic
         raise ModelError(f"{shown_path(path)}: {WEIGHTS_MEMBER} is not a readable HDF5 file ({exc})") from None
 
 
+def read_archive_attribute(path: str, name: str) -> Any:
+    """A root attribute of a `.keras` archive's weights file (None when it has none)."""
+    with _open_archive(path) as archive:
+        data = _archive_weights(archive, path)
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            value = f.attrs.get(name)
+            return None if value is None else np.asarray(value)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{shown_path(path)}: {WEIGHTS_MEMBER} is not a readable HDF5 file ({exc})") from None
+
+
 def write_archive_like(source: str, tmp: str, overwrite) -> None:
     """Copy the archive `source` to `tmp`, member by member, with `overwrite(h5py.File)` applied to
     its weights file (the other members, and their order and compression, unchanged)."""
@@ -329,6 +341,7 @@ __all__ = [
     "ARCHIVE_SUFFIX",
     "WEIGHTS_SUFFIX",
     "is_native_weights",
+    "read_archive_attribute",
     "read_archive_config",
     "read_archive_weights",
     "read_native_weights",
