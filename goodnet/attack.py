@@ -19,7 +19,7 @@ from .zoo.badnets import (
     MANIFEST,
     BadNetSettings,
     build_badnet,
-    clean_reference_scores,
+    clean_reference,
     default_cache_dir,
     meets_bar,
 )
@@ -50,6 +50,6 @@ def attack_files(
     cache_dir = cache_dir or default_cache_dir("zoo")
     out_dir = os.fspath(out_dir)
     check_output_dir(out_dir, marker=MANIFEST, claim=True, inputs=[cache_dir])  # before training, not after
-    reference = clean_reference_scores(settings, cache_dir, progress)
-    manifest = build_badnet(settings, out_dir, progress=progress, reference=reference)
+    reference_file, reference = clean_reference(settings, cache_dir, progress)
+    manifest = build_badnet(settings, out_dir, progress=progress, reference=reference, reference_model=reference_file)
     return AttackRun(manifest, reference)

@@ -22,7 +22,7 @@ from typing import Any
 
 from .defend import defend
 from .errors import GoodnetError, SettingsError
-from .grid import GridCell, GridRunner, finished, forget, require_ray, run_context, run_grid
+from .grid import GridCell, GridRunner, check_ray_address, finished, forget, run_context, run_grid
 from .inspection.strip import StripSettings
 from .io.model_files import ModelSource
 from .io.output_dir import check_output_dir, claim_state_dir
@@ -261,8 +261,7 @@ def run_batch(
     write batch.* and every model's own output into `out_dir`. A refused model becomes a row saying
     why and the others go on; everything else is checked before any work."""
     entries = read_manifest(manifest)
-    if ray is not None:
-        require_ray()
+    check_ray_address(ray)  # before any work: an unreachable cluster is refused at once
     runner = GridRunner(workers=workers, threads=threads, ray=ray)
     inputs = [manifest] + [path for e in entries for path in (e.model, e.arch, *e.data.values())]
     check_output_dir(out_dir, marker=BATCH_MARKER, claim=True, inputs=inputs)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .grid import GridCell, GridRunner, require_ray, run_grid
+from .grid import GridCell, GridRunner, check_ray_address, run_grid
 from .inspection.detection_scores import DetectionScore
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
@@ -207,8 +207,7 @@ def run_comparison(
     comparison.* into `out_dir` and return the rows. Everything is checked before any training."""
     roster = comparison_roster(repairs)
     badnets = select_badnets(part, only)
-    if ray is not None:
-        require_ray()
+    check_ray_address(ray)  # before any training: an unreachable cluster is refused at once
     runner = GridRunner(workers=workers, threads=threads, ray=ray)
     cache_dir = cache_dir or default_cache_dir("zoo")
     check_output_dir(out_dir, marker="comparison.json", claim=True, inputs=[cache_dir])

@@ -21,6 +21,7 @@ from .io.output_dir import check_output_dir, release_output
 from .io.repaired_files import ModelExports
 from .io.role_checks import role_warnings
 from .measure import Measurement, RunInputs, run_repair
+from .measure.relearning import RelearnSettings, RelearnTest
 from .outputs import write_outputs
 from .repairs import Repair
 from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
@@ -65,6 +66,8 @@ def defend_files(
     strip: StripSettings | None = StripSettings(),
     scan: bool = False,
     scan_schedule: str = "reference",
+    relearn: RelearnSettings | None = None,
+    relearn_reference: str | os.PathLike | None = None,
 ) -> DefenseRun:
     """`defend` of the DefenseSpec these arguments build (see DefenseSpec.build): every input is
     checked before any work, and a refused call leaves `out_dir` free for the next one."""
@@ -83,6 +86,8 @@ def defend_files(
             strip,
             scan,
             scan_schedule,
+            relearn,
+            relearn_reference,
         )
     )
 
@@ -116,6 +121,13 @@ def _defend(spec: DefenseSpec) -> DefenseRun:
         tuple(doubts),
         {**spec.provenance(str(compute_device())), "input_range": value_range},
     )
+    relearn = None
+    if spec.relearn is not None:
+        reference_source = spec.reference_source
+        reference = None if reference_source is None else reference_source.load_backdoored(model.input_shape)
+        relearn = RelearnTest(
+            spec.relearn, reference, None if reference is None else os.path.abspath(spec.relearn_reference)
+        )
     result = run_repair(
         model,
         spec.repair,
@@ -126,6 +138,7 @@ def _defend(spec: DefenseSpec) -> DefenseRun:
         holdout=spec.guard.holdout,
         strip=spec.strip,
         inputs=inputs,
+        relearn=relearn,
     )
     scans = None
     if spec.scan:

@@ -413,6 +413,15 @@ def require_ray():
     return ray
 
 
+def check_ray_address(address: str | None) -> None:
+    """Before any work: Ray is installed, and a cluster address (not a local Ray) answers."""
+    if address is None:
+        return
+    require_ray()
+    if address not in ("", "auto", "local"):
+        _check_reachable(address)
+
+
 def _check_reachable(address: str) -> None:
     """A cluster address must answer within RAY_CONNECT_SECONDS: Ray itself retries for minutes."""
     import socket
@@ -472,4 +481,4 @@ def _run_on_ray(todo: Sequence[GridCell], runner: GridRunner, threads: int, devi
             ray.shutdown()
 
 
-__all__ = ["GridCell", "GridRunner", "machine_cores", "require_ray", "run_cell", "run_grid"]
+__all__ = ["GridCell", "GridRunner", "check_ray_address", "machine_cores", "require_ray", "run_cell", "run_grid"]

@@ -4,6 +4,7 @@ loose options or checks them again."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import os
@@ -19,6 +20,7 @@ from .inspection.trigger_reversal import SCHEDULES
 from .io.data import ROLES, as_path, checked_scale, shown
 from .io.model_files import ModelSource, model_source
 from .io.output_dir import file_sha256
+from .measure.relearning import RelearnSettings
 from .measure.runner import check_options
 from .repairs.base import Repair
 from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP, HOLDOUT_SEED
@@ -75,6 +77,8 @@ class DefenseSpec:
     strip: StripSettings | None = StripSettings()  # STRIP on B beside G's detection (None: not STRIP)
     scan: bool = False  # reverse triggers of B and every B' (Neural Cleanse) on clean validation data
     scan_schedule: str = "reference"
+    relearn: RelearnSettings | None = None  # the re-learning test's settings (None: not run)
+    relearn_reference: str | None = None  # a clean model of B's kind, read as B is (B's --arch/--factory)
 
     @classmethod
     def build(
@@ -92,6 +96,8 @@ class DefenseSpec:
         strip: StripSettings | None = StripSettings(),
         scan: bool = False,
         scan_schedule: str = "reference",
+        relearn: RelearnSettings | None = None,
+        relearn_reference: str | os.PathLike | None = None,
     ) -> DefenseSpec:
         """The spec of these inputs, every one checked: paths may be str or os.PathLike; `repair` a
         Repair or a registered repair's name (its default settings)."""
@@ -109,6 +115,19 @@ class DefenseSpec:
                 )
             if not data.get("clean_valid"):
                 raise SettingsError("--scan reverses triggers on clean validation data: give --clean-valid")
+        if relearn is not None and not isinstance(relearn, RelearnSettings):
+            raise SettingsError(f"relearn must be a RelearnSettings or None, not {shown(relearn)}")
+        if relearn_reference is not None:
+            if relearn is None:
+                raise SettingsError("a re-learning reference is given but the re-learning test is not asked for")
+            relearn_reference = as_path(relearn_reference, "relearn_reference", SettingsError)
+        if relearn is not None:
+            missing = [r for r in ("clean_valid", "poisoned_valid", "poisoned_test") if not data.get(r)]
+            if missing:
+                raise SettingsError(
+                    "--relearn tunes on clean and poisoned validation data and measures on poisoned test "
+                    "data: give " + ", ".join("--" + r.replace("_", "-") for r in missing)
+                )
         return cls(
             source,
             data,
@@ -122,11 +141,20 @@ class DefenseSpec:
             strip,
             scan,
             scan_schedule,
+            relearn,
+            relearn_reference,
         )
 
+    @property
+    def reference_source(self) -> ModelSource | None:
+        """The re-learning test's clean reference, read as B is (B's arch, factory and trust)."""
+        if self.relearn_reference is None:
+            return None
+        return dataclasses.replace(self.source, path=self.relearn_reference)
+
     def input_files(self) -> list[str | None]:
-        """Every file this defense reads: B's files and the data files."""
-        return self.source.input_files() + list(self.data.values())
+        """Every file this defense reads: B's files, the data files and the clean reference."""
+        return self.source.input_files() + list(self.data.values()) + [self.relearn_reference]
 
     def provenance(self, device: str | None = None) -> dict[str, Any]:
         """What produced a result, so it can be cited and reproduced: each file read (absolute path,
@@ -152,6 +180,8 @@ class DefenseSpec:
                 "strip": None if self.strip is None else self.strip.to_json(),
                 "scan": self.scan,
                 "scan_schedule": self.scan_schedule if self.scan else None,
+                "relearn": None if self.relearn is None else self.relearn.to_json(),
+                "relearn_reference": None if self.relearn_reference is None else file_record(self.relearn_reference),
                 "onnx": self.onnx,
                 "force": self.force,
             },

@@ -225,12 +225,15 @@ def test_cli_ends_with_the_verdicts_and_the_next_step(demo_run, tmp_path, capsys
 
 def test_readme_lists_every_registered_repair_with_the_zoo_tables_count():
     from goodnet.repairs import repair_names
+    from goodnet.repairs.registry import repair_class
 
     with open(os.path.join(DOCS, "..", "README.md")) as f:
         readme = f.read()
     section = readme[readme.index("## Which repair?") : readme.index("## The five most used commands")]
     rows = dict(re.findall(r"^\| `([\w-]+)`(?: \(default\))? \|.*\| ([^|]+) \|$", section, re.MULTILINE))
-    assert set(rows) == set(repair_names())
+    # goodnet's own repairs (a plugin or a test's toy repair registered in this process is not goodnet's)
+    built_in = {name for name in repair_names() if repair_class(name).__module__.startswith("goodnet.")}
+    assert set(rows) == built_in
     with open(os.path.join(DOCS, "zoo.md")) as f:
         counts = re.findall(r"^\| eval \| ([\w-]+) \| (?:yes|no) \| (\d+ of \d+) \|", f.read(), re.MULTILINE)
     assert counts

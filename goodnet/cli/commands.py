@@ -19,6 +19,7 @@ from .options import (
     given_settings,
     grid_arguments,
     model_source,
+    relearn_arguments,
     repair_arguments,
 )
 
@@ -60,6 +61,7 @@ def cmd_defend(args: argparse.Namespace) -> None:
         force=args.force,
         strip=None if args.no_strip else StripSettings(),
         scan=args.scan,
+        **relearn_arguments(args),
     )
     run = defend(spec)
     _print_run(run, args.out)
@@ -138,7 +140,10 @@ def cmd_attack(args: argparse.Namespace) -> None:
     print(
         f"bar (ASR >= 90, clean accuracy within 2 points of the clean model): {'met' if run.meets_bar else 'NOT met'}"
     )
-    print(f"wrote {os.path.abspath(args.out)}/ (clean/poisoned valid/test .h5, badnet.safetensors, manifest.json)")
+    print(
+        f"wrote {os.path.abspath(args.out)}/ (clean/poisoned valid/test .h5, badnet.safetensors, "
+        "clean_reference.safetensors, manifest.json)"
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

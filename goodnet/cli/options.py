@@ -275,6 +275,69 @@ def add_scan_option(p: argparse.ArgumentParser, help: str = SCAN_HELP) -> None:
     p.add_argument("--scan", action="store_true", help=help)
 
 
+def whole_number(text: str) -> int:
+    """A whole number of at least 1 (--relearn-poisoned, --relearn-epochs), at most MAX_INTEGER."""
+    digits = text.strip().lstrip("+")
+    if not digits.isdigit() or len(digits.lstrip("0")) > len(str(MAX_INTEGER)) or not 1 <= int(digits) <= MAX_INTEGER:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {_given(text)}")
+    return int(digits)
+
+
+def add_relearn_options(p: argparse.ArgumentParser) -> None:
+    """The re-learning test (read back by `relearn_arguments`)."""
+    p.add_argument(
+        "--relearn",
+        action="store_true",
+        help="also test whether each repair holds: tune every B' (and the clean reference) on the clean "
+        "validation data with a few poisoned images, as the Retuning Attack of Min et al. (NeurIPS 2024) "
+        "does, and report the ASR it re-learns (needs --clean-valid, --poisoned-valid, --poisoned-test)",
+    )
+    p.add_argument(
+        "--relearn-reference",
+        metavar="MODEL",
+        help="a clean model of B's kind (same architecture, trained without poisoned data; read with B's "
+        "--arch/--factory): a B' that re-learns the backdoor far past it is flagged as a dormant backdoor",
+    )
+    p.add_argument(
+        "--relearn-poisoned",
+        type=whole_number,
+        default=5,
+        metavar="N",
+        help="poisoned validation images that replace clean ones in the tuning set (default 5, the authors')",
+    )
+    p.add_argument(
+        "--relearn-epochs", type=whole_number, default=5, metavar="N", help="epochs of tuning (default 5, the authors')"
+    )
+    p.add_argument(
+        "--relearn-margin",
+        type=budget,
+        default=20.0,
+        metavar="POINTS",
+        help="ASR points past the clean reference's that flag a dormant backdoor (default 20)",
+    )
+
+
+def relearn_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """--relearn*'s values as DefenseSpec.build takes them."""
+    from ..measure.relearning import RelearnSettings
+
+    given = [o for o in ("relearn_reference",) if getattr(args, o) is not None]
+    changed = [
+        name
+        for name, default in (("relearn_poisoned", 5), ("relearn_epochs", 5), ("relearn_margin", 20.0))
+        if getattr(args, name) != default
+    ]
+    if not args.relearn and (given or changed):
+        option = "--" + (given + changed)[0].replace("_", "-")
+        raise SettingsError(f"{option} sets the re-learning test: add --relearn")
+    if not args.relearn:
+        return {"relearn": None, "relearn_reference": None}
+    settings = RelearnSettings(
+        poisoned=args.relearn_poisoned, epochs=args.relearn_epochs, margin=float(args.relearn_margin)
+    )
+    return {"relearn": settings, "relearn_reference": args.relearn_reference}
+
+
 def add_strip_option(p: argparse.ArgumentParser, help: str = STRIP_HELP) -> None:
     p.add_argument("--no-strip", action="store_true", help=help)
 

@@ -26,6 +26,7 @@ from .options import (
     add_model_options,
     add_output_option,
     add_quiet_option,
+    add_relearn_options,
     add_repair_option,
     add_scan_option,
     add_scan_schedule,
@@ -89,6 +90,7 @@ def _add_defend(sub) -> None:
     add_guard_options(p)
     add_scan_option(p)
     add_strip_option(p)
+    add_relearn_options(p)
     add_quiet_option(p)
     add_setting_options(p, repair_names())
 

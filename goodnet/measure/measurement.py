@@ -23,6 +23,7 @@ from ..io.role_checks import label_warnings
 from ..pruning.curve import PruningCurve
 from ..repairs.base import Repair, RepairedModel, RepairOutcome
 from ..repairs.do_no_harm import HarmCheck
+from .relearning import Relearning, RelearnTest
 from .sanity import SanityCheck
 from .scores import curve_valid_drop, goodnet_scores, model_scores, role_metrics, test_drop
 from .verdict import NextStep, Verdict, next_step, verdict
@@ -106,6 +107,7 @@ class Measurement:
     curve_rows: tuple[dict[str, Any], ...] = ()  # a sweep's every step (curve.csv)
     dead_channels: int | None = None  # a sweep's channels with mean activation 0 on clean validation data
     next_step: NextStep | None = None  # what to try when no B' removed the backdoor within its budget
+    relearning: Relearning | None = None  # does the repair hold? (None: not asked)
 
     @property
     def verdicts(self) -> tuple[Verdict, ...]:
@@ -147,8 +149,10 @@ def measure(
     inputs: RunInputs = RunInputs(),
     progress: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    relearn: RelearnTest | None = None,
 ) -> Measurement:
-    """Measure B (`model`), every B' of `outcome` and every G on every set of `data`.
+    """Measure B (`model`), every B' of `outcome` and every G on every set of `data` (and with
+    `relearn`, put every B' through the re-learning test).
     `backdoored`: B's predictions already made (role -> labels); the rest are made here."""
     curve = outcome.curve
     if curve is not None:
@@ -207,7 +211,13 @@ def measure(
         if curve is None
         else (_thresholds(curve, data, backdoored, extra), _curve_rows(curve, data, backdoored, extra))
     )
+    relearning = (
+        None
+        if relearn is None
+        else relearn.run({m.repaired.name: m.repaired.model for m in models}, data, progress, batch_size)
+    )
     return Measurement(
+        relearning=relearning,
         repair=repair,
         details=outcome.details,
         seconds=seconds,

@@ -4,6 +4,7 @@ repair is guarded and clean validation data are given) and hands the outcome to 
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from ..repairs.base import Repair, RepairData
 from ..repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP, Guarded
 from ..repairs.registry import checked_repair
 from .measurement import Measurement, RunInputs, measure
+from .relearning import RelearnTest
 from .sanity import SanityCheck
 
 # Fewer clean validation images than this cannot resolve a budget of a few points (one image of 50
@@ -92,6 +94,31 @@ def check_options(
         raise SettingsError(f"strip must be a StripSettings or None, not {shown(strip)}")
 
 
+def check_relearning(model: nn.Module, relearn: Any, data: Any) -> None:
+    """Refuse a re-learning test that cannot run: not a RelearnTest, missing data, or a clean
+    reference that does not take B's inputs or give B's classes."""
+    if not isinstance(relearn, RelearnTest):
+        raise SettingsError(f"relearn must be a RelearnTest or None, not {shown(relearn)}")
+    missing = [
+        r
+        for r in ("clean_valid", "poisoned_valid", "poisoned_test")
+        if not isinstance(data, Mapping) or data.get(r) is None
+    ]
+    if missing:
+        raise DataError(
+            "the re-learning test needs clean and poisoned validation data and poisoned test data; missing: "
+            + ", ".join(r.replace("_", "-") for r in missing)
+        )
+    reference = relearn.reference
+    if reference is not None:
+        shape, classes = getattr(reference, "input_shape", None), getattr(reference, "num_classes", None)
+        if tuple(shape or ()) != tuple(model.input_shape) or classes != model.num_classes:
+            raise ModelError(
+                f"the clean reference takes {shape} and gives {classes} classes, but B takes "
+                f"{tuple(model.input_shape)} and gives {model.num_classes}: it must be a model of B's kind"
+            )
+
+
 def run_repair(
     model: nn.Module,
     repair: Repair | str,
@@ -103,6 +130,7 @@ def run_repair(
     holdout: float = DEFAULT_HOLDOUT,
     strip: StripSettings | None = None,
     inputs: RunInputs = RunInputs(),
+    relearn: RelearnTest | None = None,
 ) -> Measurement:
     """Repair B (`model`) with `repair`, which sees only the validation data its contract allows,
     then measure B, B' and G on every set in `data` (role -> images). B must first be clearly better
@@ -111,7 +139,8 @@ def run_repair(
     keep its B' within `max_drop` points of B on the rest, or falls back (see do_no_harm);
     `max_drop=None` turns the guard off (library use only). With clean and poisoned test data, each
     G's detection is scored (AUROC, TPR at 5 % FPR), and with `strip` STRIP's on B beside it.
-    `inputs` records where the data came from. The work runs on the compute device (see
+    With `relearn`, every B' (and the clean reference it holds) is also put through the re-learning
+    test (see relearning.py). `inputs` records where the data came from. The work runs on the compute device (see
     devices.py); B and every B' come back where B was. `repair` may also be a registered repair's
     name (its default settings). Every argument is checked before any work; a problem is a
     GoodnetError subclass with a one-line message."""
@@ -119,9 +148,14 @@ def run_repair(
     check_options(progress, batch_size, force, max_drop, holdout, strip)
     if not isinstance(inputs, RunInputs):
         raise SettingsError(f"inputs must be a RunInputs, not {shown(inputs)}")
+    if relearn is not None:
+        check_relearning(model, relearn, data)
     home = device_of(model)
-    with placed(model):
-        result = _run_placed(model, repair, data, progress, batch_size, force, max_drop, holdout, strip, inputs)
+    reference = None if relearn is None else relearn.reference
+    with placed(model), placed(reference) if reference is not None else contextlib.nullcontext():
+        result = _run_placed(
+            model, repair, data, progress, batch_size, force, max_drop, holdout, strip, inputs, relearn
+        )
         for m in result.models:
             if device_of(m.repaired.model) != home:
                 m.repaired.model.to(home)
@@ -139,6 +173,7 @@ def _run_placed(
     holdout: float,
     strip: StripSettings | None,
     inputs: RunInputs,
+    relearn: RelearnTest | None = None,
 ) -> Measurement:
     model.eval()
     data = check_data(model, data)
@@ -164,4 +199,6 @@ def _run_placed(
     start = time.perf_counter()
     outcome = fitted.run(model, given, progress)
     seconds = time.perf_counter() - start
-    return measure(model, repair, outcome, data, backdoored, seconds, sanity, strip, inputs, progress, batch_size)
+    return measure(
+        model, repair, outcome, data, backdoored, seconds, sanity, strip, inputs, progress, batch_size, relearn
+    )

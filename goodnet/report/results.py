@@ -32,6 +32,7 @@ def results_document(result: Measurement, files: dict[str, dict[str, str]]) -> d
         "oracle": repair.oracle,
         "verdicts": [v.to_json() for v in result.verdicts],
         "next_step": None if result.next_step is None else result.next_step.to_json(),
+        "relearning": None if result.relearning is None else result.relearning.to_json(),
         "provenance": result.provenance or None,
         "settings": repair.settings(),
         "details": result.details,

@@ -163,9 +163,47 @@ def pruned_summary(result: Measurement) -> str:
     return "; ".join(parts) or "no B' (no budget was reached)"
 
 
+RELEARN_NOTE = (
+    "Each B' (and the clean reference, a model of B's kind trained on clean data only) is tuned on the "
+    "clean validation images with a few of them replaced by poisoned ones, as the Retuning Attack of "
+    "Min et al. (NeurIPS 2024) tunes a purified model; the ASR is measured on the poisoned test images "
+    "after every epoch. A B' whose ASR after tuning is more than the margin past the clean reference's "
+    "(beyond the images' noise) held a dormant backdoor: the repair hid it rather than removed it."
+)
+
+
+def relearning_table(relearning) -> str:
+    """One row per B' (and the clean reference): ASR before and after re-learning, how fast, the judgement."""
+    s = relearning.settings
+    rows = [
+        "| model | ASR before | ASR after each epoch | ASR after (95 % CI) | epochs to 50 % | judged |",
+        "|---|---|---|---|---|---|",
+    ]
+    entries = ([relearning.reference] if relearning.reference is not None else []) + list(relearning.models)
+    for entry in entries:
+        is_reference = entry is relearning.reference
+        a = entry.asr_after
+        rows.append(
+            f"| {'clean reference' if is_reference else entry.model} | {entry.asr_before.value:.2f} | "
+            + ", ".join(f"{v:.1f}" for v in entry.asr_by_epoch)
+            + f" | {a.value:.2f} ({a.low:.1f}-{a.high:.1f}) | {entry.epochs_to_half or '–'} | "
+            + ("reference" if is_reference else (entry.state or "not judged (no clean reference)"))
+            + " |"
+        )
+    setup = (
+        f"Tuned {s.epochs} epochs on {relearning.tuning_images} clean validation images, {s.poisoned} of them "
+        f"replaced by poisoned ones; SGD rate {s.lr:g}, momentum {s.momentum:g}, batches of {s.batch_size}, seed "
+        f"{s.seed}; margin {s.margin:g} points; clean reference: {relearning.reference_name or 'none given'}."
+    )
+    return "\n".join(rows) + "\n\n" + setup
+
+
 def verdict_lines(result: Measurement) -> list[str]:
-    """One verdict per B' (with 95 % intervals), then the next step when the backdoor survived."""
+    """One verdict per B' (with 95 % intervals), the re-learning test's lines when it ran, then the
+    next step when the backdoor survived."""
     lines = ["verdict: " + v.line() for v in result.verdicts]
+    if result.relearning is not None:
+        lines += result.relearning.lines()
     if result.next_step is not None:
         lines.append(result.next_step.line())
     return lines

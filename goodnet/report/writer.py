@@ -22,12 +22,14 @@ from .scan_report import scan_figures, scan_markdown
 from .tables import (
     DETECTION_NOTE,
     ORACLE_NOTE,
+    RELEARN_NOTE,
     SUMMARY_NOTE,
     VERDICT_NOTE,
     detection_table,
     forced_note,
     forced_past_sanity,
     pruned_summary,
+    relearning_table,
     rules_table,
     summary_table,
 )
@@ -125,6 +127,9 @@ def report_markdown(
         if result.next_step is not None:
             parts += [f"**Next step:** {result.next_step.reason}.", ""]
         parts += [VERDICT_NOTE, ""]
+    if result.relearning is not None:
+        parts += ["## Does the repair hold? (re-learning)", "", relearning_table(result.relearning), ""]
+        parts += [RELEARN_NOTE, ""]
     parts += [f"{repair.description[:1].upper()}{repair.description[1:]}.", "", f"Settings: {settings}.", ""]
     if curve is not None:
         parts += [

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -43,6 +44,7 @@ DATA_FILES = {
     "poisoned_test": "poisoned_test.h5",
 }
 MODEL_FILE = "badnet.safetensors"
+REFERENCE_FILE = "clean_reference.safetensors"  # the same model trained on clean data only
 MANIFEST = "manifest.json"
 
 
@@ -153,10 +155,12 @@ def build_badnet(
     progress: bool = True,
     reference: dict | None = None,
     weights: str | None = None,
+    reference_model: str | None = None,
 ) -> dict:
     """Make the data files and the trained BadNet in `directory` (atomically); return the manifest.
     `reference`: the clean model's scores, recorded with the bar the BadNet is held to. `weights`:
-    a model file of exactly this BadNet (see shipped_weights) used instead of training."""
+    a model file of exactly this BadNet (see shipped_weights) used instead of training.
+    `reference_model`: the clean model's file, copied in as REFERENCE_FILE (e.g. for `--relearn`)."""
     x, y = zoo_images(settings)
     _, valid_idx, test_idx = split_per_class(y, settings.per_class, settings.seed)
     train_x, train_y, poisoned = attacker_training_set(settings)
@@ -205,7 +209,11 @@ def build_badnet(
             **{role: len(images) for role, images in sets.items()},
         },
         "badnet": scores,
-        "files": {**DATA_FILES, "model": MODEL_FILE},
+        "files": {
+            **DATA_FILES,
+            "model": MODEL_FILE,
+            **({"clean_reference": REFERENCE_FILE} if reference_model else {}),
+        },
         "weights": "shipped with goodnet" if weights is not None else "trained here",
     }
     if reference is not None:
@@ -215,6 +223,8 @@ def build_badnet(
         for role, images in sets.items():
             save_images(os.path.join(stage, DATA_FILES[role]), images)
         save_model(model, os.path.join(stage, MODEL_FILE))
+        if reference_model is not None:
+            shutil.copyfile(reference_model, os.path.join(stage, REFERENCE_FILE))
         with open(os.path.join(stage, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
     return manifest
@@ -233,8 +243,13 @@ def meets_bar(scores: dict, reference: dict) -> bool:
 
 def clean_reference_scores(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> dict:
     """Clean accuracies of the model trained like `settings` with nothing poisoned (cached)."""
-    _, manifest, _ = cached_badnet(settings.clean_reference(), cache_dir, progress=progress)
-    return {k: v for k, v in manifest["badnet"].items() if "accuracy" in k}
+    return clean_reference(settings, cache_dir, progress)[1]
+
+
+def clean_reference(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> tuple[str, dict]:
+    """The model file trained like `settings` with nothing poisoned (cached), and its clean accuracies."""
+    directory, manifest, _ = cached_badnet(settings.clean_reference(), cache_dir, progress=progress)
+    return os.path.join(directory, MODEL_FILE), {k: v for k, v in manifest["badnet"].items() if "accuracy" in k}
 
 
 def zoo_badnet(settings: BadNetSettings, cache_dir: str, progress: bool = True) -> tuple[str, dict, dict]:
