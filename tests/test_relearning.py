@@ -235,3 +235,14 @@ def test_defend_reports_the_relearning_test_in_results_report_and_cli(demo_run, 
     )
     assert_one_line_error(code, err, "give --poisoned-valid, --poisoned-test")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_zoo_folder_can_carry_its_clean_reference_for_relearning(tmp_path):
+    from goodnet.zoo.badnets import MANIFEST, REFERENCE_FILE, DemoSettings, build_badnet, shipped_weights
+
+    weights = shipped_weights(DemoSettings())  # no training: the demo's shipped BadNet
+    out = tmp_path / "badnet"
+    manifest = build_badnet(DemoSettings(), str(out), progress=False, weights=weights, reference_model=weights)
+    assert manifest["files"]["clean_reference"] == REFERENCE_FILE
+    assert (out / REFERENCE_FILE).read_bytes() == open(weights, "rb").read()
+    assert json.loads((out / MANIFEST).read_text())["files"]["clean_reference"] == REFERENCE_FILE
