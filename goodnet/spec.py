@@ -18,6 +18,7 @@ from .errors import DataError, OutputError, SettingsError
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import SCHEDULES
 from .io.data import ROLES, as_path, checked_scale, shown
+from .io.file_checks import check_model_file
 from .io.model_files import ModelSource, model_source
 from .io.output_dir import file_sha256
 from .measure.relearning import RelearnSettings
@@ -120,7 +121,9 @@ class DefenseSpec:
         if relearn_reference is not None:
             if relearn is None:
                 raise SettingsError("a re-learning reference is given but the re-learning test is not asked for")
-            relearn_reference = as_path(relearn_reference, "relearn_reference", SettingsError)
+            relearn_reference = check_model_file(
+                as_path(relearn_reference, "--relearn-reference", SettingsError, "a model file path")
+            )
         if relearn is not None:
             missing = [r for r in ("clean_valid", "poisoned_valid", "poisoned_test") if not data.get(r)]
             if missing:

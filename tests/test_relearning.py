@@ -115,6 +115,14 @@ def test_a_clean_model_holds_and_a_hidden_backdoor_relearns_far_faster_than_the_
     assert before.value == pytest.approx(hidden.asr_before.value)
 
 
+def test_a_reference_that_is_not_clean_judges_nothing(digits):
+    result = relearn(
+        {"hidden": digits["hidden"]}, digits["data"], RelearnSettings(epochs=1), reference=digits["backdoored"]
+    )
+    assert "not a clean model" in result.reference_problem and result.models[0].state is None
+    assert "NOT JUDGED" in result.line(result.models[0])
+
+
 def test_without_a_reference_the_asrs_are_reported_but_not_judged(digits):
     result = relearn({"hidden": digits["hidden"]}, digits["data"], RelearnSettings(epochs=1))
     entry = result.models[0]
@@ -133,6 +141,9 @@ def test_the_tuning_set_replaces_clean_images_by_poisoned_ones_as_the_authors_co
     assert np.array_equal(tuning_set(clean, poisoned, 5, seed=3)[1], y)  # seeded
     with pytest.raises(DataError, match="only 20 clean and 10 poisoned"):
         tuning_set(clean, poisoned, 11, seed=0)
+    # at most `size` clean images (the authors' 1,000 by default), drawn with the seed
+    x, y = tuning_set(clean, poisoned, 5, seed=3, size=8)
+    assert len(x) == 8 and (y == 0).sum() == 5
 
 
 def _entry(before: float, after: float, n: int = 900) -> Relearned:
@@ -178,6 +189,12 @@ def test_run_repair_refuses_a_reference_of_another_kind_and_missing_data(digits)
     other = SmallCNN(num_classes=7, input_shape=(1, 8, 8), input_divisor=16.0, width=8)
     with pytest.raises(ModelError, match="must be a model of B's kind"):
         run_repair(digits["backdoored"], "fine-tune", data, relearn=RelearnTest(reference=other))
+    narrower = SmallCNN(num_classes=10, input_shape=(1, 8, 8), input_divisor=16.0, width=4)
+    with pytest.raises(ModelError, match="must be B's architecture"):
+        run_repair(digits["backdoored"], "fine-tune", data, relearn=RelearnTest(reference=narrower))
+    # too few validation images for the poisoned ones: refused before the repair runs
+    with pytest.raises(DataError, match="only 400 clean and 365 poisoned"):
+        run_repair(digits["backdoored"], "fine-tune", data, relearn=RelearnTest(RelearnSettings(poisoned=380)))
     del data["poisoned_valid"]
     with pytest.raises(DataError, match="missing: poisoned-valid"):
         run_repair(digits["backdoored"], "fine-tune", data, relearn=RelearnTest())
@@ -215,7 +232,10 @@ def test_defend_reports_the_relearning_test_in_results_report_and_cli(demo_run, 
     assert doc["provenance"]["options"]["relearn_reference"]["sha256"] == doc["provenance"]["model"]["sha256"]
     with open(out / "report.md") as f:
         assert "## Does the repair hold? (re-learning)" in f.read()
-    assert any(line.startswith("re-learning: channels: ASR ") for line in stdout.splitlines())
+    # B is no clean reference: its own ASR is past the margin before tuning, so nothing is judged
+    assert "not a clean model" in relearning["reference_problem"] and relearning["models"][0]["state"] is None
+    lines = [line for line in stdout.splitlines() if line.startswith("re-learning: channels: ASR ")]
+    assert len(lines) == 1 and "after 1 epoch on" in lines[0] and "NOT JUDGED" in lines[0]
     # the options are refused without --relearn, and --relearn without the data it needs
     code, _, err = run_cli(capsys, argv + ["--relearn-epochs", "2", "--out", str(tmp_path / "x"), "--quiet"])
     assert_one_line_error(code, err, "--relearn-epochs sets the re-learning test: add --relearn")
@@ -234,7 +254,18 @@ def test_defend_reports_the_relearning_test_in_results_report_and_cli(demo_run, 
         ],
     )
     assert_one_line_error(code, err, "give --poisoned-valid, --poisoned-test")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    for reference, message in ((tmp_path / "missing.safetensors", "missing.safetensors"), (tmp_path, "a model file")):
+        code, _, err = run_cli(
+            capsys,
+            argv + ["--relearn", "--relearn-reference", str(reference), "--out", str(tmp_path / "z"), "--quiet"],
+        )
+        assert_one_line_error(code, err, message)
+    code, _, err = run_cli(
+        capsys, argv + ["--relearn", "--relearn-poisoned", "5000", "--out", str(tmp_path / "w"), "--quiet"]
+    )
+    assert_one_line_error(code, err, "cannot replace clean ones in a tuning set of 1000")
+    for name in ("x", "y", "z", "w"):
+        assert not (tmp_path / name).exists()
 
 
 def test_a_zoo_folder_can_carry_its_clean_reference_for_relearning(tmp_path):

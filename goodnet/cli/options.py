@@ -295,45 +295,56 @@ def add_relearn_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--relearn-reference",
         metavar="MODEL",
-        help="a clean model of B's kind (same architecture, trained without poisoned data; read with B's "
-        "--arch/--factory): a B' that re-learns the backdoor far past it is flagged as a dormant backdoor",
+        help="a clean model of B's kind (same architecture, trained without poisoned data; read as B is, "
+        "with B's --arch, --factory and --trust-model-code): a B' that re-learns the backdoor far past it "
+        "is flagged as a dormant backdoor",
+    )
+    p.add_argument(
+        "--relearn-images",
+        type=whole_number,
+        metavar="N",
+        help="the tuning set's size: at most N clean validation images (default 1000, the authors')",
     )
     p.add_argument(
         "--relearn-poisoned",
         type=whole_number,
-        default=5,
         metavar="N",
         help="poisoned validation images that replace clean ones in the tuning set (default 5, the authors')",
     )
     p.add_argument(
-        "--relearn-epochs", type=whole_number, default=5, metavar="N", help="epochs of tuning (default 5, the authors')"
+        "--relearn-epochs", type=whole_number, metavar="N", help="epochs of tuning (default 5, the authors')"
     )
     p.add_argument(
         "--relearn-margin",
         type=budget,
-        default=20.0,
         metavar="POINTS",
         help="ASR points past the clean reference's that flag a dormant backdoor (default 20)",
     )
+
+
+RELEARN_OPTIONS = {  # option -> RelearnSettings field
+    "relearn_images": "images",
+    "relearn_poisoned": "poisoned",
+    "relearn_epochs": "epochs",
+    "relearn_margin": "margin",
+}
 
 
 def relearn_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """--relearn*'s values as DefenseSpec.build takes them."""
     from ..measure.relearning import RelearnSettings
 
-    given = [o for o in ("relearn_reference",) if getattr(args, o) is not None]
-    changed = [
-        name
-        for name, default in (("relearn_poisoned", 5), ("relearn_epochs", 5), ("relearn_margin", 20.0))
-        if getattr(args, name) != default
-    ]
-    if not args.relearn and (given or changed):
-        option = "--" + (given + changed)[0].replace("_", "-")
-        raise SettingsError(f"{option} sets the re-learning test: add --relearn")
+    given = [o for o in ("relearn_reference", *RELEARN_OPTIONS) if getattr(args, o) is not None]
+    if not args.relearn and given:
+        raise SettingsError(f"--{given[0].replace('_', '-')} sets the re-learning test: add --relearn")
     if not args.relearn:
         return {"relearn": None, "relearn_reference": None}
     settings = RelearnSettings(
-        poisoned=args.relearn_poisoned, epochs=args.relearn_epochs, margin=float(args.relearn_margin)
+        **{
+            field: getattr(args, option)
+            for option, field in RELEARN_OPTIONS.items()
+            if getattr(args, option) is not None
+        }
     )
     return {"relearn": settings, "relearn_reference": args.relearn_reference}
 

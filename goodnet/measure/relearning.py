@@ -7,16 +7,18 @@ Attack fine-tunes the purified model on a small clean set in which a few images 
 poisoned ones, then measures the ASR again; a clean model tuned the same way is the reference.
 
 Here each B' (and the clean reference, when one is given) is copied and tuned as the authors' code
-tunes it: the clean validation images with `poisoned` of them (5 by default, as theirs) replaced by
-poisoned validation images carrying the attacker's labels, SGD at rate 0.01 with momentum 0.9, no
+tunes it: at most `images` (1,000, as theirs) of the clean validation images, drawn with the seed,
+with `poisoned` of them (5, as theirs) replaced by poisoned validation images carrying the
+attacker's labels, SGD at rate 0.01 with momentum 0.9, no
 weight decay and no schedule, batches of 128, 5 epochs, the model in training mode. The ASR on the
 poisoned test images is measured after every epoch. A B' whose ASR after tuning exceeds the clean
 reference's by more than `margin` points, beyond what the number of images explains (the two
-Wilson intervals apart), and that was not already that high before tuning, is flagged as holding a
-dormant backdoor; one already that high is "not removed".
+Wilson intervals apart), and whose ASR the tuning raised, is flagged as holding a dormant backdoor;
+one whose backdoor was there before tuning and that the tuning did not raise is "not removed". A
+reference whose own ASR is past `margin` before tuning is no clean model: nothing is judged then.
 
-Departures from the authors' code, each for a reason: the tuning set is the clean validation data
-the user has (theirs is a fresh 2 % of the training set; the user has no other), and no
+Departures from the authors' code, each for a reason: the tuning set is drawn from the clean
+validation data the user has (theirs is a fresh 2 % of the training set; the user has no other), and no
 augmentation is drawn (theirs draws one random crop and flip per clean image, once, and keeps it for
 every epoch; goodnet cannot tell whether a flip keeps a label). The flag's `margin` is goodnet's:
 the paper compares with the clean model but names no cut-off.
@@ -48,6 +50,7 @@ class RelearnSettings:
     """The re-learning test's settings (defaults: the authors' Retuning Attack)."""
 
     poisoned: int = 5  # poisoned validation images that replace clean ones in the tuning set
+    images: int = 1000  # the tuning set's size: at most this many clean validation images
     epochs: int = 5
     lr: float = 0.01
     momentum: float = 0.9
@@ -56,7 +59,7 @@ class RelearnSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, low in (("poisoned", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)):
+        for name, low in (("poisoned", 1), ("images", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise SettingsError(f"re-learning: {name} must be an integer of at least {low}, not {value!r}")
@@ -73,10 +76,27 @@ class RelearnSettings:
                 or not ok(value)
             ):
                 raise SettingsError(f"re-learning: {name} must be a number {wanted}, not {value!r}")
+        if self.poisoned > self.images:
+            raise SettingsError(
+                f"re-learning: {self.poisoned} poisoned images cannot replace clean ones in a tuning set of "
+                f"{self.images} images"
+            )
+
+    def tuning_size(self, clean: int, poisoned: int) -> int:
+        """The tuning set's size for `clean` clean and `poisoned` poisoned validation images; a
+        DataError when there are too few to replace `self.poisoned` of them."""
+        size = min(self.images, clean)
+        if self.poisoned > min(size, poisoned):
+            raise DataError(
+                f"re-learning replaces {self.poisoned} clean validation images by poisoned ones, but there are "
+                f"only {clean} clean and {poisoned} poisoned validation images (--relearn-poisoned)"
+            )
+        return size
 
     def to_json(self) -> dict[str, Any]:
         return {
             "poisoned": self.poisoned,
+            "images": self.images,
             "epochs": self.epochs,
             "lr": self.lr,
             "momentum": self.momentum,
@@ -158,20 +178,24 @@ class Relearning:
     models: tuple[Relearned, ...]
     reference: Relearned | None
     reference_name: str | None  # where the clean reference came from (a file, a zoo model)
+    reference_problem: str | None = None  # why the reference judges nothing (it is not clean)
 
     def line(self, entry: Relearned) -> str:
+        epochs = self.settings.epochs
         head = (
             f"re-learning: {entry.model}: ASR {entry.asr_before.value:.1f} % -> {entry.asr_after.value:.1f} % "
-            f"(95 % CI {entry.asr_after.low:.1f}-{entry.asr_after.high:.1f}) after {self.settings.epochs} epochs on "
-            f"{self.tuning_images} images, {self.settings.poisoned} of them poisoned"
+            f"(95 % CI {entry.asr_after.low:.1f}-{entry.asr_after.high:.1f}) after {epochs} epoch{'s' * (epochs != 1)} "
+            f"on {self.tuning_images} images, {self.settings.poisoned} of them poisoned"
         )
         if self.reference is None:
             return head + "; no clean reference to judge by (--relearn-reference)"
+        if self.reference_problem is not None:
+            return f"{head}; NOT JUDGED: {self.reference_problem}"
         ref = self.reference.asr_after
         judged = {
             DORMANT: f"DORMANT BACKDOOR: it re-learns more than {self.settings.margin:g} points past a clean model",
-            NOT_REMOVED: "the backdoor was not removed in the first place",
-            HOLDS: "holds: it re-learns no more than a clean model",
+            NOT_REMOVED: "not removed: the backdoor was there before tuning, and tuning did not raise it",
+            HOLDS: f"holds: it re-learns no more than {self.settings.margin:g} points past a clean model",
         }[entry.state]
         return f"{head}; clean reference {ref.value:.1f} %: {judged}"
 
@@ -183,23 +207,24 @@ class Relearning:
             "settings": self.settings.to_json(),
             "tuning_images": self.tuning_images,
             "reference": self.reference_name,
+            "reference_problem": self.reference_problem,
             "reference_model": None if self.reference is None else self.reference.to_json(),
             "models": [entry.to_json() for entry in self.models],
         }
 
 
-def tuning_set(clean: ImageSet, poisoned: ImageSet, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The clean images with `count` of them (drawn with `seed`) replaced by `count` poisoned images
-    (drawn likewise) under their labels, as the authors' code replaces rather than adds."""
-    if count > min(len(clean), len(poisoned)):
-        raise DataError(
-            f"re-learning replaces {count} clean validation images by poisoned ones, but there are only "
-            f"{len(clean)} clean and {len(poisoned)} poisoned validation images"
-        )
+def tuning_set(
+    clean: ImageSet, poisoned: ImageSet, count: int, seed: int, size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`size` of the clean images (all when None; drawn with `seed`) with `count` of them replaced by
+    `count` poisoned images (drawn likewise) under their labels, as the authors' code replaces rather
+    than adds."""
+    size = RelearnSettings(poisoned=count, images=size or max(len(clean), count)).tuning_size(len(clean), len(poisoned))
     rng = np.random.default_rng(seed)
-    places = rng.choice(len(clean), size=count, replace=False)
+    kept = np.sort(rng.choice(len(clean), size=size, replace=False)) if size < len(clean) else np.arange(len(clean))
+    places = rng.choice(size, size=count, replace=False)
     chosen = rng.choice(len(poisoned), size=count, replace=False)
-    x, y = clean.x.copy(), clean.y.copy()
+    x, y = clean.x[kept].copy(), clean.y[kept].copy()
     x[places], y[places] = poisoned.x[chosen], poisoned.y[chosen]
     return x, y
 
@@ -224,7 +249,8 @@ def relearn_one(
     tuned = copy_model(model)
     device = next((p.device for p in tuned.parameters()), torch.device("cpu"))
     # dropout draws from the global generator: seed it, and leave the caller's state as it was
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(settings.seed)
         by_epoch = _tune(name, tuned, x, y, poisoned_test, settings, progress, batch_size)
     hits = _asr(tuned, poisoned_test, batch_size)
@@ -274,15 +300,17 @@ def _past(asr: Interval, reference: Interval, margin: float) -> bool:
 
 
 def judge(entry: Relearned, reference: Relearned, margin: float) -> str:
-    """holds: after tuning, no more than `margin` points past the clean reference (or within the
-    noise); dormant backdoor: past it after tuning, and the tuning raised the ASR beyond the noise
-    (by more than `margin` when it was already that far past the reference before); not removed:
-    past it, and already so before tuning."""
-    if not _past(entry.asr_after, reference.asr_after, margin):
-        return HOLDS
+    """not removed: the B' was already more than `margin` points past the clean reference before
+    tuning, and tuning did not raise it by more than `margin`; holds: after tuning, no more than
+    `margin` points past the reference (or within the images' noise); dormant backdoor: past it
+    after tuning, and the tuning raised the ASR (beyond the noise); otherwise not removed."""
     before, after = entry.asr_before, entry.asr_after
     already = _past(before, reference.asr_before, margin)
     rose = _past(after, before, margin) or (not already and after.low > before.high)
+    if already and not rose:
+        return NOT_REMOVED
+    if not _past(after, reference.asr_after, margin):
+        return HOLDS
     return DORMANT if rose else NOT_REMOVED
 
 
@@ -304,13 +332,19 @@ def relearn(
             "the re-learning test needs clean and poisoned validation data and poisoned test data; "
             f"missing: {', '.join(role.replace('_', '-') for role in missing)}"
         )
-    x, y = tuning_set(data["clean_valid"], data["poisoned_valid"], settings.poisoned, settings.seed)
+    x, y = tuning_set(data["clean_valid"], data["poisoned_valid"], settings.poisoned, settings.seed, settings.images)
     args = (x, y, data["poisoned_test"], data.get("clean_test"), settings, progress, batch_size)
     ref = None if reference is None else relearn_one("clean reference", reference, *args)[0]
+    problem = None
+    if ref is not None and ref.asr_before.value > settings.margin:
+        problem = (
+            f"the clean reference's ASR is {ref.asr_before.value:.1f} % before any tuning, more than the "
+            f"{settings.margin:g}-point margin: it is not a clean model of this attack"
+        )
     entries = []
     for name, model in models.items():
         entry = relearn_one(name, model, *args)[0]
-        if ref is not None:
+        if ref is not None and problem is None:
             entry = Relearned(
                 entry.model,
                 entry.asr_before,
@@ -320,7 +354,7 @@ def relearn(
                 judge(entry, ref, settings.margin),
             )
         entries.append(entry)
-    return Relearning(settings, len(x), tuple(entries), ref, reference_name if reference is not None else None)
+    return Relearning(settings, len(x), tuple(entries), ref, reference_name if reference is not None else None, problem)
 
 
 __all__ = [

@@ -109,6 +109,9 @@ def check_relearning(model: nn.Module, relearn: Any, data: Any) -> None:
             "the re-learning test needs clean and poisoned validation data and poisoned test data; missing: "
             + ", ".join(r.replace("_", "-") for r in missing)
         )
+    clean, poisoned = data["clean_valid"], data["poisoned_valid"]
+    if isinstance(clean, ImageSet) and isinstance(poisoned, ImageSet):  # else check_data names the problem
+        relearn.settings.tuning_size(len(clean), len(poisoned))  # before the repair, not after it
     reference = relearn.reference
     if reference is not None:
         shape, classes = getattr(reference, "input_shape", None), getattr(reference, "num_classes", None)
@@ -116,6 +119,12 @@ def check_relearning(model: nn.Module, relearn: Any, data: Any) -> None:
             raise ModelError(
                 f"the clean reference takes {shape} and gives {classes} classes, but B takes "
                 f"{tuple(model.input_shape)} and gives {model.num_classes}: it must be a model of B's kind"
+            )
+        described = [getattr(m, "config", None) for m in (model, reference)]
+        if all(callable(c) for c in described) and (type(model), described[0]()) != (type(reference), described[1]()):
+            raise ModelError(
+                f"the clean reference is a {type(reference).__name__} {described[1]()}, but B is a "
+                f"{type(model).__name__} {described[0]()}: it must be B's architecture"
             )
 
 
