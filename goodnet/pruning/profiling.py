@@ -49,7 +49,9 @@ _PASS_METHODS = {"add", "add_"}
 
 
 @functools.cache
-def _activations() -> tuple[tuple[type[nn.Module], ...], frozenset[Callable[..., Any]]]:
+def activation_kinds() -> tuple[tuple[type[nn.Module], ...], frozenset[Callable[..., Any]]]:
+    """The activations' (module types, functions): built on first use, since they are PyTorch's
+    and this module is imported without PyTorch (see lazy_torch)."""
     modules = (
         nn.ReLU,
         nn.ReLU6,
@@ -132,7 +134,7 @@ def post_activation_node(gm: fx.GraphModule, layer: str) -> fx.Node:
     node = calls[0]
     while len(node.users) == 1:
         user = next(iter(node.users))
-        if _matches(user, modules, *_activations(), _ACTIVATION_METHODS):
+        if _matches(user, modules, *activation_kinds(), _ACTIVATION_METHODS):
             return user
         if not _matches(user, modules, *_passes(), _PASS_METHODS):
             break

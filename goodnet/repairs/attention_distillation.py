@@ -35,11 +35,9 @@ instead (with `--lr 0.05 --epochs 40 --weight-decay 5e-4`, a `nad` row then diff
 from __future__ import annotations
 
 import copy
-import functools
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..devices import to_model
 from ..errors import ModelError, TrainingDiverged
@@ -47,6 +45,7 @@ from ..lazy_torch import F, fx, nn, torch
 from ..models.training import random_shift
 from ..progress import progress as progress_bar
 from ..pruning.graph_split import trace
+from ..pruning.profiling import activation_kinds
 from .base import Repair, RepairData, RepairedModel, RepairOutcome, setting
 from .registry import register_repair
 from .schedule import TuningSchedule
@@ -56,45 +55,6 @@ if TYPE_CHECKING:
 
 EPS = 1e-6  # the reference's guard against a zero norm
 ACTIVATION_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
-
-
-@functools.cache
-def _activations() -> tuple[tuple[type[nn.Module], ...], frozenset[Callable[..., Any]]]:
-    """The activations' (module types, functions): built on first use, since they are PyTorch's
-    and this module is imported without PyTorch (see lazy_torch)."""
-    modules = (
-        nn.ReLU,
-        nn.ReLU6,
-        nn.LeakyReLU,
-        nn.ELU,
-        nn.GELU,
-        nn.SiLU,
-        nn.Hardtanh,
-        nn.Tanh,
-        nn.Sigmoid,
-        nn.Hardswish,
-        nn.Mish,
-        nn.PReLU,
-    )
-    functions = frozenset(
-        {
-            F.relu,
-            torch.relu,
-            torch.relu_,
-            F.relu_,
-            F.relu6,
-            F.leaky_relu,
-            F.elu,
-            F.gelu,
-            F.silu,
-            F.hardtanh,
-            torch.tanh,
-            torch.sigmoid,
-            F.hardswish,
-            F.mish,
-        }
-    )
-    return modules, functions
 
 
 def attention(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -135,7 +95,7 @@ def _is_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    kinds, functions = _activations()
+    kinds, functions = activation_kinds()
     if node.op == "call_module":
         return isinstance(modules[node.target], kinds)
     if node.op == "call_function":
