@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from .errors import SettingsError
 from .grid import GridCell, GridRunner, check_ray_address, run_grid
 from .inspection.detection_scores import DetectionScore
 from .inspection.strip import StripSettings
@@ -26,6 +27,7 @@ from .io.data import load_sets
 from .io.model_files import load_model
 from .io.output_dir import check_output_dir, claim_state_dir
 from .measure import run_repair
+from .measure.relearning import RelearnSettings, RelearnTest
 from .repairs import REPAIRS, Repair, build_repair, repair_names
 from .report.comparison import comparison_row, write_comparison
 from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, clean_reference_scores, default_cache_dir, zoo_badnet
@@ -118,10 +120,20 @@ def repair_badnet(
     prepared: dict[str, Any],
     scan: bool = False,
     scan_schedule: str = "reference",
+    relearn: RelearnSettings | None = None,
+    cache_dir: str | None = None,
 ) -> dict[str, Any]:
-    """A grid cell of the second stage: `goodnet defend --repair R` on one zoo BadNet; its table row."""
+    """A grid cell of the second stage: `goodnet defend --repair R` on one zoo BadNet; its table row.
+    `relearn`: also the re-learning test, judged by the BadNet's clean reference model (in
+    `cache_dir`), as `defend --relearn --relearn-reference` would."""
     sets, model = _zoo_files(prepared["zoo"]["directory"])
-    result = run_repair(model, repair, sets)
+    test = None
+    if relearn is not None:
+        reference = os.path.join(
+            zoo_directory(settings.clean_reference(), cache_dir or default_cache_dir("zoo")), MODEL_FILE
+        )
+        test = RelearnTest(relearn, load_model(reference), os.path.abspath(reference))
+    result = run_repair(model, repair, sets, relearn=test)
     row = comparison_row(settings, prepared["zoo"]["meets_bar"], result, DetectionScore(**prepared["strip"]))
     if scan:
         clean = sets["clean_valid"]
@@ -143,12 +155,14 @@ def compare(
     runner: GridRunner = GridRunner(),
     state_dir: str | None = None,
     scan_schedule: str = "reference",
+    relearn: RelearnSettings | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description).
     A grid of two stages (each BadNet, then each BadNet x repair), run by `runner`; every finished
     cell is kept in `state_dir` (a temporary folder when None), so a rerun with the same folder
     resumes. `scan`: also reverse triggers (Neural Cleanse, clean validation data only) of every B
-    and every B', recording whether the scan names the true target and whether its index fell."""
+    and every B', recording whether the scan names the true target and whether its index fell.
+    `relearn`: also the re-learning test of every B', each BadNet's clean reference model judging."""
     sequential = runner.ray is None and runner.workers == 1
     if not sequential:  # BadNets of one architecture share a clean reference: train each once, here
         for settings in badnets:
@@ -176,8 +190,16 @@ def compare(
             GridCell(
                 f"{s.label()} {r.name}",
                 repair_badnet,
-                {"settings": s, "repair": r, "prepared": p, "scan": scan, "scan_schedule": scan_schedule},
-                inputs=zoo_inputs(p["zoo"]["directory"]),
+                {
+                    "settings": s,
+                    "repair": r,
+                    "prepared": p,
+                    "scan": scan,
+                    "scan_schedule": scan_schedule,
+                    **({"relearn": relearn, "cache_dir": cache_dir} if relearn is not None else {}),
+                },
+                inputs=zoo_inputs(p["zoo"]["directory"])
+                + ((os.path.join(zoo_directory(s.clean_reference(), cache_dir), MODEL_FILE),) if relearn else ()),
             )
             for s, p in zip(badnets, prepared)
             for r in repairs
@@ -200,13 +222,17 @@ def run_comparison(
     progress: bool = True,
     scan: bool = False,
     scan_schedule: str = "reference",
+    relearn: RelearnSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Every repair of `repairs` (default: the comparison's roster) on every zoo BadNet of `part`
     (or those whose label holds one of `only`), the BadNets kept in `cache_dir` (default: the zoo
     cache), on a grid runner of `workers` processes, `threads` each, or on Ray at `ray`; write
-    comparison.* into `out_dir` and return the rows. Everything is checked before any training."""
+    comparison.* into `out_dir` and return the rows. `relearn`: also the re-learning test of every
+    B' against its BadNet's clean reference model. Everything is checked before any training."""
     roster = comparison_roster(repairs)
     badnets = select_badnets(part, only)
+    if relearn is not None and not isinstance(relearn, RelearnSettings):
+        raise SettingsError(f"relearn must be a RelearnSettings or None, not {type(relearn).__name__}")
     check_ray_address(ray)  # before any training: an unreachable cluster is refused at once
     runner = GridRunner(workers=workers, threads=threads, ray=ray)
     cache_dir = cache_dir or default_cache_dir("zoo")
@@ -221,8 +247,9 @@ def run_comparison(
         runner=runner,
         state_dir=state,
         scan_schedule=scan_schedule,
+        relearn=relearn,
     )
-    write_comparison(out_dir, rows, zoo, roster, runner.describe())
+    write_comparison(out_dir, rows, zoo, roster, runner.describe(), None if relearn is None else relearn.to_json())
     shutil.rmtree(state, ignore_errors=True)  # every cell is in the output now
     return rows
 

@@ -1,10 +1,16 @@
-"""Scan a model for a backdoor without poisoned data: `goodnet scan`. Load B and clean images,
-reverse-engineer a trigger per label (Neural Cleanse), write the verdict, the anomaly index and the
-reversed triggers."""
+"""Scan a model for a backdoor without poisoned data: `goodnet scan`. Load B and clean images and run
+the scanners: Neural Cleanse (a reversed trigger per label, the anomaly index) and MM-BD (the
+largest logit margin each label can reach, a p-value; it needs no data). Each scanner's score also
+becomes a probability that the model is backdoored, from the calibration fitted on goodnet's
+development zoo. `scan_zoo` runs the scanners over a part of the zoo (its BadNets and its clean
+reference models) and measures them as a population: ROC-AUC, cross-entropy, false alarms on clean
+models, target accuracy."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import numbers
 import os
 from dataclasses import dataclass
@@ -15,14 +21,24 @@ from torch import nn
 from .devices import compute_device
 from .errors import DataError, OutputError, SettingsError
 from .inference import predict
+from .inspection.max_margin import max_margin_scan
 from .inspection.trigger_reversal import reverse_triggers
 from .io import output_dir
 from .io.data import as_path, check_fits_model, check_input_range, checked_scale, load_images, shown, trained_range
-from .io.model_files import ModelSource, model_source
+from .io.model_files import ModelSource, load_model, model_source
 from .io.output_dir import check_output_dir, release_output
 from .measure.sanity import SanityCheck
+from .measure.scanner_population import (
+    SCANNERS,
+    Member,
+    ScanSummary,
+    calibrate,
+    load_calibrations,
+    population_measure,
+    summarize,
+)
 from .repairs.base import MAX_SEED
-from .report.scan_report import SCAN_MARKER, write_scan
+from .report.scan_report import POPULATION_MARKER, SCAN_MARKER, write_population, write_scan
 from .spec import check_flags, environment, file_record, model_record
 
 # what `**settings` may name: reverse_triggers' own keywords, less those scan_files sets itself
@@ -35,9 +51,37 @@ SCAN_SETTINGS = tuple(
 
 @dataclass
 class ScanRun:
-    scan: Any  # TriggerScan
+    scan: Any  # TriggerScan (Neural Cleanse), or None when it was not asked for
     document: dict[str, Any]  # scan.json
     model: nn.Module
+    margin: Any = None  # MarginScan (MM-BD), or None when it was not asked for
+    summaries: dict[str, ScanSummary] | None = None  # per scanner: score, flag, suspects
+    probabilities: dict[str, float] | None = None  # per scanner: calibrated probability of a backdoor
+
+
+def checked_scanners(scanners) -> tuple[str, ...]:
+    """`scanners` as a tuple of known names, in SCANNERS' order, at least one."""
+    names = [scanners] if isinstance(scanners, str) else list(scanners)
+    unknown = [n for n in names if n not in SCANNERS]
+    if unknown or not names:
+        raise SettingsError(
+            f"scanners must name one or more of {', '.join(SCANNERS)}, not {', '.join(map(str, unknown)) or 'none'}"
+        )
+    return tuple(n for n in SCANNERS if n in names)
+
+
+def run_scanners(model, clean, scanners, seed: int, progress, settings: dict) -> dict[str, Any]:
+    """Each scanner of `scanners` on `model` (Neural Cleanse uses the clean images; MM-BD only
+    their shape and value range): the scans, by scanner name."""
+    scans: dict[str, Any] = {}
+    for name in scanners:
+        if name == "nc":
+            label = "reversing triggers" if progress is True else progress
+            scans[name] = reverse_triggers(model, clean, clean.value_range, seed=seed, progress=label, **settings)
+        else:
+            label = "MM-BD scan" if progress is True else progress
+            scans[name] = max_margin_scan(model, clean.image_shape, clean.value_range, seed=seed, progress=label)
+    return scans
 
 
 def scan_files(
@@ -48,23 +92,28 @@ def scan_files(
     progress: bool = True,
     force: bool = False,
     seed: int = 0,
+    scanners=SCANNERS,
+    calibration: str | os.PathLike | None = None,
     **settings,
 ) -> ScanRun:
     """Scan B (`source`) with the clean images of `clean_path`; write `out_dir`. Paths may be str or
-    os.PathLike; `settings` are reverse_triggers' (schedule, steps, ...). A refused call leaves
-    `out_dir` free for the next one."""
+    os.PathLike; `scanners`: 'nc', 'mm-bd' or both (the default); `calibration`: a calibration file
+    written by `scan_zoo` on a development part (default: goodnet's own); `settings` are
+    reverse_triggers' (schedule, steps, ...). A refused call leaves `out_dir` free for the next one."""
     source = model_source(source)
     clean_path = as_path(clean_path, "clean_path")
     out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
     input_scale = checked_scale(input_scale)
     check_flags(progress=progress, force=force)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-        raise SettingsError(f"seed must be an integer from 0 to {MAX_SEED}, not {shown(seed)}")
+    seed = _checked_seed(seed)
+    scanners = checked_scanners(scanners)
     unknown = sorted(set(settings) - set(SCAN_SETTINGS))
     if unknown:
         raise SettingsError(
             f"trigger scan: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SCAN_SETTINGS)})"
         )
+    calibration_path = None if calibration is None else as_path(calibration, "calibration")
+    calibrations = load_calibrations(calibration_path)
     claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS  # a caller's claim stays the caller's
     check_output_dir(out_dir, marker=SCAN_MARKER, claim=True, inputs=source.input_files() + [clean_path])
     try:
@@ -75,16 +124,153 @@ def scan_files(
         sanity = SanityCheck.of(predict(model, clean.x), clean, int(model.num_classes), force)
         if not sanity.above_chance and not force:
             raise DataError(sanity.refusal(clean.value_range))
-        scan = reverse_triggers(model, clean, clean.value_range, seed=int(seed), progress=progress, **settings)
+        scans = run_scanners(model, clean, scanners, seed, progress, settings)
+        summaries = {name: summarize(name, scan) for name, scan in scans.items()}
+        probabilities = {
+            name: calibrations[name].probability(summary.score)
+            for name, summary in summaries.items()
+            if name in calibrations
+        }
         inputs = {"model": source.path, "clean_valid": clean_path, "input_scale": float(input_scale)}
         provenance = {
             **environment(str(compute_device())),
             "model": model_record(source),
             "data": {"clean_valid": file_record(clean_path)},
             "seed": int(seed),
-            "options": {"input_scale": float(input_scale), "force": force, **settings},
+            "options": {
+                "input_scale": float(input_scale),
+                "force": force,
+                "scanners": list(scanners),
+                "calibration": file_record(calibration_path) if calibration_path else "goodnet's own",
+                **settings,
+            },
         }
-        return ScanRun(scan, write_scan(out_dir, scan, clean.value_range, inputs, provenance), model)
+        document = write_scan(
+            out_dir,
+            scans,
+            clean.value_range,
+            inputs,
+            provenance,
+            probabilities=probabilities,
+            calibrations={name: calibrations[name] for name in probabilities},
+        )
+        return ScanRun(scans.get("nc"), document, model, scans.get("mm-bd"), summaries, probabilities)
     finally:  # written, refused or interrupted: the output is free again
+        if not claimed_before:
+            release_output(out_dir)
+
+
+def _checked_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise SettingsError(f"seed must be an integer from 0 to {MAX_SEED}, not {shown(seed)}")
+    return int(seed)
+
+
+def _scan_key(scanner: str, seed: int, settings: dict) -> str:
+    text = json.dumps({"scanner": scanner, "seed": seed, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cached_summary(directory: str, scanner: str, model, clean, seed: int, progress, settings: dict) -> ScanSummary:
+    """One scanner's summary of the zoo model in `directory`, from the zoo's cache (`scans/`) when
+    this scanner, seed and settings scanned it before; scanned and cached otherwise."""
+    key = _scan_key(scanner, seed, settings if scanner == "nc" else {})
+    path = os.path.join(directory, "scans", f"{scanner}-{key}.json")
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                return ScanSummary.from_json(json.load(f))
+        except (OSError, ValueError, TypeError):
+            pass  # a damaged entry is scanned again
+    scan = run_scanners(model, clean, (scanner,), seed, progress, settings if scanner == "nc" else {})[scanner]
+    summary = summarize(scanner, scan)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary.to_json(), f)
+    os.replace(path + ".tmp", path)
+    return summary
+
+
+def scan_zoo(
+    part: str,
+    out_dir: str | os.PathLike,
+    *,
+    scanners=SCANNERS,
+    cache_dir: str | None = None,
+    only: list[str] | None = None,
+    calibration: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **settings,
+) -> dict[str, Any]:
+    """Run the scanners over the zoo part's population (its BadNets and its clean reference models,
+    trained and cached as `compare` does) and measure each scanner over it; write `out_dir`
+    (population.json, report.md, report.html). On the development part ('dev') each scanner's
+    Platt calibration is fitted and written as calibration.json (what `calibration=` and
+    `goodnet scan --calibration` take); on any other part the calibration is `calibration`'s, or
+    goodnet's own (fitted on its development part), and nothing is fitted."""
+    from .zoo.badnets import MODEL_FILE, cached_badnet, default_cache_dir
+    from .zoo.catalog import population_name, scan_population
+
+    out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
+    check_flags(progress=progress)
+    seed = _checked_seed(seed)
+    scanners = checked_scanners(scanners)
+    unknown = sorted(set(settings) - set(SCAN_SETTINGS))
+    if unknown:
+        raise SettingsError(
+            f"trigger scan: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SCAN_SETTINGS)})"
+        )
+    population = scan_population(part, only)
+    fit = part == "dev"
+    calibration_path = None if calibration is None else as_path(calibration, "calibration")
+    if fit and calibration_path is not None:
+        raise SettingsError("the development part fits its own calibration: give --calibration with another part")
+    calibrations = {} if fit else load_calibrations(calibration_path)
+    cache_dir = cache_dir or default_cache_dir("zoo")
+    claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS
+    check_output_dir(out_dir, marker=POPULATION_MARKER, claim=True)
+    try:
+        members: list[Member] = []
+        summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
+        for index, (badnet, backdoored, target) in enumerate(population, 1):
+            directory, manifest, _ = cached_badnet(badnet, cache_dir, progress=progress)
+            name = population_name(badnet, backdoored)
+            members.append(Member(name, backdoored, target))
+            model = load_model(os.path.join(directory, MODEL_FILE))
+            clean = load_images(os.path.join(directory, "clean_valid.h5"))
+            for scanner in scanners:
+                label = f"{scanner} {index}/{len(population)} {name}" if progress else None
+                summaries[scanner].append(cached_summary(directory, scanner, model, clean, seed, label, settings))
+        truth = [m.backdoored for m in members]
+        if fit and (all(truth) or not any(truth)):
+            fit = False  # a calibration needs clean and backdoored models: nothing is fitted
+        if fit:
+            described = f"goodnet's zoo, development part: {sum(m.backdoored for m in members)} BadNets, " + (
+                f"{sum(not m.backdoored for m in members)} clean models"
+            )
+            calibrations = {name: calibrate(name, summaries[name], truth, described) for name in scanners}
+        measures = {name: population_measure(members, summaries[name], calibrations.get(name)) for name in scanners}
+        provenance = {
+            **environment(str(compute_device())),
+            "zoo_part": part,
+            "only": list(only or []),
+            "seed": seed,
+            "options": {"scanners": list(scanners), **settings},
+            "calibration": "fitted here"
+            if fit
+            else (file_record(calibration_path) if calibration_path else "goodnet's own"),
+        }
+        return write_population(
+            out_dir,
+            part,
+            members,
+            summaries,
+            measures,
+            {name: c for name, c in calibrations.items() if name in scanners},
+            provenance,
+            fitted=fit,
+        )
+    finally:
         if not claimed_before:
             release_output(out_dir)

@@ -277,3 +277,25 @@ def test_a_zoo_folder_can_carry_its_clean_reference_for_relearning(tmp_path):
     assert manifest["files"]["clean_reference"] == REFERENCE_FILE
     assert (out / REFERENCE_FILE).read_bytes() == open(weights, "rb").read()
     assert json.loads((out / MANIFEST).read_text())["files"]["clean_reference"] == REFERENCE_FILE
+
+
+def test_compare_relearn_judges_each_repair_by_the_zoo_badnets_clean_reference(zoo_cache, tmp_path, capsys):
+    from conftest import ZOO_CELL
+
+    out = tmp_path / "compare"
+    argv = ["compare", *ZOO_CELL, "--repairs", "prune", "--relearn", "--relearn-epochs", "2"]
+    code, stdout, err = run_cli(capsys, [*argv, "--out", out, "--cache-dir", zoo_cache, "--quiet"])
+    assert code == 0, err
+    doc = json.loads((out / "comparison.json").read_text())
+    (row,) = doc["rows"]
+    assert doc["relearn"]["epochs"] == 2 and doc["relearn"]["poisoned"] == 5
+    # the lab's pruning leaves the patch backdoor in place: not removed, far past the clean reference
+    assert row["relearn_state"] == NOT_REMOVED and row["relearn_asr"] > 80
+    assert row["relearn_reference_asr"] < 20  # the judge is a clean model
+    table = (out / "comparison.md").read_text()
+    assert "## Does the repair hold? (re-learning)" in table and "| prune | 0 of 1 | 0 of 1 | 1 of 1 |" in table
+    assert "re-learning (does the repair hold?):" in stdout
+    assert "relearn_state" in (out / "comparison.csv").read_text().splitlines()[0]
+    # defend's reference option is not compare's: the zoo supplies the reference
+    code, _, err = run_cli(capsys, [*argv, "--relearn-reference", "ref.safetensors", "--out", tmp_path / "x"])
+    assert code == 2 and "unrecognized arguments: --relearn-reference" in err and not (tmp_path / "x").exists()

@@ -32,6 +32,8 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
             clean,
             "--scan-schedule",
             "goodnet",
+            "--scanner",
+            "nc",
             "--out",
             tmp_path / "scan",
             "--quiet",
@@ -54,7 +56,7 @@ def test_scan_command_and_defend_scan(demo_run, tmp_path, capsys):
     report = (tmp_path / "scan" / "report.md").read_text()
     assert f"| `{os.path.basename(demo_run['model'])}` |" in report and "| B |" not in report
     code, _, err = run_cli(capsys, ["scan", "--model", demo_run["model"], "--out", tmp_path / "s2"])
-    assert code == 2 and "--clean-valid" in err  # argparse's own refusal: --clean-valid is required
+    assert_one_line_error(code, err, "scan needs --clean-valid")
 
     code, out, err = run_cli(
         capsys,

@@ -148,7 +148,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from ..compare import run_comparison
-    from ..report.comparison import markdown_table, summary_table
+    from ..report.comparison import markdown_table, relearn_table, summary_table
 
     rows = run_comparison(
         args.out,
@@ -160,19 +160,52 @@ def cmd_compare(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         scan=args.scan,
         scan_schedule=args.scan_schedule,
+        relearn=relearn_arguments(args)["relearn"],
     )
     print(markdown_table(rows))
     print()
     print(summary_table(rows))
+    relearned = relearn_table(rows)
+    if relearned is not None:
+        print("\nre-learning (does the repair hold?):")
+        print(relearned)
     print(
         f"\nwrote {os.path.abspath(args.out)}/ (comparison.html, comparison.md, comparison.csv, comparison.png, comparison.json)"
     )
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
-    from ..report.scan_report import scan_table
-    from ..scan import scan_files
+    from ..errors import SettingsError
+    from ..report.scan_report import margin_table, population_table, probability_lines, scan_table
+    from ..scan import scan_files, scan_zoo
 
+    scanners = ("nc", "mm-bd") if args.scanner == "both" else (args.scanner,)
+    if args.zoo is not None:
+        given = [o for o, v in (("--model", args.model), ("--clean-valid", args.clean_valid)) if v is not None]
+        if given:
+            raise SettingsError(f"--zoo scans the zoo's own models: drop {' and '.join(given)}")
+        doc = scan_zoo(
+            args.zoo,
+            args.out,
+            scanners=scanners,
+            cache_dir=args.cache_dir,
+            only=args.only,
+            calibration=args.calibration,
+            seed=args.seed,
+            progress=not args.quiet,
+            schedule=args.scan_schedule,
+        )
+        print(population_table(doc["measures"]))
+        files = "report.html, report.md, population.json" + (
+            ", calibration.json" if doc["calibration_fitted_here"] else ""
+        )
+        print(f"\nwrote {os.path.abspath(args.out)}/ ({files})")
+        return
+    missing = [o for o, v in (("--model", args.model), ("--clean-valid", args.clean_valid)) if v is None]
+    if missing:
+        raise SettingsError(f"scan needs {' and '.join(missing)} (or --zoo PART to scan the zoo)")
+    if args.only is not None or args.cache_dir is not None:
+        raise SettingsError("--only and --cache-dir go with --zoo")
     run = scan_files(
         model_source(args),
         args.clean_valid,
@@ -181,13 +214,20 @@ def cmd_scan(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         force=args.force,
         seed=args.seed,
-        schedule=args.scan_schedule,
+        scanners=scanners,
+        calibration=args.calibration,
+        **({"schedule": args.scan_schedule} if "nc" in scanners else {}),
     )
     name = os.path.basename(str(run.document["inputs"].get("model", "model")))
-    print(scan_table({name: run.scan}))
-    print(
-        f"\nwrote {os.path.abspath(args.out)}/ (report.html, report.md, scan.json, model_triggers.png, model_norms.png)"
-    )
+    if run.scan is not None:
+        print(scan_table({name: run.scan}))
+    if run.margin is not None:
+        print(margin_table({name: run.margin}))
+    fitted_on = [c["fitted_on"] for c in run.document["calibration"].values()]
+    for line in probability_lines(run.probabilities or {}, fitted_on[0] if fitted_on else None):
+        print(line)
+    figures = ", model_triggers.png, model_norms.png" if run.scan is not None else ""
+    print(f"\nwrote {os.path.abspath(args.out)}/ (report.html, report.md, scan.json{figures})")
 
 
 def _announce_demo(out: str):

@@ -283,15 +283,29 @@ def whole_number(text: str) -> int:
     return int(digits)
 
 
-def add_relearn_options(p: argparse.ArgumentParser) -> None:
-    """The re-learning test (read back by `relearn_arguments`)."""
+def add_relearn_options(p: argparse.ArgumentParser, zoo: bool = False) -> None:
+    """The re-learning test (read back by `relearn_arguments`); `zoo`: the clean reference is the
+    zoo's own, so there is no --relearn-reference."""
+    needs = (
+        "each zoo BadNet's clean reference model is the judge"
+        if zoo
+        else "needs --clean-valid, --poisoned-valid, --poisoned-test"
+    )
     p.add_argument(
         "--relearn",
         action="store_true",
         help="also test whether each repair holds: tune every B' (and the clean reference) on the clean "
         "validation data with a few poisoned images, as the Retuning Attack of Min et al. (NeurIPS 2024) "
-        "does, and report the ASR it re-learns (needs --clean-valid, --poisoned-valid, --poisoned-test)",
+        f"does, and report the ASR it re-learns ({needs})",
     )
+    if zoo:
+        p.set_defaults(relearn_reference=None)
+    else:
+        _add_relearn_reference(p)
+    _add_relearn_settings(p)
+
+
+def _add_relearn_reference(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--relearn-reference",
         metavar="MODEL",
@@ -299,6 +313,9 @@ def add_relearn_options(p: argparse.ArgumentParser) -> None:
         "with B's --arch, --factory and --trust-model-code): a B' that re-learns the backdoor far past it "
         "is flagged as a dormant backdoor",
     )
+
+
+def _add_relearn_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--relearn-images",
         type=whole_number,

@@ -13,6 +13,7 @@ from ..repairs import REPAIRS, repair_names
 from ..zoo.attacks import KINDS as ATTACK_KINDS
 from .options import (
     MAX_INTEGER,
+    MODEL_HELP,
     add_cache_dir_option,
     add_data_option,
     add_data_options,
@@ -286,6 +287,7 @@ def _add_compare(sub) -> None:
         "the table says whether the scan named the true target and whether its anomaly index "
         "fell below 2 after each repair",
     )
+    add_relearn_options(p, zoo=True)
     add_scan_schedule(p)
     add_output_option(p, "goodnet-compare")
     add_cache_dir_option(p, "where zoo BadNets are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
@@ -296,23 +298,58 @@ def _add_compare(sub) -> None:
 def _add_scan(sub) -> None:
     p = sub.add_parser(
         "scan",
-        help="look for a backdoor without poisoned data (Neural Cleanse): a reversed "
-        "trigger per label, the anomaly index, the suspected targets",
-        description="Reverse-engineer, for every label, the smallest trigger (mask and pattern) "
-        "that sends clean images to it, and flag labels whose mask is an outlier "
-        "below the others (anomaly index > 2, from the median absolute deviation). "
-        "Writes scan.json, report.md and the reversed triggers as images into --out.",
+        help="is this model backdoored? Two scanners without poisoned data (Neural Cleanse, "
+        "MM-BD), a probability, the suspected targets; --zoo measures them over the zoo",
+        description="Scan B for a backdoor without poisoned data. Neural Cleanse reverse-engineers, for "
+        "every label, the smallest trigger that sends clean images to it and flags labels whose mask "
+        "is an outlier below the others (anomaly index > 2). MM-BD finds, for every label, the largest "
+        "logit margin any input can reach and flags an outlier (p-value <= 0.05); it needs no data and "
+        "assumes no trigger shape. Each scanner's score becomes a probability of a backdoor, calibrated "
+        "on goodnet's development zoo. Writes scan.json, report.md and the reversed triggers into --out. "
+        "With --zoo PART, scans the zoo's BadNets and clean models of that part instead and writes "
+        "population.json and report.md: ROC-AUC, cross-entropy, clean models flagged, target accuracy "
+        "(on 'dev' it fits the calibration and writes calibration.json).",
     )
     add_device_option(p)
-    add_model_argument(p, option=True, models="B")
+    p.add_argument("--model", default=None, help=f"B: {MODEL_HELP} (required unless --zoo)")
     add_model_options(p)
     add_data_option(
         p,
         "clean_valid",
-        "clean images to reverse triggers on (.h5 data/label or .npz x/y); no poisoned data is needed",
-        required=True,
+        "clean images for Neural Cleanse to reverse triggers on, and to check B on (.h5 data/label or "
+        ".npz x/y; required unless --zoo); no poisoned data is needed",
     )
     add_input_scale_option(p)
+    p.add_argument(
+        "--scanner",
+        choices=["nc", "mm-bd", "both"],
+        default="both",
+        help="which scanners: nc (Neural Cleanse), mm-bd (maximum margin) or both (default)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="FILE",
+        help="calibration.json written by `scan --zoo dev` (default: the one goodnet ships, fitted on "
+        "its development zoo)",
+    )
+    p.add_argument(
+        "--zoo",
+        choices=["dev", "eval"],
+        default=None,
+        metavar="PART",
+        help="measure the scanners over the zoo's part: dev (fits the calibration) or eval (reads it); "
+        "the zoo's models are trained once and cached, like compare's",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="with --zoo: only the models whose name (e.g. wanet/small_cnn or clean/resnet8) contains "
+        "one of these texts",
+    )
+    add_cache_dir_option(p, "with --zoo: where zoo models are kept (default: $XDG_CACHE_HOME/goodnet/zoo)")
     add_seed_option(p, "seed of the scan's random choices (default: 0)")
     add_scan_schedule(p)
     add_output_option(p, "goodnet-scan")

@@ -85,6 +85,9 @@ EXTRA = [
     "scan_hit",
     "scan_after_anomaly",
     "scan_after_suspect",
+    "relearn_asr",
+    "relearn_reference_asr",
+    "relearn_state",
     "notice",
 ]
 
@@ -151,6 +154,21 @@ def comparison_row(
         "seconds": result.seconds,
         "meets_bar": bool(meets),
         "notice": result.notice,
+        **_relearn_fields(result),
+    }
+
+
+def _relearn_fields(result: Measurement) -> dict[str, Any]:
+    """The re-learning test's numbers for the row (nothing when it was not run): B''s ASR after
+    tuning, the clean reference's, and the judgement."""
+    test = result.relearning
+    if test is None:
+        return {}
+    mine = test.models[0]
+    return {
+        "relearn_asr": mine.asr_after.value,
+        "relearn_reference_asr": None if test.reference is None else test.reference.asr_after.value,
+        "relearn_state": mine.state if test.reference_problem is None else "not judged",
     }
 
 
@@ -358,6 +376,50 @@ def scan_table(rows: list[dict[str, Any]]) -> str | None:
     return "\n".join(lines)
 
 
+RELEARN_TEXT = (
+    "Each B' and its BadNet's clean reference model (the same architecture and training, nothing "
+    "poisoned) are tuned on the clean validation images with a few replaced by poisoned ones, as the "
+    "Retuning Attack of Min et al. (NeurIPS 2024) tunes a purified model; the ASR is on the poisoned "
+    "test images after tuning. A B' more than the margin past the clean reference after tuning, whose "
+    "ASR the tuning raised, holds a dormant backdoor; `holds` means it re-learns no faster than a "
+    "clean model."
+)
+
+
+def relearn_table(rows: list[dict[str, Any]]) -> str | None:
+    """Per repair and BadNet (when compare ran with --relearn): B''s ASR after the repair and after
+    re-learning, the clean reference's after re-learning, and the judgement; then per repair, on
+    how many BadNets that met their bar it holds."""
+    tested = [r for r in rows if "relearn_asr" in r]
+    if not tested:
+        return None
+    lines = [
+        "| BadNet | repair | ASR after repair | ASR after re-learning | clean reference after re-learning | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in tested:
+        name = r["badnet"] + ("" if r["badnet_meets_bar"] else " (missed the BadNet bar)")
+        lines.append(
+            f"| {name} | {r['repair']} | {r['asr']:.2f} | {r['relearn_asr']:.2f} | "
+            f"{_cell(r['relearn_reference_asr'], 'relearn_reference_asr')} | {r['relearn_state'] or '–'} |"
+        )
+    lines += ["", "| repair | holds on | dormant backdoor on | not removed on |", "|---|---|---|---|"]
+    for repair in dict.fromkeys(r["repair"] for r in tested):
+        mine = [r for r in tested if r["repair"] == repair and r["badnet_meets_bar"]]
+        counts = [
+            sum(r["relearn_state"] == state for r in mine) for state in ("holds", "dormant backdoor", "not removed")
+        ]
+        lines.append(f"| {repair} | " + " | ".join(f"{c} of {len(mine)}" for c in counts) + " |")
+    return "\n".join(lines)
+
+
+def _relearn_section(rows: list[dict[str, Any]]) -> str:
+    table = relearn_table(rows)
+    return (
+        "" if table is None else ("## Does the repair hold? (re-learning)\n\n" + table + "\n\n" + RELEARN_TEXT + "\n\n")
+    )
+
+
 def _scan_section(rows: list[dict[str, Any]]) -> str:
     table = scan_table(rows)
     return "" if table is None else ("## Trigger scan (Neural Cleanse, clean data only)\n\n" + table + "\n\n")
@@ -369,7 +431,10 @@ def write_comparison(
     zoo: dict[str, Any],
     repairs: Sequence[Repair],
     runner: dict[str, Any] | None = None,
+    relearn: dict[str, Any] | None = None,
 ) -> None:
+    """comparison.md, .html, .csv, .png and .json in `out_dir`, atomically; `relearn`: the
+    re-learning test's settings when it ran."""
     with atomic_directory(out_dir, marker="comparison.json") as stage:
         with open(os.path.join(stage, "comparison.md"), "w") as f:
             ran = (
@@ -393,6 +458,7 @@ def write_comparison(
                 + DETECTION_TEXT
                 + "\n\n"
                 + _scan_section(rows)
+                + _relearn_section(rows)
                 + "## Every BadNet\n\n"
                 + markdown_table(rows)
                 + "\n\n"
@@ -424,6 +490,7 @@ def write_comparison(
                     "repairs": [{"name": r.name, "settings": r.settings()} for r in repairs],
                     "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP},
                     "runner": runner,
+                    "relearn": relearn,
                 },
                 f,
                 indent=2,

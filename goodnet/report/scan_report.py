@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from ..io.output_dir import atomic_directory
+from ..measure.scanner_population import save_calibrations
 from .html_page import write_page
 from .plots import plot_mask_norms, plot_triggers
 
@@ -52,34 +53,201 @@ def scan_markdown(scans: dict[str, Any], figures: list[str], heading: str = "##"
     return parts + [f"![{name}]({name})" for name in figures] + [""]
 
 
+MARGIN_NOTE = (
+    "MM-BD (Wang et al. 2024): for every label, the largest margin between its logit and the next "
+    "largest that any input of the valid range can reach, found by gradient ascent from 30 random "
+    "images. A backdoor target reaches an abnormally large margin; the p-value of the largest under a "
+    "gamma distribution fitted to the other labels' flags a backdoor at 0.05 or below. It uses no data "
+    "and assumes no trigger shape."
+)
+PROBABILITY_NOTE = (
+    "Probability of a backdoor: each scanner's score (Neural Cleanse: the largest anomaly index; MM-BD: "
+    "-log10 of its p-value) through a Platt sigmoid fitted on a population of models with known "
+    "answers ({fitted_on}). It is calibrated for models like those; on others, read it as a rough guide."
+)
+
+
+def margin_table(scans: dict[str, Any]) -> str:
+    lines = ["| model | largest margin (label) | p-value | verdict |", "|---|---|---|---|"]
+    for name, scan in scans.items():
+        top = float(max(scan.statistics))
+        lines.append(f"| {name} | {top:.2f} ({scan.target}) | {scan.p_value:.3g} | {scan.verdict} |")
+    return "\n".join(lines)
+
+
+def probability_lines(probabilities: dict[str, float], fitted_on: str | None) -> list[str]:
+    """One line per scanner: its calibrated probability that the model is backdoored, and on what
+    population the calibration was fitted."""
+    titles = {"nc": "Neural Cleanse", "mm-bd": "MM-BD"}
+    lines = [f"probability of a backdoor ({titles.get(name, name)}): {p:.2f}" for name, p in probabilities.items()]
+    return lines + ([f"(calibrated on {fitted_on})"] if fitted_on and lines else [])
+
+
 def write_scan(
     out_dir: str,
-    scan,
+    scans: dict[str, Any],
     value_range: tuple[float, float],
     inputs: dict[str, Any],
     provenance: dict[str, Any] | None = None,
+    probabilities: dict[str, float] | None = None,
+    calibrations: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole `goodnet scan` output directory, written atomically; returns scan.json
-    (`provenance`: what produced it, as results.json records it)."""
+    """The whole `goodnet scan` output directory, written atomically; returns scan.json. `scans`:
+    by scanner, 'nc' (a TriggerScan) and/or 'mm-bd' (a MarginScan); `probabilities`: each scanner's
+    calibrated probability of a backdoor, from `calibrations`; `provenance`: what produced it."""
+    probabilities = probabilities or {}
+    calibrations = calibrations or {}
     with atomic_directory(out_dir, marker=SCAN_MARKER) as stage:
         # the scanned file may be B, a B' or anyone's model: it is named by its file, never "B"
         name = f"`{os.path.basename(str(inputs.get('model', 'model')))}`"
-        figures = scan_figures(stage, scan, value_range, "model", name)
-        doc = {"inputs": inputs, "value_range": list(value_range), "scan": scan.to_json(), "provenance": provenance}
+        doc: dict[str, Any] = {"inputs": inputs, "value_range": list(value_range)}
+        doc["probability"] = {k: round(float(v), 4) for k, v in probabilities.items()}
+        doc["calibration"] = {k: c.to_json() for k, c in calibrations.items()}
+        parts = ["# goodnet: backdoor scan", "", "Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in inputs.items()), ""]
+        if probabilities:
+            parts += ["## Probability of a backdoor", ""]
+            parts += [f"- {line}" for line in probability_lines(probabilities, None)]
+            fitted_on = next(iter(calibrations.values())).fitted_on if calibrations else "none"
+            parts += ["", PROBABILITY_NOTE.format(fitted_on=fitted_on), ""]
+        if "nc" in scans:
+            figures = scan_figures(stage, scans["nc"], value_range, "model", name)
+            doc["scan"] = scans["nc"].to_json()
+            parts += scan_markdown({name: scans["nc"]}, figures)
+        if "mm-bd" in scans:
+            doc["mm_bd"] = scans["mm-bd"].to_json()
+            parts += ["## Maximum-margin scan (MM-BD, no data)", "", margin_table({name: scans["mm-bd"]}), ""]
+            parts += [MARGIN_NOTE, ""]
+        doc["provenance"] = provenance
         with open(os.path.join(stage, SCAN_MARKER), "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
         with open(os.path.join(stage, "report.md"), "w") as f:
-            f.write(
-                "\n".join(
-                    [
-                        "# goodnet: trigger scan",
-                        "",
-                        "Inputs: " + ", ".join(f"{k} = `{v}`" for k, v in inputs.items()),
-                        "",
-                    ]
-                    + scan_markdown({name: scan}, figures)
-                )
-            )
-        write_page(stage, "report.md", "report.html", "goodnet: trigger scan")
+            f.write("\n".join(parts))
+        write_page(stage, "report.md", "report.html", "goodnet: backdoor scan")
+    return doc
+
+
+POPULATION_MARKER = "population.json"
+POPULATION_NOTE = (
+    "Each scanner gives every model a score (Neural Cleanse: the largest anomaly index; MM-BD: -log10 of "
+    "its p-value). ROC-AUC: the chance that a random backdoored model scores above a random clean one "
+    "(1 separates them perfectly, 0.5 is chance). Cross-entropy: of the calibrated probability against "
+    "the truth (natural log; lower is better; 0.693 is a constant 0.5). Flagged: at the scanner's own "
+    "operating point (anomaly index above 2; p-value at or below 0.05). Target named: single-target "
+    "BadNets flagged with the attacker's target as the first suspect (all-to-all BadNets have no single "
+    "target and are left out of it)."
+)
+
+
+def population_table(measures: dict[str, dict[str, Any]]) -> str:
+    """One row per scanner: its population measures."""
+
+    def share(count, total, rate) -> str:
+        return "n/a" if rate is None else f"{count} of {total} ({rate * 100:.0f} %)"
+
+    lines = [
+        "| scanner | models (backdoored / clean) | ROC-AUC | cross-entropy | clean models flagged | "
+        "backdoored models flagged | target named |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    titles = {"nc": "Neural Cleanse", "mm-bd": "MM-BD"}
+    for name, m in measures.items():
+        auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        ce = "n/a" if m["cross_entropy"] is None else f"{m['cross_entropy']:.3f}"
+        lines.append(
+            f"| {titles.get(name, name)} | {m['models']} ({m['backdoored']} / {m['clean']}) | {auc} | {ce} | "
+            f"{share(m['clean_flagged'], m['clean'], m['clean_fpr'])} | "
+            f"{share(m['backdoored_flagged'], m['backdoored'], m['tpr'])} | "
+            f"{share(m['target_named'], m['single_target_models'], m['target_accuracy'])} |"
+        )
+    return "\n".join(lines)
+
+
+def population_rows(members, summaries: dict[str, list[Any]], calibrations: dict[str, Any]) -> str:
+    """One row per model: the truth and each scanner's score, probability and suspects."""
+    names = list(summaries)
+    header = "| model | truth | " + " | ".join(f"{n} score | {n} probability | {n} flagged (suspects)" for n in names)
+    lines = [header + " |", "|" + "---|" * (2 + 3 * len(names))]
+    for i, member in enumerate(members):
+        truth = (
+            "clean"
+            if not member.backdoored
+            else (f"backdoored (target {member.target})" if member.target is not None else "backdoored (all-to-all)")
+        )
+        cells = [f"`{member.name}`", truth]
+        for n in names:
+            s = summaries[n][i]
+            p = f"{calibrations[n].probability(s.score):.2f}" if n in calibrations else "n/a"
+            flagged = ("yes (" + ", ".join(map(str, s.suspects)) + ")") if s.flagged else "no"
+            cells += [f"{s.score:.2f}", p, flagged]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_population(
+    out_dir: str,
+    part: str,
+    members,
+    summaries: dict[str, list[Any]],
+    measures: dict[str, dict[str, Any]],
+    calibrations: dict[str, Any],
+    provenance: dict[str, Any],
+    fitted: bool,
+) -> dict[str, Any]:
+    """`goodnet scan --zoo PART`'s output directory, written atomically: population.json,
+    report.md, report.html, and calibration.json when the calibration was fitted on this part."""
+    doc = {
+        "zoo_part": part,
+        "measures": measures,
+        "calibration": {k: c.to_json() for k, c in calibrations.items()},
+        "calibration_fitted_here": fitted,
+        "models": [
+            {
+                "name": m.name,
+                "backdoored": m.backdoored,
+                "target": m.target,
+                **{
+                    n: {
+                        **summaries[n][i].to_json(),
+                        "probability": (
+                            round(calibrations[n].probability(summaries[n][i].score), 4) if n in calibrations else None
+                        ),
+                    }
+                    for n in summaries
+                },
+            }
+            for i, m in enumerate(members)
+        ],
+        "provenance": provenance,
+    }
+    where = (
+        "fitted on these models (in-sample: read the evaluation part for an honest measure)"
+        if fitted
+        else f"fitted on {next(iter(calibrations.values())).fitted_on}"
+        if calibrations
+        else "none"
+    )
+    parts = [
+        f"# goodnet: scanners measured on the zoo's {part} part",
+        "",
+        population_table(measures),
+        "",
+        f"Calibration: {where}.",
+        "",
+        POPULATION_NOTE,
+        "",
+        "## Every model",
+        "",
+        population_rows(members, summaries, calibrations),
+        "",
+    ]
+    with atomic_directory(out_dir, marker=POPULATION_MARKER) as stage:
+        with open(os.path.join(stage, POPULATION_MARKER), "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        if fitted:
+            save_calibrations(os.path.join(stage, "calibration.json"), calibrations, provenance)
+        with open(os.path.join(stage, "report.md"), "w") as f:
+            f.write("\n".join(parts))
+        write_page(stage, "report.md", "report.html", f"goodnet: scanners on the zoo's {part} part")
     return doc

@@ -17,6 +17,9 @@ from ..errors import SettingsError
 from .badnets import BadNetSettings
 
 PARTS = {"dev": (0,), "eval": (1,)}
+# the clean models a scanner is measured on: each configuration's clean reference at these seeds
+# (the BadNets' own seed and one more), so that false alarms are counted on twice as many
+CLEAN_SEEDS = {"dev": (0, 2), "eval": (1, 3)}
 
 _ZOO = BadNetSettings(augment=True)
 # (attack, architecture, data's top value, poison rate): each attack once, two of them at 1 %. The
@@ -62,3 +65,35 @@ def select_badnets(part: str, only: list[str] | None = None) -> list[BadNetSetti
                 f"(labels look like {zoo_part(part)[0].label()})"
             )
     return cells
+
+
+def scan_population(part: str, only: list[str] | None = None) -> list[tuple[BadNetSettings, bool, int | None]]:
+    """The models a scanner is measured on in one part: every BadNet of the part, as
+    (settings, True, its single target or None for all-to-all), and every distinct clean reference
+    model of the part (one per architecture, range and training, at each of the part's CLEAN_SEEDS),
+    as (settings, False, None).
+    `only` keeps those whose label (clean ones: 'clean/<arch>/<range>/...') contains one of its texts."""
+    members: list[tuple[BadNetSettings, bool, int | None]] = []
+    seen: set[str] = set()
+    for badnet in zoo_part(part):
+        members.append((badnet, True, None if badnet.kind == "all-to-all" else badnet.target))
+    seeds = CLEAN_SEEDS[part] if part in CLEAN_SEEDS else tuple(s for p in CLEAN_SEEDS.values() for s in p)
+    for seed in seeds:
+        for badnet in zoo_part(part):
+            clean = replace(badnet, seed=seed).clean_reference()
+            if clean.fingerprint() not in seen:
+                seen.add(clean.fingerprint())
+                members.append((clean, False, None))
+    if only:
+        members = [m for m in members if any(text in population_name(m[0], m[1]) for text in only)]
+        if not members:
+            raise SettingsError(f"no zoo model of part '{part}' matches {', '.join(only)}")
+    return members
+
+
+def population_name(settings: BadNetSettings, backdoored: bool) -> str:
+    """A BadNet's label; a clean model's 'clean/<arch>/<range>/<epochs>ep/s<seed>'."""
+    if backdoored:
+        return settings.label()
+    value = "0-255" if settings.scale == 255 else "0-1"
+    return f"clean/{settings.arch}/{value}/{settings.epochs}ep/s{settings.seed}"
