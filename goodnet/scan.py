@@ -8,11 +8,13 @@ models, target accuracy."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import numbers
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +23,12 @@ from torch import nn
 from .devices import compute_device
 from .errors import DataError, OutputError, SettingsError
 from .inference import predict
-from .inspection.max_margin import max_margin_scan
+from .inspection.max_margin import MARGIN_DEFAULTS, max_margin_scan
 from .inspection.trigger_reversal import reverse_triggers
 from .io import output_dir
 from .io.data import as_path, check_fits_model, check_input_range, checked_scale, load_images, shown, trained_range
 from .io.model_files import ModelSource, load_model, model_source
-from .io.output_dir import check_output_dir, release_output
+from .io.output_dir import check_output_dir, file_sha256, release_output
 from .measure.sanity import SanityCheck
 from .measure.scanner_population import (
     SCANNERS,
@@ -72,7 +74,8 @@ def checked_scanners(scanners) -> tuple[str, ...]:
 
 def run_scanners(model, clean, scanners, seed: int, progress, settings: dict) -> dict[str, Any]:
     """Each scanner of `scanners` on `model` (Neural Cleanse uses the clean images; MM-BD only
-    their shape and value range): the scans, by scanner name."""
+    their shape, and searches the model's recorded input range, or the images' when it records
+    none): the scans, by scanner name."""
     scans: dict[str, Any] = {}
     for name in scanners:
         if name == "nc":
@@ -80,7 +83,9 @@ def run_scanners(model, clean, scanners, seed: int, progress, settings: dict) ->
             scans[name] = reverse_triggers(model, clean, clean.value_range, seed=seed, progress=label, **settings)
         else:
             label = "MM-BD scan" if progress is True else progress
-            scans[name] = max_margin_scan(model, clean.image_shape, clean.value_range, seed=seed, progress=label)
+            # the model's own input range when its file records it (the data lie inside it), else the data's
+            searched = trained_range(model) or clean.value_range
+            scans[name] = max_margin_scan(model, clean.image_shape, searched, seed=seed, progress=label)
     return scans
 
 
@@ -166,16 +171,34 @@ def _checked_seed(seed) -> int:
     return int(seed)
 
 
-def _scan_key(scanner: str, seed: int, settings: dict) -> str:
-    text = json.dumps({"scanner": scanner, "seed": seed, "settings": settings}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def _scan_key(scanner: str, seed: int, settings: dict, files: list[str]) -> str:
+    """What a cached scan depends on: the scanner and its settings, the seed, goodnet's and torch's
+    versions, the device, and the bytes of the model and data files."""
+    text = json.dumps(
+        {
+            "scanner": scanner,
+            "seed": seed,
+            "settings": settings,
+            "environment": {k: v for k, v in environment(str(compute_device())).items() if k != "platform"},
+            "files": [file_sha256(path) for path in files],
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_summary(directory: str, scanner: str, model, clean, seed: int, progress, settings: dict) -> ScanSummary:
-    """One scanner's summary of the zoo model in `directory`, from the zoo's cache (`scans/`) when
-    this scanner, seed and settings scanned it before; scanned and cached otherwise."""
-    key = _scan_key(scanner, seed, settings if scanner == "nc" else {})
-    path = os.path.join(directory, "scans", f"{scanner}-{key}.json")
+def cached_summary(
+    cache_dir: str, directory: str, scanner: str, model, clean, seed: int, progress, settings: dict
+) -> ScanSummary:
+    """One scanner's summary of the zoo model in `directory`, from `cache_dir`/scans/ when this
+    scanner, seed and settings scanned these very files before; scanned (and kept there) otherwise.
+    The scans live beside the zoo's models, never inside a model's folder, which goodnet rebuilds
+    as a whole."""
+    mine = settings if scanner == "nc" else {**MARGIN_DEFAULTS}
+    files = [os.path.join(directory, name) for name in ("badnet.safetensors", "clean_valid.h5")]
+    key = _scan_key(scanner, seed, mine, files)
+    path = os.path.join(cache_dir, "scans", os.path.basename(os.path.normpath(directory)), f"{scanner}-{key}.json")
     if os.path.isfile(path):
         try:
             with open(path) as f:
@@ -184,10 +207,14 @@ def cached_summary(directory: str, scanner: str, model, clean, seed: int, progre
             pass  # a damaged entry is scanned again
     scan = run_scanners(model, clean, (scanner,), seed, progress, settings if scanner == "nc" else {})[scanner]
     summary = summarize(scanner, scan)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary.to_json(), f)
-    os.replace(path + ".tmp", path)
+    try:  # keeping it only saves time: a cache that cannot be written is no error
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".tmp", delete=False) as f:
+            json.dump(summary.to_json(), f)
+        os.replace(f.name, path)
+    except OSError:
+        with contextlib.suppress(OSError, NameError):
+            os.unlink(f.name)
     return summary
 
 
@@ -221,6 +248,8 @@ def scan_zoo(
         raise SettingsError(
             f"trigger scan: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SCAN_SETTINGS)})"
         )
+    if isinstance(only, str):
+        only = [only]
     population = scan_population(part, only)
     fit = part == "dev"
     calibration_path = None if calibration is None else as_path(calibration, "calibration")
@@ -229,19 +258,29 @@ def scan_zoo(
     calibrations = {} if fit else load_calibrations(calibration_path)
     cache_dir = cache_dir or default_cache_dir("zoo")
     claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS
-    check_output_dir(out_dir, marker=POPULATION_MARKER, claim=True)
+    check_output_dir(out_dir, marker=POPULATION_MARKER, claim=True, inputs=[cache_dir])
     try:
         members: list[Member] = []
         summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
         for index, (badnet, backdoored, target) in enumerate(population, 1):
             directory, manifest, _ = cached_badnet(badnet, cache_dir, progress=progress)
             name = population_name(badnet, backdoored)
-            members.append(Member(name, backdoored, target))
+            members.append(
+                Member(
+                    name,
+                    backdoored,
+                    target,
+                    manifest["badnet"]["poisoned_test_asr"] if backdoored else None,
+                    manifest.get("meets_bar") if backdoored else None,
+                )
+            )
             model = load_model(os.path.join(directory, MODEL_FILE))
             clean = load_images(os.path.join(directory, "clean_valid.h5"))
             for scanner in scanners:
                 label = f"{scanner} {index}/{len(population)} {name}" if progress else None
-                summaries[scanner].append(cached_summary(directory, scanner, model, clean, seed, label, settings))
+                summaries[scanner].append(
+                    cached_summary(cache_dir, directory, scanner, model, clean, seed, label, settings)
+                )
         truth = [m.backdoored for m in members]
         if fit and (all(truth) or not any(truth)):
             fit = False  # a calibration needs clean and backdoored models: nothing is fitted

@@ -92,6 +92,29 @@ def test_steps_are_plain_sgd_at_rate_001_on_the_image_rescaled_to_0_1_and_clampe
     assert scan.statistics[0] == pytest.approx(float((seen[:, 0] - seen[:, 1]).max()), rel=1e-5)
 
 
+def test_the_search_stops_early_when_the_summed_loss_changes_by_less_than_a_relative_1e_5():
+    # a model whose margin saturates: once every start is clamped at the bound, the loss stops
+    # changing and the label stops long before the 300-step cap; the first test compares with 1000
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[100.0, 100.0, 100.0, 100.0], [0.0] * 4, [-1.0, 0.0, 0.0, 0.0]]))
+    scan = max_margin_scan(model, (1, 2, 2), (0.0, 1.0), starts=4)
+    assert scan.steps[0] < 300 and scan.statistics[0] == pytest.approx(400.0, rel=1e-4)
+    with torch.no_grad():  # a margin still growing: the search runs to the cap
+        model[1].weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]]))
+    assert max_margin_scan(model, (1, 2, 2), (0.0, 1.0), starts=4, tolerance=1e-12, steps=7).steps[0] == 7
+
+
+def test_a_model_ending_in_softmax_is_scanned_on_log_probabilities_with_the_same_margins():
+    torch.manual_seed(0)
+    logits = nn.Sequential(nn.Flatten(), nn.Linear(16, 6))
+    softmax = nn.Sequential(logits, nn.Softmax(dim=1))
+    a = max_margin_scan(logits, (1, 4, 4), (0.0, 1.0), seed=2, steps=15)
+    b = max_margin_scan(softmax, (1, 4, 4), (0.0, 1.0), seed=2, steps=15)
+    assert np.allclose(a.statistics, b.statistics, rtol=1e-3, atol=1e-3)
+    assert a.settings["outputs"] == "logits" and b.settings["outputs"].startswith("probabilities")
+
+
 def test_a_fixed_seed_gives_the_same_statistics_and_the_model_is_left_as_it_was():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 5)).train()
@@ -237,6 +260,15 @@ def test_platt_scaling_fits_the_smoothed_targets():
     assert fit_platt(scores, truth)[0] < 0  # a larger score is more likely backdoored
     with pytest.raises(DataError, match="both clean and backdoored"):
         fit_platt([1.0, 2.0], [True, True])
+    # one score for all: no slope, the smoothed base rate
+    slope, intercept = fit_platt([3.0] * 4, [True, False, False, False])
+    flat = Calibration("nc", slope, intercept, "test", 1, 3)
+    assert slope == 0.0 and flat.probability(300.0) == pytest.approx((2 / 3 + 3 / 5) / 4)
+    # far-out scores give 0 or 1, never an overflow; a non-finite score is refused
+    steep = Calibration("nc", -5.0, 800.0, "test", 1, 1)
+    assert steep.probability(0.0) == 0.0 and steep.probability(300.0) == 1.0
+    with pytest.raises(DataError, match="finite"):
+        steep.probability(math.nan)
 
 
 def test_population_measure_counts_roc_auc_false_alarms_and_targets():

@@ -293,7 +293,9 @@ def test_compare_relearn_judges_each_repair_by_the_zoo_badnets_clean_reference(z
     assert row["relearn_state"] == NOT_REMOVED and row["relearn_asr"] > 80
     assert row["relearn_reference_asr"] < 20  # the judge is a clean model
     table = (out / "comparison.md").read_text()
-    assert "## Does the repair hold? (re-learning)" in table and "| prune | 0 of 1 | 0 of 1 | 1 of 1 |" in table
+    assert (
+        "## Does the repair hold? (re-learning)" in table and "| prune | 0 of 1 | 0 of 1 | 1 of 1 | 0 of 1 |" in table
+    )
     assert "re-learning (does the repair hold?):" in stdout
     assert "relearn_state" in (out / "comparison.csv").read_text().splitlines()[0]
     # defend's reference option is not compare's: the zoo supplies the reference

@@ -181,9 +181,21 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
     scanners = ("nc", "mm-bd") if args.scanner == "both" else (args.scanner,)
     if args.zoo is not None:
-        given = [o for o, v in (("--model", args.model), ("--clean-valid", args.clean_valid)) if v is not None]
+        given = [
+            option
+            for option, used in (
+                ("--model", args.model is not None),
+                ("--clean-valid", args.clean_valid is not None),
+                ("--arch", args.arch is not None),
+                ("--factory", args.factory is not None),
+                ("--trust-model-code", args.trust_model_code),
+                ("--input-scale", args.input_scale != 1.0),
+                ("--force", args.force),
+            )
+            if used
+        ]
         if given:
-            raise SettingsError(f"--zoo scans the zoo's own models: drop {' and '.join(given)}")
+            raise SettingsError(f"--zoo scans the zoo's own models: drop {', '.join(given)}")
         doc = scan_zoo(
             args.zoo,
             args.out,

@@ -27,7 +27,13 @@ Departures (none changes the algorithm on the reference's own setting, a model t
 - the label count and input shape are read from the model, never the reference's fixed 10 and
   3x32x32; with fewer than 3 labels the null cannot be fitted and the scan refuses;
 - the p-value is computed as -expm1(K * log1p(-sf)) rather than 1 - cdf^K: the same number, without
-  rounding a tiny p-value to 0.
+  rounding a tiny p-value to 0;
+- a model whose outputs are probabilities (rows on the simplex: a softmax at its end, as Keras
+  models have) is scanned on their logarithm, whose margins are the logits' margins exactly (the
+  softmax's normaliser cancels); the reference's models output logits;
+- when every statistic but the largest is the same number the gamma cannot be fitted (the reference
+  gets NaN): the p-value is then 0 if the largest is above them, else 1; a loss of exactly 0 (the
+  reference would divide by it in its early-stop test) counts as 1e-30.
 The paper's equation (3) writes the exponent as K - 1; the reference code uses K (slightly more
 conservative), and so does this module.
 """
@@ -48,6 +54,8 @@ from ..lazy_torch import F, nn, torch
 from ..progress import progress as progress_bar
 
 SIGNIFICANCE = 0.05  # the reference's: a p-value at or below it flags a backdoor
+# the reference's search: random starts per label, most steps, step size, early stop's relative change
+MARGIN_DEFAULTS = {"starts": 30, "steps": 300, "lr": 1e-2, "tolerance": 1e-5, "significance": SIGNIFICANCE}
 _NEGATIVE = 1000.0  # the reference masks the label's own logit by subtracting this
 
 
@@ -173,8 +181,10 @@ def max_margin_scan(
     try:
         with placed(model) as device:
             with torch.no_grad():
-                probe = model(torch.full((1, *shape), low, device=device))
+                levels = torch.tensor([0.0, 0.5, 1.0], device=device).view(3, *([1] * len(shape)))
+                probe = model((low + (high - low) * levels).expand(3, *shape).contiguous())
             num_labels = int(probe.shape[-1])
+            log_of_probabilities = on_simplex(probe)
             if num_labels < 3:
                 raise DataError(
                     f"MM-BD needs at least 3 labels to fit its null distribution; the model has {num_labels}"
@@ -184,14 +194,32 @@ def max_margin_scan(
             desc = progress if isinstance(progress, str) else ("MM-BD scan" if progress else None)
             for label in progress_bar(range(num_labels), desc):
                 statistics[label], ran[label] = _largest_margin(
-                    model, label, shape, (low, high), device, generator, starts, steps, lr, tolerance
+                    model,
+                    label,
+                    shape,
+                    (low, high),
+                    device,
+                    generator,
+                    starts,
+                    steps,
+                    lr,
+                    tolerance,
+                    log_of_probabilities,
                 )
     finally:
         model.train(was_training)
         for p, wanted in zip(model.parameters(), grads):
             p.requires_grad_(wanted)
     p_value, null = margin_p_value(statistics)
-    settings = {"starts": starts, "steps": steps, "lr": lr, "tolerance": tolerance, "seed": int(seed)}
+    settings = {
+        "starts": starts,
+        "steps": steps,
+        "lr": lr,
+        "tolerance": tolerance,
+        "seed": int(seed),
+        "value_range": [low, high],
+        "outputs": "probabilities (scanned on their logarithm)" if log_of_probabilities else "logits",
+    }
     return MarginScan(
         labels=list(range(num_labels)),
         statistics=statistics,
@@ -204,9 +232,19 @@ def max_margin_scan(
     )
 
 
-def _largest_margin(model, label, shape, value_range, device, generator, starts, steps, lr, tolerance):
+def on_simplex(outputs) -> bool:
+    """Whether a model's outputs are probabilities: every row non-negative and summing to 1."""
+    return bool(
+        outputs.min() >= 0
+        and outputs.max() <= 1
+        and torch.allclose(outputs.sum(dim=1), torch.ones(len(outputs), device=outputs.device), atol=1e-4)
+    )
+
+
+def _largest_margin(model, label, shape, value_range, device, generator, starts, steps, lr, tolerance, logs=False):
     """One label: the reference's loop (forward, backward, step, then the early stop test on the
-    loss of that forward pass); the statistic is the largest margin of the last forward pass."""
+    loss of that forward pass); the statistic is the largest margin of the last forward pass.
+    `logs`: the model outputs probabilities, scanned on their logarithm."""
     low, high = value_range
     images = torch.rand((starts, *shape), generator=generator).to(device).requires_grad_(True)
     last_loss = 1000.0  # the reference's starting value
@@ -214,6 +252,8 @@ def _largest_margin(model, label, shape, value_range, device, generator, starts,
     ran = 0
     for ran in range(1, steps + 1):  # noqa: B007 (the count is returned)
         outputs = model(low + (high - low) * torch.clamp(images, 0.0, 1.0))
+        if logs:
+            outputs = torch.log(outputs.clamp_min(torch.finfo(outputs.dtype).tiny))
         loss, margins = margin_loss(outputs, label)
         (gradient,) = torch.autograd.grad(loss, images)
         with torch.no_grad():

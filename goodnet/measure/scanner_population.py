@@ -85,8 +85,11 @@ class Calibration:
     clean: int
 
     def probability(self, score: float) -> float:
-        z = self.slope * float(score) + self.intercept
-        return float(1.0 / (1.0 + math.exp(z))) if z > -700 else 1.0
+        score = float(score)
+        if not math.isfinite(score):
+            raise DataError(f"{self.scanner}: a scanner's score must be finite to calibrate, not {score}")
+        z = self.slope * score + self.intercept  # the log-odds of clean
+        return float(math.exp(-math.log1p(math.exp(z)))) if z < 0 else float(math.exp(-z - math.log1p(math.exp(-z))))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +118,12 @@ def fit_platt(scores, backdoored) -> tuple[float, float]:
         return value, np.array([np.sum(gradient_z * s), np.sum(gradient_z)])
 
     prior = math.log((negatives + 1.0) / (positives + 1.0))
+    if float(np.ptp(s)) == 0.0:  # one score for every model: no slope to fit, the base rate only
+        mean_target = float(np.mean(target))
+        return 0.0, math.log((1.0 - mean_target) / mean_target)
     result = minimize(loss, np.array([0.0, prior]), jac=True, method="BFGS")
+    if not np.all(np.isfinite(result.x)):
+        raise DataError("calibrating a scanner: the sigmoid fit did not converge")
     slope, intercept = (float(v) for v in result.x)
     return slope, intercept
 
@@ -155,6 +163,8 @@ class Member:
     name: str
     backdoored: bool
     target: int | None = None
+    asr: float | None = None  # the attack's success on the poisoned test images (%), for the record
+    meets_bar: bool | None = None  # a BadNet that met the zoo's bar (test ASR >= 90 %, clean within 2 points)
 
 
 def cross_entropy(probabilities, backdoored) -> float:

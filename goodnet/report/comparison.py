@@ -403,12 +403,15 @@ def relearn_table(rows: list[dict[str, Any]]) -> str | None:
             f"| {name} | {r['repair']} | {r['asr']:.2f} | {r['relearn_asr']:.2f} | "
             f"{_cell(r['relearn_reference_asr'], 'relearn_reference_asr')} | {r['relearn_state'] or '–'} |"
         )
-    lines += ["", "| repair | holds on | dormant backdoor on | not removed on |", "|---|---|---|---|"]
+    states = ("holds", "dormant backdoor", "not removed", "not judged")
+    lines += [
+        "",
+        "| repair | holds on | dormant backdoor on | not removed on | not judged on |",
+        "|---|---|---|---|---|",
+    ]
     for repair in dict.fromkeys(r["repair"] for r in tested):
         mine = [r for r in tested if r["repair"] == repair and r["badnet_meets_bar"]]
-        counts = [
-            sum(r["relearn_state"] == state for r in mine) for state in ("holds", "dormant backdoor", "not removed")
-        ]
+        counts = [sum((r["relearn_state"] or "not judged") == state for r in mine) for state in states]
         lines.append(f"| {repair} | " + " | ".join(f"{c} of {len(mine)}" for c in counts) + " |")
     return "\n".join(lines)
 

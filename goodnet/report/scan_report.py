@@ -135,7 +135,9 @@ POPULATION_NOTE = (
     "the truth (natural log; lower is better; 0.693 is a constant 0.5). Flagged: at the scanner's own "
     "operating point (anomaly index above 2; p-value at or below 0.05). Target named: single-target "
     "BadNets flagged with the attacker's target as the first suspect (all-to-all BadNets have no single "
-    "target and are left out of it)."
+    "target and are left out of it). Every model trained on poisoned data counts as backdoored, also one "
+    "whose ASR stayed under the zoo's 90 % bar (its ASR is listed); the clean models are trained alike "
+    "with nothing poisoned."
 )
 
 
@@ -174,6 +176,8 @@ def population_rows(members, summaries: dict[str, list[Any]], calibrations: dict
             if not member.backdoored
             else (f"backdoored (target {member.target})" if member.target is not None else "backdoored (all-to-all)")
         )
+        if member.asr is not None:
+            truth += f", ASR {member.asr:.1f} %" + ("" if member.meets_bar in (True, None) else ", under the zoo's bar")
         cells = [f"`{member.name}`", truth]
         for n in names:
             s = summaries[n][i]
@@ -206,6 +210,8 @@ def write_population(
                 "name": m.name,
                 "backdoored": m.backdoored,
                 "target": m.target,
+                "asr": m.asr,
+                "meets_bar": m.meets_bar,
                 **{
                     n: {
                         **summaries[n][i].to_json(),
