@@ -296,6 +296,9 @@ def test_population_measure_counts_roc_auc_false_alarms_and_targets():
     assert (m["backdoored_flagged"], m["tpr"]) == (2, pytest.approx(2 / 3, abs=1e-4))
     assert (m["single_target_models"], m["target_named"], m["target_accuracy"]) == (2, 1, 0.5)
     probabilities = [calibration.probability(s.score) for s in summaries]
+    # the calibrated operating point: probability >= 0.5, i.e. score >= 2 here (9, 4 and the clean 2.0)
+    assert (m["calibrated_backdoored_flagged"], m["calibrated_clean_flagged"]) == (2, 1)
+    assert m["calibrated_clean_fpr"] == pytest.approx(1 / 3, abs=1e-4)
     assert m["cross_entropy"] == pytest.approx(cross_entropy(probabilities, [x.backdoored for x in members]), abs=1e-4)
     assert cross_entropy([0.5] * 4, [True, False, True, False]) == pytest.approx(math.log(2))
     assert cross_entropy([1.0, 0.0], [False, True]) == pytest.approx(-math.log(1e-12))  # clipped, finite

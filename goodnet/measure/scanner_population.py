@@ -6,7 +6,7 @@ own operating point, the share of backdoored ones flagged, and how often the sus
 attacker's.
 
 Scores (larger is more suspicious): Neural Cleanse's largest anomaly index; MM-BD's -log10 of its
-p-value. Operating points are each scanner's published rule: an anomaly index above 2, a p-value at
+p-value (which the calibration reads as ln(1 + score): see TRANSFORMS). Operating points are each scanner's published rule: an anomaly index above 2, a p-value at
 or below 0.05. Platt scaling (Platt 1999) fits p = 1 / (1 + exp(A * score + B)) by maximum
 likelihood on smoothed targets ((N+ + 1) / (N+ + 2) for backdoored models, 1 / (N- + 2) for clean
 ones), which keeps the fit finite when the development population is perfectly separated.
@@ -73,9 +73,17 @@ def summarize(scanner: str, scan) -> ScanSummary:
     raise SettingsError(f"unknown scanner '{scanner}' (known: {', '.join(SCANNERS)})")
 
 
+# what the sigmoid reads of each scanner's score: MM-BD's -log10 p is heavy-tailed (a planted
+# target can reach p = 1e-260), and one such model flattens a fit on it, so the fit reads
+# ln(1 + score); chosen on the development part, whose fit on the raw score put every clean model
+# at a probability above one half
+TRANSFORMS = {"nc": "identity", "mm-bd": "log1p"}
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Platt scaling of one scanner's score: probability = 1 / (1 + exp(slope * score + intercept))."""
+    """Platt scaling of one scanner's score: probability = 1 / (1 + exp(slope * t(score) + intercept)),
+    t the identity or ln(1 + score) (`transform`)."""
 
     scanner: str
     slope: float
@@ -83,16 +91,25 @@ class Calibration:
     fitted_on: str  # which population, in words
     backdoored: int
     clean: int
+    transform: str = "identity"
 
     def probability(self, score: float) -> float:
         score = float(score)
         if not math.isfinite(score):
             raise DataError(f"{self.scanner}: a scanner's score must be finite to calibrate, not {score}")
-        z = self.slope * score + self.intercept  # the log-odds of clean
+        z = self.slope * transformed(score, self.transform) + self.intercept  # the log-odds of clean
         return float(math.exp(-math.log1p(math.exp(z)))) if z < 0 else float(math.exp(-z - math.log1p(math.exp(-z))))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def transformed(score: float, transform: str) -> float:
+    if transform == "identity":
+        return score
+    if transform == "log1p":
+        return math.log1p(max(score, 0.0))
+    raise DataError(f"unknown calibration transform '{transform}' (known: identity, log1p)")
 
 
 def fit_platt(scores, backdoored) -> tuple[float, float]:
@@ -129,9 +146,11 @@ def fit_platt(scores, backdoored) -> tuple[float, float]:
 
 
 def calibrate(scanner: str, summaries: list[ScanSummary], backdoored: list[bool], fitted_on: str) -> Calibration:
-    slope, intercept = fit_platt([s.score for s in summaries], backdoored)
+    """The scanner's Platt calibration fitted on these scans and their known answers."""
+    transform = TRANSFORMS.get(scanner, "identity")
+    slope, intercept = fit_platt([transformed(s.score, transform) for s in summaries], backdoored)
     positives = int(sum(bool(b) for b in backdoored))
-    return Calibration(scanner, slope, intercept, fitted_on, positives, len(backdoored) - positives)
+    return Calibration(scanner, slope, intercept, fitted_on, positives, len(backdoored) - positives, transform)
 
 
 def load_calibrations(path: str | None = None) -> dict[str, Calibration]:
@@ -179,8 +198,9 @@ def population_measure(
 ) -> dict[str, Any]:
     """One scanner over a population: ROC-AUC of its score, cross-entropy of its calibrated
     probability, clean models flagged (false-positive rate) and backdoored models flagged at its
-    operating point, and target accuracy (single-target backdoored models flagged with the
-    attacker's target as their first suspect)."""
+    own operating point and at the calibrated one (a probability of at least 0.5), and target
+    accuracy (single-target backdoored models flagged with the attacker's target as their first
+    suspect)."""
     from sklearn.metrics import roc_auc_score
 
     if len(members) != len(summaries):
@@ -207,8 +227,20 @@ def population_measure(
         "cross_entropy": None,
         "calibration": None,
     }
+    result.update(
+        {"calibrated_clean_flagged": None, "calibrated_clean_fpr": None, "calibrated_backdoored_flagged": None}
+    )
+    result["calibrated_tpr"] = None
     if calibration is not None:
         probabilities = [calibration.probability(s) for s in scores]
         result["cross_entropy"] = round(cross_entropy(probabilities, truth), 4)
         result["calibration"] = calibration.fitted_on
+        # the calibrated operating point: a probability of a backdoor of at least one half
+        likely = [p >= 0.5 for p in probabilities]
+        clean_likely = sum(f for m, f in zip(members, likely) if not m.backdoored)
+        bad_likely = sum(f for m, f in zip(members, likely) if m.backdoored)
+        result["calibrated_clean_flagged"] = clean_likely
+        result["calibrated_clean_fpr"] = round(clean_likely / negatives, 4) if negatives else None
+        result["calibrated_backdoored_flagged"] = bad_likely
+        result["calibrated_tpr"] = round(bad_likely / positives, 4) if positives else None
     return result

@@ -133,7 +133,8 @@ POPULATION_NOTE = (
     "its p-value). ROC-AUC: the chance that a random backdoored model scores above a random clean one "
     "(1 separates them perfectly, 0.5 is chance). Cross-entropy: of the calibrated probability against "
     "the truth (natural log; lower is better; 0.693 is a constant 0.5). Flagged: at the scanner's own "
-    "operating point (anomaly index above 2; p-value at or below 0.05). Target named: single-target "
+    "operating point (anomaly index above 2; p-value at or below 0.05); 'probability >= 0.5': at the "
+    "calibrated operating point instead. Target named: single-target "
     "BadNets flagged with the attacker's target as the first suspect (all-to-all BadNets have no single "
     "target and are left out of it). Every model trained on poisoned data counts as backdoored, also one "
     "whose ASR stayed under the zoo's 90 % bar (its ASR is listed); the clean models are trained alike "
@@ -149,8 +150,8 @@ def population_table(measures: dict[str, dict[str, Any]]) -> str:
 
     lines = [
         "| scanner | models (backdoored / clean) | ROC-AUC | cross-entropy | clean models flagged | "
-        "backdoored models flagged | target named |",
-        "|---|---|---|---|---|---|---|",
+        "backdoored models flagged | target named | clean, probability >= 0.5 | backdoored, probability >= 0.5 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     titles = {"nc": "Neural Cleanse", "mm-bd": "MM-BD"}
     for name, m in measures.items():
@@ -160,7 +161,9 @@ def population_table(measures: dict[str, dict[str, Any]]) -> str:
             f"| {titles.get(name, name)} | {m['models']} ({m['backdoored']} / {m['clean']}) | {auc} | {ce} | "
             f"{share(m['clean_flagged'], m['clean'], m['clean_fpr'])} | "
             f"{share(m['backdoored_flagged'], m['backdoored'], m['tpr'])} | "
-            f"{share(m['target_named'], m['single_target_models'], m['target_accuracy'])} |"
+            f"{share(m['target_named'], m['single_target_models'], m['target_accuracy'])} | "
+            f"{share(m['calibrated_clean_flagged'], m['clean'], m['calibrated_clean_fpr'])} | "
+            f"{share(m['calibrated_backdoored_flagged'], m['backdoored'], m['calibrated_tpr'])} |"
         )
     return "\n".join(lines)
 
