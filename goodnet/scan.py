@@ -110,13 +110,7 @@ def scan_files(
     out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
     input_scale = checked_scale(input_scale)
     check_flags(progress=progress, force=force)
-    seed = _checked_seed(seed)
-    scanners = checked_scanners(scanners)
-    unknown = sorted(set(settings) - set(SCAN_SETTINGS))
-    if unknown:
-        raise SettingsError(
-            f"trigger scan: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SCAN_SETTINGS)})"
-        )
+    seed, scanners = _checked_scan_options(seed, scanners, settings)
     calibration_path = None if calibration is None else as_path(calibration, "calibration")
     calibrations = load_calibrations(calibration_path)
     claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS  # a caller's claim stays the caller's
@@ -163,6 +157,16 @@ def scan_files(
     finally:  # written, refused or interrupted: the output is free again
         if not claimed_before:
             release_output(out_dir)
+
+
+def _checked_scan_options(seed, scanners, settings: dict) -> tuple[int, tuple[str, ...]]:
+    """The seed and scanners checked, and Neural Cleanse's `settings` all known ones."""
+    unknown = sorted(set(settings) - set(SCAN_SETTINGS))
+    if unknown:
+        raise SettingsError(
+            f"trigger scan: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SCAN_SETTINGS)})"
+        )
+    return _checked_seed(seed), checked_scanners(scanners)
 
 
 def _checked_seed(seed) -> int:
@@ -241,13 +245,7 @@ def scan_zoo(
 
     out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
     check_flags(progress=progress)
-    seed = _checked_seed(seed)
-    scanners = checked_scanners(scanners)
-    unknown = sorted(set(settings) - set(SCAN_SETTINGS))
-    if unknown:
-        raise SettingsError(
-            f"trigger scan: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SCAN_SETTINGS)})"
-        )
+    seed, scanners = _checked_scan_options(seed, scanners, settings)
     if isinstance(only, str):
         only = [only]
     population = scan_population(part, only)
