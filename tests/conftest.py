@@ -86,3 +86,28 @@ def assert_self_contained_page(directory, markdown="report.md", page="report.htm
     shown = open(os.path.join(directory, markdown), encoding="utf-8").read().count("![")
     assert text.count('<img src="data:image/') == shown and "image not embedded" not in text
     return text
+
+
+# Tiny backdoored models on scikit-learn's 8x8 digits (values 0..16), trained in the tests that need them.
+def stamp_corner(x: np.ndarray) -> np.ndarray:
+    """Images with a 2x2 white patch (16) in the bottom-right corner: the tiny models' trigger."""
+    x = x.copy()
+    x[:, :, -2:, -2:] = 16.0
+    return x
+
+
+def shuffled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (N, 1, 8, 8) float32 images and int64 labels, in a fixed shuffled order."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    order = np.random.default_rng(0).permutation(len(d.target))
+    return d.images.astype(np.float32)[order][:, None], d.target.astype(np.int64)[order]
+
+
+def poisoned_training_set(x: np.ndarray, y: np.ndarray, count: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """`x, y` with `count` images (drawn with seed 1) stamped and relabelled to the target 0."""
+    poisoned_x, poisoned_y = x.copy(), y.copy()
+    chosen = np.random.default_rng(1).choice(len(y), count, replace=False)
+    poisoned_x[chosen], poisoned_y[chosen] = stamp_corner(poisoned_x[chosen]), 0
+    return poisoned_x, poisoned_y

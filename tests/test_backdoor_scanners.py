@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ZOO_CELL, assert_one_line_error, run_cli
+from conftest import ZOO_CELL, assert_one_line_error, poisoned_training_set, run_cli, shuffled_digits
 from torch import nn
 
 from goodnet.errors import DataError, SettingsError
@@ -143,23 +143,11 @@ def test_too_few_labels_non_finite_logits_and_bad_settings_are_refused():
 
 
 # ---------------------------------------------------------------- tiny models: clean vs backdoored
-def _stamp(x: np.ndarray) -> np.ndarray:
-    x = x.copy()
-    x[:, :, -2:, -2:] = 16.0  # a 2x2 white patch in the bottom-right corner
-    return x
-
-
 @pytest.fixture(scope="module")
 def digits_models():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    order = np.random.default_rng(0).permutation(len(d.target))
-    x, y = d.images.astype(np.float32)[order][:, None], d.target.astype(np.int64)[order]
+    x, y = shuffled_digits()
     train_x, train_y = x[:1000], y[:1000]
-    poisoned_x, poisoned_y = train_x.copy(), train_y.copy()
-    chosen = np.random.default_rng(1).choice(1000, 200, replace=False)
-    poisoned_x[chosen], poisoned_y[chosen] = _stamp(poisoned_x[chosen]), 0
+    poisoned_x, poisoned_y = poisoned_training_set(train_x, train_y)
 
     def model(xs, ys):
         torch.manual_seed(2)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, poisoned_training_set, run_cli, shuffled_digits, stamp_corner
 
 from goodnet.errors import DataError, ModelError, SettingsError
 from goodnet.io.data import ImageSet
@@ -31,24 +31,14 @@ from goodnet.models import SmallCNN
 from goodnet.models.training import fine_tune, train_classifier
 
 
-def _stamp(x: np.ndarray) -> np.ndarray:
-    x = x.copy()
-    x[:, :, -2:, -2:] = 16.0  # a 2x2 white patch in the bottom-right corner
-    return x
-
-
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    order = np.random.default_rng(0).permutation(len(d.target))
-    x, y = d.images.astype(np.float32)[order][:, None], d.target.astype(np.int64)[order]
+    x, y = shuffled_digits()
     parts = {"train": slice(0, 1000), "valid": slice(1000, 1400), "test": slice(1400, None)}
 
     def poisoned(part: str) -> ImageSet:
         keep = y[parts[part]] != 0  # ASR on images whose true label is not the target
-        return ImageSet(_stamp(x[parts[part]][keep]), np.zeros(int(keep.sum()), np.int64), f"poisoned {part}")
+        return ImageSet(stamp_corner(x[parts[part]][keep]), np.zeros(int(keep.sum()), np.int64), f"poisoned {part}")
 
     data = {
         "clean_valid": ImageSet(x[parts["valid"]], y[parts["valid"]], "clean valid"),
@@ -63,9 +53,7 @@ def digits():
         return train_classifier(net, x_train, y_train, 25, seed, progress=False).eval()
 
     train_x, train_y = x[parts["train"]], y[parts["train"]]
-    poisoned_x, poisoned_y = train_x.copy(), train_y.copy()
-    chosen = np.random.default_rng(1).choice(len(train_y), 200, replace=False)
-    poisoned_x[chosen], poisoned_y[chosen] = _stamp(poisoned_x[chosen]), 0
+    poisoned_x, poisoned_y = poisoned_training_set(train_x, train_y)
     backdoored = model(1, poisoned_x, poisoned_y)
     # a repair that only hides the backdoor: plain fine-tuning on the clean validation images
     hidden = fine_tune(
