@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from .devices import compute_device
-from .errors import DataError, OutputError, SettingsError
+from .errors import DataError, GoodnetError, OutputError, SettingsError
 from .inference import predict
 from .inspection.max_margin import MARGIN_DEFAULTS, max_margin_scan
 from .inspection.trigger_reversal import reverse_triggers
@@ -287,27 +287,120 @@ def scan_zoo(
                 f"{sum(not m.backdoored for m in members)} clean models"
             )
             calibrations = {name: calibrate(name, summaries[name], truth, described) for name in scanners}
-        measures = {name: population_measure(members, summaries[name], calibrations.get(name)) for name in scanners}
+        provenance = {"zoo_part": part, "only": list(only or []), "seed": seed}
+        return _measured(out_dir, part, members, summaries, calibrations, calibration_path, fit, provenance, settings)
+    finally:
+        if not claimed_before:
+            release_output(out_dir)
+
+
+def scan_manifest(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    scanners=SCANNERS,
+    calibration: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    force: bool = False,
+    trust_code: bool = False,
+    **settings,
+) -> dict[str, Any]:
+    """Run the scanners over the models a population manifest lists (a TOML file of the user's own
+    models with known answers: see goodnet.io.population_manifest) and measure each scanner over
+    them as `scan_zoo` does; write `out_dir` (population.json, report.md, report.html). The
+    calibration is `calibration`'s, or goodnet's own; nothing is fitted. `trust_code` lets
+    TorchScript files in the manifest run their code (as `scan_files`' ModelSource does); `force`
+    scans a model that is not clearly better than chance on its clean data."""
+    from .io.population_manifest import read_population
+
+    manifest = as_path(manifest, "manifest", SettingsError)
+    out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
+    check_flags(progress=progress, force=force, trust_code=trust_code)
+    seed, scanners = _checked_scan_options(seed, scanners, settings)
+    entries = read_population(manifest, trust_code=trust_code)
+    calibration_path = None if calibration is None else as_path(calibration, "calibration")
+    calibrations = load_calibrations(calibration_path)
+    inputs = [manifest] + [f for e in entries for f in e.source.input_files() + [e.clean_valid]]
+    claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS
+    check_output_dir(out_dir, marker=POPULATION_MARKER, claim=True, inputs=inputs)
+    try:
+        members: list[Member] = []
+        summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
+        for index, entry in enumerate(entries, 1):
+            try:
+                clean = load_images(entry.clean_valid, entry.input_scale)
+                model = entry.source.load_backdoored(clean.image_shape)
+                check_fits_model(clean, model.input_shape, model.num_classes, "clean_valid")
+                check_input_range(clean, trained_range(model), "clean_valid")
+                sanity = SanityCheck.of(predict(model, clean.x), clean, int(model.num_classes), force)
+                if not sanity.above_chance and not force:
+                    raise DataError(sanity.refusal(clean.value_range))
+                if entry.target is not None and entry.target >= model.num_classes:
+                    raise SettingsError(
+                        f"target {entry.target} is not a label of a model with {model.num_classes} classes"
+                    )
+                for scanner in scanners:
+                    label = f"{scanner} {index}/{len(entries)} {entry.name}" if progress else None
+                    scans = run_scanners(model, clean, (scanner,), seed, label, settings if scanner == "nc" else {})
+                    summaries[scanner].append(summarize(scanner, scans[scanner]))
+            except GoodnetError as e:  # which model of the manifest, then the reason
+                raise type(e)(f"{entry.name}: {e}") from None
+            members.append(Member(entry.name, entry.backdoored, entry.target))
         provenance = {
-            **environment(str(compute_device())),
-            "zoo_part": part,
-            "only": list(only or []),
+            "manifest": file_record(manifest),
+            "models": [
+                {
+                    "name": e.name,
+                    "model": model_record(e.source),
+                    "clean_valid": file_record(e.clean_valid),
+                    "input_scale": e.input_scale,
+                }
+                for e in entries
+            ],
             "seed": seed,
-            "options": {"scanners": list(scanners), **settings},
-            "calibration": "fitted here"
-            if fit
-            else (file_record(calibration_path) if calibration_path else "goodnet's own"),
+            "force": force,
         }
-        return write_population(
+        return _measured(
             out_dir,
-            part,
+            None,
             members,
             summaries,
-            measures,
-            {name: c for name, c in calibrations.items() if name in scanners},
+            calibrations,
+            calibration_path,
+            False,
             provenance,
-            fitted=fit,
+            settings,
+            manifest=file_record(manifest),
         )
     finally:
         if not claimed_before:
             release_output(out_dir)
+
+
+def _measured(
+    out_dir, part, members, summaries, calibrations, calibration_path, fit, provenance, settings, manifest=None
+):
+    """Each scanner measured over the population, written by write_population with the run's
+    provenance (environment, options, calibration)."""
+    scanners = list(summaries)
+    measures = {name: population_measure(members, summaries[name], calibrations.get(name)) for name in scanners}
+    provenance = {
+        **environment(str(compute_device())),
+        **provenance,
+        "options": {"scanners": scanners, **settings},
+        "calibration": "fitted here"
+        if fit
+        else (file_record(calibration_path) if calibration_path else "goodnet's own"),
+    }
+    return write_population(
+        out_dir,
+        part,
+        members,
+        summaries,
+        measures,
+        {name: c for name, c in calibrations.items() if name in scanners},
+        provenance,
+        fitted=fit,
+        manifest=manifest,
+    )

@@ -213,6 +213,9 @@ def test_scan_command_runs_both_scanners_and_gives_a_calibrated_probability(digi
         (["scan", "--zoo", "eval", "--calibration", "{model}", "--out", "{out}"], "not a goodnet scanner calibration"),
         (["scan", "--zoo", "eval", "--only", "nothing-like-this", "--out", "{out}"], "no zoo model of part 'eval'"),
         (["scan", "--zoo", "test", "--out", "{out}"], "invalid choice"),
+        (["scan", "--zoo", "dev", "--population", "{model}", "--out", "{out}"], "give --zoo or --population"),
+        (["scan", "--population", "{model}", "--model", "{model}", "--out", "{out}"], "drop --model"),
+        (["scan", "--population", "{model}", "--out", "{out}"], "not a valid TOML file"),
     ],
 )
 def test_scan_usage_errors_are_one_line_before_any_work(argv, message, tmp_path, capsys):
@@ -222,6 +225,90 @@ def test_scan_usage_errors_are_one_line_before_any_work(argv, message, tmp_path,
     code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "out").exists()
+
+
+def _digits_population(digits_models, folder):
+    """The tiny clean and backdoored digits models and their clean data, saved under `folder`."""
+    (folder / "models").mkdir(parents=True)
+    for kind in ("clean", "backdoored"):
+        net = digits_models[kind]
+        net.input_range = (0.0, 16.0)
+        save_model(net, str(folder / "models" / f"{kind}.safetensors"))
+    save_images(str(folder / "clean.h5"), digits_models["valid"])
+
+
+def test_scan_population_measures_the_scanners_over_a_manifest_of_the_users_models(digits_models, tmp_path, capsys):
+    _digits_population(digits_models, tmp_path / "mine")
+    manifest = tmp_path / "mine" / "models.toml"
+    manifest.write_text(
+        'clean_valid = "clean.h5"\n\n'
+        '[[model]]\nmodel = "models/backdoored.safetensors"\nbackdoored = true\ntarget = 0\n\n'
+        '[[model]]\nname = "reference"\nmodel = "models/clean.safetensors"\nbackdoored = false\n'
+    )
+    out = tmp_path / "pop"
+    code, stdout, err = run_cli(
+        capsys, ["scan", "--population", manifest, "--scanner", "mm-bd", "--out", out, "--quiet"]
+    )
+    assert code == 0, err
+    doc = json.loads((out / "population.json").read_text())
+    mm = doc["measures"]["mm-bd"]
+    assert (mm["models"], mm["backdoored"], mm["clean"]) == (2, 1, 1)
+    assert mm["roc_auc"] == 1.0 and mm["clean_flagged"] == 0 and mm["backdoored_flagged"] == 1
+    assert mm["target_named"] == 1 and mm["single_target_models"] == 1
+    assert [m["name"] for m in doc["models"]] == ["backdoored.safetensors", "reference"]
+    assert doc["zoo_part"] is None and doc["manifest"]["path"] == str(manifest)
+    assert not doc["calibration_fitted_here"] and "calibration.json" not in stdout
+    assert [m["clean_valid"]["path"] for m in doc["provenance"]["models"]] == [str(tmp_path / "mine" / "clean.h5")] * 2
+    report = (out / "report.md").read_text()
+    assert (
+        report.startswith("# goodnet: scanners measured on `models.toml`") and "| MM-BD | 2 (1 / 1) | 1.000" in report
+    )
+    assert "| MM-BD | 2 (1 / 1) | 1.000" in stdout and (out / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        (
+            '[[model]]\nmodel = "models/clean.safetensors"\nbackdoored = false\nclean_valid = "clean.h5"\n',
+            "every model is clean: a scanner is measured on clean and backdoored models together",
+        ),
+        (
+            'clean_valid = "clean.h5"\n[[model]]\nmodel = "models/clean.safetensors"\nbackdored = true\n',
+            "model 1: unknown key(s) backdored",
+        ),
+        (
+            'clean_valid = "clean.h5"\n[[model]]\nmodel = "models/gone.safetensors"\nbackdoored = true\n',
+            "model 1: model '{folder}/models/gone.safetensors': no such file",
+        ),
+        ('clean_valid = "clean.h5"\n[[model]]\nmodel = "models/clean.safetensors"\n', "model 1: needs `backdoored`"),
+        (
+            'clean_valid = "clean.h5"\n[[model]]\nmodel = "models/clean.safetensors"\nbackdoored = "yes"\n',
+            "`backdoored` must be true or false",
+        ),
+        (
+            'clean_valid = "clean.h5"\n[[model]]\nmodel = "models/clean.safetensors"\nbackdoored = false\ntarget = 0\n',
+            "a clean model has no `target`",
+        ),
+        ("clean_valid = \n", "not a valid TOML file"),
+        ('clean_valid = "clean.h5"\n', "lists no models"),
+        (
+            'clean_valid = "clean.h5"\n[[model]]\nmodel = "models/clean.safetensors"\nbackdoored = false\n'
+            '[[model]]\nmodel = "models/backdoored.safetensors"\nbackdoored = true\ntarget = 10\n',
+            "backdoored.safetensors: target 10 is not a label of a model with 10 classes",
+        ),
+    ],
+)
+def test_a_bad_population_manifest_is_refused_in_one_line_naming_the_entry(
+    manifest, message, digits_models, tmp_path, capsys
+):
+    _digits_population(digits_models, tmp_path / "mine")
+    path = tmp_path / "mine" / "models.toml"
+    path.write_text(manifest)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, ["scan", "--population", path, "--scanner", "mm-bd", "--out", out, "--quiet"])
+    assert_one_line_error(code, err, message.format(folder=tmp_path / "mine"))
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- population measures

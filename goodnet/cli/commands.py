@@ -177,21 +177,41 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_scan(args: argparse.Namespace) -> None:
     from ..errors import SettingsError
     from ..report.scan_report import margin_table, population_table, probability_lines, scan_table
-    from ..scan import scan_files, scan_zoo
+    from ..scan import scan_files, scan_manifest, scan_zoo
 
     scanners = ("nc", "mm-bd") if args.scanner == "both" else (args.scanner,)
-    if args.zoo is not None:
+    one_model = (
+        ("--model", args.model is not None),
+        ("--clean-valid", args.clean_valid is not None),
+        ("--arch", args.arch is not None),
+        ("--factory", args.factory is not None),
+        ("--input-scale", args.input_scale != 1.0),
+    )
+    if args.zoo is not None and args.population is not None:
+        raise SettingsError("give --zoo or --population, not both")
+    if args.population is not None:
         given = [
-            option
-            for option, used in (
-                ("--model", args.model is not None),
-                ("--clean-valid", args.clean_valid is not None),
-                ("--arch", args.arch is not None),
-                ("--factory", args.factory is not None),
-                ("--trust-model-code", args.trust_model_code),
-                ("--input-scale", args.input_scale != 1.0),
-                ("--force", args.force),
-            )
+            o
+            for o, used in one_model + (("--only", args.only is not None), ("--cache-dir", args.cache_dir is not None))
+            if used
+        ]
+        if given:
+            raise SettingsError(f"--population names each model and its data in the manifest: drop {', '.join(given)}")
+        doc = scan_manifest(
+            args.population,
+            args.out,
+            scanners=scanners,
+            calibration=args.calibration,
+            seed=args.seed,
+            progress=not args.quiet,
+            force=args.force,
+            trust_code=args.trust_model_code,
+            **({"schedule": args.scan_schedule} if "nc" in scanners else {}),
+        )
+    elif args.zoo is not None:
+        given = [
+            o
+            for o, used in one_model + (("--trust-model-code", args.trust_model_code), ("--force", args.force))
             if used
         ]
         if given:
@@ -207,6 +227,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
             progress=not args.quiet,
             schedule=args.scan_schedule,
         )
+    if args.zoo is not None or args.population is not None:
         print(population_table(doc["measures"]))
         files = "report.html, report.md, population.json" + (
             ", calibration.json" if doc["calibration_fitted_here"] else ""
@@ -215,7 +236,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
         return
     missing = [o for o, v in (("--model", args.model), ("--clean-valid", args.clean_valid)) if v is None]
     if missing:
-        raise SettingsError(f"scan needs {' and '.join(missing)} (or --zoo PART to scan the zoo)")
+        raise SettingsError(f"scan needs {' and '.join(missing)} (or --zoo PART to scan the zoo, or --population FILE)")
     if args.only is not None or args.cache_dir is not None:
         raise SettingsError("--only and --cache-dir go with --zoo")
     run = scan_files(

@@ -266,6 +266,14 @@ def _add_compare(sub) -> None:
         "README's table) or all (default eval)",
     )
     p.add_argument(
+        "--population",
+        default=None,
+        metavar="FILE",
+        help="measure the scanners over your own models with known answers: a TOML manifest of "
+        "[[model]] tables (model, backdoored, optional target, clean_valid, arch, factory, "
+        "input_scale; paths relative to the file), see docs/commands.md; reads the calibration",
+    )
+    p.add_argument(
         "--only",
         nargs="+",
         default=None,
@@ -308,7 +316,8 @@ def _add_scan(sub) -> None:
         "on goodnet's development zoo. Writes scan.json, report.md and the reversed triggers into --out. "
         "With --zoo PART, scans the zoo's BadNets and clean models of that part instead and writes "
         "population.json and report.md: ROC-AUC, cross-entropy, clean models flagged, target accuracy "
-        "(on 'dev' it fits the calibration and writes calibration.json).",
+        "(on 'dev' it fits the calibration and writes calibration.json). With --population FILE, the same "
+        "over your own models listed in a TOML manifest.",
     )
     add_device_option(p)
     p.add_argument("--model", default=None, help=f"B: {MODEL_HELP} (required unless --zoo)")
@@ -340,6 +349,14 @@ def _add_scan(sub) -> None:
         metavar="PART",
         help="measure the scanners over the zoo's part: dev (fits the calibration) or eval (reads it); "
         "the zoo's models are trained once and cached, like compare's",
+    )
+    p.add_argument(
+        "--population",
+        default=None,
+        metavar="FILE",
+        help="measure the scanners over your own models with known answers: a TOML manifest of "
+        "[[model]] tables (model, backdoored, optional target, clean_valid, arch, factory, "
+        "input_scale; paths relative to the file), see docs/commands.md; reads the calibration",
     )
     p.add_argument(
         "--only",

@@ -136,10 +136,19 @@ POPULATION_NOTE = (
     "operating point (anomaly index above 2; p-value at or below 0.05); 'probability >= 0.5': at the "
     "calibrated operating point instead. Target named: single-target "
     "BadNets flagged with the attacker's target as the first suspect (all-to-all BadNets have no single "
-    "target and are left out of it). Every model trained on poisoned data counts as backdoored, also one "
-    "whose ASR stayed under the zoo's 90 % bar (its ASR is listed); the clean models are trained alike "
-    "with nothing poisoned."
+    "target and are left out of it)."
 )
+ZOO_NOTE = (
+    " Every model trained on poisoned data counts as backdoored, also one whose ASR stayed under the "
+    "zoo's 90 % bar (its ASR is listed); the clean models are trained alike with nothing poisoned."
+)
+MANIFEST_NOTE = " Which models are backdoored, and their targets, are the manifest's answers."
+
+
+def shown_name(manifest: dict[str, Any] | None) -> str:
+    """A manifest's file name for a title, from its file record."""
+    path = (manifest or {}).get("path") or "a population manifest"
+    return f"`{os.path.basename(str(path))}`"
 
 
 def population_table(measures: dict[str, dict[str, Any]]) -> str:
@@ -193,18 +202,22 @@ def population_rows(members, summaries: dict[str, list[Any]], calibrations: dict
 
 def write_population(
     out_dir: str,
-    part: str,
+    part: str | None,
     members,
     summaries: dict[str, list[Any]],
     measures: dict[str, dict[str, Any]],
     calibrations: dict[str, Any],
     provenance: dict[str, Any],
     fitted: bool,
+    manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`goodnet scan --zoo PART`'s output directory, written atomically: population.json,
-    report.md, report.html, and calibration.json when the calibration was fitted on this part."""
+    """`goodnet scan --zoo PART`'s output directory (or `scan --population FILE`'s: `part` None and
+    `manifest` the file's record), written atomically: population.json, report.md, report.html,
+    and calibration.json when the calibration was fitted on this part."""
+    subject = f"the zoo's {part} part" if part is not None else shown_name(manifest)
     doc = {
         "zoo_part": part,
+        **({"manifest": manifest} if manifest is not None else {}),
         "measures": measures,
         "calibration": {k: c.to_json() for k, c in calibrations.items()},
         "calibration_fitted_here": fitted,
@@ -237,13 +250,13 @@ def write_population(
         else "none"
     )
     parts = [
-        f"# goodnet: scanners measured on the zoo's {part} part",
+        f"# goodnet: scanners measured on {subject}",
         "",
         population_table(measures),
         "",
         f"Calibration: {where}.",
         "",
-        POPULATION_NOTE,
+        POPULATION_NOTE + (ZOO_NOTE if part is not None else MANIFEST_NOTE),
         "",
         "## Every model",
         "",
@@ -258,5 +271,5 @@ def write_population(
             save_calibrations(os.path.join(stage, "calibration.json"), calibrations, provenance)
         with open(os.path.join(stage, "report.md"), "w") as f:
             f.write("\n".join(parts))
-        write_page(stage, "report.md", "report.html", f"goodnet: scanners on the zoo's {part} part")
+        write_page(stage, "report.md", "report.html", f"goodnet: scanners on {subject}")
     return doc

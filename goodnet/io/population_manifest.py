@@ -1,0 +1,139 @@
+"""A population manifest: the user's own models with known answers, for measuring a scanner.
+
+`goodnet scan --population models.toml` measures the scanners over the models such a file lists
+(ROC-AUC, cross-entropy, clean models flagged, target named), as `scan --zoo` does over the zoo.
+The file is TOML; paths are relative to the file's folder. Top-level keys are defaults for every
+model; each `[[model]]` table names one model and whether it is backdoored:
+
+    clean_valid = "data/clean_valid.h5"   # default clean data for every model
+
+    [[model]]
+    model = "vendor_a.safetensors"
+    backdoored = true
+    target = 0                            # optional: the attacker's single target label
+
+    [[model]]
+    name = "clean reference"              # optional: how tables name it (default: the file name)
+    model = "reference.keras"
+    backdoored = false
+
+A model may also set `clean_valid`, `arch`, `factory` and `input_scale`, as `goodnet scan` takes
+them. Everything is checked before any model is loaded: an unknown key, a missing file, a
+duplicate name or a population without both clean and backdoored models is refused in one line.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import dataclass
+
+from ..errors import DataError, SettingsError, shown_path
+from .data import checked_scale, shown
+from .file_checks import check_input_file, input_file_problem
+from .model_files import KERAS_SUFFIXES, ModelSource
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+MODEL_KEYS = ("name", "model", "backdoored", "target", "clean_valid", "arch", "factory", "input_scale")
+DEFAULT_KEYS = ("clean_valid", "arch", "factory", "input_scale")
+
+
+@dataclass(frozen=True)
+class PopulationEntry:
+    """One model of a manifest, with its known answer and what `goodnet scan` needs to scan it."""
+
+    name: str
+    source: ModelSource
+    clean_valid: str
+    backdoored: bool
+    target: int | None = None
+    input_scale: float = 1.0
+
+
+def read_population(path: str | os.PathLike, trust_code: bool = False) -> list[PopulationEntry]:
+    """The entries of the manifest at `path`, checked (see the module's docstring)."""
+    path = os.fspath(path)
+    where = shown_path(path)
+    check_input_file(path, "a population manifest", SettingsError)
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{where}: not a valid TOML file ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{where}: cannot be read ({e})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    unknown = sorted(set(document) - set(DEFAULT_KEYS) - {"model"})
+    if unknown:
+        raise SettingsError(
+            f"{where}: unknown top-level key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(DEFAULT_KEYS)} and [[model]] tables)"
+        )
+    models = document.get("model")
+    if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
+        raise SettingsError(f"{where}: lists no models: add one [[model]] table per model")
+    defaults = {key: document[key] for key in DEFAULT_KEYS if key in document}
+    entries = [_entry(where, folder, index, table, defaults, trust_code) for index, table in enumerate(models, 1)]
+    names = [e.name for e in entries]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SettingsError(f"{where}: two models are named {repeated[0]!r}: give each a distinct `name`")
+    if all(e.backdoored for e in entries) or not any(e.backdoored for e in entries):
+        kind = "backdoored" if entries[0].backdoored else "clean"
+        raise SettingsError(
+            f"{where}: every model is {kind}: a scanner is measured on clean and backdoored models together"
+        )
+    return entries
+
+
+def _entry(where: str, folder: str, index: int, table: dict, defaults: dict, trust_code: bool) -> PopulationEntry:
+    label = f"{where}: model {index}"
+    unknown = sorted(set(table) - set(MODEL_KEYS))
+    if unknown:
+        raise SettingsError(f"{label}: unknown key(s) {', '.join(unknown)} (known: {', '.join(MODEL_KEYS)})")
+    merged = {**defaults, **table}
+    for key in ("model", "backdoored", "clean_valid"):
+        if key not in merged:
+            raise SettingsError(f"{label}: needs `{key}`")
+    for key in ("name", "model", "clean_valid", "arch", "factory"):
+        if key in merged and (not isinstance(merged[key], str) or not merged[key]):
+            raise SettingsError(f"{label}: `{key}` must be a non-empty string, not {shown(merged[key])}")
+    backdoored = merged["backdoored"]
+    if not isinstance(backdoored, bool):
+        raise SettingsError(f"{label}: `backdoored` must be true or false, not {shown(backdoored)}")
+    target = merged.get("target")
+    if target is not None:
+        if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
+            raise SettingsError(f"{label}: `target` must be a label (a whole number >= 0), not {shown(target)}")
+        if not backdoored:
+            raise SettingsError(f"{label}: a clean model has no `target`")
+    try:
+        scale = checked_scale(merged.get("input_scale", 1.0))
+    except DataError as e:
+        raise SettingsError(f"{label}: {e}") from None
+
+    def resolved(value: str) -> str:
+        return value if os.path.isabs(value) else os.path.join(folder, value)
+
+    model_path = resolved(merged["model"])
+    clean_path = resolved(merged["clean_valid"])
+    arch = merged.get("arch")
+    if arch is not None and ("/" in arch or os.sep in arch or arch.lower().endswith((".json",) + KERAS_SUFFIXES)):
+        arch = resolved(arch)  # an architecture file, relative to the manifest like every path
+    for role, file, what in (("model", model_path, "a model file"), ("clean_valid", clean_path, "a data file")):
+        problem = input_file_problem(file, what)
+        if problem is not None:
+            raise SettingsError(f"{label}: {role} {shown_path(file)}: {problem}")
+    name = merged.get("name") or os.path.basename(model_path)
+    return PopulationEntry(
+        name=name,
+        source=ModelSource(model_path, arch=arch, factory=merged.get("factory"), trust_code=trust_code),
+        clean_valid=clean_path,
+        backdoored=backdoored,
+        target=None if target is None else int(target),
+        input_scale=scale,
+    )
