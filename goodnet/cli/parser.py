@@ -266,14 +266,6 @@ def _add_compare(sub) -> None:
         "README's table) or all (default eval)",
     )
     p.add_argument(
-        "--population",
-        default=None,
-        metavar="FILE",
-        help="measure the scanners over your own models with known answers: a TOML manifest of "
-        "[[model]] tables (model, backdoored, optional target, clean_valid, arch, factory, "
-        "input_scale; paths relative to the file), see docs/commands.md; reads the calibration",
-    )
-    p.add_argument(
         "--only",
         nargs="+",
         default=None,
