@@ -187,16 +187,19 @@ def cmd_scan(args: argparse.Namespace) -> None:
         ("--factory", args.factory is not None),
         ("--input-scale", args.input_scale != 1.0),
     )
+
+    def refuse_given(more, why: str) -> None:
+        given = [option for option, used in one_model + more if used]
+        if given:
+            raise SettingsError(f"{why}: drop {', '.join(given)}")
+
     if args.zoo is not None and args.population is not None:
         raise SettingsError("give --zoo or --population, not both")
     if args.population is not None:
-        given = [
-            o
-            for o, used in one_model + (("--only", args.only is not None), ("--cache-dir", args.cache_dir is not None))
-            if used
-        ]
-        if given:
-            raise SettingsError(f"--population names each model and its data in the manifest: drop {', '.join(given)}")
+        refuse_given(
+            (("--only", args.only is not None), ("--cache-dir", args.cache_dir is not None)),
+            "--population names each model and its data in the manifest",
+        )
         doc = scan_manifest(
             args.population,
             args.out,
@@ -209,13 +212,9 @@ def cmd_scan(args: argparse.Namespace) -> None:
             **({"schedule": args.scan_schedule} if "nc" in scanners else {}),
         )
     elif args.zoo is not None:
-        given = [
-            o
-            for o, used in one_model + (("--trust-model-code", args.trust_model_code), ("--force", args.force))
-            if used
-        ]
-        if given:
-            raise SettingsError(f"--zoo scans the zoo's own models: drop {', '.join(given)}")
+        refuse_given(
+            (("--trust-model-code", args.trust_model_code), ("--force", args.force)), "--zoo scans the zoo's own models"
+        )
         doc = scan_zoo(
             args.zoo,
             args.out,
