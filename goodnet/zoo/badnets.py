@@ -216,6 +216,8 @@ def build_badnet(
         },
         "weights": "shipped with goodnet" if weights is not None else "trained here",
     }
+    if weights is None:  # PyTorch adds up in a thread-dependent order: another count trains another model
+        manifest["torch_threads"] = torch.get_num_threads()
     if reference is not None:
         manifest["clean_reference"] = reference
         manifest["meets_bar"] = meets_bar(scores, reference)

@@ -18,9 +18,9 @@ from .badnets import BadNetSettings
 
 PARTS = {"dev": (0,), "eval": (1,)}
 # the clean models a scanner is measured on: each configuration's clean reference at these seeds.
-# The evaluation part adds a second seed, so that its false alarms are counted on twice as many
-# clean models; the development part only fits a two-parameter calibration.
-CLEAN_SEEDS = {"dev": (0,), "eval": (1, 3)}
+# Each part has two seeds, so that false alarms are counted on twice as many clean models as one
+# seed gives (12 per part), also where the calibration is fitted.
+CLEAN_SEEDS = {"dev": (0, 2), "eval": (1, 3)}
 
 _ZOO = BadNetSettings(augment=True)
 # (attack, architecture, data's top value, poison rate): each attack once, two of them at 1 %. The
