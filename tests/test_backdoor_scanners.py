@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,3 +402,6 @@ def test_scan_zoo_measures_a_population_and_fits_the_calibration_on_the_developm
     assert code == 0 and [m["mm-bd"] for m in again["models"]] == [m["mm-bd"] for m in doc["models"]]
     # its calibration file is what `scan --calibration` reads
     assert set(load_calibrations(str(tmp_path / "pop" / "calibration.json"))) == {"mm-bd"}
+    # every zoo model trained here records the PyTorch thread count it trained with
+    manifests = [json.loads(p.read_text()) for p in Path(zoo_cache).glob("seed*/manifest.json")]
+    assert manifests and all(isinstance(m["torch_threads"], int) and m["torch_threads"] >= 1 for m in manifests)

@@ -75,8 +75,8 @@ def summarize(scanner: str, scan) -> ScanSummary:
 
 # what the sigmoid reads of each scanner's score: MM-BD's -log10 p is heavy-tailed (a planted
 # target can reach p = 1e-260), and one such model flattens a fit on it, so the fit reads
-# ln(1 + score); chosen on the development part, whose fit on the raw score put every clean model
-# at a probability above one half
+# ln(1 + score); chosen on the development part, where it fits with a lower cross-entropy than the
+# raw score and puts 5 of its 8 BadNets above one half where the raw score puts 1
 TRANSFORMS = {"nc": "identity", "mm-bd": "log1p"}
 
 
