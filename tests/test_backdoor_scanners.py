@@ -13,13 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ZOO_CELL, assert_one_line_error, poisoned_training_set, run_cli, shuffled_digits
+from conftest import (
+    FULL_MODEL,
+    ZOO_CELL,
+    assert_one_line_error,
+    needs_full_model,
+    poisoned_training_set,
+    run_cli,
+    shuffled_digits,
+)
 from torch import nn
 
 from goodnet.errors import DataError, SettingsError
 from goodnet.inspection.max_margin import margin_loss, margin_p_value, max_margin_scan
 from goodnet.io.data import ImageSet, save_images
-from goodnet.io.model_files import save_model
+from goodnet.io.model_files import load_model, save_model
 from goodnet.measure.scanner_population import (
     Calibration,
     Member,
@@ -170,6 +178,15 @@ def test_a_clean_model_is_not_flagged_and_a_planted_backdoor_is_with_its_target(
     assert bad.p_value < 1e-3 < clean.p_value
     # the target's reachable margin stands out: far above every other label's
     assert bad.statistics[0] > 1.5 * np.delete(bad.statistics, 0).max()
+
+
+@needs_full_model
+def test_a_real_third_party_badnet_is_flagged_by_mm_bd():
+    # the course's backdoored MNIST classifier (Keras 2.3.1, softmax head, inputs in [0, 1], trigger
+    # unknown to us, rarely predicts 0): its label 0 reaches a margin far beyond the other nine
+    scan = max_margin_scan(load_model(FULL_MODEL), (1, 28, 28), (0.0, 1.0))
+    assert scan.flagged and scan.target == 0 and scan.p_value < 1e-6
+    assert scan.statistics[0] > 3 * np.delete(scan.statistics, 0).max()
 
 
 def test_scan_command_runs_both_scanners_and_gives_a_calibrated_probability(digits_models, tmp_path, capsys):
