@@ -24,7 +24,7 @@ from .defend import defend
 from .errors import GoodnetError, SettingsError
 from .grid import GridCell, GridRunner, check_ray_address, finished, forget, run_context, run_grid
 from .inspection.strip import StripSettings
-from .io.model_files import ModelSource
+from .io.model_files import ModelSource, manifest_arch, manifest_path
 from .io.output_dir import check_output_dir, claim_state_dir
 from .repairs import Repair
 from .repairs.do_no_harm import DEFAULT_HOLDOUT, DEFAULT_MAX_DROP
@@ -104,7 +104,7 @@ def read_manifest(path: str) -> list[BatchEntry]:
             raise SettingsError(f"{where}: no model file")
 
         def resolved(value: str) -> str | None:
-            return None if not value else (value if os.path.isabs(value) else os.path.join(base, value))
+            return manifest_path(value, base) if value else None
 
         model = resolved(row["model"])
         name = _safe_name(row.get("name") or os.path.splitext(os.path.basename(row["model"]))[0])
@@ -113,9 +113,7 @@ def read_manifest(path: str) -> list[BatchEntry]:
         if name.lower() in names:  # case-insensitive: the folders must differ on every file system
             raise SettingsError(f"{where}: the name '{name}' is used twice; give each row its own 'name'")
         names.add(name.lower())
-        arch = row.get("arch") or None
-        if arch and arch.lower().endswith((".json", ".h5", ".hdf5", ".keras")):
-            arch = resolved(arch)
+        arch = manifest_arch(row["arch"], base) if row.get("arch") else None
         entries.append(
             BatchEntry(
                 name=name,

@@ -116,13 +116,7 @@ def scan_files(
     claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS  # a caller's claim stays the caller's
     check_output_dir(out_dir, marker=SCAN_MARKER, claim=True, inputs=source.input_files() + [clean_path])
     try:
-        clean = load_images(clean_path, input_scale)
-        model = source.load_backdoored(clean.image_shape)
-        check_fits_model(clean, model.input_shape, model.num_classes, "clean-valid")
-        check_input_range(clean, trained_range(model), "clean-valid")
-        sanity = SanityCheck.of(predict(model, clean.x), clean, int(model.num_classes), force)
-        if not sanity.above_chance and not force:
-            raise DataError(sanity.refusal(clean.value_range))
+        model, clean = _checked_model(source, clean_path, input_scale, force)
         scans = run_scanners(model, clean, scanners, seed, progress, settings)
         summaries = {name: summarize(name, scan) for name, scan in scans.items()}
         probabilities = {
@@ -157,6 +151,28 @@ def scan_files(
     finally:  # written, refused or interrupted: the output is free again
         if not claimed_before:
             release_output(out_dir)
+
+
+def _checked_model(source: ModelSource, clean_path: str, input_scale: float, force: bool):
+    """B and its clean images, loaded and checked: the images fit B (shape, labels, B's recorded
+    range) and B is clearly better than chance on them (unless `force`)."""
+    clean = load_images(clean_path, input_scale)
+    model = source.load_backdoored(clean.image_shape)
+    check_fits_model(clean, model.input_shape, model.num_classes, "clean-valid")
+    check_input_range(clean, trained_range(model), "clean-valid")
+    sanity = SanityCheck.of(predict(model, clean.x), clean, int(model.num_classes), force)
+    if not sanity.above_chance and not force:
+        raise DataError(sanity.refusal(clean.value_range))
+    return model, clean
+
+
+@contextlib.contextmanager
+def _naming(name: str):
+    """A GoodnetError raised inside, re-raised with `name` (which model of a population) first."""
+    try:
+        yield
+    except GoodnetError as e:
+        raise type(e)(f"{name}: {e}") from None
 
 
 def _checked_scan_options(seed, scanners, settings: dict) -> tuple[int, tuple[str, ...]]:
@@ -325,29 +341,14 @@ def scan_manifest(
     claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS
     check_output_dir(out_dir, marker=POPULATION_MARKER, claim=True, inputs=inputs)
     try:
-        members: list[Member] = []
-        summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
-        for index, entry in enumerate(entries, 1):
-            try:
-                clean = load_images(entry.clean_valid, entry.input_scale)
-                model = entry.source.load_backdoored(clean.image_shape)
-                check_fits_model(clean, model.input_shape, model.num_classes, "clean_valid")
-                check_input_range(clean, trained_range(model), "clean_valid")
-                sanity = SanityCheck.of(predict(model, clean.x), clean, int(model.num_classes), force)
-                if not sanity.above_chance and not force:
-                    raise DataError(sanity.refusal(clean.value_range))
+        for entry in entries:  # every model loads and fits its data before the first (long) scan
+            with _naming(entry.name):
+                model, _ = _checked_model(entry.source, entry.clean_valid, entry.input_scale, force)
                 if entry.target is not None and entry.target >= model.num_classes:
                     raise SettingsError(
                         f"target {entry.target} is not a label of a model with {model.num_classes} classes"
                     )
-                for scanner in scanners:
-                    label = f"{scanner} {index}/{len(entries)} {entry.name}" if progress else None
-                    scans = run_scanners(model, clean, (scanner,), seed, label, settings if scanner == "nc" else {})
-                    summaries[scanner].append(summarize(scanner, scans[scanner]))
-            except GoodnetError as e:  # which model of the manifest, then the reason
-                raise type(e)(f"{entry.name}: {e}") from None
-            members.append(Member(entry.name, entry.backdoored, entry.target))
-        provenance = {
+        provenance = {  # the files' records as they were read, before any scan
             "manifest": file_record(manifest),
             "models": [
                 {
@@ -361,6 +362,16 @@ def scan_manifest(
             "seed": seed,
             "force": force,
         }
+        members: list[Member] = []
+        summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
+        for index, entry in enumerate(entries, 1):
+            with _naming(entry.name):
+                model, clean = _checked_model(entry.source, entry.clean_valid, entry.input_scale, force)
+                for scanner in scanners:
+                    label = f"{scanner} {index}/{len(entries)} {entry.name}" if progress else None
+                    scans = run_scanners(model, clean, (scanner,), seed, label, settings if scanner == "nc" else {})
+                    summaries[scanner].append(summarize(scanner, scans[scanner]))
+            members.append(Member(entry.name, entry.backdoored, entry.target))
         return _measured(
             out_dir,
             None,
@@ -371,7 +382,7 @@ def scan_manifest(
             False,
             provenance,
             settings,
-            manifest=file_record(manifest),
+            manifest=provenance["manifest"],
         )
     finally:
         if not claimed_before:

@@ -261,7 +261,8 @@ def test_scan_population_measures_the_scanners_over_a_manifest_of_the_users_mode
     manifest.write_text(
         'clean_valid = "clean.h5"\n\n'
         '[[model]]\nmodel = "models/backdoored.safetensors"\nbackdoored = true\ntarget = 0\n\n'
-        '[[model]]\nname = "reference"\nmodel = "models/clean.safetensors"\nbackdoored = false\n'
+        '[[model]]\nname = "reference"\nmodel = "models/clean.safetensors"\nbackdoored = false\n\n'
+        '[[model]]\nname = "same | target unknown"\nmodel = "models/backdoored.safetensors"\nbackdoored = true\n'
     )
     out = tmp_path / "pop"
     code, stdout, err = run_cli(
@@ -270,18 +271,18 @@ def test_scan_population_measures_the_scanners_over_a_manifest_of_the_users_mode
     assert code == 0, err
     doc = json.loads((out / "population.json").read_text())
     mm = doc["measures"]["mm-bd"]
-    assert (mm["models"], mm["backdoored"], mm["clean"]) == (2, 1, 1)
-    assert mm["roc_auc"] == 1.0 and mm["clean_flagged"] == 0 and mm["backdoored_flagged"] == 1
-    assert mm["target_named"] == 1 and mm["single_target_models"] == 1
-    assert [m["name"] for m in doc["models"]] == ["backdoored.safetensors", "reference"]
+    assert (mm["models"], mm["backdoored"], mm["clean"]) == (3, 2, 1)
+    assert mm["roc_auc"] == 1.0 and mm["clean_flagged"] == 0 and mm["backdoored_flagged"] == 2
+    assert mm["target_named"] == 1 and mm["single_target_models"] == 1  # the third names no target
+    assert [m["name"] for m in doc["models"]] == ["backdoored.safetensors", "reference", "same | target unknown"]
     assert doc["zoo_part"] is None and doc["manifest"]["path"] == str(manifest)
     assert not doc["calibration_fitted_here"] and "calibration.json" not in stdout
-    assert [m["clean_valid"]["path"] for m in doc["provenance"]["models"]] == [str(tmp_path / "mine" / "clean.h5")] * 2
+    assert [m["clean_valid"]["path"] for m in doc["provenance"]["models"]] == [str(tmp_path / "mine" / "clean.h5")] * 3
     report = (out / "report.md").read_text()
-    assert (
-        report.startswith("# goodnet: scanners measured on `models.toml`") and "| MM-BD | 2 (1 / 1) | 1.000" in report
-    )
-    assert "| MM-BD | 2 (1 / 1) | 1.000" in stdout and (out / "report.html").exists()
+    assert report.startswith("# goodnet: scanners measured on `models.toml`")
+    assert "| `same \\| target unknown` | backdoored (no single target given) |" in report
+    assert "| MM-BD | 3 (2 / 1) | 1.000" in report and "| MM-BD | 3 (2 / 1) | 1.000" in stdout
+    assert (out / "report.html").exists()
 
 
 @pytest.mark.parametrize(
@@ -309,6 +310,16 @@ def test_scan_population_measures_the_scanners_over_a_manifest_of_the_users_mode
             "a clean model has no `target`",
         ),
         ("clean_valid = \n", "not a valid TOML file"),
+        (
+            'clean_valid = "clean.h5"\narch = "gone.json"\n[[model]]\nmodel = "models/clean.safetensors"\n'
+            "backdoored = false\n",
+            "model 1: arch '{folder}/gone.json': no such file",
+        ),
+        (
+            'input_scale = 0\nclean_valid = "clean.h5"\n[[model]]\nmodel = "models/clean.safetensors"\n'
+            "backdoored = false\n",
+            "top level: input scale must be a positive number",
+        ),
         ('clean_valid = "clean.h5"\n', "lists no models"),
         (
             'clean_valid = "clean.h5"\n[[model]]\nmodel = "models/clean.safetensors"\nbackdoored = false\n'
@@ -324,7 +335,8 @@ def test_a_bad_population_manifest_is_refused_in_one_line_naming_the_entry(
     path = tmp_path / "mine" / "models.toml"
     path.write_text(manifest)
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, ["scan", "--population", path, "--scanner", "mm-bd", "--out", out, "--quiet"])
+    # with progress on: one line only, so no model was scanned before the refusal
+    code, _, err = run_cli(capsys, ["scan", "--population", path, "--scanner", "mm-bd", "--out", out])
     assert_one_line_error(code, err, message.format(folder=tmp_path / "mine"))
     assert not out.exists()
 

@@ -312,13 +312,13 @@ def _add_scan(sub) -> None:
         "over your own models listed in a TOML manifest.",
     )
     add_device_option(p)
-    p.add_argument("--model", default=None, help=f"B: {MODEL_HELP} (required unless --zoo)")
+    p.add_argument("--model", default=None, help=f"B: {MODEL_HELP} (required unless --zoo or --population)")
     add_model_options(p)
     add_data_option(
         p,
         "clean_valid",
         "clean images for Neural Cleanse to reverse triggers on, and to check B on (.h5 data/label or "
-        ".npz x/y; required unless --zoo); no poisoned data is needed",
+        ".npz x/y; required unless --zoo or --population); no poisoned data is needed",
     )
     add_input_scale_option(p)
     p.add_argument(

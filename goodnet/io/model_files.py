@@ -249,7 +249,7 @@ def _load_script(path: str, input_shape: tuple[int, ...] | None) -> nn.Module:
 
 
 def _keras_weights_model(path: str, arch: str, input_shape, input_divisor: float) -> nn.Module:
-    if arch.lower().endswith((".json",) + KERAS_SUFFIXES):  # architecture from another file
+    if names_arch_file(arch):  # architecture from another file
         return load_keras_model(
             path,
             graph=read_architecture(arch),
@@ -472,9 +472,26 @@ class ModelSource:
     @property
     def keras_config(self) -> dict[str, Any] | None:
         """The raw Keras description of the architecture file given for a weights-only Keras file."""
-        if self.is_keras and self.arch and self.arch.lower().endswith((".json",) + KERAS_SUFFIXES):
+        if self.is_keras and self.arch and names_arch_file(self.arch):
             return read_keras_config(self.arch)
         return None
+
+
+def manifest_path(value: str, base: str) -> str:
+    """A path read from a manifest in the folder `base`: as written when absolute, else under `base`."""
+    return value if os.path.isabs(value) else os.path.join(base, value)
+
+
+def names_arch_file(arch: str) -> bool:
+    """Whether an `arch` value names an architecture file (.json or a Keras file, by its suffix)
+    rather than a built-in architecture."""
+    return arch.lower().endswith((".json",) + KERAS_SUFFIXES)
+
+
+def manifest_arch(arch: str, base: str) -> str:
+    """An `arch` read from a manifest in the folder `base`: an architecture file under `base`, or a
+    built-in architecture's name as written."""
+    return manifest_path(arch, base) if names_arch_file(arch) else arch
 
 
 def model_source(source: Any) -> ModelSource:

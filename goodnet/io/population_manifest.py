@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from ..errors import DataError, SettingsError, shown_path
 from .data import checked_scale, shown
 from .file_checks import check_input_file, input_file_problem
-from .model_files import KERAS_SUFFIXES, ModelSource
+from .model_files import ModelSource, manifest_arch, manifest_path, names_arch_file
 
 try:
     import tomllib
@@ -77,6 +77,7 @@ def read_population(path: str | os.PathLike, trust_code: bool = False) -> list[P
     if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
         raise SettingsError(f"{where}: lists no models: add one [[model]] table per model")
     defaults = {key: document[key] for key in DEFAULT_KEYS if key in document}
+    _check_values(f"{where}: top level", defaults)
     entries = [_entry(where, folder, index, table, defaults, trust_code) for index, table in enumerate(models, 1)]
     names = [e.name for e in entries]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -99,9 +100,7 @@ def _entry(where: str, folder: str, index: int, table: dict, defaults: dict, tru
     for key in ("model", "backdoored", "clean_valid"):
         if key not in merged:
             raise SettingsError(f"{label}: needs `{key}`")
-    for key in ("name", "model", "clean_valid", "arch", "factory"):
-        if key in merged and (not isinstance(merged[key], str) or not merged[key]):
-            raise SettingsError(f"{label}: `{key}` must be a non-empty string, not {shown(merged[key])}")
+    _check_values(label, table)
     backdoored = merged["backdoored"]
     if not isinstance(backdoored, bool):
         raise SettingsError(f"{label}: `backdoored` must be true or false, not {shown(backdoored)}")
@@ -111,20 +110,13 @@ def _entry(where: str, folder: str, index: int, table: dict, defaults: dict, tru
             raise SettingsError(f"{label}: `target` must be a label (a whole number >= 0), not {shown(target)}")
         if not backdoored:
             raise SettingsError(f"{label}: a clean model has no `target`")
-    try:
-        scale = checked_scale(merged.get("input_scale", 1.0))
-    except DataError as e:
-        raise SettingsError(f"{label}: {e}") from None
-
-    def resolved(value: str) -> str:
-        return value if os.path.isabs(value) else os.path.join(folder, value)
-
-    model_path = resolved(merged["model"])
-    clean_path = resolved(merged["clean_valid"])
-    arch = merged.get("arch")
-    if arch is not None and ("/" in arch or os.sep in arch or arch.lower().endswith((".json",) + KERAS_SUFFIXES)):
-        arch = resolved(arch)  # an architecture file, relative to the manifest like every path
-    for role, file, what in (("model", model_path, "a model file"), ("clean_valid", clean_path, "a data file")):
+    model_path = manifest_path(merged["model"], folder)
+    clean_path = manifest_path(merged["clean_valid"], folder)
+    arch = manifest_arch(merged["arch"], folder) if "arch" in merged else None
+    files = [("model", model_path, "a model file"), ("clean_valid", clean_path, "a data file")]
+    if arch is not None and names_arch_file(arch):
+        files.append(("arch", arch, "an architecture file"))
+    for role, file, what in files:
         problem = input_file_problem(file, what)
         if problem is not None:
             raise SettingsError(f"{label}: {role} {shown_path(file)}: {problem}")
@@ -135,5 +127,17 @@ def _entry(where: str, folder: str, index: int, table: dict, defaults: dict, tru
         clean_valid=clean_path,
         backdoored=backdoored,
         target=None if target is None else int(target),
-        input_scale=scale,
+        input_scale=float(merged.get("input_scale", 1.0)),
     )
+
+
+def _check_values(label: str, table: dict) -> None:
+    """The path and name keys of `table` non-empty strings, its input_scale a positive number."""
+    for key in ("name", "model", "clean_valid", "arch", "factory"):
+        if key in table and (not isinstance(table[key], str) or not table[key]):
+            raise SettingsError(f"{label}: `{key}` must be a non-empty string, not {shown(table[key])}")
+    if "input_scale" in table:
+        try:
+            checked_scale(table["input_scale"])
+        except DataError as e:
+            raise SettingsError(f"{label}: {e}") from None

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..io.output_dir import atomic_directory
 from .html_page import write_page
+from .tables import cell_text
 
 BATCH_MARKER = "batch.json"
 COLUMNS = [
@@ -110,7 +111,7 @@ def _cell(value: Any) -> str:
         return "–"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value).replace("|", "\\|")
+    return cell_text(value)
 
 
 def batch_table(rows: list[dict[str, Any]]) -> str:

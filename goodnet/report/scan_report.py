@@ -12,6 +12,7 @@ from ..io.output_dir import atomic_directory
 from ..measure.scanner_population import save_calibrations
 from .html_page import write_page
 from .plots import plot_mask_norms, plot_triggers
+from .tables import cell_text
 
 SCAN_MARKER = "scan.json"
 SCAN_NOTE = (
@@ -134,15 +135,17 @@ POPULATION_NOTE = (
     "(1 separates them perfectly, 0.5 is chance). Cross-entropy: of the calibrated probability against "
     "the truth (natural log; lower is better; 0.693 is a constant 0.5). Flagged: at the scanner's own "
     "operating point (anomaly index above 2; p-value at or below 0.05); 'probability >= 0.5': at the "
-    "calibrated operating point instead. Target named: single-target "
-    "BadNets flagged with the attacker's target as the first suspect (all-to-all BadNets have no single "
-    "target and are left out of it)."
+    "calibrated operating point instead. Target named: backdoored models with one known target, "
+    "flagged with that target as the first suspect."
 )
 ZOO_NOTE = (
-    " Every model trained on poisoned data counts as backdoored, also one whose ASR stayed under the "
+    " All-to-all BadNets have no single target and are left out of 'target named'. Every model trained on poisoned data counts as backdoored, also one whose ASR stayed under the "
     "zoo's 90 % bar (its ASR is listed); the clean models are trained alike with nothing poisoned."
 )
-MANIFEST_NOTE = " Which models are backdoored, and their targets, are the manifest's answers."
+MANIFEST_NOTE = (
+    " Which models are backdoored, and their targets, are the manifest's answers; a backdoored model "
+    "given no `target` is left out of 'target named'."
+)
 
 
 def shown_name(manifest: dict[str, Any] | None) -> str:
@@ -177,8 +180,11 @@ def population_table(measures: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def population_rows(members, summaries: dict[str, list[Any]], calibrations: dict[str, Any]) -> str:
-    """One row per model: the truth and each scanner's score, probability and suspects."""
+def population_rows(
+    members, summaries: dict[str, list[Any]], calibrations: dict[str, Any], no_target: str = "all-to-all"
+) -> str:
+    """One row per model: the truth and each scanner's score, probability and suspects. `no_target`
+    says what a backdoored model without a single target is (the zoo's: all-to-all)."""
     names = list(summaries)
     header = "| model | truth | " + " | ".join(f"{n} score | {n} probability | {n} flagged (suspects)" for n in names)
     lines = [header + " |", "|" + "---|" * (2 + 3 * len(names))]
@@ -186,11 +192,11 @@ def population_rows(members, summaries: dict[str, list[Any]], calibrations: dict
         truth = (
             "clean"
             if not member.backdoored
-            else (f"backdoored (target {member.target})" if member.target is not None else "backdoored (all-to-all)")
+            else (f"backdoored (target {member.target})" if member.target is not None else f"backdoored ({no_target})")
         )
         if member.asr is not None:
             truth += f", ASR {member.asr:.1f} %" + ("" if member.meets_bar in (True, None) else ", under the zoo's bar")
-        cells = [f"`{member.name}`", truth]
+        cells = [f"`{cell_text(member.name)}`" if "`" not in member.name else cell_text(member.name), truth]
         for n in names:
             s = summaries[n][i]
             p = f"{calibrations[n].probability(s.score):.2f}" if n in calibrations else "n/a"
@@ -260,7 +266,9 @@ def write_population(
         "",
         "## Every model",
         "",
-        population_rows(members, summaries, calibrations),
+        population_rows(
+            members, summaries, calibrations, "all-to-all" if part is not None else "no single target given"
+        ),
         "",
     ]
     with atomic_directory(out_dir, marker=POPULATION_MARKER) as stage:

@@ -3,6 +3,7 @@ rules' choices when the repair selected from a pruning curve."""
 
 from __future__ import annotations
 
+from ..errors import one_line
 from ..measure.measurement import Measurement
 
 ORACLE_NOTE = (
@@ -23,6 +24,11 @@ SUMMARY_NOTE = (
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
+
+
+def cell_text(text: object) -> str:
+    """`text` as one Markdown table cell: one line (control characters escaped), `|` escaped."""
+    return one_line(str(text)).replace("|", "\\|")
 
 
 def _row(cells: list[str]) -> str:
