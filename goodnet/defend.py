@@ -14,10 +14,9 @@ from .devices import compute_device
 from .errors import SettingsError
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
-from .io import output_dir
 from .io.data import load_sets, trained_range
 from .io.model_files import ModelSource
-from .io.output_dir import check_output_dir, release_output
+from .io.output_dir import held_output
 from .io.repaired_files import ModelExports
 from .io.role_checks import role_warnings
 from .measure import Measurement, RunInputs, run_repair
@@ -43,13 +42,8 @@ def defend(spec: DefenseSpec) -> DefenseRun:
     clean validation data, so a user without poisoned data sees whether the anomaly index fell."""
     if not isinstance(spec, DefenseSpec):
         raise SettingsError(f"defend takes a DefenseSpec (see DefenseSpec.build), not {type(spec).__name__}")
-    claimed_before = os.path.abspath(spec.out_dir) in output_dir._CLAIMS  # a caller's claim stays the caller's
-    check_output_dir(spec.out_dir, claim=True, inputs=spec.input_files())  # before any work
-    try:
+    with held_output(spec.out_dir, inputs=spec.input_files()):  # before any work
         return _defend(spec)
-    finally:  # written, refused or interrupted: the output is free again
-        if not claimed_before:
-            release_output(spec.out_dir)
 
 
 def defend_files(

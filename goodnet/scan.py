@@ -25,10 +25,9 @@ from .errors import DataError, GoodnetError, OutputError, SettingsError
 from .inference import predict
 from .inspection.max_margin import MARGIN_DEFAULTS, max_margin_scan
 from .inspection.trigger_reversal import reverse_triggers
-from .io import output_dir
 from .io.data import as_path, check_fits_model, check_input_range, checked_scale, load_images, shown, trained_range
 from .io.model_files import ModelSource, load_model, model_source
-from .io.output_dir import check_output_dir, file_sha256, release_output
+from .io.output_dir import file_sha256, held_output
 from .measure.sanity import SanityCheck
 from .measure.scanner_population import (
     SCANNERS,
@@ -113,9 +112,7 @@ def scan_files(
     seed, scanners = _checked_scan_options(seed, scanners, settings)
     calibration_path = None if calibration is None else as_path(calibration, "calibration")
     calibrations = load_calibrations(calibration_path)
-    claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS  # a caller's claim stays the caller's
-    check_output_dir(out_dir, marker=SCAN_MARKER, claim=True, inputs=source.input_files() + [clean_path])
-    try:
+    with held_output(out_dir, SCAN_MARKER, source.input_files() + [clean_path]):  # a refusal leaves it free
         model, clean = _checked_model(source, clean_path, input_scale, force)
         scans = run_scanners(model, clean, scanners, seed, progress, settings)
         summaries = {name: summarize(name, scan) for name, scan in scans.items()}
@@ -148,9 +145,6 @@ def scan_files(
             calibrations={name: calibrations[name] for name in probabilities},
         )
         return ScanRun(scans.get("nc"), document, model, scans.get("mm-bd"), summaries, probabilities)
-    finally:  # written, refused or interrupted: the output is free again
-        if not claimed_before:
-            release_output(out_dir)
 
 
 def _checked_model(source: ModelSource, clean_path: str, input_scale: float, force: bool):
@@ -271,9 +265,7 @@ def scan_zoo(
         raise SettingsError("the development part fits its own calibration: give --calibration with another part")
     calibrations = {} if fit else load_calibrations(calibration_path)
     cache_dir = cache_dir or default_cache_dir("zoo")
-    claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS
-    check_output_dir(out_dir, marker=POPULATION_MARKER, claim=True, inputs=[cache_dir])
-    try:
+    with held_output(out_dir, POPULATION_MARKER, [cache_dir]):
         members: list[Member] = []
         summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
         for index, (badnet, backdoored, target) in enumerate(population, 1):
@@ -305,9 +297,6 @@ def scan_zoo(
             calibrations = {name: calibrate(name, summaries[name], truth, described) for name in scanners}
         provenance = {"zoo_part": part, "only": list(only or []), "seed": seed}
         return _measured(out_dir, part, members, summaries, calibrations, calibration_path, fit, provenance, settings)
-    finally:
-        if not claimed_before:
-            release_output(out_dir)
 
 
 def scan_manifest(
@@ -338,9 +327,7 @@ def scan_manifest(
     calibration_path = None if calibration is None else as_path(calibration, "calibration")
     calibrations = load_calibrations(calibration_path)
     inputs = [manifest] + [f for e in entries for f in e.source.input_files() + [e.clean_valid]]
-    claimed_before = os.path.abspath(out_dir) in output_dir._CLAIMS
-    check_output_dir(out_dir, marker=POPULATION_MARKER, claim=True, inputs=inputs)
-    try:
+    with held_output(out_dir, POPULATION_MARKER, inputs):
         for entry in entries:  # every model loads and fits its data before the first (long) scan
             with _naming(entry.name):
                 model, _ = _checked_model(entry.source, entry.clean_valid, entry.input_scale, force)
@@ -384,9 +371,6 @@ def scan_manifest(
             settings,
             manifest=provenance["manifest"],
         )
-    finally:
-        if not claimed_before:
-            release_output(out_dir)
 
 
 def _measured(

@@ -195,6 +195,13 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
     if args.zoo is not None and args.population is not None:
         raise SettingsError("give --zoo or --population, not both")
+    # what a population scan takes alike over the zoo and over a manifest
+    population_options = {
+        "scanners": scanners,
+        "calibration": args.calibration,
+        "seed": args.seed,
+        "progress": not args.quiet,
+    }
     if args.population is not None:
         refuse_given(
             (("--only", args.only is not None), ("--cache-dir", args.cache_dir is not None)),
@@ -203,10 +210,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
         doc = scan_manifest(
             args.population,
             args.out,
-            scanners=scanners,
-            calibration=args.calibration,
-            seed=args.seed,
-            progress=not args.quiet,
+            **population_options,
             force=args.force,
             trust_code=args.trust_model_code,
             **({"schedule": args.scan_schedule} if "nc" in scanners else {}),
@@ -218,12 +222,9 @@ def cmd_scan(args: argparse.Namespace) -> None:
         doc = scan_zoo(
             args.zoo,
             args.out,
-            scanners=scanners,
+            **population_options,
             cache_dir=args.cache_dir,
             only=args.only,
-            calibration=args.calibration,
-            seed=args.seed,
-            progress=not args.quiet,
             schedule=args.scan_schedule,
         )
     if args.zoo is not None or args.population is not None:

@@ -372,6 +372,20 @@ def check_output_dir(
 
 
 @contextlib.contextmanager
+def held_output(path: str, marker: str = MARKER, inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[None]:
+    """Check `path` as check_output_dir does and hold it for the block's whole work, so a refusal
+    comes before the work and a second run is refused meanwhile; when the block ends (written,
+    refused or interrupted) the output is free again, unless a caller held it already."""
+    claimed_before = os.path.abspath(path) in _CLAIMS  # a caller's claim stays the caller's
+    check_output_dir(path, marker, claim=True, inputs=inputs)
+    try:
+        yield
+    finally:
+        if not claimed_before:
+            release_output(path)
+
+
+@contextlib.contextmanager
 def atomic_directory(
     path: str, marker: str = MARKER, exclusive: bool = True, inputs: Iterable[str | os.PathLike | None] = ()
 ) -> Iterator[str]:
