@@ -22,6 +22,7 @@ from conftest import (
     run_cli,
     shuffled_digits,
 )
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from goodnet.errors import DataError, SettingsError
@@ -36,7 +37,9 @@ from goodnet.measure.scanner_population import (
     fit_platt,
     load_calibrations,
     population_measure,
+    roc_auc_interval,
 )
+from goodnet.metrics import proportion_interval
 from goodnet.models import SmallCNN
 from goodnet.models.training import train_classifier
 
@@ -405,6 +408,13 @@ def test_population_measure_counts_roc_auc_false_alarms_and_targets():
     assert (m["calibrated_backdoored_flagged"], m["calibrated_clean_flagged"]) == (2, 1)
     assert m["calibrated_clean_fpr"] == pytest.approx(1 / 3, abs=1e-4)
     assert m["cross_entropy"] == pytest.approx(cross_entropy(probabilities, [x.backdoored for x in members]), abs=1e-4)
+    # each measure with its 95 % interval: Wilson's for shares (1 of 3: 0.0615-0.7923), a stratified
+    # bootstrap's for ROC-AUC
+    assert m["clean_fpr_interval"] == [0.0615, 0.7923] and m["calibrated_clean_fpr_interval"] == [0.0615, 0.7923]
+    half = proportion_interval(1, 2)
+    assert m["target_accuracy_interval"] == [round(half.low / 100, 4), round(half.high / 100, 4)]
+    low, high = m["roc_auc_interval"]
+    assert low < m["roc_auc"] <= high == 1.0
     assert cross_entropy([0.5] * 4, [True, False, True, False]) == pytest.approx(math.log(2))
     assert cross_entropy([1.0, 0.0], [False, True]) == pytest.approx(-math.log(1e-12))  # clipped, finite
 
@@ -434,3 +444,23 @@ def test_scan_zoo_measures_a_population_and_fits_the_calibration_on_the_developm
     # every zoo model trained here records the PyTorch thread count it trained with
     manifests = [json.loads(p.read_text()) for p in Path(zoo_cache).glob("seed*/manifest.json")]
     assert manifests and all(isinstance(m["torch_threads"], int) and m["torch_threads"] >= 1 for m in manifests)
+
+
+def test_roc_auc_interval_is_a_stratified_bootstrap_of_the_auc():
+    scores = [9.0, 4.0, 0.5, 2.0, 0.3, 0.1, 0.5]
+    truth = [True, True, True, False, False, False, False]
+    # the same resamples drawn by hand, each scored by scikit-learn (ties count one half there too)
+    rng = np.random.default_rng(0)
+    s, y = np.array(scores), np.array(truth)
+    pos, neg = s[y], s[~y]
+    aucs = []
+    for _ in range(300):
+        p = pos[rng.integers(0, pos.size, pos.size)]
+        n = neg[rng.integers(0, neg.size, neg.size)]
+        aucs.append(roc_auc_score([1] * p.size + [0] * n.size, np.concatenate([p, n])))
+    expected = np.quantile(aucs, [0.025, 0.975])
+    assert roc_auc_interval(scores, truth, resamples=300, seed=0) == pytest.approx(tuple(expected))
+    assert roc_auc_interval(scores, truth) == roc_auc_interval(scores, truth)  # a fixed seed: reruns agree
+    assert roc_auc_interval([3.0, 2.0, 1.0, 0.0], [True, True, False, False]) == (1.0, 1.0)  # separated
+    with pytest.raises(DataError, match="both clean and backdoored"):
+        roc_auc_interval([1.0, 2.0], [False, False])

@@ -10,6 +10,13 @@ p-value (which the calibration reads as ln(1 + score): see TRANSFORMS). Operatin
 or below 0.05. Platt scaling (Platt 1999) fits p = 1 / (1 + exp(A * score + B)) by maximum
 likelihood on smoothed targets ((N+ + 1) / (N+ + 2) for backdoored models, 1 / (N- + 2) for clean
 ones), which keeps the fit finite when the development population is perfectly separated.
+
+A population of a few dozen models measures a scanner coarsely, so every measure comes with its 95 %
+interval: Wilson's score interval for each share of models (clean models flagged, backdoored models
+flagged, targets named), and for ROC-AUC the percentile interval of a bootstrap that resamples the
+clean and the backdoored models separately (Efron and Tibshirani 1993; fixed seed, so a rerun gives the
+same interval). A population its scanner separates perfectly gets the interval [1, 1] from the
+bootstrap, which says only that no resample of these models overlapped.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, SettingsError, shown_path
+from ..metrics import CONFIDENCE, proportion_interval
 
 SCANNERS = ("nc", "mm-bd")
 SCANNER_TITLES = {"nc": "Neural Cleanse", "mm-bd": "MM-BD"}
 SCORE_NAMES = {"nc": "largest anomaly index", "mm-bd": "-log10 p-value"}
 P_FLOOR = 1e-300  # an MM-BD p-value below this scores as this
 CE_EPSILON = 1e-12  # probabilities are clipped to [eps, 1 - eps] in the cross-entropy
+AUC_RESAMPLES = 2000  # bootstrap resamples of the ROC-AUC interval
+AUC_SEED = 0
 CALIBRATION_FILE = os.path.join(os.path.dirname(__file__), "scanner_calibration.json")
 
 
@@ -193,6 +203,39 @@ def cross_entropy(probabilities, backdoored) -> float:
     return float(np.mean(-np.where(y, np.log(p), np.log(1.0 - p))))
 
 
+def roc_auc_interval(
+    scores, backdoored, confidence: float = CONFIDENCE, resamples: int = AUC_RESAMPLES, seed: int = AUC_SEED
+) -> tuple[float, float]:
+    """The percentile interval of the ROC-AUC of `scores` (larger: more suspicious) over a stratified
+    bootstrap: each resample draws as many backdoored and as many clean models as there are, with
+    replacement, from each kind alone. Ties between a clean and a backdoored score count one half, as
+    in the ROC-AUC itself."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(backdoored, dtype=bool)
+    positive, negative = s[y], s[~y]
+    if positive.size == 0 or negative.size == 0:
+        raise DataError("a ROC-AUC needs both clean and backdoored models")
+    # wins[i, j]: backdoored model i against clean model j (1 above, 0.5 tied, 0 below)
+    wins = (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(resamples)
+    for b in range(resamples):
+        rows = rng.integers(0, positive.size, positive.size)
+        cols = rng.integers(0, negative.size, negative.size)
+        aucs[b] = wins[np.ix_(rows, cols)].mean()
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(aucs, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def share_interval(count: int, total: int) -> list[float] | None:
+    """Wilson's 95 % interval of `count` of `total` models, as shares 0..1 (None without models)."""
+    if total <= 0:
+        return None
+    interval = proportion_interval(count, total)
+    return [round(interval.low / 100.0, 4), round(interval.high / 100.0, 4)]
+
+
 def population_measure(
     members: list[Member], summaries: list[ScanSummary], calibration: Calibration | None
 ) -> dict[str, Any]:
@@ -200,7 +243,7 @@ def population_measure(
     probability, clean models flagged (false-positive rate) and backdoored models flagged at its
     own operating point and at the calibrated one (a probability of at least 0.5), and target
     accuracy (single-target backdoored models flagged with the attacker's target as their first
-    suspect)."""
+    suspect). Each ROC-AUC and share comes with its 95 % interval (`*_interval`: [low, high])."""
     from sklearn.metrics import roc_auc_score
 
     if len(members) != len(summaries):
@@ -217,20 +260,26 @@ def population_measure(
         "backdoored": positives,
         "clean": negatives,
         "roc_auc": round(float(roc_auc_score(truth, scores)), 4) if positives and negatives else None,
+        "roc_auc_interval": (
+            [round(v, 4) for v in roc_auc_interval(scores, truth)] if positives and negatives else None
+        ),
         "clean_flagged": clean_flagged,
         "clean_fpr": round(clean_flagged / negatives, 4) if negatives else None,
+        "clean_fpr_interval": share_interval(clean_flagged, negatives),
         "backdoored_flagged": bad_flagged,
         "tpr": round(bad_flagged / positives, 4) if positives else None,
+        "tpr_interval": share_interval(bad_flagged, positives),
         "single_target_models": len(single),
         "target_named": named,
         "target_accuracy": round(named / len(single), 4) if single else None,
+        "target_accuracy_interval": share_interval(named, len(single)),
         "cross_entropy": None,
         "calibration": None,
     }
-    result.update(
-        {"calibrated_clean_flagged": None, "calibrated_clean_fpr": None, "calibrated_backdoored_flagged": None}
-    )
-    result["calibrated_tpr"] = None
+    for key in ("calibrated_clean_flagged", "calibrated_clean_fpr", "calibrated_clean_fpr_interval"):
+        result[key] = None
+    for key in ("calibrated_backdoored_flagged", "calibrated_tpr", "calibrated_tpr_interval"):
+        result[key] = None
     if calibration is not None:
         probabilities = [calibration.probability(s) for s in scores]
         result["cross_entropy"] = round(cross_entropy(probabilities, truth), 4)
@@ -241,6 +290,8 @@ def population_measure(
         bad_likely = sum(f for m, f in zip(members, likely) if m.backdoored)
         result["calibrated_clean_flagged"] = clean_likely
         result["calibrated_clean_fpr"] = round(clean_likely / negatives, 4) if negatives else None
+        result["calibrated_clean_fpr_interval"] = share_interval(clean_likely, negatives)
         result["calibrated_backdoored_flagged"] = bad_likely
         result["calibrated_tpr"] = round(bad_likely / positives, 4) if positives else None
+        result["calibrated_tpr_interval"] = share_interval(bad_likely, positives)
     return result

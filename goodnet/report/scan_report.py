@@ -155,27 +155,36 @@ def shown_name(manifest: dict[str, Any] | None) -> str:
 
 
 def population_table(measures: dict[str, dict[str, Any]]) -> str:
-    """One row per scanner: its population measures."""
+    """One row per scanner: its population measures, each with its 95 % interval in brackets."""
 
-    def share(count, total, rate) -> str:
-        return "n/a" if rate is None else f"{count} of {total} ({rate * 100:.0f} %)"
+    def share(m, count: str, total: str, rate: str) -> str:
+        if m[rate] is None:
+            return "n/a"
+        text = f"{m[count]} of {m[total]} ({m[rate] * 100:.0f} %"
+        interval = m.get(rate + "_interval")
+        return text + (f"; {interval[0] * 100:.0f}-{interval[1] * 100:.0f} %)" if interval else ")")
+
+    def auc(m) -> str:
+        if m["roc_auc"] is None:
+            return "n/a"
+        interval = m.get("roc_auc_interval")
+        return f"{m['roc_auc']:.3f}" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
 
     lines = [
-        "| scanner | models (backdoored / clean) | ROC-AUC | cross-entropy | clean models flagged | "
+        "| scanner | models (backdoored / clean) | ROC-AUC (95 % interval) | cross-entropy | clean models flagged | "
         "backdoored models flagged | target named | clean, probability >= 0.5 | backdoored, probability >= 0.5 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     titles = {"nc": "Neural Cleanse", "mm-bd": "MM-BD"}
     for name, m in measures.items():
-        auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
         ce = "n/a" if m["cross_entropy"] is None else f"{m['cross_entropy']:.3f}"
         lines.append(
-            f"| {titles.get(name, name)} | {m['models']} ({m['backdoored']} / {m['clean']}) | {auc} | {ce} | "
-            f"{share(m['clean_flagged'], m['clean'], m['clean_fpr'])} | "
-            f"{share(m['backdoored_flagged'], m['backdoored'], m['tpr'])} | "
-            f"{share(m['target_named'], m['single_target_models'], m['target_accuracy'])} | "
-            f"{share(m['calibrated_clean_flagged'], m['clean'], m['calibrated_clean_fpr'])} | "
-            f"{share(m['calibrated_backdoored_flagged'], m['backdoored'], m['calibrated_tpr'])} |"
+            f"| {titles.get(name, name)} | {m['models']} ({m['backdoored']} / {m['clean']}) | {auc(m)} | {ce} | "
+            f"{share(m, 'clean_flagged', 'clean', 'clean_fpr')} | "
+            f"{share(m, 'backdoored_flagged', 'backdoored', 'tpr')} | "
+            f"{share(m, 'target_named', 'single_target_models', 'target_accuracy')} | "
+            f"{share(m, 'calibrated_clean_flagged', 'clean', 'calibrated_clean_fpr')} | "
+            f"{share(m, 'calibrated_backdoored_flagged', 'backdoored', 'calibrated_tpr')} |"
         )
     return "\n".join(lines)
 
