@@ -258,7 +258,7 @@ CASES = [
     ("eval-model-directory", _eval("{model_dir}"), "is a directory, not a model file"),
     # data files
     ("data-missing", _defend("{model}", "{dir}/absent.h5"), "no such file"),
-    ("data-directory", _defend("{model}", "{data_dir}"), "is a directory, not a data file"),
+    ("data-directory", _defend("{model}", "{data_dir}"), "a folder with no class sub-folders"),
     ("data-3d", _defend("{model}", "{d3}"), "expected 4 dimensions"),
     ("data-wrong-size", _defend("{model}", "{wide}"), "the model takes 1x28x28"),
     ("data-count-mismatch", _defend("{model}", "{count}"), "4 images but 3 labels"),

@@ -21,7 +21,10 @@ from goodnet.io.model_files import (
 )
 from goodnet.models import SmallCNN
 
-DATA_EXPECTED = "expected .h5/.hdf5 with data/label or .npz with x/y"
+DATA_EXPECTED = (
+    "expected .h5/.hdf5 with data/label, .npz with x/y, an image folder (one sub-folder of PNG/JPEG images per class), "
+    "CIFAR-10/100 binary batches (.bin), or .npy images with their labels beside"
+)
 MODEL_EXPECTED = "expected .safetensors, Keras .h5/.keras, or a PyTorch .pt/.pth file"
 ONNX_BYTES = b"\x08\x07\x3a\x00"  # ir_version 7 and an empty graph: the smallest file holds_onnx takes
 
@@ -77,7 +80,14 @@ def test_each_model_suffix_has_its_readers(suffix, readers):
 
 
 def test_listed_readers_and_the_formats_they_name():
-    assert [r.name for r in data_readers()] == ["hdf5", "npz"]
+    assert [r.name for r in data_readers()] == [
+        "hdf5",
+        "npz",
+        "image-folder",
+        "cifar-binary",
+        "python-pickle",
+        "npy-pair",
+    ]
     assert [r.name for r in model_readers()] == ["onnx", "safetensors", "keras", "torchscript", "pytorch"]
     assert DATA_READERS.formats() == DATA_EXPECTED[len("expected ") :]
     assert MODEL_READERS.formats() == MODEL_EXPECTED[len("expected ") :]
@@ -112,10 +122,12 @@ def test_renamed_hdf5_is_refused_as_its_suffix_says(tmp_path):
     assert DATA_READERS.choose(as_npz).name == "npz"  # the name says what was meant, not the bytes
     with pytest.raises(DataError, match=r"'.*d\.npz': not a \.npz file \(not a zip archive of arrays\)$"):
         load_images(as_npz)
-    as_bin = shutil.copy(original, tmp_path / "d.bin")
+    with pytest.raises(DataError, match="not a whole number of CIFAR-10"):  # .bin: a CIFAR batch's name
+        load_images(shutil.copy(original, tmp_path / "d.bin"))
+    as_dat = shutil.copy(original, tmp_path / "d.dat")
     with pytest.raises(DataError) as refused:
-        load_images(as_bin)
-    assert str(refused.value).endswith(f"d.bin': unknown data format ({DATA_EXPECTED})")
+        load_images(as_dat)
+    assert str(refused.value).endswith(f"d.dat': unknown data format ({DATA_EXPECTED})")
     with pytest.raises(ModelError, match="a PyTorch weights file; pass --factory package.module:function"):
         load_model(shutil.copy(original, tmp_path / "m.pt"))
     with pytest.raises(ModelError, match="not a readable safetensors file"):
@@ -154,7 +166,7 @@ def test_third_party_data_reader_is_found_by_suffix_then_removed(tmp_path):
         assert DATA_READERS.suffix_readers(".PIXELS") == ["pixels"]
         images = load_images(str(path))
         assert images.image_shape == (1, 2, 2) and images.y.tolist() == [0, 1] and images.x.max() == 8
-        with pytest.raises(DataError, match=r"expected \.h5/\.hdf5 with data/label, \.npz with x/y, or \.pixels text"):
+        with pytest.raises(DataError, match=r"\.npy images with their labels beside, or \.pixels text\)$"):
             load_images(str(tmp_path / "d.csv"))
         with pytest.raises(ValueError, match="taken"):
             register_data_reader("pixels", suffixes=(".px",))(lambda p: None)

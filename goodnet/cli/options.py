@@ -36,7 +36,8 @@ TRUST_HELP = (
     "a source you trust. No other model format holds code"
 )
 DATA_HELP = {
-    "clean_valid": "clean validation data (.h5 data/label or .npz x/y); the only data a repair decides on "
+    "clean_valid": "clean validation data (.h5 data/label, .npz x/y, an image folder, a CIFAR .bin batch or "
+    "a .npy pair: docs/formats.md); the only data a repair decides on "
     "(required by every repair but channels)",
     "poisoned_valid": "poisoned validation data (labels = attacker's targets); only oracle repairs read it, "
     "every repair is measured on it",

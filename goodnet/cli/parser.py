@@ -317,8 +317,8 @@ def _add_scan(sub) -> None:
     add_data_option(
         p,
         "clean_valid",
-        "clean images for Neural Cleanse to reverse triggers on, and to check B on (.h5 data/label or "
-        ".npz x/y; required unless --zoo or --population); no poisoned data is needed",
+        "clean images for the scanners and to check B on (any data format of docs/formats.md; required "
+        "unless --zoo or --population); no poisoned data is needed",
     )
     add_input_scale_option(p)
     p.add_argument(

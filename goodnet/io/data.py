@@ -34,6 +34,7 @@ class ImageSet:
     x: np.ndarray
     y: np.ndarray
     name: str = "data"
+    source: dict | None = None  # what the reader found: its format, image shape, layout, class names
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -229,14 +230,24 @@ def check_images(images, where: str) -> ImageSet:
 
 
 def load_images(path: str | os.PathLike, input_scale: float = 1.0, name: str | None = None) -> ImageSet:
-    """Read and check a labelled image file; divide pixel values by `input_scale`."""
+    """Read and check a labelled image file (or image folder); divide pixel values by `input_scale`.
+    The set's `source` records the reader, the image shape and what the reader found (layout, classes)."""
     path = as_path(path, "path")
     input_scale = checked_scale(input_scale)
     if name is not None and not isinstance(name, str):
         raise DataError(f"name must be text or None, not {shown(name)}")
-    check_input_file(path, "a data file", DataError)  # missing, a directory, a pipe or device, a broken link
-    x, y = check_arrays(*DATA_READERS.choose(path).read(path), shown_path(path))
-    return ImageSet(x=np.ascontiguousarray(_divided(x, input_scale, path)), y=y, name=name or os.path.basename(path))
+    if os.path.isdir(path):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise DataError(f"{shown_path(path)}: permission denied (goodnet may not read this folder)")
+    else:
+        check_input_file(path, "a data file", DataError)  # missing, a pipe or device, a broken link
+    reader = DATA_READERS.choose(path)
+    found = reader.read(path)
+    x, y = check_arrays(found[0], found[1], shown_path(path))
+    details = found[2] if len(found) > 2 else {}
+    source = {"format": reader.name, "image_shape": [int(d) for d in x.shape[1:]], **details}
+    x = np.ascontiguousarray(_divided(x, input_scale, path))
+    return ImageSet(x=x, y=y, name=name or os.path.basename(os.path.normpath(path)), source=source)
 
 
 def _divided(x: np.ndarray, input_scale: float, path: str) -> np.ndarray:
@@ -396,3 +407,6 @@ def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{shown_path(path)}: not a readable image ({exc})") from None
     return _divided(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), input_scale, path)
+
+
+from . import dataset_readers  # noqa: E402, F401  (registers the image folder, CIFAR and .npy readers)

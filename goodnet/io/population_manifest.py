@@ -117,6 +117,8 @@ def _entry(where: str, folder: str, index: int, table: dict, defaults: dict, tru
     if arch is not None and names_arch_file(arch):
         files.append(("arch", arch, "an architecture file"))
     for role, file, what in files:
+        if role == "clean_valid" and os.path.isdir(file):
+            continue  # an image folder: its reader checks it
         problem = input_file_problem(file, what)
         if problem is not None:
             raise SettingsError(f"{label}: {role} {shown_path(file)}: {problem}")

@@ -8,7 +8,8 @@ sniff matches, else the first that claims the suffix without testing content, el
 claimant, which refuses the file in its own words. A file whose content belongs to a reader of
 another suffix is never read as that format: its name says what the user meant, so a renamed file
 is refused as its suffix's format would refuse it. A suffix nobody claims is refused with the
-registry's message, which lists the formats the registered readers describe.
+registry's message, which lists the formats the registered readers describe. A path that is a
+folder goes to the folder readers alone (an image folder is data), in registration order.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Reader:
     sniff: Callable[[str], bool] | None = None  # a content test where no fixed bytes tell
     any_suffix: bool = False  # recognised by content under any name (magic or sniff required)
     describe: str | None = None  # how the unknown-format message names it; None: not named
+    directory: bool = False  # reads a folder (tried, in order, for a path that is a folder)
 
     def claims(self, lower: str) -> int:
         """The length of the longest suffix of this reader that ends `lower` (0: none)."""
@@ -102,6 +104,7 @@ class ReaderRegistry:
         sniff: Callable[[str], bool] | None = None,
         any_suffix: bool = False,
         describe: str | None = None,
+        directory: bool = False,
     ) -> Callable[[Callable], Callable]:
         """Decorator: register the function as the reader `name` (see the module's docstring). A name
         is taken once; the same function imported again (a module reloaded) replaces itself."""
@@ -116,15 +119,17 @@ class ReaderRegistry:
             raise TypeError(f"reader '{name}': magic is 1 to {_MAGIC_BYTES} leading bytes")
         if any_suffix and not (magic or sniff):
             raise TypeError(f"reader '{name}': a reader for any suffix needs magic or a sniff")
-        if not (suffixes or any_suffix):
+        if not (suffixes or any_suffix or directory):
             raise TypeError(f"reader '{name}': give the suffixes it reads, or any_suffix with a content test")
+        if directory and (suffixes or magic or any_suffix):
+            raise TypeError(f"reader '{name}': a folder reader has no suffixes or magic (a sniff may test the folder)")
 
         def add(read: Callable) -> Callable:
             old = self._readers.get(name)
             if old is not None and _origin(old.read) != _origin(read):
                 raise ValueError(f"{self.kind} reader name '{name}' is taken")
             self._readers[name] = Reader(
-                name, read, tuple(s.lower() for s in suffixes), tuple(magic), sniff, any_suffix, describe
+                name, read, tuple(s.lower() for s in suffixes), tuple(magic), sniff, any_suffix, describe, directory
             )
             return read
 
@@ -165,6 +170,11 @@ class ReaderRegistry:
     def choose(self, path: str) -> Reader:
         """The reader for `path` (see the module's docstring); the registry's error when none claims it."""
         path = os.fspath(path)
+        if os.path.isdir(path):
+            for reader in self._readers.values():
+                if reader.directory and (reader.sniff is None or reader.recognises(path, b"")):
+                    return reader
+            raise self.error(f"{shown_path(path)}: a folder, not a {self.kind} file (expected {self.formats()})")
         head = leading_bytes(path)
         for reader in self._readers.values():
             if reader.any_suffix and reader.recognises(path, head):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError, shown_path
 from .data import ImageSet
-from .output_dir import file_sha256
+from .output_dir import content_sha256
 
 # (first role, second role, what it means when they share images)
 OVERLAPS = (
@@ -38,11 +38,11 @@ def _same_file(a: str, b: str) -> bool:
     try:
         if os.path.samefile(a, b):
             return True
-        if os.path.getsize(a) != os.path.getsize(b):
+        if os.path.isdir(a) != os.path.isdir(b) or (not os.path.isdir(a) and os.path.getsize(a) != os.path.getsize(b)):
             return False
+        return content_sha256(a) == content_sha256(b)
     except OSError:
         return False
-    return file_sha256(a) == file_sha256(b)
 
 
 def _image_hashes(images: ImageSet) -> list[bytes]:

@@ -108,6 +108,7 @@ class Measurement:
     dead_channels: int | None = None  # a sweep's channels with mean activation 0 on clean validation data
     next_step: NextStep | None = None  # what to try when no B' removed the backdoor within its budget
     relearning: Relearning | None = None  # does the repair hold? (None: not asked)
+    data_formats: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> what its reader found
 
     @property
     def verdicts(self) -> tuple[Verdict, ...]:
@@ -228,6 +229,7 @@ def measure(
         models=tuple(models),
         sizes={role: len(images) for role, images in data.items()},
         value_range={role: [float(images.x.min()), float(images.x.max())] for role, images in data.items()},
+        data_formats={role: dict(images.source) for role, images in data.items() if images.source},
         timings={"repair": seconds, **(dict(curve.timings) if curve is not None else {})},
         inputs=dict(inputs.files),
         input_scale=float(inputs.input_scale),

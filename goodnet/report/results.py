@@ -43,6 +43,7 @@ def results_document(result: Measurement, files: dict[str, dict[str, str]]) -> d
         "inputs": result.inputs,
         "sizes": result.sizes,
         "value_range": result.value_range,
+        "data_formats": result.data_formats,
         "input_scale": result.input_scale,
         "sanity": None
         if result.sanity is None
