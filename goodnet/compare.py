@@ -23,7 +23,7 @@ from .grid import GridCell, GridRunner, check_ray_address, run_grid
 from .inspection.detection_scores import DetectionScore
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
-from .io.data import load_sets
+from .io.data import as_path, load_sets
 from .io.model_files import load_model
 from .io.output_dir import check_output_dir, claim_state_dir
 from .measure import run_repair
@@ -32,6 +32,7 @@ from .repairs import REPAIRS, Repair, build_repair, repair_names
 from .report.comparison import comparison_row, write_comparison
 from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, clean_reference_scores, default_cache_dir, zoo_badnet
 from .zoo.catalog import part_of, select_badnets
+from .zoo.config import ZooConfig, load_zoo_config
 
 
 def comparison_roster(names: Sequence[str] | None = None) -> list[Repair]:
@@ -89,9 +90,11 @@ def prepare_badnet(
     scan: bool = False,
     progress: bool = False,
     scan_schedule: str = "reference",
+    part: str | None = None,
 ) -> dict[str, Any]:
     """A grid cell of the first stage: the zoo BadNet (trained if not cached), STRIP's detection on
-    B, and (`scan`) the trigger scan of B, all shared by every repair of that BadNet."""
+    B, and (`scan`) the trigger scan of B, all shared by every repair of that BadNet. `part`: which
+    part of its zoo it belongs to (default: the built-in zoo's part of its seed)."""
     directory, manifest, reference = zoo_badnet(settings, cache_dir, progress)
     zoo = {
         "directory": directory,
@@ -99,7 +102,7 @@ def prepare_badnet(
         "clean_reference": reference,
         "meets_bar": manifest["meets_bar"],
         "attack": manifest["attack"],
-        "part": part_of(settings),
+        "part": part or part_of(settings),
         "settings": manifest["settings"],
     }
     sets, model = _zoo_files(directory)
@@ -134,7 +137,9 @@ def repair_badnet(
         )
         test = RelearnTest(relearn, load_model(reference), os.path.abspath(reference))
     result = run_repair(model, repair, sets, relearn=test)
-    row = comparison_row(settings, prepared["zoo"]["meets_bar"], result, DetectionScore(**prepared["strip"]))
+    row = comparison_row(
+        settings, prepared["zoo"]["meets_bar"], result, DetectionScore(**prepared["strip"]), prepared["zoo"]["part"]
+    )
     if scan:
         clean = sets["clean_valid"]
         after = reverse_triggers(result.models[0].repaired.model, clean, clean.value_range, schedule=scan_schedule)
@@ -156,13 +161,15 @@ def compare(
     state_dir: str | None = None,
     scan_schedule: str = "reference",
     relearn: RelearnSettings | None = None,
+    config: ZooConfig | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every repair on every zoo BadNet (trained first if not cached); (rows, zoo description).
     A grid of two stages (each BadNet, then each BadNet x repair), run by `runner`; every finished
     cell is kept in `state_dir` (a temporary folder when None), so a rerun with the same folder
     resumes. `scan`: also reverse triggers (Neural Cleanse, clean validation data only) of every B
     and every B', recording whether the scan names the true target and whether its index fell.
-    `relearn`: also the re-learning test of every B', each BadNet's clean reference model judging."""
+    `relearn`: also the re-learning test of every B', each BadNet's clean reference model judging.
+    `config`: the zoo the BadNets come from (default: the built-in one), which says their parts."""
     sequential = runner.ray is None and runner.workers == 1
     if not sequential:  # BadNets of one architecture share a clean reference: train each once, here
         for settings in badnets:
@@ -175,7 +182,13 @@ def compare(
                 GridCell(
                     f"badnet {s.label()}",
                     prepare_badnet,
-                    {"settings": s, "cache_dir": cache_dir, "scan": scan, "scan_schedule": scan_schedule},
+                    {
+                        "settings": s,
+                        "cache_dir": cache_dir,
+                        "scan": scan,
+                        "scan_schedule": scan_schedule,
+                        **({"part": config.part_of(s)} if config is not None else {}),
+                    },
                     {"progress": progress and sequential},
                     inputs=_prepare_inputs(s, cache_dir),
                 )
@@ -223,21 +236,27 @@ def run_comparison(
     scan: bool = False,
     scan_schedule: str = "reference",
     relearn: RelearnSettings | None = None,
+    config: str | os.PathLike | ZooConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Every repair of `repairs` (default: the comparison's roster) on every zoo BadNet of `part`
     (or those whose label holds one of `only`), the BadNets kept in `cache_dir` (default: the zoo
     cache), on a grid runner of `workers` processes, `threads` each, or on Ray at `ray`; write
     comparison.* into `out_dir` and return the rows. `relearn`: also the re-learning test of every
-    B' against its BadNet's clean reference model. Everything is checked before any training."""
+    B' against its BadNet's clean reference model. `config`: a zoo configuration file (or one
+    loaded) whose BadNets to compare instead of the built-in zoo's. Everything is checked before
+    any training."""
     roster = comparison_roster(repairs)
-    badnets = select_badnets(part, only)
+    if config is not None and not isinstance(config, ZooConfig):
+        config = load_zoo_config(as_path(config, "config", SettingsError, "a zoo configuration file path"))
+    badnets = select_badnets(part, only, config)
     if relearn is not None and not isinstance(relearn, RelearnSettings):
         raise SettingsError(f"relearn must be a RelearnSettings or None, not {type(relearn).__name__}")
     check_ray_address(ray)  # before any training: an unreachable cluster is refused at once
     runner = GridRunner(workers=workers, threads=threads, ray=ray)
     cache_dir = cache_dir or default_cache_dir("zoo")
-    check_output_dir(out_dir, marker="comparison.json", claim=True, inputs=[cache_dir])
-    state = claim_state_dir(out_dir, [cache_dir])
+    inputs = [cache_dir] + ([config.path, *(d["path"] for d in config.datasets.values())] if config else [])
+    check_output_dir(out_dir, marker="comparison.json", claim=True, inputs=inputs)
+    state = claim_state_dir(out_dir, inputs)
     rows, zoo = compare(
         badnets,
         roster,
@@ -248,8 +267,17 @@ def run_comparison(
         state_dir=state,
         scan_schedule=scan_schedule,
         relearn=relearn,
+        config=config,
     )
-    write_comparison(out_dir, rows, zoo, roster, runner.describe(), None if relearn is None else relearn.to_json())
+    write_comparison(
+        out_dir,
+        rows,
+        zoo,
+        roster,
+        runner.describe(),
+        None if relearn is None else relearn.to_json(),
+        None if config is None else config.describe(),
+    )
     shutil.rmtree(state, ignore_errors=True)  # every cell is in the output now
     return rows
 

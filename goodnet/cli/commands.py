@@ -161,6 +161,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         scan=args.scan,
         scan_schedule=args.scan_schedule,
         relearn=relearn_arguments(args)["relearn"],
+        config=args.config,
     )
     print(markdown_table(rows))
     print()

@@ -262,15 +262,22 @@ def _add_compare(sub) -> None:
         "--part",
         choices=["dev", "eval", "all"],
         default="eval",
-        help="which part of the zoo: dev (seed 0, where settings may be chosen), eval (seed 1, the "
-        "README's table) or all (default eval)",
+        help="which part of the zoo: dev (where settings may be chosen; the built-in zoo's seed 0), eval "
+        "(the README's table; seed 1) or all (default eval)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a zoo configuration file (TOML: datasets, BadNets, seeds of each part; docs/zoo-config.md) "
+        "whose BadNets to compare instead of the built-in zoo's (itself such a file: goodnet/zoo/builtin_zoo.toml)",
     )
     p.add_argument(
         "--only",
         nargs="+",
         default=None,
         metavar="TEXT",
-        help="only the BadNets whose label (attack/arch/range/poison/seed, e.g. "
+        help="only the BadNets whose label (attack/arch/range or dataset/poison/seed, e.g. "
         "wanet/small_cnn/0-255/10%%/s1) contains one of these texts",
     )
     p.add_argument(

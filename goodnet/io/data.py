@@ -407,6 +407,3 @@ def read_image(path: str, input_scale: float = 1.0) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{shown_path(path)}: not a readable image ({exc})") from None
     return _divided(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), input_scale, path)
-
-
-from . import dataset_readers  # noqa: E402, F401  (registers the image folder, CIFAR and .npy readers)

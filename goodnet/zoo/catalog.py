@@ -15,55 +15,37 @@ from dataclasses import replace
 
 from ..errors import SettingsError
 from .badnets import BadNetSettings
+from .config import ZooConfig, builtin_zoo
 
-PARTS = {"dev": (0,), "eval": (1,)}
+_BUILTIN = builtin_zoo()
+PARTS = _BUILTIN.seeds
 # the clean models a scanner is measured on: each configuration's clean reference at these seeds.
 # Each part has two seeds, so that false alarms are counted on twice as many clean models as one
 # seed gives (12 per part), also where the calibration is fitted.
-CLEAN_SEEDS = {"dev": (0, 2), "eval": (1, 3)}
-
-_ZOO = BadNetSettings(augment=True)
-# (attack, architecture, data's top value, poison rate): each attack once, two of them at 1 %. The
-# ResNet-8 is 8 channels wide and DeepID (the costliest: 55x47x3 inputs) appears once, so the whole
-# zoo fits the hour `compare` is allowed on 2 cores. So that every BadNet reaches the zoo's bar
-# (test ASR >= 90 %), the 1 % BadNets are small CNNs, they and WaNet train 30 epochs instead of 20,
-# and WaNet's strength is 1.0; these settings are chosen on the development seed only.
-CONFIGURATIONS: tuple[BadNetSettings, ...] = (
-    replace(_ZOO, kind="patch", arch="small_cnn", scale=255.0, poison_rate=0.1),
-    replace(_ZOO, kind="blended", arch="resnet8", scale=1.0, poison_rate=0.1, width=8),
-    replace(_ZOO, kind="all-to-all", arch="small_cnn", scale=1.0, poison_rate=0.1),
-    replace(_ZOO, kind="wanet", arch="small_cnn", scale=255.0, poison_rate=0.1, epochs=30),
-    replace(_ZOO, kind="sig", arch="resnet8", scale=1.0, poison_rate=0.1, width=8),
-    replace(_ZOO, kind="moving-patch", arch="deepid", scale=255.0, poison_rate=0.1),
-    replace(_ZOO, kind="sunglasses", arch="small_cnn", scale=255.0, poison_rate=0.01, epochs=30),
-    replace(_ZOO, kind="patch", arch="small_cnn", scale=1.0, poison_rate=0.01, epochs=30),
-)
+CLEAN_SEEDS = _BUILTIN.clean_seeds
+# (attack, architecture, data's top value, poison rate, training): see builtin_zoo.toml
+CONFIGURATIONS: tuple[BadNetSettings, ...] = _BUILTIN.badnets
 
 
-def zoo_part(part: str) -> list[BadNetSettings]:
-    """Every BadNet of one part ('dev', 'eval' or 'all')."""
-    if part == "all":
-        seeds = tuple(s for p in PARTS.values() for s in p)
-    elif part in PARTS:
-        seeds = PARTS[part]
-    else:
-        raise SettingsError(f"unknown zoo part '{part}' (known: {', '.join(PARTS)}, all)")
-    return [replace(c, seed=seed) for seed in seeds for c in CONFIGURATIONS]
+def zoo_part(part: str, config: ZooConfig | None = None) -> list[BadNetSettings]:
+    """Every BadNet of one part ('dev', 'eval' or 'all') of `config` (default: the built-in zoo)."""
+    return (config or _BUILTIN).part(part)
 
 
-def part_of(settings: BadNetSettings) -> str:
-    return next((name for name, seeds in PARTS.items() if settings.seed in seeds), "other")
+def part_of(settings: BadNetSettings, config: ZooConfig | None = None) -> str:
+    return (config or _BUILTIN).part_of(settings)
 
 
-def select_badnets(part: str, only: list[str] | None = None) -> list[BadNetSettings]:
-    """The part's BadNets, or those whose label contains one of `only` (e.g. 'wanet', 'resnet8')."""
-    cells = zoo_part(part)
+def select_badnets(part: str, only: list[str] | None = None, config: ZooConfig | None = None) -> list[BadNetSettings]:
+    """The part's BadNets (of `config`, default the built-in zoo), or those whose label contains one
+    of `only` (e.g. 'wanet', 'resnet8')."""
+    cells = zoo_part(part, config)
     if only:
         cells = [c for c in cells if any(text in c.label() for text in only)]
         if not cells:
             raise SettingsError(
                 f"no zoo BadNet of part '{part}' matches {', '.join(only)} "
-                f"(labels look like {zoo_part(part)[0].label()})"
+                f"(labels look like {zoo_part(part, config)[0].label()})"
             )
     return cells
 
@@ -96,5 +78,4 @@ def population_name(settings: BadNetSettings, backdoored: bool) -> str:
     """A BadNet's label; a clean model's 'clean/<arch>/<range>/<epochs>ep/s<seed>'."""
     if backdoored:
         return settings.label()
-    value = "0-255" if settings.scale == 255 else "0-1"
-    return f"clean/{settings.arch}/{value}/{settings.epochs}ep/s{settings.seed}"
+    return f"clean/{settings.arch}/{settings.data_label()}/{settings.epochs}ep/s{settings.seed}"

@@ -18,6 +18,20 @@ import numpy as np
 
 ValueRange = tuple[float, float]
 RAW_RANGE: ValueRange = (0.0, 255.0)
+REFERENCE_SIDE = 28  # the triggers' pixel sizes are set for 28 x 28 images (the zoo's digits)
+
+
+def scaled_pixels(trigger, height: int, width: int):
+    """`trigger` with its sizes in pixels (its PIXEL_FIELDS) scaled from 28 x 28 images to images of
+    `height` x `width`, by the shorter side (at least 1 pixel each; a margin may stay 0)."""
+    from dataclasses import replace
+
+    factor = min(height, width) / REFERENCE_SIDE
+    changes = {}
+    for name in getattr(trigger, "PIXEL_FIELDS", ()):
+        value = getattr(trigger, name)
+        changes[name] = max(0 if name in ("margin", "top") else 1, int(round(value * factor)))
+    return replace(trigger, **changes) if changes else trigger
 
 
 def _bounds(value_range: ValueRange) -> tuple[float, float]:
@@ -46,6 +60,12 @@ class PatchTrigger:
     size: int = 4
     level: float = 1.0
     margin: int = 1
+    PIXEL_FIELDS = ("size", "margin")
+
+    def fits(self, height: int, width: int) -> str | None:
+        if self.size + self.margin > min(height, width):
+            return f"a {self.size} x {self.size} patch {self.margin} pixel(s) from the corner"
+        return None
 
     def region(self, height: int, width: int) -> tuple[slice, slice]:
         bottom, right = height - self.margin, width - self.margin
@@ -101,6 +121,15 @@ class SunglassesTrigger:
     lens_height: int = 4
     lens_width: int = 6
     gap: int = 4
+    PIXEL_FIELDS = ("top", "lens_height", "lens_width", "gap")
+
+    def fits(self, height: int, width: int) -> str | None:
+        if self.top + self.lens_height > height or 2 * self.lens_width + self.gap > width:
+            return (
+                f"sunglasses {2 * self.lens_width + self.gap} pixels wide and {self.lens_height} high, "
+                f"{self.top} from the top"
+            )
+        return None
 
     def mask(self, height: int, width: int) -> np.ndarray:
         m = np.zeros((height, width), dtype=bool)
@@ -223,6 +252,10 @@ class MovingPatchTrigger:
     level: float = 1.0
     seed: int = 4321
     pattern: str = "solid"
+    PIXEL_FIELDS = ("size",)
+
+    def fits(self, height: int, width: int) -> str | None:
+        return f"a {self.size} x {self.size} patch" if self.size > min(height, width) else None
 
     def __post_init__(self):
         if self.pattern not in ("solid", "checker"):
