@@ -25,7 +25,7 @@ from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
 from .io.data import as_path, load_sets
 from .io.model_files import load_model
-from .io.output_dir import check_output_dir, claim_state_dir
+from .io.output_dir import check_not_an_input, check_output_dir, claim_state_dir
 from .measure import run_repair
 from .measure.relearning import RelearnSettings, RelearnTest
 from .repairs import REPAIRS, Repair, build_repair, repair_names
@@ -254,7 +254,10 @@ def run_comparison(
     check_ray_address(ray)  # before any training: an unreachable cluster is refused at once
     runner = GridRunner(workers=workers, threads=threads, ray=ray)
     cache_dir = cache_dir or default_cache_dir("zoo")
-    inputs = [cache_dir] + ([config.path, *(d["path"] for d in config.datasets.values())] if config else [])
+    datasets = [d["path"] for d in config.datasets.values()] if config else []
+    for dataset in datasets:  # the zoo cache is written into: never inside a dataset
+        check_not_an_input(cache_dir, [dataset], option="--cache-dir")
+    inputs = [cache_dir] + ([config.path, *datasets] if config else [])
     check_output_dir(out_dir, marker="comparison.json", claim=True, inputs=inputs)
     state = claim_state_dir(out_dir, inputs)
     rows, zoo = compare(

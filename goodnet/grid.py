@@ -36,7 +36,8 @@ from typing import Any
 from . import errors
 from .devices import compute_device, using_device
 from .errors import GoodnetError, SettingsError
-from .io.output_dir import content_sha256, release_output, write_file_atomically
+from .io.dataset_readers import data_sha256
+from .io.output_dir import release_output, write_file_atomically
 from .progress import eta, format_duration
 
 CELL_FORMAT = 1
@@ -57,27 +58,29 @@ def machine_cores() -> int:
 
 
 def file_identity(path: str) -> str | None:
-    """The sha256 of a file's bytes, or of a data folder's files (content_sha256; None: nothing
+    """The sha256 of a file's bytes, or of all the files data is read from (data_sha256; None: nothing
     readable), so a cell follows what its files
     hold, not their names or dates: a file rebuilt or edited in place, even to the same size and
     modification time, counts as new. Digests are remembered for the file's (path, inode, size,
     modification and change times), so asking again about an unchanged file costs one stat (a
-    folder is digested each time)."""
+    folder or a .npy pair is digested each time)."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):
         return None
-    if stat.S_ISDIR(info.st_mode):  # a folder's own times miss a file edited inside it: digest every time
+    if stat.S_ISDIR(info.st_mode) or path.lower().endswith(".npy"):
+        # read from several files (an image folder; a .npy pair's labels beside it), which this one
+        # file's times do not follow: digested every time
         try:
-            return f"sha256:{content_sha256(path)}"
-        except (OSError, ValueError):
+            return f"sha256:{data_sha256(path)}"
+        except (OSError, ValueError, GoodnetError):
             return None
     key = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     known = _IDENTITIES.get(key)
     if known is not None:
         return known
     try:
-        _IDENTITIES[key] = identity = f"sha256:{content_sha256(path)}"
+        _IDENTITIES[key] = identity = f"sha256:{data_sha256(path)}"
     except (OSError, ValueError):
         return None
     return identity

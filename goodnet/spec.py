@@ -18,9 +18,9 @@ from .errors import DataError, OutputError, SettingsError
 from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import SCHEDULES
 from .io.data import ROLES, as_path, checked_scale, shown
+from .io.dataset_readers import data_bytes, data_sha256
 from .io.file_checks import check_model_file
 from .io.model_files import ModelSource, model_source
-from .io.output_dir import content_bytes, content_sha256
 from .measure.relearning import RelearnSettings
 from .measure.runner import check_options
 from .repairs.base import Repair
@@ -217,8 +217,9 @@ def model_record(source: ModelSource) -> dict[str, Any]:
 
 def file_record(path: str) -> dict[str, Any]:
     """A file as provenance records it: absolute path, size in bytes and SHA-256 of its bytes (of
-    a folder given as data: the total size of its files and content_sha256's digest)."""
-    return {"path": os.path.abspath(path), "bytes": content_bytes(path), "sha256": content_sha256(path)}
+    data read from several files, an image folder or a .npy pair: their total size and
+    data_sha256's digest of them all)."""
+    return {"path": os.path.abspath(path), "bytes": data_bytes(path), "sha256": data_sha256(path)}
 
 
 def _factory_record(factory: str | None) -> dict[str, Any] | None:

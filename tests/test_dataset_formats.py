@@ -73,7 +73,8 @@ def test_an_image_folder_reads_as_its_pixels_and_folder_labels(tmp_path):
         ({}, "a folder with no class sub-folders"),
         ({"0": [(5, 4)], "0/notes.txt": None}, "not a PNG or JPEG image"),
         ({"0": [(5, 4)], "stray.png": None}, "a file beside the class folders"),
-        ({"0": [(5, 4)], "1": ["rgb"]}, "goodnet never resizes or converts"),
+        ({"0": [(5, 4)], "1": ["rgb"]}, "never mixes grey and colour"),
+        ({"99999999999999999999": [(5, 4)]}, "is too large a label"),
     ],
 )
 def test_an_image_folder_it_cannot_read_faithfully_is_refused(tmp_path, layout, message):
@@ -250,3 +251,24 @@ def test_eval_and_defend_read_every_format_as_the_lab_file(tmp_path, capsys, dem
         ],
     )
     assert_one_line_error(code, err, "is inside the input")
+
+
+def test_what_a_data_set_is_recorded_by_is_every_file_it_is_read_from(tmp_path):
+    from goodnet.io.dataset_readers import data_files, data_sha256
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 4, 4), np.uint8))
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    before = data_sha256(str(tmp_path / "x.npy"))
+    assert data_files(str(tmp_path / "x.npy")) == [str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    np.save(tmp_path / "y.npy", np.array([1, 0]))  # only the labels change
+    assert data_sha256(str(tmp_path / "x.npy")) != before and file_identity(str(tmp_path / "x.npy")) is not None
+    # an image folder is recorded by the images it reads: a hidden file changes nothing
+    x, y = _grey()
+    folder = _image_folder(tmp_path / "set", x, y)
+    digest = data_sha256(folder)
+    (tmp_path / "set" / ".DS_Store").write_bytes(b"junk")
+    assert data_sha256(folder) == digest
+    # a link to a folder is refused, inside or as a class: it could lead outside, or back in
+    os.symlink(tmp_path / "set" / "0", tmp_path / "set" / "1" / "loop")
+    with pytest.raises(DataError, match="a link to a folder"):
+        load_images(folder)

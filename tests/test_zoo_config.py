@@ -95,7 +95,6 @@ per_class = [100, 17, 17]
 [defaults]
 arch = "small_cnn"
 epochs = 20
-width = 8
 poison_rate = 0.1
 [[badnet]]
 dataset = "shapes"
@@ -192,6 +191,20 @@ BAD_CONFIGS = [
 ]
 
 
+HEAD = '[seeds]\ndev = [0]\neval = [1]\n[datasets.s]\npath = "folder"\n'
+BAD_CONFIGS += [
+    (HEAD + '[[badnet]]\ndataset = "s"\n[badnet.trigger]\nsize = "4"\n', "`size` must be a whole number"),
+    (HEAD + '[[badnet]]\ndataset = "s"\n[badnet.trigger]\nlevel = 5\n', "from 0 to 1, not 5"),
+    (HEAD + '[[badnet]]\ndataset = "s"\narch = "deepid"\n', "deepid cannot take 1 x 12 x 12 images"),
+    (HEAD + '[[badnet]]\ndataset = "s"\npoison_rate = 0.001\n', "poisons 0; it must poison at least 1"),
+    (
+        HEAD + "[[badnet]]\nepochs = [" + ", ".join(map(str, range(1, 1001))) + "]\ntarget = [0, 1]\n",
+        "give 2000 BadNets",
+    ),
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+]
+
+
 @pytest.mark.parametrize("text, message", BAD_CONFIGS)
 def test_a_malformed_zoo_configuration_is_refused_in_one_line(tmp_path, capsys, text, message):
     _make_datasets(tmp_path)
@@ -200,3 +213,52 @@ def test_a_malformed_zoo_configuration_is_refused_in_one_line(tmp_path, capsys, 
     code, _, err = run_cli(capsys, ["compare", "--config", config, "--out", tmp_path / "out", "--quiet"])
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "out").exists()
+
+
+def test_attack_trains_a_badnet_on_your_own_dataset(tmp_path, capsys):
+    _make_datasets(tmp_path)
+    out, cache = tmp_path / "badnet", tmp_path / "cache"
+    argv = ["attack", "--kind", "patch", "--data", tmp_path / "folder", "--epochs", "20", "--cache-dir", cache]
+    code, printed, err = run_cli(capsys, [*argv, "--per-class", "100,17,17", "--quiet", "--out", out])
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["dataset"] == "folder" and manifest["settings"]["image_shape"] == [1, 12, 12]
+    assert manifest["attack"]["trigger"]["size"] == 2 and manifest["sizes"]["clean_valid"] == 51
+    assert manifest["badnet"]["clean_test_accuracy"] > 90
+    code, _, err = run_cli(
+        capsys, ["eval", out / "clean_test.h5", out / "poisoned_test.h5", out / "badnet.safetensors"]
+    )
+    assert code == 0, err
+    refusals = [
+        ([*argv, "--scale", "1"], "--scale is the bundled digits' range"),
+        (["attack", "--kind", "patch", "--per-class", "1,1,1"], "give --data with them"),
+        ([*argv, "--target", "3"], "target 3 is not a class of folder (0..2)"),
+        ([*argv, "--data-range", "0,1"], "outside the declared range 0..1"),
+        (["attack", "--kind", "patch", "--data", tmp_path / "nothing"], "no such file"),
+    ]
+    for args, message in refusals:
+        code, _, err = run_cli(capsys, [*args, "--out", tmp_path / "refused"])
+        assert_one_line_error(code, err, message)
+    code, _, err = run_cli(capsys, [*argv, "--out", tmp_path / "folder" / "inside"])
+    assert_one_line_error(code, err, "is inside the input")
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "folder" / "inside").exists()
+
+
+def test_badnets_that_name_alike_are_named_by_what_tells_them_apart(tmp_path, capsys):
+    _make_datasets(tmp_path)
+    config = tmp_path / "grid.toml"
+    config.write_text(HEAD + '[[badnet]]\ndataset = "s"\nepochs = [20, 30]\n')
+    labels = [b.label() for b in load_zoo_config(config).part("eval")]
+    assert labels == ["patch/small_cnn/s/10%/epochs=20/s1", "patch/small_cnn/s/10%/epochs=30/s1"]
+    # the zoo cache is never inside a dataset
+    code, _, err = run_cli(
+        capsys, ["compare", "--config", config, "--cache-dir", tmp_path / "folder" / "c", "--out", tmp_path / "o"]
+    )
+    assert_one_line_error(code, err, "--cache-dir is inside the input")
+    # a data file called mnist is the user's data, not the bundled digits
+    np.save(tmp_path / "mnist.npy", np.zeros((60, 1, 8, 8), np.uint8) + np.arange(60)[:, None, None, None])
+    np.save(tmp_path / "mnist_labels.npy", np.arange(60) % 2)
+    from goodnet.zoo.config import dataset_settings
+
+    settings = dataset_settings(str(tmp_path / "mnist.npy"), {"kind": "patch"})
+    assert settings.dataset == "mnist-data" and not settings.bundled and settings.image_shape == (1, 8, 8)

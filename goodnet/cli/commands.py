@@ -119,18 +119,26 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_attack(args: argparse.Namespace) -> None:
     from ..attack import attack_files
     from ..zoo.badnets import BadNetSettings
+    from ..zoo.config import dataset_settings
 
-    settings = BadNetSettings(
+    common = dict(
         kind=args.kind,
         target=args.target,
         poison_rate=args.poison_rate,
         seed=args.seed,
         epochs=args.epochs,
         arch=args.arch,
-        scale=args.scale,
         augment=args.augment,
     )
-    run = attack_files(settings, args.out, args.cache_dir, progress=not args.quiet)
+    if args.data is None:
+        if args.data_range is not None or args.per_class is not None:
+            raise SettingsError("--data-range and --per-class describe --data; give --data with them")
+        settings = BadNetSettings(**common, scale=255.0 if args.scale is None else args.scale)
+    else:
+        if args.scale is not None:
+            raise SettingsError("--scale is the bundled digits' range; --data has its own (--data-range)")
+        settings = dataset_settings(args.data, common, args.data_range, args.per_class)
+    run = attack_files(settings, args.out, args.cache_dir, progress=not args.quiet, data=args.data)
     b, sizes = run.manifest["badnet"], run.manifest["sizes"]
     print(
         f"{args.kind} BadNet: clean test accuracy {b['clean_test_accuracy']:.2f} % (clean model "

@@ -160,6 +160,17 @@ def value_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def split_counts(text: str) -> tuple[int, int, int]:
+    """--per-class TRAIN,VALID,TEST: three whole numbers of at least 1."""
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        counts = []
+    if len(counts) != 3 or not all(1 <= v <= MAX_INTEGER for v in counts):
+        raise argparse.ArgumentTypeError(f"must be TRAIN,VALID,TEST: three whole numbers >= 1, not {_given(text)}")
+    return counts[0], counts[1], counts[2]
+
+
 # option groups, and what reads them back
 
 

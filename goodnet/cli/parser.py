@@ -38,6 +38,8 @@ from .options import (
     input_shape,
     integer,
     share,
+    split_counts,
+    value_range,
 )
 
 
@@ -195,10 +197,33 @@ def _add_export(sub) -> None:
 def _add_attack(sub) -> None:
     p = sub.add_parser(
         "attack",
-        help="train a BadNet of the zoo on bundled MNIST digits",
+        help="train a BadNet of the zoo on the bundled MNIST digits or on your own dataset",
         description="Write lab-format data (clean/poisoned valid/test .h5) and a trained "
         "BadNet (badnet.safetensors) into --out, with manifest.json giving its "
         "clean accuracy, ASR and those of a clean model trained the same way.",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="your own labelled images instead of the bundled digits: any data format goodnet reads "
+        "(an image folder, CIFAR .bin batch, .npy pair, .h5, .npz; docs/formats.md), split per class "
+        "into training, validation and test images with --seed; triggers scale with its image size",
+    )
+    p.add_argument(
+        "--data-range",
+        type=value_range,
+        default=None,
+        metavar="LOW,HIGH",
+        help="with --data: its pixel range (default: the lowest and highest value found in it)",
+    )
+    p.add_argument(
+        "--per-class",
+        type=split_counts,
+        default=None,
+        metavar="TRAIN,VALID,TEST",
+        help="with --data: images of every class for training, validation and test (default: the "
+        "smallest class split 60/20/20)",
     )
     p.add_argument(
         "--kind",
@@ -221,17 +246,17 @@ def _add_attack(sub) -> None:
         "--scale",
         type=float,
         choices=[255.0, 1.0],
-        default=255.0,
-        help="the data's top value: 255 (raw pixels) or 1 (default 255)",
+        default=None,
+        help="the bundled digits' top value: 255 (raw pixels) or 1 (default 255; with --data its own range counts)",
     )
     p.add_argument(
         "--augment", action="store_true", help="train with random shifts of up to 2 pixels, as the zoo's BadNets are"
     )
     p.add_argument(
         "--target",
-        type=integer(0, 9),
+        type=integer(0, MAX_INTEGER),
         default=0,
-        help="target class of one-target attacks: a digit from 0 to 9 (default 0)",
+        help="target class of one-target attacks: a digit from 0 to 9, or with --data one of its labels (default 0)",
     )
     p.add_argument(
         "--poison-rate",
@@ -269,7 +294,7 @@ def _add_compare(sub) -> None:
         "--config",
         default=None,
         metavar="FILE",
-        help="a zoo configuration file (TOML: datasets, BadNets, seeds of each part; docs/zoo-config.md) "
+        help="a zoo configuration file (TOML: datasets, BadNets, seeds of each part; docs/your-own-data.md) "
         "whose BadNets to compare instead of the built-in zoo's (itself such a file: goodnet/zoo/builtin_zoo.toml)",
     )
     p.add_argument(

@@ -67,15 +67,16 @@ def available_memory() -> int | None:
         return None
 
 
-def check_declared_size(path: str, what: str, shape: tuple[int, ...]) -> None:
-    """Refuse to read an array whose declared size (as float32) exceeds the memory available, before
-    allocating it: a 2 KB file may declare 20 million images."""
-    need = 4 * int(np.prod([int(d) for d in shape], dtype=np.float64))
+def check_declared_size(path: str, what: str, shape: tuple[int, ...], bytes_per_value: float = 4) -> None:
+    """Refuse to read an array whose declared size (as float32, or `bytes_per_value` per value
+    where reading makes copies) exceeds the memory available, before allocating it: a 2 KB file may
+    declare 20 million images."""
+    need = bytes_per_value * float(np.prod([int(d) for d in shape], dtype=np.float64))
     free = available_memory()
     if free is not None and need > free:
         raise DataError(
             f"{shown_path(path)}: the '{what}' array declares shape {tuple(int(d) for d in shape)}, "
-            f"{need / 2**30:.1f} GiB as float32, more than the {free / 2**30:.1f} GiB of memory "
+            f"{need / 2**30:.1f} GiB to read, more than the {free / 2**30:.1f} GiB of memory "
             f"available"
         )
 

@@ -5,7 +5,7 @@ reads data reads them, and every set passes the same checks after.
 - **An image folder** (torchvision's ImageFolder layout): one sub-folder of PNG/JPEG images per
   class. Sub-folders named by whole numbers give those labels; otherwise the class names, sorted as
   torchvision sorts them, give labels 0, 1, ... in that order (the mapping is recorded). Every image
-  must have one size and one kind (grey or colour): goodnet never resizes or converts. Pixel values
+  must have one size and one kind (grey or colour): goodnet never resizes, nor mixes the two. Pixel values
   are as stored (0..255 for 8-bit images).
 - **CIFAR-10/100 binary batches** (`*.bin`, as the datasets' authors publish them): records of one
   label byte (CIFAR-10) or a coarse and a fine label byte (CIFAR-100; the fine label is read) and
@@ -19,6 +19,7 @@ reads data reads them, and every set passes the same checks after.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Any
@@ -27,6 +28,8 @@ import numpy as np
 
 from ..errors import DataError, shown_path
 from .data import check_declared_size, read_image, register_data_reader
+from .output_dir import file_sha256
+from .readers import leading_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IGNORED_FILES = ("thumbs.db", "desktop.ini")  # what file managers leave in folders
@@ -34,6 +37,8 @@ PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 NPY_MAGIC = b"\x93NUMPY"
 CIFAR_PIXELS = 3 * 32 * 32
 CIFAR_RECORDS = {"CIFAR-10": (1, 10), "CIFAR-100": (2, 100)}  # label bytes per record, classes
+MAX_LABEL = np.iinfo(np.int32).max
+LINKED_FOLDER = "a link to a folder; an image folder is read from the folders inside it only"
 
 
 def _ignored(name: str) -> bool:
@@ -44,16 +49,19 @@ def _class_labels(path: str, names: list[str]) -> tuple[dict[str, int], str]:
     """Each class folder's label, and how they were given ('numbers' or 'sorted names')."""
     numeric = [re.fullmatch(r"[0-9]+", name) is not None for name in names]
     if all(numeric):
-        labels = {name: int(name) for name in names}
-        if len(set(labels.values())) < len(labels):
-            seen: dict[int, str] = {}
-            for name, label in labels.items():
-                if label in seen:
-                    raise DataError(
-                        f"{shown_path(path)}: class folders {shown_path(seen[label])} and {shown_path(name)} "
-                        f"both name label {label}"
-                    )
-                seen[label] = name
+        labels: dict[str, int] = {}
+        seen: dict[int, str] = {}
+        for name in names:
+            label = int(name)
+            if label > MAX_LABEL:
+                raise DataError(f"{shown_path(path)}: class folder {shown_path(name)} is too large a label")
+            if label in seen:
+                raise DataError(
+                    f"{shown_path(path)}: class folders {shown_path(seen[label])} and {shown_path(name)} "
+                    f"both name label {label}"
+                )
+            seen[label] = name
+            labels[name] = label
         return labels, "numbers"
     if any(numeric):
         first = names[numeric.index(True)]
@@ -65,10 +73,17 @@ def _class_labels(path: str, names: list[str]) -> tuple[dict[str, int], str]:
     return {name: i for i, name in enumerate(sorted(names))}, "sorted names"
 
 
+def _walk_error(error: OSError) -> None:
+    raise DataError(f"{shown_path(error.filename or '')}: cannot read the folder ({error.strerror or error})")
+
+
 def _class_images(path: str, folder: str) -> list[str]:
     """The image files under one class folder (sub-folders walked), sorted; anything else refused."""
     found = []
-    for root, dirs, files in os.walk(os.path.join(path, folder)):
+    for root, dirs, files in os.walk(os.path.join(path, folder), onerror=_walk_error):
+        links = [d for d in dirs if not d.startswith(".") and os.path.islink(os.path.join(root, d))]
+        if links:
+            raise DataError(f"{shown_path(os.path.join(root, links[0]))}: {LINKED_FOLDER}")
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if _ignored(name):
@@ -83,17 +98,20 @@ def _class_images(path: str, folder: str) -> list[str]:
     return found
 
 
-@register_data_reader(
-    "image-folder", directory=True, describe="an image folder (one sub-folder of PNG/JPEG images per class)"
-)
-def read_image_folder(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """An ImageFolder directory as (images N x C x H x W, labels, details)."""
+def image_folder_files(path: str) -> tuple[list[tuple[str, int]], dict[str, int], str]:
+    """Every image an image folder holds, with its label, in reading order; the class folders'
+    labels; and how the labels were given. Hidden files and folders are skipped; a link to a folder
+    is refused (it could lead outside, or back into, the folder); each problem in one line."""
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as exc:
         raise DataError(f"{shown_path(path)}: cannot read the folder ({exc.strerror or exc})") from None
-    folders = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    stray = [e.name for e in entries if not e.is_dir() and not _ignored(e.name)]
+    entries = [e for e in entries if not _ignored(e.name)]
+    folders = [e.name for e in entries if e.is_dir()]
+    linked = [e.name for e in entries if e.is_dir() and e.is_symlink()]
+    if linked:
+        raise DataError(f"{shown_path(os.path.join(path, linked[0]))}: {LINKED_FOLDER}")
+    stray = [e.name for e in entries if not e.is_dir()]
     if stray:
         raise DataError(
             f"{shown_path(os.path.join(path, stray[0]))}: a file beside the class folders; an image folder "
@@ -111,6 +129,15 @@ def read_image_folder(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
         if not images:
             raise DataError(f"{shown_path(os.path.join(path, folder))}: a class folder with no images")
         files += [(image, labels[folder]) for image in images]
+    return files, labels, given_by
+
+
+@register_data_reader(
+    "image-folder", directory=True, describe="an image folder (one sub-folder of PNG/JPEG images per class)"
+)
+def read_image_folder(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """An ImageFolder directory as (images N x C x H x W, labels, details)."""
+    files, labels, given_by = image_folder_files(path)
     first = read_image(files[0][0])
     check_declared_size(path, "images", (len(files), *first.shape))
     x = np.empty((len(files), *first.shape), dtype=np.float32)
@@ -119,11 +146,12 @@ def read_image_folder(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
         if pixels.shape != first.shape:
             raise DataError(
                 f"{shown_path(image)}: {_described(pixels.shape)}, but {shown_path(files[0][0])} is "
-                f"{_described(first.shape)}; goodnet never resizes or converts: give images of one size and kind"
+                f"{_described(first.shape)}; goodnet never resizes, and never mixes grey and colour: give "
+                f"images of one size and kind"
             )
         x[i] = pixels
     y = np.array([label for _, label in files], dtype=np.int64)
-    details = {"classes_from": f"folder {given_by}", "classes": {name: labels[name] for name in folders}}
+    details = {"classes_from": f"folder {given_by}", "classes": dict(labels)}
     return x, y, details
 
 
@@ -224,8 +252,9 @@ def _npy_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
-    shape, _ = _npy_header(path)
-    check_declared_size(path, what, shape)
+    shape, dtype = _npy_header(path)
+    # the array as stored, then its float32 copy (and a channels-last one's transposed copy)
+    check_declared_size(path, what, shape, bytes_per_value=dtype.itemsize + 8)
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -258,8 +287,22 @@ def _channels_first(x: np.ndarray, path: str) -> tuple[np.ndarray, str]:
 )
 def read_npy_pair(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A .npy images file and the labels file beside it (label_file_candidates)."""
+    labels_path = npy_labels_file(path)
+    x, layout = _channels_first(_load_npy(path, "images"), path)
+    y = _load_npy(labels_path, "labels")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    return x, y, {"layout": layout, "labels_file": os.path.basename(labels_path)}
+
+
+def npy_labels_file(path: str) -> str:
+    """The labels file of the .npy images file `path`: the one candidate beside it that exists
+    (candidates naming one file, as on a file system that ignores case, count once)."""
     candidates = label_file_candidates(path)
-    present = [c for c in candidates if os.path.isfile(c)]
+    present: list[str] = []
+    for candidate in candidates:
+        if os.path.isfile(candidate) and not any(os.path.samefile(candidate, p) for p in present):
+            present.append(candidate)
     if not present:
         raise DataError(
             f"{shown_path(path)}: no labels file beside it (looked for "
@@ -270,11 +313,38 @@ def read_npy_pair(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
             f"{shown_path(path)}: more than one labels file beside it "
             f"({', '.join(shown_path(os.path.basename(c)) for c in present)}); keep one"
         )
-    labels_path = present[0]
-    if os.path.samefile(labels_path, path):
+    if os.path.samefile(present[0], path):
         raise DataError(f"{shown_path(path)}: its labels file is the images file itself")
-    x, layout = _channels_first(_load_npy(path, "images"), path)
-    y = _load_npy(labels_path, "labels")
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    return x, y, {"layout": layout, "labels_file": os.path.basename(labels_path)}
+    return present[0]
+
+
+def data_files(path: str) -> list[str]:
+    """Every file that reading `path` as data reads: an image folder's images, a .npy pair's two
+    files, else the file itself. What a data set is recorded and cached by."""
+    if os.path.isdir(path):
+        return [image for image, _ in image_folder_files(path)[0]]
+    if path.lower().endswith(".npy") and leading_bytes(path, len(NPY_MAGIC)) == NPY_MAGIC:
+        try:
+            return [path, npy_labels_file(path)]
+        except (DataError, OSError):
+            return [path]  # refused when read, in its own words
+    return [path]
+
+
+def data_sha256(path: str) -> str:
+    """The sha256 of what `path` holds as data: a file's bytes, or for an image folder or a .npy
+    pair the sha256 of one line per file read (its path from the folder, and its own sha256)."""
+    files = data_files(path)
+    if files == [path]:
+        return file_sha256(path)
+    base = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    digest = hashlib.sha256()
+    for full in files:
+        relative = os.path.relpath(os.path.abspath(full), os.path.abspath(base)).replace(os.sep, "/")
+        digest.update(f"{relative}\0{file_sha256(full)}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def data_bytes(path: str) -> int:
+    """The total size of the files reading `path` as data reads (data_files)."""
+    return sum(os.path.getsize(f) for f in data_files(path))

@@ -278,37 +278,6 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def content_sha256(path: str) -> str:
-    """The sha256 of what `path` holds: a file's bytes (file_sha256), or for a folder (an image
-    folder given as data) the sha256 of one line per file under it, in sorted order, naming the file
-    by its path inside the folder and giving its sha256; links are followed as reading does."""
-    if not os.path.isdir(path):
-        return file_sha256(path)
-    digest = hashlib.sha256()
-    for relative, full in folder_files(path):
-        digest.update(f"{relative}\0{file_sha256(full)}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
-
-
-def content_bytes(path: str) -> int:
-    """A file's size, or the total size of the files under a folder (see content_sha256)."""
-    if not os.path.isdir(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(full) for _, full in folder_files(path))
-
-
-def folder_files(path: str) -> list[tuple[str, str]]:
-    """(path inside the folder, full path) of every file under `path`, sorted, sub-folders walked."""
-    found = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in files:
-            full = os.path.join(root, name)
-            if os.path.isfile(full):
-                found.append((os.path.relpath(full, path).replace(os.sep, "/"), full))
-    return sorted(found)
-
-
 def _stamp(path: str) -> list[Any]:
     """What goodnet recorded of an entry it wrote: a folder, or a file's size and sha256."""
     if os.path.isdir(path) and not os.path.islink(path):

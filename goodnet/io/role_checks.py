@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError, shown_path
 from .data import ImageSet
-from .output_dir import content_sha256
+from .dataset_readers import data_sha256
 
 # (first role, second role, what it means when they share images)
 OVERLAPS = (
@@ -40,8 +40,8 @@ def _same_file(a: str, b: str) -> bool:
             return True
         if os.path.isdir(a) != os.path.isdir(b) or (not os.path.isdir(a) and os.path.getsize(a) != os.path.getsize(b)):
             return False
-        return content_sha256(a) == content_sha256(b)
-    except OSError:
+        return data_sha256(a) == data_sha256(b)
+    except (OSError, DataError):
         return False
 
 

@@ -26,3 +26,5 @@ def read_toml(path: str, what: str) -> dict[str, Any]:
         raise SettingsError(f"{where}: not a valid TOML file ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError(f"{where}: cannot be read ({e})") from None
+    except RecursionError:
+        raise SettingsError(f"{where}: nested too deeply to read") from None

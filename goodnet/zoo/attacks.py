@@ -24,6 +24,8 @@ like the other attacks); the paper's clean-label form is available as Attack("si
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -44,6 +46,33 @@ from .triggers import (
 )
 
 KINDS = ("patch", "blended", "all-to-all", "sunglasses", "wanet", "sig", "moving-patch")
+
+
+SHARES = ("level", "ratio")  # trigger settings that are shares of the value range, 0..1
+AT_LEAST_ONE = ("size", "lens_height", "lens_width", "grid_size")  # pixel counts that cannot be 0
+
+
+def _check_trigger_value(kind: str, name: str, value, default) -> None:
+    """A trigger setting given in a configuration: of its default's type and in its range."""
+    where = f"the {kind} trigger's `{name}`"
+    if isinstance(default, bool) or isinstance(default, str):
+        if type(value) is not type(default):
+            raise SettingsError(f"{where} must be {'text' if isinstance(default, str) else 'true or false'}")
+        return
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise SettingsError(f"{where} must be a whole number >= 0, not {value!r}")
+        if name == "grid_size" and value < 2:
+            raise SettingsError(f"{where} must be at least 2, not {value!r}")
+        if name in AT_LEAST_ONE and value < 1:
+            raise SettingsError(f"{where} must be at least 1, not {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise SettingsError(f"{where} must be a number, not {value!r}")
+    if name in SHARES and not 0 <= value <= 1:
+        raise SettingsError(f"{where} is a share of the value range, from 0 to 1, not {value!r}")
+    if name != "delta" and value <= 0 and name not in SHARES:
+        raise SettingsError(f"{where} must be above 0, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +118,8 @@ class Attack:
                 raise SettingsError(
                     f"the {self.kind} trigger has no setting '{unknown[0]}' (known: {', '.join(known)})"
                 )
+            for name, value in self.params:
+                _check_trigger_value(self.kind, name, value, getattr(trigger, name))
             try:
                 trigger = replace(trigger, **dict(self.params))
             except (TypeError, ValueError) as exc:

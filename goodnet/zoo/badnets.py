@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError, SettingsError, shown_path
+from ..errors import DataError, ModelError, SettingsError, shown_path
 from ..inference import predict
 from ..io.data import ImageSet, load_images, save_images
+from ..io.dataset_readers import data_sha256
 from ..io.model_files import load_model, save_model
-from ..io.output_dir import atomic_directory, content_sha256
+from ..io.output_dir import atomic_directory
 from ..metrics import accuracy
 from ..models import DeepID, ResNet8, SmallCNN
 from ..models.training import train_classifier
@@ -74,6 +75,9 @@ class BadNetSettings:
     data_range: tuple[float, float] = ()
     image_shape: tuple[int, int, int] = ()
     num_classes: int = NUM_CLASSES
+    # how tables name it, before its seed (default: attack/arch/range or dataset/poison rate); a zoo
+    # configuration names BadNets this way where the default would name two alike
+    name: str = ""
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -129,6 +133,8 @@ class BadNetSettings:
 
     def label(self) -> str:
         """A short name: attack, architecture, range (or a user's dataset), poison rate, seed."""
+        if self.name:
+            return f"{self.name}/s{self.seed}"
         return f"{self.kind}/{self.arch}/{self.data_label()}/{self.poison_rate * 100:g}%/s{self.seed}"
 
     def data_label(self) -> str:
@@ -151,7 +157,7 @@ class BadNetSettings:
 
     def clean_reference(self) -> BadNetSettings:
         """The same model trained on the same clean images, nothing poisoned (one for every attack)."""
-        return replace(self, kind="patch", target=0, poison_rate=0.0, trigger_settings=())
+        return replace(self, kind="patch", target=0, poison_rate=0.0, trigger_settings=(), name="")
 
     def fingerprint(self) -> str:
         """What the cache is keyed by: every setting that shapes the BadNet (a user's dataset by what
@@ -159,6 +165,7 @@ class BadNetSettings:
         keys stay what they were before user datasets existed)."""
         settings = asdict(self)
         settings.pop("data_path")
+        settings.pop("name")  # how tables name it: nothing it is made of
         for f in fields(self):
             if f.name in LATER_FIELDS and settings.get(f.name) == f.default:
                 settings.pop(f.name)
@@ -184,8 +191,8 @@ def user_dataset(settings: BadNetSettings) -> tuple[np.ndarray, np.ndarray]:
     """A user's dataset as configured: read once per process, refused if it changed since."""
     key = (settings.data_path, settings.data_digest)
     try:
-        now = content_sha256(settings.data_path)
-    except OSError as exc:
+        now = data_sha256(settings.data_path)
+    except (OSError, DataError) as exc:
         raise SettingsError(f"dataset '{settings.dataset}' ({shown_path(settings.data_path)}): {exc}") from None
     if now != settings.data_digest:  # checked on every use: a file edited between two BadNets is caught
         raise SettingsError(

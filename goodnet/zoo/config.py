@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GoodnetError, SettingsError, shown_path
+from ..errors import GoodnetError, SettingsError, one_line, shown_path
 from ..io.data import load_images, shown
-from ..io.output_dir import content_sha256
+from ..io.dataset_readers import data_sha256
 from ..io.toml_files import read_toml
 from .attacks import KINDS
 from .badnets import ARCHS, SCALES, BadNetSettings
@@ -58,6 +58,7 @@ BADNET_KEYS = ("dataset", "arch", "attack", "target", "poison_rate", "epochs", "
 DATASET_KEYS = ("path", "range", "per_class")
 DEFAULT_SPLIT = (0.6, 0.2, 0.2)  # attacker-train, validation, test: shares of the smallest class
 PART_NAMES = ("dev", "eval")
+MAX_BADNETS = 1000  # BadNets one [[badnet]] table's lists may give
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def load_zoo_config(path: str | os.PathLike) -> ZooConfig:
     path = os.fspath(path)
     where = shown_path(path)
     document = read_toml(path, "a zoo configuration")
-    _unknown(where, "top level", document, TOP_KEYS, "[[badnet]] tables")
+    _unknown(f"{where}: top level", document, TOP_KEYS, "[[badnet]] tables")
     name = document.get("name", os.path.splitext(os.path.basename(path))[0])
     if not isinstance(name, str) or not name.strip():
         raise SettingsError(f"{where}: `name` must be text, not {shown(name)}")
@@ -113,22 +114,21 @@ def load_zoo_config(path: str | os.PathLike) -> ZooConfig:
         raise SettingsError(f"{where}: `datasets` must hold one [datasets.NAME] table per dataset")
     if "mnist" in tables:
         raise SettingsError(f"{where}: [datasets.mnist]: 'mnist' names the bundled digits; call yours otherwise")
-    datasets = {name: _dataset(where, name, table, folder) for name, table in tables.items()}
+    datasets = {
+        name: read_dataset(f"{where}: [datasets.{name}]", name, table, folder) for name, table in tables.items()
+    }
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
         raise SettingsError(f"{where}: `defaults` must be a table of [[badnet]] values")
-    _unknown(where, "[defaults]", defaults, BADNET_KEYS)
+    _unknown(f"{where}: [defaults]", defaults, BADNET_KEYS)
     entries = document.get("badnet")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise SettingsError(f"{where}: lists no BadNets: add one [[badnet]] table per BadNet")
     badnets: list[BadNetSettings] = []
     for index, table in enumerate(entries, 1):
-        _unknown(where, f"badnet {index}", table, BADNET_KEYS)
+        _unknown(f"{where}: badnet {index}", table, BADNET_KEYS)
         badnets += _expanded(where, index, {**defaults, **table}, datasets)
-    labels = [b.label() for b in badnets]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise SettingsError(f"{where}: the BadNet {repeated[0]} is listed twice")
+    badnets = _distinctly_labelled(where, badnets)
     record = {name: {k: v for k, v in d.items() if k != "settings"} for name, d in datasets.items()}
     return ZooConfig(name.strip(), os.path.abspath(path), tuple(badnets), seeds, clean_seeds, record)
 
@@ -144,11 +144,11 @@ def builtin_zoo() -> ZooConfig:
 _BUILTIN: ZooConfig | None = None
 
 
-def _unknown(where: str, table: str, values: dict, known: tuple[str, ...], more: str = "") -> None:
+def _unknown(label: str, values: dict, known: tuple[str, ...], more: str = "") -> None:
     unknown = sorted(set(values) - set(known))
     if unknown:
         listed = ", ".join(k for k in known if k != "badnet") + (f" and {more}" if more else "")
-        raise SettingsError(f"{where}: {table}: unknown key(s) {', '.join(unknown)} (known: {listed})")
+        raise SettingsError(f"{label}: unknown key(s) {', '.join(unknown)} (known: {listed})")
 
 
 def _whole(value) -> bool:
@@ -158,7 +158,7 @@ def _whole(value) -> bool:
 def _seeds(where: str, key: str, table) -> dict[str, tuple[int, ...]]:
     if not isinstance(table, dict):
         raise SettingsError(f"{where}: [{key}] must give the seeds of `dev` and `eval`, e.g. dev = [0], eval = [1]")
-    _unknown(where, f"[{key}]", table, PART_NAMES)
+    _unknown(f"{where}: [{key}]", table, PART_NAMES)
     parts: dict[str, tuple[int, ...]] = {}
     for part in PART_NAMES:
         values = table.get(part)
@@ -176,10 +176,11 @@ def _seeds(where: str, key: str, table) -> dict[str, tuple[int, ...]]:
     return parts
 
 
-def _dataset(where: str, name: str, table: dict, folder: str) -> dict[str, Any]:
-    """A user's dataset, read: what every BadNet on it records, and the BadNetSettings fields."""
-    label = f"{where}: [datasets.{name}]"
-    _unknown(where, f"[datasets.{name}]", table, DATASET_KEYS)
+def read_dataset(label: str, name: str, table: dict, folder: str) -> dict[str, Any]:
+    """A user's dataset (`table`: its `path`, and optionally `range` and `per_class`, as a zoo
+    configuration gives them; a relative path from `folder`), read and checked: what every BadNet on
+    it records, and under "settings" the BadNetSettings fields it sets. `label` starts messages."""
+    _unknown(label, table, DATASET_KEYS)
     given = table.get("path")
     if not isinstance(given, str) or not given:
         raise SettingsError(f"{label}: `path` must name its data file or image folder")
@@ -188,6 +189,11 @@ def _dataset(where: str, name: str, table: dict, folder: str) -> dict[str, Any]:
         images = load_images(path)
     except GoodnetError as exc:
         raise SettingsError(f"{label}: {exc}") from None
+    if int(images.y.max()) >= len(images):
+        raise SettingsError(
+            f"{label}: label {int(images.y.max())} among {len(images)} images: its classes 0..{int(images.y.max())} "
+            f"cannot all be present"
+        )
     counts = np.bincount(images.y)
     missing = np.flatnonzero(counts == 0)
     if len(counts) < 2:
@@ -240,7 +246,7 @@ def _dataset(where: str, name: str, table: dict, folder: str) -> dict[str, Any]:
             f"{label}: `per_class` {list(per_class)} needs {sum(per_class)} images of every class; the smallest "
             f"class has {smallest}"
         )
-    digest = content_sha256(path)
+    digest = data_sha256(path)
     settings = {
         "dataset": name,
         "data_path": os.path.abspath(path),
@@ -272,6 +278,9 @@ def _expanded(where: str, index: int, table: dict, datasets: dict[str, dict]) ->
     choices = [table[k] if isinstance(table[k], list) else [table[k]] for k in keys]
     if any(not c for c in choices):
         raise SettingsError(f"{label}: an empty list gives no BadNet")
+    count = math.prod(len(c) for c in choices)
+    if count > MAX_BADNETS:
+        raise SettingsError(f"{label}: its lists give {count} BadNets; a zoo configuration takes at most {MAX_BADNETS}")
     found = []
     for values in itertools.product(*choices):
         found.append(_badnet(label, dict(zip(keys, values)), datasets))
@@ -320,6 +329,86 @@ def _badnet(label: str, values: dict, datasets: dict[str, dict]) -> BadNetSettin
     if target >= classes and values.get("kind") != "all-to-all":
         raise SettingsError(f"{label}: target {target} is not a class of {dataset} (0..{classes - 1})")
     try:
-        return BadNetSettings(**values, trigger_settings=tuple(sorted(trigger.items())))
+        settings = BadNetSettings(**values, trigger_settings=tuple(sorted(trigger.items())))
     except SettingsError as exc:
         raise SettingsError(f"{label}: {exc}") from None
+    _check_fits(label, settings)
+    return settings
+
+
+def _check_fits(label: str, settings: BadNetSettings) -> None:
+    """Refuse, before anything trains, an architecture that cannot take the images and a poison
+    rate that poisons no image or more images than the attack can change."""
+    import torch
+
+    try:
+        model = settings.build_model()
+        with torch.no_grad():
+            model(torch.zeros((1, *settings.input_shape)))
+    except (ValueError, RuntimeError) as exc:
+        shape = " x ".join(map(str, settings.input_shape))
+        raise SettingsError(f"{label}: {settings.arch} cannot take {shape} images ({one_line(str(exc))})") from None
+    train = settings.per_class[0] * settings.num_classes
+    count = int(round(settings.poison_rate * train))
+    eligible = train if settings.kind == "all-to-all" else train - settings.per_class[0]
+    if count < 1 or count > eligible:
+        raise SettingsError(
+            f"{label}: poison rate {settings.poison_rate:g} of {train} training images poisons {count}; it must "
+            f"poison at least 1 and at most the {eligible} images the attack can change"
+        )
+
+
+def _distinctly_labelled(where: str, badnets: list[BadNetSettings]) -> list[BadNetSettings]:
+    """The BadNets, each with a label of its own: one listed twice is refused; BadNets whose usual
+    labels (attack/arch/data/poison/seed) coincide are told apart by the settings they differ in."""
+    seen: set[BadNetSettings] = set()
+    for b in badnets:
+        if b in seen:
+            raise SettingsError(f"{where}: the BadNet {b.label()} is listed twice")
+        seen.add(b)
+    groups: dict[str, list[BadNetSettings]] = {}
+    for b in badnets:
+        groups.setdefault(b.label(), []).append(b)
+    named = []
+    for b in badnets:
+        group = groups[b.label()]
+        if len(group) == 1:
+            named.append(b)
+            continue
+        differ = [
+            f.name
+            for f in fields(BadNetSettings)
+            if f.name not in ("seed", "name") and len({getattr(g, f.name) for g in group}) > 1
+        ]
+        extra = ",".join(f"{n}={_shown_value(getattr(b, n))}" for n in differ)
+        named.append(replace(b, name=f"{b.label()[: b.label().rindex('/')]}/{extra}"))  # the seed comes after
+    return named
+
+
+def _shown_value(value) -> str:
+    if isinstance(value, tuple):
+        return "+".join(f"{k}:{v}" for k, v in value) if value and isinstance(value[0], tuple) else str(list(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def dataset_settings(
+    path: str,
+    values: dict[str, Any],
+    value_range: tuple[float, float] | None = None,
+    per_class: tuple[int, int, int] | None = None,
+) -> BadNetSettings:
+    """One BadNet on the user's dataset at `path` (`goodnet attack --data`): `values` are its other
+    settings (kind, target, poison_rate, seed, epochs, arch, augment); the dataset is read and checked
+    as a zoo configuration's is, named after its file or folder."""
+    name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or "data"
+    if name == "mnist":  # the bundled digits' name
+        name = "mnist-data"
+    table: dict[str, Any] = {"path": path}
+    if value_range is not None:
+        table["range"] = list(value_range)
+    if per_class is not None:
+        table["per_class"] = list(per_class)
+    dataset = read_dataset("--data", name, table, os.getcwd())
+    values = dict(values)
+    seed = int(values.pop("seed", 0))
+    return replace(_badnet("--data", {**values, "dataset": name}, {name: dataset}), seed=seed)
