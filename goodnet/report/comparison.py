@@ -96,8 +96,8 @@ EXTRA = [
 
 PROTOCOL_NOTE = (
     "Each defense named after a paper runs at its paper's and reference code's settings (see the "
-    "conformance page); goodnet's own repairs' settings were chosen on the development part of the zoo "
-    "(seed 0), on clean validation data, and frozen in code; scores on the evaluation part (seed 1) "
+    "conformance page); goodnet's own repairs' settings were chosen on the development part of goodnet's "
+    "built-in zoo (seed 0), on clean validation data, and frozen in code; scores on an evaluation part "
     "choose nothing. Per zoo part and repair: BadNets (among those "
     "that met their own bar) repaired to the bar, test ASR and clean test drop (median, worst), how "
     "often the do-no-harm guard fell back, and the total repair time."
