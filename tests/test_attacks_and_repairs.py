@@ -191,7 +191,7 @@ def test_comparison_cell_equals_a_rerun(zoo_cache, tmp_path, capsys):
 
 def test_attack_command_errors(tmp_path, capsys):
     code, _, err = run_cli(capsys, ["attack", "--kind", "patch", "--target", "12", "--out", tmp_path / "x"])
-    assert_one_line_error(code, err, "argument --target: must be an integer from 0 to 9")
+    assert_one_line_error(code, err, "target 12 is not a class (0..9)")
     code, _, err = run_cli(capsys, ["attack", "--kind", "blended", "--poison-rate", "1.5", "--out", tmp_path / "x"])
     assert_one_line_error(code, err, "argument --poison-rate: must be a share between 0 and 1")
     assert not (tmp_path / "x").exists()
