@@ -130,7 +130,7 @@ CASES = [
     ("attack-epochs-zero", _attack("--epochs", "0"), "argument --epochs: must be an integer from 1 to"),
     ("attack-epochs-huge", _attack("--epochs", BIG), "argument --epochs: must be an integer from 1 to"),
     ("attack-target-ten", _attack("--target", "10"), "target 10 is not a class (0..9)"),
-    ("attack-target-negative", _attack("--target", "-1"), "argument --target: must be an integer from 0 to 9"),
+    ("attack-target-negative", _attack("--target", "-1"), f"argument --target: {SEED_RANGE}"),
     ("attack-rate-zero", _attack("--poison-rate", "0"), "argument --poison-rate: must be a share between 0 and 1"),
     ("attack-rate-one", _attack("--poison-rate", "1"), "argument --poison-rate: must be a share between 0 and 1"),
     ("attack-rate-nan", _attack("--poison-rate", "nan"), "argument --poison-rate: must be a share"),
