@@ -208,22 +208,8 @@ def test_eval_and_defend_read_every_format_as_the_lab_file(tmp_path, capsys, dem
         lines[name] = [line for line in out.splitlines() if line.startswith("Clean Classification accuracy")]
     assert lines["folder"] == lines["h5"] == lines["npy"] and lines["h5"]
     out_dir = tmp_path / "defended"
-    code, _, err = run_cli(
-        capsys,
-        [
-            "defend",
-            "--model",
-            model,
-            "--clean-valid",
-            inputs["clean_valid"],
-            "--clean-test",
-            folder,
-            "--quiet",
-            "--no-strip",
-            "--out",
-            out_dir,
-        ],
-    )
+    defend = ["defend", "--model", model, "--clean-valid", inputs["clean_valid"], "--clean-test", folder]
+    code, _, err = run_cli(capsys, [*defend, "--quiet", "--no-strip", "--out", out_dir])
     assert code == 0, err
     with open(out_dir / "results.json") as f:
         doc = json.load(f)
@@ -236,20 +222,7 @@ def test_eval_and_defend_read_every_format_as_the_lab_file(tmp_path, capsys, dem
     assert doc["data_formats"]["clean_valid"]["format"] == "hdf5"
     assert doc["provenance"]["data"]["clean_test"]["sha256"] == file_record(folder)["sha256"]
     # an --out inside the image folder is refused: goodnet never writes into what it reads
-    code, _, err = run_cli(
-        capsys,
-        [
-            "defend",
-            "--model",
-            model,
-            "--clean-valid",
-            inputs["clean_valid"],
-            "--clean-test",
-            folder,
-            "--out",
-            os.path.join(folder, "out"),
-        ],
-    )
+    code, _, err = run_cli(capsys, [*defend, "--out", os.path.join(folder, "out")])
     assert_one_line_error(code, err, "is inside the input")
 
 
