@@ -241,6 +241,11 @@ def test_what_a_data_set_is_recorded_by_is_every_file_it_is_read_from(tmp_path):
     digest = data_sha256(folder)
     (tmp_path / "set" / ".DS_Store").write_bytes(b"junk")
     assert data_sha256(folder) == digest
+    # a named pipe among the images is refused before anything opens it (nothing blocks)
+    os.mkfifo(tmp_path / "set" / "2" / "pipe.png")
+    with pytest.raises(DataError, match="named pipe"):
+        data_sha256(folder)
+    os.remove(tmp_path / "set" / "2" / "pipe.png")
     # a link to a folder is refused, inside or as a class: it could lead outside, or back in
     os.symlink(tmp_path / "set" / "0", tmp_path / "set" / "1" / "loop")
     with pytest.raises(DataError, match="a link to a folder"):

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import DataError, shown_path
 from .data import check_declared_size, read_image, register_data_reader
+from .file_checks import input_file_problem
 from .output_dir import file_sha256
 from .readers import leading_bytes
 
@@ -89,6 +90,9 @@ def _class_images(path: str, folder: str) -> list[str]:
             if _ignored(name):
                 continue
             full = os.path.join(root, name)
+            problem = input_file_problem(full, "an image")
+            if problem is not None:  # a pipe or device (never opened: nothing blocks), a broken link
+                raise DataError(f"{shown_path(full)}: {problem}")
             if not name.lower().endswith(IMAGE_SUFFIXES):
                 raise DataError(
                     f"{shown_path(full)}: not a PNG or JPEG image (by its name); an image folder holds only "
