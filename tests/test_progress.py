@@ -189,7 +189,7 @@ def test_quiet_on_the_command_line_turns_progress_off(monkeypatch, tmp_path):
 
     asked = []
 
-    def attack_files(settings, out_dir, cache_dir=None, progress=True):
+    def attack_files(settings, out_dir, cache_dir=None, progress=True, data=None):
         asked.append(progress)
         raise SettingsError("stopped by the test")
 
