@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import signal
-import stat
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ from typing import Any
 from . import errors
 from .devices import compute_device, using_device
 from .errors import GoodnetError, SettingsError
-from .io.dataset_readers import data_sha256
+from .io.dataset_readers import data_sha256, read_from_several_files
 from .io.output_dir import release_output, write_file_atomically
 from .progress import eta, format_duration
 
@@ -68,7 +67,7 @@ def file_identity(path: str) -> str | None:
         info = os.stat(path)
     except (OSError, ValueError):
         return None
-    if stat.S_ISDIR(info.st_mode) or path.lower().endswith(".npy"):
+    if read_from_several_files(path):
         # read from several files (an image folder; a .npy pair's labels beside it), which this one
         # file's times do not follow: digested every time
         try:

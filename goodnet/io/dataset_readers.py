@@ -322,17 +322,23 @@ def npy_labels_file(path: str) -> str:
     return present[0]
 
 
+def read_from_several_files(path: str) -> bool:
+    """Whether reading `path` as data reads other files than `path` itself (an image folder, a .npy
+    pair): what its own size and times do not follow."""
+    return os.path.isdir(path) or (path.lower().endswith(".npy") and leading_bytes(path, len(NPY_MAGIC)) == NPY_MAGIC)
+
+
 def data_files(path: str) -> list[str]:
     """Every file that reading `path` as data reads: an image folder's images, a .npy pair's two
     files, else the file itself. What a data set is recorded and cached by."""
+    if not read_from_several_files(path):
+        return [path]
     if os.path.isdir(path):
         return [image for image, _ in image_folder_files(path)[0]]
-    if path.lower().endswith(".npy") and leading_bytes(path, len(NPY_MAGIC)) == NPY_MAGIC:
-        try:
-            return [path, npy_labels_file(path)]
-        except (DataError, OSError):
-            return [path]  # refused when read, in its own words
-    return [path]
+    try:
+        return [path, npy_labels_file(path)]
+    except (DataError, OSError):
+        return [path]  # refused when read, in its own words
 
 
 def data_sha256(path: str) -> str:

@@ -32,7 +32,7 @@ from ..errors import DataError, SettingsError, shown_path
 from .data import checked_scale, shown
 from .file_checks import input_file_problem
 from .model_files import ModelSource, manifest_arch, manifest_path, names_arch_file
-from .toml_files import read_toml
+from .toml_files import read_toml, refuse_unknown_keys
 
 MODEL_KEYS = ("name", "model", "backdoored", "target", "clean_valid", "arch", "factory", "input_scale")
 DEFAULT_KEYS = ("clean_valid", "arch", "factory", "input_scale")
@@ -82,9 +82,7 @@ def read_population(path: str | os.PathLike, trust_code: bool = False) -> list[P
 
 def _entry(where: str, folder: str, index: int, table: dict, defaults: dict, trust_code: bool) -> PopulationEntry:
     label = f"{where}: model {index}"
-    unknown = sorted(set(table) - set(MODEL_KEYS))
-    if unknown:
-        raise SettingsError(f"{label}: unknown key(s) {', '.join(unknown)} (known: {', '.join(MODEL_KEYS)})")
+    refuse_unknown_keys(label, table, MODEL_KEYS)
     merged = {**defaults, **table}
     for key in ("model", "backdoored", "clean_valid"):
         if key not in merged:

@@ -28,3 +28,12 @@ def read_toml(path: str, what: str) -> dict[str, Any]:
         raise SettingsError(f"{where}: cannot be read ({e})") from None
     except RecursionError:
         raise SettingsError(f"{where}: nested too deeply to read") from None
+
+
+def refuse_unknown_keys(label: str, table: dict, known: tuple[str, ...], shown: tuple[str, ...] | None = None) -> None:
+    """Refuse a TOML table holding a key not in `known`, in one line starting with `label` and
+    listing `shown` (default: `known`) as the keys it takes."""
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        listed = ", ".join(known if shown is None else shown)
+        raise SettingsError(f"{label}: unknown key(s) {', '.join(unknown)} (known: {listed})")

@@ -48,12 +48,13 @@ import numpy as np
 from ..errors import GoodnetError, SettingsError, one_line, shown_path
 from ..io.data import load_images, shown
 from ..io.dataset_readers import data_sha256
-from ..io.toml_files import read_toml
+from ..io.toml_files import read_toml, refuse_unknown_keys
 from .attacks import KINDS
 from .badnets import ARCHS, SCALES, BadNetSettings
 
 BUILTIN_CONFIG = os.path.join(os.path.dirname(__file__), "builtin_zoo.toml")
 TOP_KEYS = ("name", "seeds", "clean_seeds", "datasets", "defaults", "badnet")
+TOP_SHOWN = ("name", "seeds", "clean_seeds", "datasets", "defaults and [[badnet]] tables")  # as messages list them
 BADNET_KEYS = ("dataset", "arch", "attack", "target", "poison_rate", "epochs", "width", "scale", "augment", "trigger")
 DATASET_KEYS = ("path", "range", "per_class")
 DEFAULT_SPLIT = (0.6, 0.2, 0.2)  # attacker-train, validation, test: shares of the smallest class
@@ -102,7 +103,7 @@ def load_zoo_config(path: str | os.PathLike) -> ZooConfig:
     path = os.fspath(path)
     where = shown_path(path)
     document = read_toml(path, "a zoo configuration")
-    _unknown(f"{where}: top level", document, TOP_KEYS, "[[badnet]] tables")
+    refuse_unknown_keys(f"{where}: top level", document, TOP_KEYS, TOP_SHOWN)
     name = document.get("name", os.path.splitext(os.path.basename(path))[0])
     if not isinstance(name, str) or not name.strip():
         raise SettingsError(f"{where}: `name` must be text, not {shown(name)}")
@@ -120,13 +121,13 @@ def load_zoo_config(path: str | os.PathLike) -> ZooConfig:
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
         raise SettingsError(f"{where}: `defaults` must be a table of [[badnet]] values")
-    _unknown(f"{where}: [defaults]", defaults, BADNET_KEYS)
+    refuse_unknown_keys(f"{where}: [defaults]", defaults, BADNET_KEYS)
     entries = document.get("badnet")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise SettingsError(f"{where}: lists no BadNets: add one [[badnet]] table per BadNet")
     badnets: list[BadNetSettings] = []
     for index, table in enumerate(entries, 1):
-        _unknown(f"{where}: badnet {index}", table, BADNET_KEYS)
+        refuse_unknown_keys(f"{where}: badnet {index}", table, BADNET_KEYS)
         badnets += _expanded(where, index, {**defaults, **table}, datasets)
     badnets = _distinctly_labelled(where, badnets)
     record = {name: {k: v for k, v in d.items() if k != "settings"} for name, d in datasets.items()}
@@ -144,13 +145,6 @@ def builtin_zoo() -> ZooConfig:
 _BUILTIN: ZooConfig | None = None
 
 
-def _unknown(label: str, values: dict, known: tuple[str, ...], more: str = "") -> None:
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        listed = ", ".join(k for k in known if k != "badnet") + (f" and {more}" if more else "")
-        raise SettingsError(f"{label}: unknown key(s) {', '.join(unknown)} (known: {listed})")
-
-
 def _whole(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -158,7 +152,7 @@ def _whole(value) -> bool:
 def _seeds(where: str, key: str, table) -> dict[str, tuple[int, ...]]:
     if not isinstance(table, dict):
         raise SettingsError(f"{where}: [{key}] must give the seeds of `dev` and `eval`, e.g. dev = [0], eval = [1]")
-    _unknown(f"{where}: [{key}]", table, PART_NAMES)
+    refuse_unknown_keys(f"{where}: [{key}]", table, PART_NAMES)
     parts: dict[str, tuple[int, ...]] = {}
     for part in PART_NAMES:
         values = table.get(part)
@@ -180,7 +174,7 @@ def read_dataset(label: str, name: str, table: dict, folder: str) -> dict[str, A
     """A user's dataset (`table`: its `path`, and optionally `range` and `per_class`, as a zoo
     configuration gives them; a relative path from `folder`), read and checked: what every BadNet on
     it records, and under "settings" the BadNetSettings fields it sets. `label` starts messages."""
-    _unknown(label, table, DATASET_KEYS)
+    refuse_unknown_keys(label, table, DATASET_KEYS)
     given = table.get("path")
     if not isinstance(given, str) or not given:
         raise SettingsError(f"{label}: `path` must name its data file or image folder")
