@@ -28,6 +28,7 @@ from .io.model_files import load_model
 from .io.output_dir import check_not_an_input, check_output_dir, claim_state_dir
 from .measure import run_repair
 from .measure.relearning import RelearnSettings, RelearnTest
+from .models.cost import multiply_adds
 from .repairs import REPAIRS, Repair, build_repair, repair_names
 from .report.comparison import comparison_row, write_comparison
 from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, clean_reference_scores, default_cache_dir, zoo_badnet
@@ -114,7 +115,14 @@ def prepare_badnet(
         if scan
         else {}
     )
-    return {"label": settings.label(), "zoo": zoo, "strip": asdict(strip), "target": target, "scan_before": before}
+    return {
+        "label": settings.label(),
+        "zoo": zoo,
+        "strip": asdict(strip),
+        "target": target,
+        "scan_before": before,
+        "multiply_adds": multiply_adds(model, tuple(model.input_shape)),
+    }
 
 
 def repair_badnet(
@@ -213,6 +221,7 @@ def compare(
                 },
                 inputs=zoo_inputs(p["zoo"]["directory"])
                 + ((os.path.join(zoo_directory(s.clean_reference(), cache_dir), MODEL_FILE),) if relearn else ()),
+                cost=r.relative_cost * p.get("multiply_adds", 1),
             )
             for s, p in zip(badnets, prepared)
             for r in repairs

@@ -90,13 +90,16 @@ class GridCell:
     """One unit of a grid: `task(**arguments)` (a module-level function, so pool and Ray workers can
     import it). `key` names the cell in progress lines and in its result file. `inputs`: the files
     the cell reads, whose content (not name or date) is part of its fingerprint, so a cell whose
-    files changed runs again."""
+    files changed runs again. `cost`: a rough estimate of its run time in any unit, never
+    fingerprinted; runners with several workers start the costliest cells first, so that no long
+    cell is left running alone at the end (results keep the order of the cells)."""
 
     key: str
     task: Callable[..., dict[str, Any]]
     arguments: dict[str, Any] = field(default_factory=dict)
     presentation: dict[str, Any] = field(default_factory=dict)  # passed too, never fingerprinted (progress bars)
     inputs: tuple[str, ...] = ()
+    cost: float = 1.0
 
     def call_arguments(self) -> dict[str, Any]:
         return {**self.arguments, **self.presentation}
@@ -308,13 +311,15 @@ def run_grid(
     threads, device = runner.cell_threads, str(compute_device())
     if not todo:
         pass
-    elif runner.ray is not None:
-        _run_on_ray(todo, runner, threads, device, record)
-    elif runner.workers == 1:
+    elif runner.workers == 1 and runner.ray is None:
         for cell in todo:
             record(cell, run_cell(cell.task, cell.call_arguments(), threads, device))
     else:
-        _run_in_pool(todo, runner.workers, threads, device, record)
+        costliest_first = sorted(todo, key=lambda c: -c.cost)  # stable: equal costs keep their order
+        if runner.ray is not None:
+            _run_on_ray(costliest_first, runner, threads, device, record)
+        else:
+            _run_in_pool(costliest_first, runner.workers, threads, device, record)
     return [results[c.key] for c in cells]
 
 

@@ -26,6 +26,9 @@ class ImageClassifier(nn.Module):
 
     arch: ClassVar[str]
     final_layer: ClassVar[str]
+    # True where forward works unchanged on channels-last maps (devices.training_layout); a
+    # subclass says so itself once its forward has been checked (a `view` of a map would break)
+    channels_last_ready: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, input_shape: tuple[int, int, int], input_divisor: float):
         super().__init__()

@@ -17,6 +17,7 @@ class DeepID(ImageClassifier):
     is left out: it does not change the argmax)."""
 
     arch = "deepid"
+    channels_last_ready = True  # its forward takes channels-last maps (devices.training_layout)
     final_layer = "output"
 
     def __init__(

@@ -34,6 +34,7 @@ class BasicBlock(nn.Module):
 @register_architecture
 class ResNet8(ImageClassifier):
     arch = "resnet8"
+    channels_last_ready = True  # its forward takes channels-last maps (devices.training_layout)
     final_layer = "fc"
 
     def __init__(

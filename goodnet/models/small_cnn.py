@@ -18,6 +18,7 @@ class SmallCNN(ImageClassifier):
     the lab's and no scaling option is needed."""
 
     arch = "small_cnn"
+    channels_last_ready = True  # its forward takes channels-last maps (devices.training_layout)
     final_layer = "output"
 
     def __init__(

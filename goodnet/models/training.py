@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from ..devices import to_model
+from ..devices import to_model, training_layout
 from ..errors import TrainingDiverged
 from ..lazy_torch import F, nn, torch
 from ..progress import progress as progress_bar
@@ -240,51 +240,52 @@ def fine_tune(
     steps = epochs * ((len(xs) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps if anneal == "step" else epochs, 1))
     model.train()
-    for epoch in progress_bar(range(epochs), progress):
-        order = torch.randperm(len(xs), generator=generator)
-        for start in range(0, len(xs), batch_size):
-            idx = order[start : start + batch_size]
-            batch = xs[idx]
-            # drawn on the CPU whatever the device: the same draws everywhere
-            if augmentation == "shift-erase":
-                batch = random_erase(
-                    random_shift(batch, generator, fill=value_range[0]), generator, value_range=value_range
-                )
-            elif augmentation == "crop":
-                batch = random_shift(batch, generator, pixels=CROP_PADDING, fill=value_range[0])
-            batch, labels = to_model(batch, model), to_model(ys[idx], model)
-
-            def step_loss(
-                batch: torch.Tensor = batch, labels: torch.Tensor = labels, epoch: int = epoch
-            ) -> torch.Tensor:
-                optimizer.zero_grad()
-                loss = smoothed_cross_entropy(model(batch), labels, label_smoothing)
-                if penalty is not None:
-                    loss = loss + penalty(model, batch, labels)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"fine-tuning diverged: the loss became {loss.item()} in epoch {epoch + 1} (rate {lr:g})"
+    with training_layout(model):
+        for epoch in progress_bar(range(epochs), progress):
+            order = torch.randperm(len(xs), generator=generator)
+            for start in range(0, len(xs), batch_size):
+                idx = order[start : start + batch_size]
+                batch = xs[idx]
+                # drawn on the CPU whatever the device: the same draws everywhere
+                if augmentation == "shift-erase":
+                    batch = random_erase(
+                        random_shift(batch, generator, fill=value_range[0]), generator, value_range=value_range
                     )
-                loss.backward()
-                return loss
+                elif augmentation == "crop":
+                    batch = random_shift(batch, generator, pixels=CROP_PADDING, fill=value_range[0])
+                batch, labels = to_model(batch, model), to_model(ys[idx], model)
 
-            step_loss()
-            if sharpness is not None:  # the gradient at the worst weights within the radius, then back
-                shifts = _sharpness_shifts(model, sharpness, adaptive)
-                with running_stats_kept(model):  # running statistics: from the real weights only
-                    step_loss()
-                with torch.no_grad():
-                    for p, shift in shifts:
-                        p.sub_(shift)
-            if max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)  # a high rate must not diverge
-            optimizer.step()
-            if anneal == "step":
+                def step_loss(
+                    batch: torch.Tensor = batch, labels: torch.Tensor = labels, epoch: int = epoch
+                ) -> torch.Tensor:
+                    optimizer.zero_grad()
+                    loss = smoothed_cross_entropy(model(batch), labels, label_smoothing)
+                    if penalty is not None:
+                        loss = loss + penalty(model, batch, labels)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"fine-tuning diverged: the loss became {loss.item()} in epoch {epoch + 1} (rate {lr:g})"
+                        )
+                    loss.backward()
+                    return loss
+
+                step_loss()
+                if sharpness is not None:  # the gradient at the worst weights within the radius, then back
+                    shifts = _sharpness_shifts(model, sharpness, adaptive)
+                    with running_stats_kept(model):  # running statistics: from the real weights only
+                        step_loss()
+                    with torch.no_grad():
+                        for p, shift in shifts:
+                            p.sub_(shift)
+                if max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)  # a high rate must not diverge
+                optimizer.step()
+                if anneal == "step":
+                    schedule.step()
+                if after_step is not None:
+                    after_step(model)
+            if anneal == "epoch":
                 schedule.step()
-            if after_step is not None:
-                after_step(model)
-        if anneal == "epoch":
-            schedule.step()
     if not _finite(model):
         raise TrainingDiverged(f"fine-tuning diverged: weights are no longer finite (rate {lr:g})")
     return model.eval()

@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..devices import device_of, to_model
+from ..devices import device_of, to_model, training_layout
 from ..errors import DataError, ModelError
 from ..lazy_torch import F, nn, torch
 from ..models.training import random_shift
@@ -165,6 +165,7 @@ _MASK_CACHE = FitMemo(4)
 @dataclass(frozen=True)
 class AdversarialNeuronPruning(Repair):
     name = "anp"
+    relative_cost = 7.4
     description = (
         "Adversarial Neuron Pruning (Wu & Wang 2021): learn per-neuron masks that keep the clean "
         "loss low under adversarial neuron perturbations, prune the neurons whose mask falls low"
@@ -283,24 +284,25 @@ class AdversarialNeuronPruning(Repair):
         xs, ys = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)).long()
         low = float(xs.min()) if fill is None else fill  # crop padding: the bottom of the range (black)
         robust = self.eps > 0
-        try:
-            for _ in progress_bar(range(self.iterations), "optimising neuron masks" if progress else None):
-                idx = torch.randint(len(xs), (self.batch_size,), generator=generator)  # with replacement
-                batch = xs[idx]
-                if self.augment and batch.dim() == 4:
-                    batch = random_shift(batch, generator, pixels=4, fill=low)
-                    flip = torch.rand(len(batch), generator=generator) < 0.5
-                    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
-                batch, labels = to_model(batch, work), to_model(ys[idx], work)
-                if robust:
-                    neurons.randomise(generator)
-                    neurons.ascend(work, batch, labels, self.perturb_steps)
-                optimizer.zero_grad()
-                neurons.loss(work, batch, labels, self.alpha, robust).backward()
-                optimizer.step()
-                with torch.no_grad():
-                    for mask in neurons.masks.values():
-                        mask.clamp_(0.0, 1.0)
-        finally:
-            neurons.remove()
+        with training_layout(work):
+            try:
+                for _ in progress_bar(range(self.iterations), "optimising neuron masks" if progress else None):
+                    idx = torch.randint(len(xs), (self.batch_size,), generator=generator)  # with replacement
+                    batch = xs[idx]
+                    if self.augment and batch.dim() == 4:
+                        batch = random_shift(batch, generator, pixels=4, fill=low)
+                        flip = torch.rand(len(batch), generator=generator) < 0.5
+                        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+                    batch, labels = to_model(batch, work), to_model(ys[idx], work)
+                    if robust:
+                        neurons.randomise(generator)
+                        neurons.ascend(work, batch, labels, self.perturb_steps)
+                    optimizer.zero_grad()
+                    neurons.loss(work, batch, labels, self.alpha, robust).backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        for mask in neurons.masks.values():
+                            mask.clamp_(0.0, 1.0)
+            finally:
+                neurons.remove()
         return {name: mask.detach().cpu().clone() for name, mask in neurons.masks.items()}

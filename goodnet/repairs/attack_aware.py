@@ -26,6 +26,7 @@ from .registry import register_repair
 @dataclass(frozen=True)
 class AttackAwarePruning(Repair):
     name = "attack-aware"
+    relative_cost = 0.02
     description = (
         "an ORACLE that also reads --poisoned-valid: prune, channel by channel over the last "
         "conv layers, whatever lowers the poisoned-valid ASR within the clean budget"

@@ -39,7 +39,7 @@ import operator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from ..devices import to_model
+from ..devices import to_model, training_layout
 from ..errors import ModelError, TrainingDiverged
 from ..lazy_torch import F, fx, nn, torch
 from ..models.training import random_shift
@@ -221,6 +221,7 @@ def reference_rate(lr: float, epoch: int) -> float:
 @dataclass(frozen=True)
 class AttentionDistillation(TuningSchedule):
     name = "nad"
+    relative_cost = 0.7
     description = (
         "Neural Attention Distillation (Li et al. 2021): fine-tune a teacher on clean data, then "
         "fine-tune B to match the teacher's attention maps at the outputs of its residual groups"
@@ -320,14 +321,15 @@ class AttentionDistillation(TuningSchedule):
         betas = self.betas[-len(stages) :]  # a model with fewer stages gets the deepest stages' weights
         torch.manual_seed(self.seed)  # dropout in train mode draws from the global generator
         teacher = WithMaps(tapped(copy.deepcopy(model), stages))
-        self._run(
-            teacher,
-            clean.x,
-            clean.y,
-            data.value_range,
-            self.teacher_epochs,
-            "training the teacher" if progress else None,
-        )
+        with training_layout(teacher, like=model):
+            self._run(
+                teacher,
+                clean.x,
+                clean.y,
+                data.value_range,
+                self.teacher_epochs,
+                "training the teacher" if progress else None,
+            )
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -343,15 +345,16 @@ class AttentionDistillation(TuningSchedule):
             return sum(b * v for b, v in zip(betas, losses))
 
         torch.manual_seed(self.seed)
-        self._run(
-            student,
-            clean.x,
-            clean.y,
-            data.value_range,
-            self.epochs,
-            "attention distillation" if progress else None,
-            distil,
-        )
+        with training_layout(teacher, like=model), training_layout(student, like=model):
+            self._run(
+                student,
+                clean.x,
+                clean.y,
+                data.value_range,
+                self.epochs,
+                "attention distillation" if progress else None,
+                distil,
+            )
         student_model.eval()
         return RepairOutcome(
             [RepairedModel(self.name, student_model, {}, weights_changed=True)],

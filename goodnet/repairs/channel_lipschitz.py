@@ -90,6 +90,7 @@ def _names(layers: list[str], limit: int = 4) -> str:
 @dataclass(frozen=True)
 class ChannelLipschitzPruning(Repair):
     name = "clp"
+    relative_cost = 0.01
     description = (
         "Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free: prune every conv's "
         "channels whose Lipschitz upper bound is an outlier (> mean + u * std) in its layer"

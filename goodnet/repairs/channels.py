@@ -16,6 +16,7 @@ from .registry import register_repair
 @dataclass(frozen=True)
 class ExplicitChannels(Repair):
     name = "channels"
+    relative_cost = 0.01
     guarded = False  # the user chose the channels; no data to judge on is required
     description = (
         "prune exactly the channels listed in --channels (someone else's B'); data files are optional and only measured"

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ..devices import to_model
+from ..devices import to_model, training_layout
 from ..errors import ModelError, SettingsError, TrainingDiverged
 from ..lazy_torch import F, nn, torch
 from ..model_copies import copy_model
@@ -161,6 +161,7 @@ class SharedPerturbation:
 @dataclass(frozen=True)
 class ImplicitUnlearning(Repair):
     name = "i-bau"
+    relative_cost = 0.6
     description = (
         "i-BAU (Zeng et al. 2022): minimax unlearning of the universal perturbation that fools B most, "
         "the model updated by the implicit hypergradient"
@@ -244,9 +245,10 @@ class ImplicitUnlearning(Repair):
         run = self._reference if self.variant == "reference" else self._goodnet
         corrections: list[float] = []
         carried = [0]  # images that carried the perturbation in the model's loss, all rounds
-        delta = run(
-            tuned, params, optimiser, xs, ys, high - low, (low, high), generator, corrections, carried, progress
-        )
+        with training_layout(tuned):
+            delta = run(
+                tuned, params, optimiser, xs, ys, high - low, (low, high), generator, corrections, carried, progress
+            )
         tuned.zero_grad(set_to_none=True)
         if not all(torch.isfinite(p).all() for p in tuned.parameters()):
             raise TrainingDiverged(f"i-bau diverged: weights are no longer finite (rate {self.lr:g})")

@@ -61,6 +61,7 @@ def lab_pruning_channels(
 @dataclass(frozen=True)
 class LabPruning(Repair):
     name = "prune"
+    relative_cost = 0.02
     guarded = False  # its budgets X are its purpose: the sweep reports every one
     description = (
         "the lab's defense: prune --layer's channels in order of mean clean activation; keep B' "

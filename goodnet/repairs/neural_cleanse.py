@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..devices import fast_layout_ready, training_layout
 from ..inspection.trigger_reversal import reverse_triggers
 from ..inspection.trigger_scan import TriggerScan
 from ..lazy_torch import F, nn, torch
@@ -61,6 +62,7 @@ def unlearning_set(
 @dataclass(frozen=True)
 class NeuralCleanse(BackdoorBenchSchedule):
     name = "nc"
+    relative_cost = 2.8
     description = (
         "Neural Cleanse (Wang et al. 2019): reverse a trigger per label on clean data; if a label's is "
         "anomalously small, fine-tune with 20 % of the images stamped with it, true labels"
@@ -103,11 +105,18 @@ class NeuralCleanse(BackdoorBenchSchedule):
             clean.x,
             clean.y,
             {**settings, "value_range": data.value_range},
-            lambda: reverse_triggers(
-                model, clean, data.value_range, progress="reversing triggers" if progress else False, **settings
-            ),
+            lambda: self._reverse(model, clean, data.value_range, progress, settings),
         )
         return scan
+
+    @staticmethod
+    def _reverse(model: nn.Module, clean, value_range, progress: bool, settings: dict[str, Any]) -> TriggerScan:
+        """The scan of B, on a copy in the faster training layout where B allows it (B untouched)."""
+        work = copy_model(model) if fast_layout_ready(model) else model
+        with training_layout(work):
+            return reverse_triggers(
+                work, clean, value_range, progress="reversing triggers" if progress else False, **settings
+            )
 
     def repair(self, model: nn.Module, data: RepairData, progress: bool = False) -> RepairOutcome:
         clean = data.clean_valid
