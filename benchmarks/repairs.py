@@ -3,12 +3,13 @@ augmentation saved.
 
 For each BadNet (the demo's by default, or zoo BadNets named like `goodnet compare --only`), this
 times one fine-tuning epoch on the repair's fit data (the clean validation data less the do-no-harm
-guard's held-out share), then every repair through the runner exactly as `goodnet defend` runs it,
-and prints seconds per repair, the ratio to the plain fine-tuning repair (`fine-tune`, timed in the
-same run) and the ratio to that one epoch. It also times the augmentation of one
-batch against the per-image Python loop it replaced (same random draws for the shift, so the
-shifted batches must be equal). All ratios come from this one run; absolute seconds depend on the
-machine and its load.
+guard's held-out share), and the same epoch with the convolutions in the standard memory layout
+(goodnet's own architectures train channels-last on the CPU, see devices.training_layout), then every
+repair through the runner exactly as `goodnet defend` runs it, and prints seconds per repair, the
+ratio to the plain fine-tuning repair (`fine-tune`, timed in the same run) and the ratio to that one
+epoch. It also times the augmentation of one batch against the per-image Python loop it replaced
+(same random draws for the shift, so the shifted batches must be equal). All ratios come from this
+one run; absolute seconds depend on the machine and its load.
 
     python benchmarks/repairs.py                       # the demo BadNet
     python benchmarks/repairs.py --only patch/resnet8 wanet --part dev
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from goodnet.compare import comparison_roster
+from goodnet.devices import fast_layout_ready
 from goodnet.io.data import load_sets, split_holdout
 from goodnet.io.model_files import load_model
 from goodnet.measure import run_repair
@@ -81,6 +83,19 @@ def augmentation(shape: tuple[int, ...], repeats: int = 50) -> None:
     )
 
 
+def standard_layout_epoch(directory: str, fit, value_range: tuple[float, float]) -> float:
+    """One fine-tuning epoch (mean of 5) with the model's convolutions kept in the standard layout."""
+    model = load_model(os.path.join(directory, MODEL_FILE))
+    kind = type(model)
+    kind.channels_last_ready = False  # what training_layout reads: switched off for these epochs only
+    try:
+        start = time.perf_counter()
+        fine_tune(model, fit.x, fit.y, 5, 0, value_range=value_range)
+        return (time.perf_counter() - start) / 5
+    finally:
+        kind.channels_last_ready = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", default="dev", choices=["dev", "eval", "all"])
@@ -112,6 +127,12 @@ def main() -> None:
         fine_tune(load_model(os.path.join(directory, MODEL_FILE)), fit.x, fit.y, 5, 0, value_range=value_range)
         epoch = (time.perf_counter() - start) / 5
         print(f"\n{label}: one fine-tuning epoch on {len(fit)} images (mean of 5 after a warm-up): {epoch:.2f} s")
+        if fast_layout_ready(model):
+            standard = standard_layout_epoch(directory, fit, value_range)
+            print(
+                f"the same epochs in the standard layout instead of channels-last: {standard:.2f} s "
+                f"(channels-last {standard / epoch:.2f}x faster)"
+            )
         results = [(repair, run_repair(model, repair, sets)) for repair in repairs]
         baseline = next((r.seconds for repair, r in results if repair.name == "fine-tune"), None)
         if baseline is None:  # the plain baseline is always measured: every ratio is to it

@@ -85,6 +85,12 @@ def _zoo_files(directory: str):
     )
 
 
+def training_cost(settings: BadNetSettings) -> float:
+    """A rough cost of training this BadNet (its model's multiply-adds per image times its epochs),
+    so that a grid starts the longest training first."""
+    return float(multiply_adds(settings.build_model(), tuple(settings.input_shape)) * settings.epochs)
+
+
 def prepare_badnet(
     settings: BadNetSettings,
     cache_dir: str,
@@ -199,6 +205,7 @@ def compare(
                     },
                     {"progress": progress and sequential},
                     inputs=_prepare_inputs(s, cache_dir),
+                    cost=training_cost(s),
                 )
                 for s in badnets
             ],

@@ -235,20 +235,28 @@ def forget(state_dir: str, cell: GridCell, context: dict[str, Any]) -> None:
 
 class _Progress:
     """'[3/12 cells, 4 min 2 s, ETA 12 min 6 s] key: summary' on stderr, one line per finished cell
-    (the pace counts only the cells run now, not those resumed)."""
+    (the pace counts only the cells run now, not those resumed, each weighed by its cost: the
+    costliest run first, and they must not make the rest look as slow)."""
 
-    def __init__(self, label: str | None, total: int, resumed: int):
+    def __init__(self, label: str | None, total: int, resumed: int, costs: dict[str, float] | None = None):
         self.label, self.total, self.done, self.resumed = label, total, resumed, resumed
+        self.costs = costs or {}
+        self.cost_total = sum(self.costs.values())
+        self.cost_done = 0.0
         self.start = time.perf_counter()
         if label and resumed:
             print(f"{label}: resuming, {resumed} of {total} cells already done", file=sys.stderr, flush=True)
 
     def finished(self, cell: GridCell, result: dict[str, Any], summary: Callable[[dict], str] | None) -> None:
         self.done += 1
+        self.cost_done += self.costs.get(cell.key, 0.0)
         if not self.label:
             return
         elapsed = time.perf_counter() - self.start
-        left = eta(elapsed, self.done - self.resumed, self.total - self.resumed)
+        if 0 < self.cost_done < self.cost_total:
+            left = eta(elapsed, self.cost_done, self.cost_total)
+        else:
+            left = eta(elapsed, self.done - self.resumed, self.total - self.resumed)
         text = summary(result) if summary is not None else ""
         print(
             f"[{self.done}/{self.total} cells, {format_duration(elapsed)}, {left}] {cell.key}"
@@ -284,7 +292,7 @@ def run_grid(
             results[cell.key] = found
     todo = [c for c in cells if c.key not in results]
     planned = {c.key: c.identities() for c in todo}  # the input files as the cells start
-    progress = _Progress(label, len(cells), len(cells) - len(todo))
+    progress = _Progress(label, len(cells), len(cells) - len(todo), {c.key: max(float(c.cost), 0.0) for c in todo})
 
     def record(cell: GridCell, result: dict[str, Any]) -> None:
         _raise_cell_error(cell, result)  # nothing written: the cell runs again next time

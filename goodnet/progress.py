@@ -144,8 +144,9 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-def eta(elapsed: float, done: int, total: int) -> str:
-    """Time left at the pace so far ('ETA 4 min 10 s'); unknown before the first item is done."""
+def eta(elapsed: float, done: float, total: float) -> str:
+    """Time left at the pace so far ('ETA 4 min 10 s'), `done` of `total` items (or of their summed
+    costs); unknown before the first item is done."""
     if done <= 0:
         return "ETA unknown"
     if done >= total:

@@ -114,3 +114,55 @@ def test_a_repair_on_the_gpu_matches_the_cpu(demo_run, tmp_path, capsys):
     cpu, gpu = _defend(capsys, demo_run, tmp_path / "cpu", "cpu"), _defend(capsys, demo_run, tmp_path / "gpu", "cuda")
     for role in ("clean_test", "poisoned_test"):
         assert abs(cpu["models"][0]["metrics"][role]["repaired"] - gpu["models"][0]["metrics"][role]["repaired"]) < 1.0
+
+
+def _four_d_layouts(model: torch.nn.Module) -> set[str]:
+    formats = set()
+    for p in model.parameters():
+        last, standard = p.is_contiguous(memory_format=torch.channels_last), p.is_contiguous()
+        if p.dim() == 4 and last != standard:  # a kernel of one input channel is both: no evidence
+            formats.add("channels-last" if last else "standard")
+    return formats
+
+
+def test_own_architectures_train_channels_last_and_come_back_standard():
+    from goodnet.devices import fast_layout_ready, training_layout
+    from goodnet.models import build_model
+
+    model = build_model("small_cnn", num_classes=10, input_shape=(1, 28, 28))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert fast_layout_ready(model) and _four_d_layouts(model) == {"standard"}
+    with training_layout(model):
+        assert _four_d_layouts(model) == {"channels-last"}
+    assert _four_d_layouts(model) == {"standard"}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a layout change only
+
+    foreign = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    assert not fast_layout_ready(foreign)
+    with training_layout(foreign):  # a model from elsewhere may view its maps: never switched
+        assert _four_d_layouts(foreign) == {"standard"}
+    with training_layout(foreign, like=model):  # a wrapper of one of goodnet's own models is
+        assert _four_d_layouts(foreign) == {"channels-last"}
+    assert _four_d_layouts(foreign) == {"standard"}
+
+
+def test_the_layout_changes_rounding_only(monkeypatch):
+    from goodnet.models import build_model
+    from goodnet.models.small_cnn import SmallCNN
+    from goodnet.models.training import fine_tune
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (96, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+
+    def tuned() -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = build_model("small_cnn", num_classes=10, input_shape=(1, 28, 28))
+        return fine_tune(model, x, y, 2, 0, value_range=(0.0, 255.0), lr=0.01)
+
+    fast = tuned()
+    monkeypatch.setattr(SmallCNN, "channels_last_ready", False)
+    standard = tuned()
+    assert _four_d_layouts(fast) == _four_d_layouts(standard) == {"standard"}  # ready to save either way
+    for (name, a), b in zip(fast.state_dict().items(), standard.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name

@@ -149,8 +149,8 @@ def test_the_same_repair_whatever_the_pixel_range(demo_run, tmp_path):
         np.testing.assert_array_equal(scaled.models[0].labels[role], results[1].models[0].labels[role])
 
 
-def _shift_loop(x, dy, dx, pixels):
-    padded = torch.nn.functional.pad(x, (pixels,) * 4)
+def _shift_loop(x, dy, dx, pixels, fill=0.0):
+    padded = torch.nn.functional.pad(x, (pixels,) * 4, value=fill)
     h, w = x.shape[2:]
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(x))])
 
@@ -161,6 +161,10 @@ def test_vectorised_augmentation_matches_its_definition():
     g = torch.Generator().manual_seed(5)
     dy, dx = torch.randint(0, 5, (32,), generator=g), torch.randint(0, 5, (32,), generator=g)
     torch.testing.assert_close(shifted, _shift_loop(x, dy, dx, 2), rtol=0, atol=0)
+    cropped = random_shift(x[:, :1], torch.Generator().manual_seed(6), pixels=4, fill=-1.0)  # crops, grey
+    g = torch.Generator().manual_seed(6)
+    dy, dx = torch.randint(0, 9, (32,), generator=g), torch.randint(0, 9, (32,), generator=g)
+    torch.testing.assert_close(cropped, _shift_loop(x[:, :1], dy, dx, 4, fill=-1.0), rtol=0, atol=0)
     for low, high in ((0.0, 1.0), (0.0, 255.0), (-1.0, 1.0)):
         data = torch.rand(200, 3, 20, 20) * (high - low) + low
         erased = random_erase(data, torch.Generator().manual_seed(1), (low, high), p=0.5)

@@ -254,3 +254,59 @@ def path_of(tmp_path):
     bad = tmp_path / "not_a_model.txt"
     bad.write_text("hello")
     return str(bad)
+
+
+def started(x: int, log: str) -> dict:
+    """A module-level task that records when it started, then takes a moment."""
+    import time
+
+    with open(os.path.join(log, f"{x}"), "w") as f:
+        f.write(str(time.time_ns()))
+    time.sleep(0.4)
+    return {"x": x}
+
+
+def test_a_pool_starts_the_costliest_cells_first_and_keeps_their_order(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    costs = [1.0, 9.0, 3.0, 7.0, 5.0]
+    cells = [GridCell(f"c{i}", started, {"x": i, "log": str(log)}, cost=c) for i, c in enumerate(costs)]
+    results = run_grid(cells, str(tmp_path / "state"), GridRunner(workers=2, threads=1))
+    assert results == [{"x": i} for i in range(5)]  # in the cells' order
+    begun = sorted(range(5), key=lambda i: int((log / str(i)).read_text()))
+    assert set(begun[:2]) == {1, 3} and begun[-1] == 0  # 9 and 7 first, 1 last
+    # the cost is a scheduling hint only: the same cells at other costs are the cells already run
+    again = [GridCell(c.key, started, c.arguments, cost=1.0) for c in cells]
+    for f in log.iterdir():
+        f.unlink()
+    assert run_grid(again, str(tmp_path / "state"), GridRunner(workers=2, threads=1)) == results
+    assert not list(log.iterdir())
+
+
+def test_a_cells_cost_is_its_repairs_relative_cost_times_the_models_arithmetic():
+    from goodnet.models import build_model
+    from goodnet.models.cost import multiply_adds
+    from goodnet.repairs import REPAIRS
+
+    model = build_model("small_cnn", num_classes=10, input_shape=(1, 28, 28))  # width 16
+    convs = 28 * 28 * 16 * (1 * 9) + 14 * 14 * 32 * (16 * 9) + 7 * 7 * 64 * (32 * 9)
+    assert multiply_adds(model, (1, 28, 28)) == convs + 64 * 3 * 3 * 128 + 128 * 10
+    assert multiply_adds(model, (1, 4, 4)) == 0  # cannot run such an image: no estimate, no error
+    assert all(r.relative_cost > 0 for r in REPAIRS.values())
+    assert REPAIRS["anp"].relative_cost > REPAIRS["fine-tune"].relative_cost == 1.0 > REPAIRS["prune"].relative_cost
+
+
+def test_the_eta_weighs_the_cells_by_their_cost(monkeypatch, capsys):
+    from goodnet import grid as grid_module
+
+    now = [0.0]
+    monkeypatch.setattr(grid_module.time, "perf_counter", lambda: now[0])
+    cells = [GridCell(f"c{i}", square, {"x": i}, cost=c) for i, c in enumerate([6.0, 3.0, 1.0])]
+    weighed = grid_module._Progress("cells", 3, 0, {c.key: c.cost for c in cells})
+    counted = grid_module._Progress("cells", 3, 0)  # no costs: every cell counts as one
+    now[0] = 60.0  # the costliest cell, 6 of 10 units, took a minute: 4 units, 40 s, are left
+    weighed.finished(cells[0], {}, None)
+    counted.finished(cells[0], {}, None)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("[1/3 cells, 1 min 0 s, ETA 40 s] c0")
+    assert err[1].startswith("[1/3 cells, 1 min 0 s, ETA 2 min 0 s] c0")

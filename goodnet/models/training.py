@@ -69,9 +69,13 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 2, f
     padded = F.pad(x, (pixels, pixels, pixels, pixels), value=fill)
     dy = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    # one gather along each padded image's flattened pixels, the same positions for every channel
+    # (an expanded index, never copied): a pure copy, several times faster than indexing by four
+    # broadcast index tensors
+    rows = dy[:, None] + torch.arange(h)
+    cols = dx[:, None] + torch.arange(w)
+    flat = (rows[:, :, None] * (w + 2 * pixels) + cols[:, None, :]).reshape(n, 1, h * w)
+    return padded.reshape(n, c, -1).gather(2, flat.expand(n, c, h * w)).reshape(n, c, h, w)
 
 
 def random_erase(

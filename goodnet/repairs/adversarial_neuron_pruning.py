@@ -165,7 +165,7 @@ _MASK_CACHE = FitMemo(4)
 @dataclass(frozen=True)
 class AdversarialNeuronPruning(Repair):
     name = "anp"
-    relative_cost = 7.4
+    relative_cost = 8.3
     description = (
         "Adversarial Neuron Pruning (Wu & Wang 2021): learn per-neuron masks that keep the clean "
         "loss low under adversarial neuron perturbations, prune the neurons whose mask falls low"

@@ -221,7 +221,7 @@ def reference_rate(lr: float, epoch: int) -> float:
 @dataclass(frozen=True)
 class AttentionDistillation(TuningSchedule):
     name = "nad"
-    relative_cost = 0.7
+    relative_cost = 1.3
     description = (
         "Neural Attention Distillation (Li et al. 2021): fine-tune a teacher on clean data, then "
         "fine-tune B to match the teacher's attention maps at the outputs of its residual groups"

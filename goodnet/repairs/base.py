@@ -203,8 +203,9 @@ class Repair:
     # rest and falls back (milder settings, then B unchanged) past the budget. False only for
     # repairs whose budget is their purpose (the lab's sweep reports every X) or that use no data.
     guarded: ClassVar[bool] = True
-    # its usual run time as a multiple of plain fine-tuning's on the same model and data (measured by
-    # benchmarks/repairs.py); grids use it only to start their longest cells first
+    # its usual run time as a multiple of plain fine-tuning's on the same model and data (the median
+    # over the zoo's evaluation part, docs/benchmarks.md); grids use it only to start their longest
+    # cells first
     relative_cost: ClassVar[float] = 1.0
 
     @property

@@ -85,7 +85,7 @@ def rescale_head(head: nn.Linear, norm: float) -> None:
 @dataclass(frozen=True)
 class FeatureShiftTuning(TuningSchedule):
     name = "fst"
-    relative_cost = 0.12
+    relative_cost = 0.11
     description = (
         "Feature Shift Tuning (Min et al. 2023): re-initialise the classifier head and fine-tune "
         "everything while pushing the head away from B's, its norm held at B's"

@@ -65,7 +65,7 @@ def budget_channels(
 @dataclass(frozen=True)
 class FinePruning(BackdoorBenchSchedule):
     name = "fine-prune"
-    relative_cost = 1.1
+    relative_cost = 1.05
     description = (
         "fine-pruning (Liu et al. 2018): prune --layer's channels in increasing order of mean "
         "post-activation output on clean data while clean accuracy stays within the budget, then "

@@ -161,7 +161,7 @@ class SharedPerturbation:
 @dataclass(frozen=True)
 class ImplicitUnlearning(Repair):
     name = "i-bau"
-    relative_cost = 0.6
+    relative_cost = 0.76
     description = (
         "i-BAU (Zeng et al. 2022): minimax unlearning of the universal perturbation that fools B most, "
         "the model updated by the implicit hypergradient"

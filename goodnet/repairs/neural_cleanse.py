@@ -62,7 +62,7 @@ def unlearning_set(
 @dataclass(frozen=True)
 class NeuralCleanse(BackdoorBenchSchedule):
     name = "nc"
-    relative_cost = 2.8
+    relative_cost = 2.9
     description = (
         "Neural Cleanse (Wang et al. 2019): reverse a trigger per label on clean data; if a label's is "
         "anomalously small, fine-tune with 20 % of the images stamped with it, true labels"

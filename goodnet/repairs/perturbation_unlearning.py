@@ -85,7 +85,7 @@ class UniversalPerturbation:
 @dataclass(frozen=True)
 class PerturbationUnlearning(TuningSchedule):
     name = "unlearn-uap"
-    relative_cost = 1.2
+    relative_cost = 1.6
     description = (
         "unlearn universal adversarial perturbations found on clean data (after i-BAU, Zeng et al. "
         "2022): fine-tuning on clean images with and without the perturbation that fools B most"

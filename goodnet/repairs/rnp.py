@@ -103,7 +103,7 @@ def prune_scales(model: nn.Module, chosen: dict[str, list[int]]) -> nn.Module:
 @dataclass(frozen=True)
 class ReconstructiveNeuronPruning(Repair):
     name = "rnp"
-    relative_cost = 0.1
+    relative_cost = 0.25
     description = (
         "Reconstructive Neuron Pruning (Li et al. 2023): unlearn clean data, learn BatchNorm-scale "
         "masks that recover it, zero the scale of every channel whose mask is at or below a threshold"

@@ -36,7 +36,7 @@ LABEL_SMOOTHING = 0.1  # BackdoorBench's ft-sam config
 @dataclass(frozen=True)
 class SharpnessAwareTuning(BackdoorBenchSchedule):
     name = "ft-sam"
-    relative_cost = 1.9
+    relative_cost = 2.0
     description = (
         "FT-SAM (Zhu et al. 2023): fine-tuning whose every step is sharpness-aware (adaptive SAM), "
         "which shrinks the large-norm neurons that carry a backdoor"
