@@ -85,10 +85,10 @@ def _zoo_files(directory: str):
     )
 
 
-def training_cost(settings: BadNetSettings) -> float:
-    """A rough cost of training this BadNet (its model's multiply-adds per image times its epochs),
-    so that a grid starts the longest training first."""
-    return float(multiply_adds(settings.build_model(), tuple(settings.input_shape)) * settings.epochs)
+def model_arithmetic(settings: BadNetSettings) -> int:
+    """Multiply-adds per image of this BadNet's model (counted on an untrained one: the same layers),
+    which grids weigh their cells' costs by, so that the longest cells start first."""
+    return multiply_adds(settings.build_model(), tuple(settings.input_shape))
 
 
 def prepare_badnet(
@@ -127,7 +127,6 @@ def prepare_badnet(
         "strip": asdict(strip),
         "target": target,
         "scan_before": before,
-        "multiply_adds": multiply_adds(model, tuple(model.input_shape)),
     }
 
 
@@ -188,6 +187,7 @@ def compare(
     if not sequential:  # BadNets of one architecture share a clean reference: train each once, here
         for settings in badnets:
             clean_reference_scores(settings, cache_dir, progress)
+    arithmetic = {s.label(): model_arithmetic(s) for s in badnets}  # cell costs: longest cells first
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="goodnet-compare-"))
@@ -205,7 +205,7 @@ def compare(
                     },
                     {"progress": progress and sequential},
                     inputs=_prepare_inputs(s, cache_dir),
-                    cost=training_cost(s),
+                    cost=float(arithmetic[s.label()] * s.epochs),
                 )
                 for s in badnets
             ],
@@ -228,7 +228,7 @@ def compare(
                 },
                 inputs=zoo_inputs(p["zoo"]["directory"])
                 + ((os.path.join(zoo_directory(s.clean_reference(), cache_dir), MODEL_FILE),) if relearn else ()),
-                cost=r.relative_cost * p.get("multiply_adds", 1),
+                cost=r.relative_cost * arithmetic[s.label()],
             )
             for s, p in zip(badnets, prepared)
             for r in repairs
