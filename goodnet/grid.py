@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from . import errors
+from .allocator import keep_freed_memory
 from .devices import compute_device, using_device
 from .errors import GoodnetError, SettingsError
 from .io.dataset_readers import data_sha256, read_from_several_files
@@ -234,36 +236,72 @@ def forget(state_dir: str, cell: GridCell, context: dict[str, Any]) -> None:
 
 
 class _Progress:
-    """'[3/12 cells, 4 min 2 s, ETA 12 min 6 s] key: summary' on stderr, one line per finished cell
-    (the pace counts only the cells run now, not those resumed, each weighed by its cost: the
-    costliest run first, and they must not make the rest look as slow)."""
+    """'[3/12 cells, 4 min 2 s, ETA 12 min 6 s] key: summary' on stderr, one line per finished cell.
+    The ETA plays the rest of the grid forward: the cells start in `order` (the runner's) on
+    `workers` workers, each taking its cost times the pace so far (seconds per unit of cost over
+    the cells finished in this run, never those resumed), the running ones counted from when
+    they started. The costliest cells run first, so a count of cells, or costs without the
+    cells still running, would make the rest look far longer. With `workers` unknown (Ray decides),
+    the pace is the time so far over the cost done."""
 
-    def __init__(self, label: str | None, total: int, resumed: int, costs: dict[str, float] | None = None):
+    def __init__(self, label: str | None, total: int, resumed: int, order: Sequence[GridCell] = (), workers=None):
         self.label, self.total, self.done, self.resumed = label, total, resumed, resumed
-        self.costs = costs or {}
+        self.costs = {c.key: max(float(c.cost), 0.0) for c in order}
         self.cost_total = sum(self.costs.values())
         self.cost_done = 0.0
+        self.workers = workers
+        self.waiting = [c.key for c in order]  # not started yet, in the order the runner starts them
+        self.running: dict[str, float] = {}  # key: when it started
+        self.spent = self.cost_timed = 0.0  # seconds and cost of the cells finished since they were seen start
         self.start = time.perf_counter()
+        self._start_next(self.start)
         if label and resumed:
             print(f"{label}: resuming, {resumed} of {total} cells already done", file=sys.stderr, flush=True)
 
+    def _start_next(self, now: float) -> None:
+        while self.workers is not None and self.waiting and len(self.running) < self.workers:
+            self.running[self.waiting.pop(0)] = now
+
     def finished(self, cell: GridCell, result: dict[str, Any], summary: Callable[[dict], str] | None) -> None:
+        now = time.perf_counter()
         self.done += 1
-        self.cost_done += self.costs.get(cell.key, 0.0)
+        cost = self.costs.get(cell.key, 0.0)
+        self.cost_done += cost
+        started = self.running.pop(cell.key, None)
+        if cell.key in self.waiting:  # finished before a worker was seen free for it
+            self.waiting.remove(cell.key)
+        elif started is not None and cost > 0:
+            self.spent += now - started
+            self.cost_timed += cost
+        self._start_next(now)
         if not self.label:
             return
-        elapsed = time.perf_counter() - self.start
-        if 0 < self.cost_done < self.cost_total:
-            left = eta(elapsed, self.cost_done, self.cost_total)
-        else:
-            left = eta(elapsed, self.done - self.resumed, self.total - self.resumed)
         text = summary(result) if summary is not None else ""
         print(
-            f"[{self.done}/{self.total} cells, {format_duration(elapsed)}, {left}] {cell.key}"
+            f"[{self.done}/{self.total} cells, {format_duration(now - self.start)}, {self._eta(now)}] {cell.key}"
             f"{': ' + text if text else ''}",
             file=sys.stderr,
             flush=True,
         )
+
+    def _eta(self, now: float) -> str:
+        if not self.waiting and not self.running and self.workers is not None:
+            return "done"
+        if self.workers is None or self.cost_timed <= 0:  # the whole time so far over the cost done
+            elapsed = now - self.start
+            if 0 < self.cost_done < self.cost_total:
+                return eta(elapsed, self.cost_done, self.cost_total)
+            return eta(elapsed, self.done - self.resumed, self.total - self.resumed)
+        pace = self.spent / self.cost_timed
+        free = [max(now, started + self.costs[key] * pace) for key, started in self.running.items()]
+        free += [now] * (self.workers - len(free))
+        heapq.heapify(free)
+        end = max(free)
+        for key in self.waiting:  # each next cell on the first worker free
+            finish = heapq.heappop(free) + self.costs[key] * pace
+            heapq.heappush(free, finish)
+            end = max(end, finish)
+        return "ETA " + format_duration(end - now)
 
 
 def run_grid(
@@ -292,7 +330,10 @@ def run_grid(
             results[cell.key] = found
     todo = [c for c in cells if c.key not in results]
     planned = {c.key: c.identities() for c in todo}  # the input files as the cells start
-    progress = _Progress(label, len(cells), len(cells) - len(todo), {c.key: max(float(c.cost), 0.0) for c in todo})
+    sequential = runner.workers == 1 and runner.ray is None
+    order = todo if sequential else sorted(todo, key=lambda c: -c.cost)  # stable: equal costs keep their order
+    workers = None if runner.ray is not None else min(runner.workers, max(len(todo), 1))
+    progress = _Progress(label, len(cells), len(cells) - len(todo), order, workers)
 
     def record(cell: GridCell, result: dict[str, Any]) -> None:
         _raise_cell_error(cell, result)  # nothing written: the cell runs again next time
@@ -319,15 +360,13 @@ def run_grid(
     threads, device = runner.cell_threads, str(compute_device())
     if not todo:
         pass
-    elif runner.workers == 1 and runner.ray is None:
+    elif sequential:
         for cell in todo:
             record(cell, run_cell(cell.task, cell.call_arguments(), threads, device))
+    elif runner.ray is not None:
+        _run_on_ray(order, runner, threads, device, record)
     else:
-        costliest_first = sorted(todo, key=lambda c: -c.cost)  # stable: equal costs keep their order
-        if runner.ray is not None:
-            _run_on_ray(costliest_first, runner, threads, device, record)
-        else:
-            _run_in_pool(costliest_first, runner.workers, threads, device, record)
+        _run_in_pool(order, runner.workers, threads, device, record)
     return [results[c.key] for c in cells]
 
 
@@ -361,6 +400,7 @@ def _start_worker(parent: int) -> None:
     workers) get a plain thread lock: tqdm's default is a named semaphore, which a worker killed
     by its stopping grid would leave to multiprocessing's tracker, and its warning to the user."""
     release_output(inherited=True)
+    keep_freed_memory()
     _die_with(parent)
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)

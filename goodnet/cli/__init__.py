@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from ..allocator import keep_freed_memory
 from ..devices import using_device
 from ..errors import GoodnetError, SettingsError
 from ..io.output_dir import release_output
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _install(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
+        keep_freed_memory()  # before any model: training steps reuse their buffers instead of faulting them in
         with using_device(getattr(args, "device", "cpu")):
             try:
                 COMMANDS[args.command](args)
