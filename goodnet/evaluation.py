@@ -24,6 +24,7 @@ from .io.data import (
 )
 from .io.model_files import ModelSource, model_source
 from .io.role_checks import label_warnings, role_warnings
+from .measure.sanity import SanityCheck
 from .metrics import accuracy
 from .models.goodnet import GoodNet
 
@@ -36,7 +37,8 @@ def evaluate_files(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> tuple[float, float]:
     """The lab's eval.py: clean accuracy and attack success rate, in %, for B, B' or G. Paths may be
-    str or os.PathLike."""
+    str or os.PathLike. Doubts about the inputs (files sharing images, a poisoned file that seems to
+    carry true labels, a model not clearly better than chance on the clean file) are GoodnetWarnings."""
     clean_path, poisoned_path = as_path(clean_path, "clean_path"), as_path(poisoned_path, "poisoned_path")
     source = model_source(source)
     input_scale, batch_size = checked_scale(input_scale), checked_batch_size(batch_size)
@@ -52,6 +54,21 @@ def evaluate_files(
         clean_labels, poisoned_labels = predict(model, clean.x, batch_size), predict(model, poisoned.x, batch_size)
     if not isinstance(model, GoodNet):
         doubts += label_warnings(poisoned, poisoned_labels, "poisoned_test")
+    sanity = SanityCheck.of(clean_labels, clean, model.num_classes, forced=False) if len(clean) else None
+    # a wrong scale, wrong labels or the wrong model: the numbers stand, with a word beside them
+    if sanity is not None and not sanity.above_chance and sanity.could_tell:
+        recorded = trained_range(model)
+        doubts.append(
+            f"the model is not clearly better than chance on the clean data ({sanity.valid_accuracy:.2f} % of "
+            f"{sanity.images} images, chance {sanity.chance:.2f} %): check the pixel range (the data hold "
+            f"{clean.value_range[0]:g}..{clean.value_range[1]:g}, "
+            + (
+                "the model file records none"
+                if recorded is None
+                else f"the model was trained on {recorded[0]:g}..{recorded[1]:g}"
+            )
+            + "; --input-scale divides the data), the labels, and that this is the right model"
+        )
     for line in doubts:  # the CLI prints them as `goodnet: warning: ...`
         warnings.warn(line, GoodnetWarning, stacklevel=2)
     return accuracy(clean_labels, clean.y), accuracy(poisoned_labels, poisoned.y)

@@ -112,7 +112,8 @@ def scan_files(
     seed, scanners = _checked_scan_options(seed, scanners, settings)
     calibration_path = None if calibration is None else as_path(calibration, "calibration")
     calibrations = load_calibrations(calibration_path)
-    with held_output(out_dir, SCAN_MARKER, source.input_files() + [clean_path]):  # a refusal leaves it free
+    # a refusal leaves it free; no input (the calibration file included) is ever inside it
+    with held_output(out_dir, SCAN_MARKER, source.input_files() + [clean_path, calibration_path]):
         model, clean = _checked_model(source, clean_path, input_scale, force)
         scans = run_scanners(model, clean, scanners, seed, progress, settings)
         summaries = {name: summarize(name, scan) for name, scan in scans.items()}
@@ -242,30 +243,46 @@ def scan_zoo(
     calibration: str | os.PathLike | None = None,
     seed: int = 0,
     progress: bool = True,
+    config=None,
     **settings,
 ) -> dict[str, Any]:
     """Run the scanners over the zoo part's population (its BadNets and its clean reference models,
     trained and cached as `compare` does) and measure each scanner over it; write `out_dir`
-    (population.json, report.md, report.html). On the development part ('dev') each scanner's
-    Platt calibration is fitted and written as calibration.json (what `calibration=` and
-    `goodnet scan --calibration` take); on any other part the calibration is `calibration`'s, or
-    goodnet's own (fitted on its development part), and nothing is fitted."""
+    (population.json, report.md, report.html). `config`: a zoo configuration file (or one loaded,
+    a ZooConfig) whose population to scan instead of the built-in zoo's. On the development part
+    ('dev') each scanner's Platt calibration is fitted and written as calibration.json (what
+    `calibration=` and `goodnet scan --calibration` take); on any other part the calibration is
+    `calibration`'s, or goodnet's own (fitted on its development part), and nothing is fitted."""
+    from .io.output_dir import check_not_an_input
     from .zoo.badnets import MODEL_FILE, cached_badnet, default_cache_dir
     from .zoo.catalog import population_name, scan_population
+    from .zoo.config import ZooConfig, load_zoo_config
 
     out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
     check_flags(progress=progress)
     seed, scanners = _checked_scan_options(seed, scanners, settings)
     if isinstance(only, str):
         only = [only]
-    population = scan_population(part, only)
+    if config is not None and not isinstance(config, ZooConfig):
+        config = load_zoo_config(as_path(config, "config", SettingsError, "a zoo configuration file path"))
+    population = scan_population(part, only, config)
     fit = part == "dev"
     calibration_path = None if calibration is None else as_path(calibration, "calibration")
     if fit and calibration_path is not None:
         raise SettingsError("the development part fits its own calibration: give --calibration with another part")
+    if config is not None and not fit and calibration_path is None:
+        raise SettingsError(
+            f"part '{part}' of your own zoo needs the calibration fitted on its development part: give "
+            "--calibration (the calibration.json of `scan --zoo dev --config FILE`); goodnet's own was fitted on "
+            "its digits zoo"
+        )
     calibrations = {} if fit else load_calibrations(calibration_path)
     cache_dir = cache_dir or default_cache_dir("zoo")
-    with held_output(out_dir, POPULATION_MARKER, [cache_dir]):
+    datasets = [d["path"] for d in config.datasets.values()] if config is not None else []
+    for dataset in datasets:  # the zoo cache is written into: never inside a dataset
+        check_not_an_input(cache_dir, [dataset], option="--cache-dir")
+    inputs = [cache_dir, calibration_path] + ([config.path, *datasets] if config is not None else [])
+    with held_output(out_dir, POPULATION_MARKER, inputs):
         members: list[Member] = []
         summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
         for index, (badnet, backdoored, target) in enumerate(population, 1):
@@ -291,11 +308,17 @@ def scan_zoo(
         if fit and (all(truth) or not any(truth)):
             fit = False  # a calibration needs clean and backdoored models: nothing is fitted
         if fit:
-            described = f"goodnet's zoo, development part: {sum(m.backdoored for m in members)} BadNets, " + (
+            zoo = "goodnet's zoo" if config is None else f"the zoo '{config.name}'"
+            described = f"{zoo}, development part: {sum(m.backdoored for m in members)} BadNets, " + (
                 f"{sum(not m.backdoored for m in members)} clean models"
             )
             calibrations = {name: calibrate(name, summaries[name], truth, described) for name in scanners}
-        provenance = {"zoo_part": part, "only": list(only or []), "seed": seed}
+        provenance = {
+            "zoo_part": part,
+            "only": list(only or []),
+            "seed": seed,
+            **({"zoo": config.describe()} if config is not None else {}),
+        }
         return _measured(out_dir, part, members, summaries, calibrations, calibration_path, fit, provenance, settings)
 
 
@@ -326,7 +349,7 @@ def scan_manifest(
     entries = read_population(manifest, trust_code=trust_code)
     calibration_path = None if calibration is None else as_path(calibration, "calibration")
     calibrations = load_calibrations(calibration_path)
-    inputs = [manifest] + [f for e in entries for f in e.source.input_files() + [e.clean_valid]]
+    inputs = [manifest, calibration_path] + [f for e in entries for f in e.source.input_files() + [e.clean_valid]]
     with held_output(out_dir, POPULATION_MARKER, inputs):
         for entry in entries:  # every model loads and fits its data before the first (long) scan
             with _naming(entry.name):

@@ -230,6 +230,12 @@ def test_scan_command_runs_both_scanners_and_gives_a_calibrated_probability(digi
         (["scan", "--model", "{model}", "--out", "{out}"], "scan needs --clean-valid"),
         (["scan", "--zoo", "dev", "--model", "{model}", "--out", "{out}"], "--zoo scans the zoo's own models"),
         (["scan", "--model", "{model}", "--clean-valid", "{model}", "--only", "x", "--out", "{out}"], "go with --zoo"),
+        (
+            ["scan", "--model", "{model}", "--clean-valid", "{model}", "--config", "{model}", "--out", "{out}"],
+            "go with --zoo",
+        ),
+        (["scan", "--population", "{model}", "--config", "{model}", "--out", "{out}"], "drop --config"),
+        (["scan", "--zoo", "dev", "--config", "{model}", "--out", "{out}"], "not a valid TOML file"),
         (["scan", "--zoo", "dev", "--calibration", "{model}", "--out", "{out}"], "fits its own calibration"),
         (["scan", "--zoo", "eval", "--calibration", "{model}", "--out", "{out}"], "not a goodnet scanner calibration"),
         (["scan", "--zoo", "eval", "--only", "nothing-like-this", "--out", "{out}"], "no zoo model of part 'eval'"),

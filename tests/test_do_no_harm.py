@@ -118,6 +118,20 @@ def test_data_on_another_scale_than_the_model_is_refused(demo_run, tmp_path, cap
     assert_one_line_error(code, err, "trained on 0..255")
 
 
+def test_eval_warns_when_a_model_without_a_recorded_range_scores_like_chance(demo_run, tmp_path, capsys):
+    model_path, inputs = _demo(demo_run)
+    b = load_model(model_path)
+    b.input_range = None  # as a file from elsewhere: nothing says what scale it takes
+    save_model(b, str(tmp_path / "norange.safetensors"))
+    argv = ["eval", inputs["clean_test"], inputs["poisoned_test"], tmp_path / "norange.safetensors"]
+    code, out, err = run_cli(capsys, [*argv, "--input-scale", "255"])
+    assert code == 0 and "Clean Classification accuracy:" in out  # the lab's two numbers, as asked
+    assert "goodnet: warning: the model is not clearly better than chance on the clean data" in err
+    assert "the data hold 0..1, the model file records none; --input-scale divides the data" in err
+    code, out, err = run_cli(capsys, argv)  # on its own scale: no warning
+    assert code == 0 and "not clearly better than chance" not in err
+
+
 def test_the_same_repair_whatever_the_pixel_range(demo_run, tmp_path):
     """The demo BadNet divides raw pixels by 255 itself; the same network taking [0, 1] data (its
     divisor set to 1) must get the same repair on the same images given in [0, 1]."""

@@ -5,6 +5,7 @@ with an ETA, and `goodnet batch` over a manifest with one row per model."""
 import json
 import os
 import sys
+from dataclasses import replace
 
 import pytest
 from conftest import ZOO_CELL, assert_one_line_error, assert_self_contained_page, run_cli
@@ -296,17 +297,36 @@ def test_a_cells_cost_is_its_repairs_relative_cost_times_the_models_arithmetic()
     assert REPAIRS["anp"].relative_cost > REPAIRS["fine-tune"].relative_cost == 1.0 > REPAIRS["prune"].relative_cost
 
 
-def test_the_eta_weighs_the_cells_by_their_cost(monkeypatch, capsys):
+def test_the_eta_plays_the_rest_of_the_grid_forward_by_cost_on_its_workers(monkeypatch, capsys):
     from goodnet import grid as grid_module
 
     now = [0.0]
     monkeypatch.setattr(grid_module.time, "perf_counter", lambda: now[0])
     cells = [GridCell(f"c{i}", square, {"x": i}, cost=c) for i, c in enumerate([6.0, 3.0, 1.0])]
-    weighed = grid_module._Progress("cells", 3, 0, {c.key: c.cost for c in cells})
-    counted = grid_module._Progress("cells", 3, 0)  # no costs: every cell counts as one
+    weighed = grid_module._Progress("cells", 3, 0, cells, workers=1)
+    counted = grid_module._Progress("cells", 3, 0, [replace(c, cost=1.0) for c in cells], workers=1)
     now[0] = 60.0  # the costliest cell, 6 of 10 units, took a minute: 4 units, 40 s, are left
     weighed.finished(cells[0], {}, None)
-    counted.finished(cells[0], {}, None)
+    counted.finished(cells[0], {}, None)  # every cell counts as one: 2 more minutes
+    # two workers, cells of 6, 3, 2 and 1 units started costliest first: c1 (3 units) takes 30 s, so a
+    # unit is 10 s; c0 ends at 60 s, c2 (started at 30 s) at 50 s, then c3 on that worker at 60 s
+    pair = [GridCell(f"p{i}", square, {"x": i}, cost=c) for i, c in enumerate([6.0, 3.0, 2.0, 1.0])]
+    now[0] = 0.0
+    two = grid_module._Progress("cells", 4, 0, pair, workers=2)
+    now[0] = 30.0
+    two.finished(pair[1], {}, None)
+    now[0] = 50.0
+    two.finished(pair[2], {}, None)  # as foreseen: c0 ends in 10 s, c3 (started now) in 10 s
+    now[0] = 70.0
+    two.finished(pair[0], {}, None)  # 10 s late: c3 has had its 10 s, foreseen done now
+    now[0] = 71.0
+    two.finished(pair[3], {}, None)
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("[1/3 cells, 1 min 0 s, ETA 40 s] c0")
     assert err[1].startswith("[1/3 cells, 1 min 0 s, ETA 2 min 0 s] c0")
+    assert [line.split("] ")[0] for line in err[2:]] == [
+        "[1/4 cells, 30 s, ETA 30 s",
+        "[2/4 cells, 50 s, ETA 10 s",
+        "[3/4 cells, 1 min 10 s, ETA 0 s",
+        "[4/4 cells, 1 min 11 s, done",
+    ]

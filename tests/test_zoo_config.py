@@ -16,7 +16,7 @@ from PIL import Image
 from goodnet.errors import SettingsError
 from goodnet.zoo.attacks import Attack
 from goodnet.zoo.badnets import zoo_images
-from goodnet.zoo.catalog import CONFIGURATIONS, zoo_part
+from goodnet.zoo.catalog import CONFIGURATIONS, population_name, scan_population, zoo_part
 from goodnet.zoo.config import builtin_zoo, load_zoo_config
 
 # the cache keys of the built-in zoo's BadNets (dev seed 0, then eval seed 1), as they were before
@@ -146,6 +146,33 @@ def test_compare_builds_and_runs_a_zoo_of_an_image_folder_and_cifar_batches(tmp_
     again = json.loads((tmp_path / "again" / "comparison.json").read_text())
     strip_time = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip_time(again["rows"]) == strip_time(doc["rows"])
+    # the scanners measured over the same zoo's development part: its BadNets as compare trained
+    # them and a clean reference model per dataset, the calibration fitted on them and named after it
+    argv = ["scan", "--zoo", "dev", "--config", config, "--scanner", "mm-bd", "--cache-dir", cache, "--quiet"]
+    code, printed, err = run_cli(capsys, [*argv, "--out", tmp_path / "scan"])
+    assert code == 0, err
+    population = json.loads((tmp_path / "scan" / "population.json").read_text())
+    assert [(m["name"], m["backdoored"], m["target"]) for m in population["models"]] == [
+        ("patch/small_cnn/shapes/10%/s0", True, 0),
+        ("blended/small_cnn/colour/10%/s0", True, 2),
+        ("clean/small_cnn/shapes/20ep/s0", False, None),
+        ("clean/small_cnn/colour/20ep/s0", False, None),
+    ]
+    assert population["provenance"]["zoo"]["name"] == "two datasets" and population["calibration_fitted_here"]
+    assert (
+        "# goodnet: scanners measured on the dev part of the zoo 'two datasets'"
+        in (tmp_path / "scan" / "report.md").read_text()
+    )
+    fitted = json.loads((tmp_path / "scan" / "calibration.json").read_text())["calibrations"]["mm-bd"]
+    assert fitted["fitted_on"] == "the zoo 'two datasets', development part: 2 BadNets, 2 clean models"
+    # its evaluation part reads that calibration, never goodnet's own; and never writes over it
+    argv[2] = "eval"
+    code, _, err = run_cli(capsys, [*argv, "--out", tmp_path / "scan-eval"])
+    assert_one_line_error(code, err, "part 'eval' of your own zoo needs the calibration fitted on its development")
+    calibration = str(tmp_path / "scan" / "calibration.json")
+    code, _, err = run_cli(capsys, [*argv, "--calibration", calibration, "--out", tmp_path / "scan"])
+    assert_one_line_error(code, err, "--out holds the input")
+    assert not (tmp_path / "scan-eval").exists() and os.path.isfile(calibration)
     # a dataset edited after its BadNets were configured is refused, not read as the old one
     with open(tmp_path / "data_batch_1.bin", "r+b") as f:
         f.write(b"\x01")
@@ -262,3 +289,21 @@ def test_badnets_that_name_alike_are_named_by_what_tells_them_apart(tmp_path, ca
 
     settings = dataset_settings(str(tmp_path / "mnist.npy"), {"kind": "patch"})
     assert settings.dataset == "mnist-data" and not settings.bundled and settings.image_shape == (1, 8, 8)
+
+
+def test_a_configured_zoos_scan_population_names_every_model_apart(tmp_path):
+    _make_datasets(tmp_path)
+    config = tmp_path / "grid.toml"
+    config.write_text(HEAD + '[clean_seeds]\ndev = [0, 5]\neval = [1]\n[[badnet]]\ndataset = "s"\nwidth = [8, 16]\n')
+    population = scan_population("dev", None, load_zoo_config(config))
+    assert [(population_name(s, backdoored), target) for s, backdoored, target in population] == [
+        ("patch/small_cnn/s/10%/width=8/s0", 0),
+        ("patch/small_cnn/s/10%/width=16/s0", 0),
+        ("clean/small_cnn/s/20ep/width=8/s0", None),
+        ("clean/small_cnn/s/20ep/width=16/s0", None),
+        ("clean/small_cnn/s/20ep/width=8/s5", None),
+        ("clean/small_cnn/s/20ep/width=16/s5", None),
+    ]
+    # the name tells them apart in tables only: each clean model is the one compare trains
+    clean = [s for s, backdoored, _ in population if not backdoored]
+    assert [s.fingerprint() for s in clean[:2]] == [b.clean_reference().fingerprint() for b, *_ in population[:2]]

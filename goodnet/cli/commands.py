@@ -213,7 +213,11 @@ def cmd_scan(args: argparse.Namespace) -> None:
     }
     if args.population is not None:
         refuse_given(
-            (("--only", args.only is not None), ("--cache-dir", args.cache_dir is not None)),
+            (
+                ("--only", args.only is not None),
+                ("--cache-dir", args.cache_dir is not None),
+                ("--config", args.config is not None),
+            ),
             "--population names each model and its data in the manifest",
         )
         doc = scan_manifest(
@@ -235,6 +239,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
             cache_dir=args.cache_dir,
             only=args.only,
             schedule=args.scan_schedule,
+            config=args.config,
         )
     if args.zoo is not None or args.population is not None:
         print(population_table(doc["measures"]))
@@ -246,8 +251,8 @@ def cmd_scan(args: argparse.Namespace) -> None:
     missing = [o for o, v in (("--model", args.model), ("--clean-valid", args.clean_valid)) if v is None]
     if missing:
         raise SettingsError(f"scan needs {' and '.join(missing)} (or --zoo PART to scan the zoo, or --population FILE)")
-    if args.only is not None or args.cache_dir is not None:
-        raise SettingsError("--only and --cache-dir go with --zoo")
+    if args.only is not None or args.cache_dir is not None or args.config is not None:
+        raise SettingsError("--only, --cache-dir and --config go with --zoo")
     run = scan_files(
         model_source(args),
         args.clean_valid,

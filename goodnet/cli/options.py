@@ -266,6 +266,17 @@ def add_cache_dir_option(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--cache-dir", default=None, help=help)
 
 
+def add_zoo_config_option(p: argparse.ArgumentParser, use: str) -> None:
+    """--config: a zoo configuration file; `use`: what the command does with its zoo."""
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a zoo configuration file (TOML: datasets, BadNets, seeds of each part; docs/your-own-data.md) "
+        f"{use} instead of the built-in zoo's (itself such a file: goodnet/zoo/builtin_zoo.toml)",
+    )
+
+
 def add_quiet_option(p: argparse.ArgumentParser, shown: str = "bars") -> None:
     """--quiet; `shown`: what it silences, progress "bars" or "lines"."""
     p.add_argument("--quiet", action="store_true", help=f"no progress {shown}")

@@ -35,6 +35,7 @@ from .options import (
     add_setting_options,
     add_strip_option,
     add_trust_option,
+    add_zoo_config_option,
     input_shape,
     integer,
     share,
@@ -290,13 +291,7 @@ def _add_compare(sub) -> None:
         help="which part of the zoo: dev (where settings may be chosen; the built-in zoo's seed 0), eval "
         "(the README's table; seed 1) or all (default eval)",
     )
-    p.add_argument(
-        "--config",
-        default=None,
-        metavar="FILE",
-        help="a zoo configuration file (TOML: datasets, BadNets, seeds of each part; docs/your-own-data.md) "
-        "whose BadNets to compare instead of the built-in zoo's (itself such a file: goodnet/zoo/builtin_zoo.toml)",
-    )
+    add_zoo_config_option(p, "whose BadNets to compare")
     p.add_argument(
         "--only",
         nargs="+",
@@ -374,6 +369,7 @@ def _add_scan(sub) -> None:
         help="measure the scanners over the zoo's part: dev (fits the calibration) or eval (reads it); "
         "the zoo's models are trained once and cached, like compare's",
     )
+    add_zoo_config_option(p, "(used with --zoo) whose BadNets and clean models to scan")
     p.add_argument(
         "--population",
         default=None,

@@ -36,6 +36,12 @@ class SanityCheck:
         return cls(accuracy(labels, images.y), chance * 100.0, len(images), p_value, p_value < CHANCE_P_VALUE, forced)
 
     @property
+    def could_tell(self) -> bool:
+        """Could these images show a model clearly better than chance at all? Not with one class
+        (chance is then 100 %), nor with so few images that even a perfect score is no evidence."""
+        return self.chance < 100.0 and binomial_tail(self.images, self.images, self.chance / 100.0) < CHANCE_P_VALUE
+
+    @property
     def forced_past(self) -> bool:
         """The numbers that follow are of a model not clearly better than chance (--force)."""
         return not self.above_chance and self.forced

@@ -229,7 +229,11 @@ def write_population(
     """`goodnet scan --zoo PART`'s output directory (or `scan --population FILE`'s: `part` None and
     `manifest` the file's record), written atomically: population.json, report.md, report.html,
     and calibration.json when the calibration was fitted on this part."""
-    subject = f"the zoo's {part} part" if part is not None else shown_name(manifest)
+    zoo = provenance.get("zoo", {}).get("name")  # a configured zoo's; the built-in one has none
+    if part is None:
+        subject = shown_name(manifest)
+    else:
+        subject = f"the zoo's {part} part" if zoo is None else f"the {part} part of the zoo '{zoo}'"
     doc = {
         "zoo_part": part,
         **({"manifest": manifest} if manifest is not None else {}),

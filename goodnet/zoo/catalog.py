@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from ..errors import SettingsError
 from .badnets import BadNetSettings
-from .config import ZooConfig, builtin_zoo
+from .config import ZooConfig, builtin_zoo, told_apart
 
 _BUILTIN = builtin_zoo()
 PARTS = _BUILTIN.seeds
@@ -50,23 +50,28 @@ def select_badnets(part: str, only: list[str] | None = None, config: ZooConfig |
     return cells
 
 
-def scan_population(part: str, only: list[str] | None = None) -> list[tuple[BadNetSettings, bool, int | None]]:
-    """The models a scanner is measured on in one part: every BadNet of the part, as
-    (settings, True, its single target or None for all-to-all), and every distinct clean reference
-    model of the part (one per architecture, range and training, at each of the part's CLEAN_SEEDS),
-    as (settings, False, None).
-    `only` keeps those whose label (clean ones: 'clean/<arch>/<range>/...') contains one of its texts."""
+def scan_population(
+    part: str, only: list[str] | None = None, config: ZooConfig | None = None
+) -> list[tuple[BadNetSettings, bool, int | None]]:
+    """The models a scanner is measured on in one part of `config` (default: the built-in zoo):
+    every BadNet of the part, as (settings, True, its single target or None for all-to-all), and
+    every distinct clean reference model of the part (one per dataset, architecture, range and
+    training, at each of the part's clean seeds), as (settings, False, None).
+    `only` keeps those whose label (clean ones: 'clean/<arch>/<data>/...') contains one of its texts."""
+    zoo = config or _BUILTIN
     members: list[tuple[BadNetSettings, bool, int | None]] = []
     seen: set[str] = set()
-    for badnet in zoo_part(part):
+    for badnet in zoo.part(part):
         members.append((badnet, True, None if badnet.kind == "all-to-all" else badnet.target))
-    seeds = CLEAN_SEEDS[part] if part in CLEAN_SEEDS else tuple(s for p in CLEAN_SEEDS.values() for s in p)
+    clean_seeds = zoo.clean_seeds
+    seeds = clean_seeds[part] if part in clean_seeds else tuple(s for p in clean_seeds.values() for s in p)
     for seed in seeds:
-        for badnet in zoo_part(part):
+        for badnet in zoo.part(part):
             clean = replace(badnet, seed=seed).clean_reference()
             if clean.fingerprint() not in seen:
                 seen.add(clean.fingerprint())
                 members.append((clean, False, None))
+    members = _distinct_clean_names(members)
     if only:
         members = [m for m in members if any(text in population_name(m[0], m[1]) for text in only)]
         if not members:
@@ -75,7 +80,31 @@ def scan_population(part: str, only: list[str] | None = None) -> list[tuple[BadN
 
 
 def population_name(settings: BadNetSettings, backdoored: bool) -> str:
-    """A BadNet's label; a clean model's 'clean/<arch>/<range>/<epochs>ep/s<seed>'."""
+    """A BadNet's label; a clean model's 'clean/<arch>/<range or dataset>/<epochs>ep/s<seed>', with
+    the settings that tell it apart from another clean model of that name before the seed."""
     if backdoored:
         return settings.label()
+    if settings.name:
+        return f"clean/{settings.name}/s{settings.seed}"
     return f"clean/{settings.arch}/{settings.data_label()}/{settings.epochs}ep/s{settings.seed}"
+
+
+def _distinct_clean_names(
+    members: list[tuple[BadNetSettings, bool, int | None]],
+) -> list[tuple[BadNetSettings, bool, int | None]]:
+    """Clean models whose usual names coincide (a configured zoo listing widths, or training with and
+    without augmentation) named by the settings they differ in; the name is not in the cache key."""
+    groups: dict[str, list[BadNetSettings]] = {}
+    for settings, backdoored, _ in members:
+        if not backdoored:
+            groups.setdefault(population_name(settings, False), []).append(settings)
+    named = []
+    for settings, backdoored, target in members:
+        group = [] if backdoored else groups[population_name(settings, False)]
+        if len(group) > 1:
+            usual = population_name(settings, False)
+            settings = replace(
+                settings, name=f"{usual[len('clean/') : usual.rindex('/')]}/{told_apart(settings, group)}"
+            )
+        named.append((settings, backdoored, target))
+    return named

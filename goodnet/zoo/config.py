@@ -369,14 +369,20 @@ def _distinctly_labelled(where: str, badnets: list[BadNetSettings]) -> list[BadN
         if len(group) == 1:
             named.append(b)
             continue
-        differ = [
-            f.name
-            for f in fields(BadNetSettings)
-            if f.name not in ("seed", "name") and len({getattr(g, f.name) for g in group}) > 1
-        ]
-        extra = ",".join(f"{n}={_shown_value(getattr(b, n))}" for n in differ)
+        extra = told_apart(b, group)
         named.append(replace(b, name=f"{b.label()[: b.label().rindex('/')]}/{extra}"))  # the seed comes after
     return named
+
+
+def told_apart(settings: BadNetSettings, group: list[BadNetSettings]) -> str:
+    """`settings`' values of the fields (seed and name aside) its `group` differs in, as
+    'field=value,...': what tells models of one usual name apart."""
+    differ = [
+        f.name
+        for f in fields(BadNetSettings)
+        if f.name not in ("seed", "name") and len({getattr(g, f.name) for g in group}) > 1
+    ]
+    return ",".join(f"{n}={_shown_value(getattr(settings, n))}" for n in differ)
 
 
 def _shown_value(value) -> str:
