@@ -25,7 +25,7 @@ from .inspection.strip import StripSettings
 from .inspection.trigger_reversal import reverse_triggers
 from .io.data import as_path, load_sets
 from .io.model_files import load_model
-from .io.output_dir import check_not_an_input, check_output_dir, claim_state_dir
+from .io.output_dir import check_output_dir, claim_state_dir
 from .measure import run_repair
 from .measure.relearning import RelearnSettings, RelearnTest
 from .models.cost import multiply_adds
@@ -33,7 +33,7 @@ from .repairs import REPAIRS, Repair, build_repair, repair_names
 from .report.comparison import comparison_row, write_comparison
 from .zoo.badnets import DATA_FILES, MODEL_FILE, BadNetSettings, clean_reference_scores, default_cache_dir, zoo_badnet
 from .zoo.catalog import part_of, select_badnets
-from .zoo.config import ZooConfig, load_zoo_config
+from .zoo.config import ZooConfig, load_zoo_config, zoo_run_inputs
 
 
 def comparison_roster(names: Sequence[str] | None = None) -> list[Repair]:
@@ -270,10 +270,7 @@ def run_comparison(
     check_ray_address(ray)  # before any training: an unreachable cluster is refused at once
     runner = GridRunner(workers=workers, threads=threads, ray=ray)
     cache_dir = cache_dir or default_cache_dir("zoo")
-    datasets = [d["path"] for d in config.datasets.values()] if config else []
-    for dataset in datasets:  # the zoo cache is written into: never inside a dataset
-        check_not_an_input(cache_dir, [dataset], option="--cache-dir")
-    inputs = [cache_dir] + ([config.path, *datasets] if config else [])
+    inputs = zoo_run_inputs(cache_dir, config)
     check_output_dir(out_dir, marker="comparison.json", claim=True, inputs=inputs)
     state = claim_state_dir(out_dir, inputs)
     rows, zoo = compare(

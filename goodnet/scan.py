@@ -253,10 +253,9 @@ def scan_zoo(
     ('dev') each scanner's Platt calibration is fitted and written as calibration.json (what
     `calibration=` and `goodnet scan --calibration` take); on any other part the calibration is
     `calibration`'s, or goodnet's own (fitted on its development part), and nothing is fitted."""
-    from .io.output_dir import check_not_an_input
     from .zoo.badnets import MODEL_FILE, cached_badnet, default_cache_dir
     from .zoo.catalog import population_name, scan_population
-    from .zoo.config import ZooConfig, load_zoo_config
+    from .zoo.config import ZooConfig, load_zoo_config, zoo_run_inputs
 
     out_dir = as_path(out_dir, "out_dir", OutputError, "a directory path (str or os.PathLike)")
     check_flags(progress=progress)
@@ -278,11 +277,7 @@ def scan_zoo(
         )
     calibrations = {} if fit else load_calibrations(calibration_path)
     cache_dir = cache_dir or default_cache_dir("zoo")
-    datasets = [d["path"] for d in config.datasets.values()] if config is not None else []
-    for dataset in datasets:  # the zoo cache is written into: never inside a dataset
-        check_not_an_input(cache_dir, [dataset], option="--cache-dir")
-    inputs = [cache_dir, calibration_path] + ([config.path, *datasets] if config is not None else [])
-    with held_output(out_dir, POPULATION_MARKER, inputs):
+    with held_output(out_dir, POPULATION_MARKER, [calibration_path, *zoo_run_inputs(cache_dir, config)]):
         members: list[Member] = []
         summaries: dict[str, list[ScanSummary]] = {name: [] for name in scanners}
         for index, (badnet, backdoored, target) in enumerate(population, 1):

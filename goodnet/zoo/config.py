@@ -48,6 +48,7 @@ import numpy as np
 from ..errors import GoodnetError, SettingsError, one_line, shown_path
 from ..io.data import load_images, shown
 from ..io.dataset_readers import data_sha256
+from ..io.output_dir import check_not_an_input
 from ..io.toml_files import read_toml, refuse_unknown_keys
 from .attacks import KINDS
 from .badnets import ARCHS, SCALES, BadNetSettings
@@ -96,6 +97,17 @@ class ZooConfig:
             "datasets": self.datasets,
             "badnets": len(self.badnets),
         }
+
+
+def zoo_run_inputs(cache_dir: str, config: ZooConfig | None) -> list[str]:
+    """What a run over a zoo reads, which its output must keep clear of: the cache, and a configured
+    zoo's file and datasets. The cache is written into, so one inside (or holding) a dataset is
+    refused here."""
+    if config is None:
+        return [cache_dir]
+    datasets = [d["path"] for d in config.datasets.values()]
+    check_not_an_input(cache_dir, datasets, option="--cache-dir")
+    return [cache_dir, config.path, *datasets]
 
 
 def load_zoo_config(path: str | os.PathLike) -> ZooConfig:
